@@ -1,0 +1,202 @@
+"""The backend interface: every router op, implemented once per backend.
+
+A backend owns *backend arrays*: ``numpy.ndarray`` for the NumPy backend, device-resident
+``DeviceArray`` objects for wgpu. Ops take and return backend arrays of the backend's float
+dtype (``backend.dtype``); masks are boolean arrays. Shapes use N = graph.num_nodes,
+E = graph.num_edges, B = batch size (may be 0), d = feature dimension.
+
+Ops validate nothing about user input: the :class:`~energetic_wgpu.router.Router` and the
+loss/optimizer front ends validate shapes and values *before* calling a backend, so a
+backend may assume well-formed arguments. Ops never modify their inputs unless the method
+says "in place".
+
+The NumPy backend (``numpy_backend.py``) is the readable definition of every op; the wgpu
+backend must give the same numbers (parity) and be bit-identical from run to run.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..graph import Graph
+
+__all__ = ["Backend", "METRIC_NAMES"]
+
+#: The order of the values in the array returned by :meth:`Backend.step_metrics`.
+METRIC_NAMES = ("total_energy", "active_nodes", "active_edges", "max_edge_flow", "avg_entropy")
+
+
+class Backend(ABC):
+    """Abstract base of all backends. Construct through :func:`energetic_wgpu.get_backend`."""
+
+    #: registry name ("numpy", "wgpu")
+    name: str = "abstract"
+    #: numpy dtype of float arrays on this backend (float32 or float64)
+    dtype: np.dtype = np.dtype(np.float32)
+
+    # ------------------------------------------------------------------ arrays
+    @abstractmethod
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        """Return ``x`` (numpy array, list, scalar or a backend array) as a backend array.
+        Float inputs become ``self.dtype`` unless ``dtype`` is given; bool stays bool;
+        integers stay int32 (``dtype`` may force another)."""
+
+    @abstractmethod
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """Copy a backend array to a new numpy array (same shape; float -> ``self.dtype``)."""
+
+    @abstractmethod
+    def is_array(self, x: Any) -> bool:
+        """True if ``x`` is an array of this backend."""
+
+    @abstractmethod
+    def zeros(self, shape: tuple[int, ...], dtype: Any = None) -> Any:
+        """A new zero-filled backend array (float ``self.dtype`` unless ``dtype`` is given)."""
+
+    def reshape(self, x: Any, shape: tuple[int, ...]) -> Any:
+        """A backend array with the same data and a new shape (same element count); may alias ``x``."""
+        return x.reshape(shape)
+
+    def synchronize(self) -> None:
+        """Wait until every queued operation has finished (no-op on CPU backends)."""
+
+    def describe(self) -> str:
+        """One line naming the backend (and adapter) for logs."""
+        return self.name
+
+    # ------------------------------------------------------------ forward ops
+    @abstractmethod
+    def edge_logits(self, graph: Graph, q: Any, k: Any, bias: Any) -> Any:
+        """logit[e] = dot(q[src[e]], k[col_idx[e]]) + bias[e].
+
+        q, k: float [N, d]; bias: float [E]. Returns float [E]."""
+
+    @abstractmethod
+    def segment_topk(self, graph: Graph, values: Any, k: int) -> Any:
+        """bool [E]: True for the ``k`` largest ``values`` of each segment (ties go to the
+        lower edge index). ``k == 0`` or a segment of degree <= k keeps every edge."""
+
+    @abstractmethod
+    def segment_softmax(self, graph: Graph, logits: Any, tau: float = 1.0, top_k: int = 0) -> Any:
+        """pi [E] as SPEC §2: z = logits / tau (clamped to the dtype's finite range), keep the
+        top_k largest z of each segment, softmax over the kept edges of each segment,
+        0 on dropped edges. Empty segments are fine. No NaN for any finite input."""
+
+    @abstractmethod
+    def energy_scatter(
+        self,
+        graph: Graph,
+        energies: Any,
+        pi: Any,
+        alpha: float = 1.0,
+        active: Any = None,
+        retain_sinks: bool = False,
+    ) -> Any:
+        """next [B, N]: next[b, k] = sum over edges e with col_idx[e] = k of
+        alpha * active[b, src[e]] * energies[b, src[e]] * pi[e]; plus energies[b, k] when
+        ``retain_sinks`` and k has out-degree 0.
+
+        energies: float [B, N]; pi: float [E]; active: bool [B, N] or None (all active)."""
+
+    @abstractmethod
+    def edge_flow(self, graph: Graph, energies: Any, pi: Any, alpha: float = 1.0, active: Any = None) -> Any:
+        """flow [B, E]: alpha * active[b, src[e]] * energies[b, src[e]] * pi[e]."""
+
+    @abstractmethod
+    def step_metrics(
+        self, graph: Graph, energies: Any, next_energies: Any, pi: Any, alpha: float = 1.0, active: Any = None
+    ) -> Any:
+        """float [5]: the metrics of one step, in the order of ``METRIC_NAMES``:
+        total_energy (mean over b of sum_k next[b, k]), active_nodes (mean over b of the count
+        of j with active[b, j] and energies[b, j] != 0), active_edges (mean over b of the
+        count of e with pi[e] > 0 and active[b, src[e]]), max_edge_flow (max of edge_flow,
+        0 when empty), avg_entropy (mean over non-empty segments of -sum pi log pi, 0 log 0 = 0;
+        0 when there is no non-empty segment). Batch means are 0 when B = 0."""
+
+    # ----------------------------------------------------------- backward ops
+    @abstractmethod
+    def energy_scatter_backward(
+        self,
+        graph: Graph,
+        energies: Any,
+        pi: Any,
+        grad_next: Any,
+        alpha: float = 1.0,
+        active: Any = None,
+        retain_sinks: bool = False,
+    ) -> tuple[Any, Any]:
+        """(grad_energies [B, N], grad_pi [E]) of :meth:`energy_scatter` given
+        grad_next = dL/dnext [B, N]:
+
+        grad_energies[b, j] = alpha * active[b, j] * sum_{e in segment j} pi[e] * grad_next[b, col_idx[e]]
+                              (+ grad_next[b, j] if retain_sinks and j is a sink)
+        grad_pi[e] = sum_b alpha * active[b, src[e]] * energies[b, src[e]] * grad_next[b, col_idx[e]]
+        """
+
+    @abstractmethod
+    def segment_softmax_backward(self, graph: Graph, pi: Any, grad_pi: Any, tau: float = 1.0) -> Any:
+        """grad_logits [E] = pi * (grad_pi - sum_{e' in segment} pi[e'] grad_pi[e']) / tau
+        (0 on edges dropped by top-k, since pi = 0 there)."""
+
+    @abstractmethod
+    def edge_logits_backward(self, graph: Graph, q: Any, k: Any, grad_logits: Any) -> tuple[Any, Any, Any]:
+        """(grad_q [N, d], grad_k [N, d], grad_bias [E]) of :meth:`edge_logits`:
+        grad_q[j] = sum_{e in segment j} grad_logits[e] * k[col_idx[e]];
+        grad_k[n] = sum_{e : col_idx[e] = n} grad_logits[e] * q[src[e]] (over the reverse index);
+        grad_bias = grad_logits (a copy)."""
+
+    # ------------------------------------------------------ elementwise / misc
+    @abstractmethod
+    def add(self, a: Any, b: Any) -> Any:
+        """a + b, same shapes."""
+
+    @abstractmethod
+    def sum_squares(self, arrays: Sequence[Any]) -> Any:
+        """float [1]: sum of squares of every element of every array (a fixed-order reduction)."""
+
+    # ------------------------------------------------------ losses (SPEC §5)
+    @abstractmethod
+    def mse(self, pred: Any, target: Any, mask: Any = None) -> tuple[Any, Any]:
+        """(loss float [1], grad [same shape as pred]): mean of (pred - target)^2 over the
+        elements where mask is True (all when None); grad 2 (pred - target) / count on masked
+        elements, 0 elsewhere. count = 0 gives loss 0 and grad 0."""
+
+    @abstractmethod
+    def cross_entropy(self, pred: Any, target: Any, eps: float = 1e-12) -> tuple[Any, Any]:
+        """(loss float [1], grad): pred, target [B, N] (or [N], then B = 1);
+        loss = -sum target * log(max(pred, eps)) / B; grad = -target / max(pred, eps) / B,
+        0 where pred < eps. B = 0 gives loss 0."""
+
+    @abstractmethod
+    def entropy_regularization(self, graph: Graph, pi: Any, lam: float) -> tuple[Any, Any]:
+        """(loss float [1], grad_pi [E]): loss = -lam * sum_{pi > 0} pi log pi;
+        grad = -lam (log pi + 1) where pi > 0, 0 elsewhere."""
+
+    # ------------------------------------------------------ optimizer (SPEC §5)
+    @abstractmethod
+    def adamw_step(
+        self,
+        params: Sequence[Any],
+        grads: Sequence[Any],
+        exp_avg: Sequence[Any],
+        exp_avg_sq: Sequence[Any],
+        step: Any,
+        lr: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        weight_decay: float,
+        max_grad_norm: float | None,
+    ) -> Any:
+        """One clipped AdamW update, **in place** on params, exp_avg, exp_avg_sq and step.
+
+        ``step`` is a backend array float [1] holding t (number of updates done); it is
+        incremented first. Clipping (torch.nn.utils.clip_grad_norm_): total = sqrt(sum of
+        squares of all grads); coef = min(1, max_grad_norm / (total + 1e-6)) if
+        max_grad_norm is not None else 1; g = grad * coef. Then for each parameter p:
+        p *= 1 - lr * weight_decay; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+        p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps).
+        Returns float [1]: the total gradient norm before clipping."""

@@ -1,0 +1,102 @@
+"""Losses (SPEC §5), each returning ``(loss: float, grad)``.
+
+The functions accept numpy arrays (computed by a NumPy backend of the arrays' float
+precision) or backend arrays (computed on that backend; the returned ``grad`` is a backend
+array and the loss is read back). Inside a GPU training step use the backend methods
+(``backend.mse`` ...) directly: they return the loss as a device array with no readback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backends import Backend
+from .errors import InvalidArgumentError, ShapeError
+from .graph import Graph
+
+__all__ = ["mse", "cross_entropy", "entropy_regularization", "LOSSES"]
+
+#: loss names accepted by ``Router.train_step``
+LOSSES = ("mse", "cross_entropy")
+
+
+def _backend_of(*arrays: Any) -> Backend:
+    for a in arrays:
+        be = getattr(a, "backend", None)
+        if isinstance(be, Backend):
+            return be
+    from .backends.numpy_backend import NumpyBackend
+
+    dt = np.result_type(*[np.asarray(a).dtype for a in arrays if a is not None and not isinstance(a, (bool, np.bool_))])
+    return NumpyBackend("float64" if dt == np.float64 else "float32")
+
+
+def _float(be: Backend, value: Any, name: str) -> Any:
+    if be.is_array(value) and be.name != "numpy":
+        return value
+    arr = np.asarray(value)
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ShapeError(f"{name} must be a float array, got dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        raise InvalidArgumentError(f"{name} must be finite (no NaN or inf)")
+    return be.asarray(arr)
+
+
+def _same_shape(a: Any, b: Any, name_a: str, name_b: str) -> None:
+    if tuple(a.shape) != tuple(b.shape):
+        raise ShapeError(f"{name_b} must have the shape of {name_a} {tuple(a.shape)}, got {tuple(b.shape)}")
+
+
+def mse(pred: Any, target: Any, mask: Any = None) -> tuple[float, Any]:
+    """Mean squared error over the elements where ``mask`` is True (all when None).
+
+    Returns ``(loss, grad)`` with grad = 2 (pred - target) / count on masked elements and 0
+    elsewhere; an all-False mask gives loss 0 and grad 0.
+    """
+    be = _backend_of(pred, target)
+    p, t = _float(be, pred, "pred"), _float(be, target, "target")
+    _same_shape(p, t, "pred", "target")
+    m = None
+    if mask is not None:
+        if be.is_array(mask) and be.name != "numpy":
+            m = mask
+        else:
+            mask_np = np.asarray(mask)
+            if mask_np.dtype != np.bool_:
+                raise ShapeError(f"mask must be a bool array, got dtype {mask_np.dtype}")
+            m = be.asarray(mask_np)
+        _same_shape(p, m, "pred", "mask")
+    loss, grad = be.mse(p, t, m)
+    return float(be.to_numpy(loss)[0]), grad
+
+
+def cross_entropy(pred: Any, target: Any, eps: float = 1e-12) -> tuple[float, Any]:
+    """``-sum target * log(max(pred, eps))`` averaged over the batch (rows of a [B, N]
+    input; an [N] input is one row). grad = -target / max(pred, eps) / B, 0 where clamped.
+    Finite for pred = 0."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps > 0 and np.isfinite(eps)):
+        raise InvalidArgumentError(f"eps must be a positive finite float, got {eps!r}")
+    be = _backend_of(pred, target)
+    p, t = _float(be, pred, "pred"), _float(be, target, "target")
+    _same_shape(p, t, "pred", "target")
+    if len(p.shape) not in (1, 2):
+        raise ShapeError(f"pred must be [N] or [B, N], got shape {tuple(p.shape)}")
+    loss, grad = be.cross_entropy(p, t, float(eps))
+    return float(be.to_numpy(loss)[0]), grad
+
+
+def entropy_regularization(pi: Any, lam: float, graph: Graph) -> tuple[float, Any]:
+    """``-lam * sum pi log pi`` over the kept (pi > 0) edges; grad ``-lam (log pi + 1)`` there,
+    0 elsewhere. pi: float [E] of ``graph``."""
+    if not isinstance(graph, Graph):
+        raise InvalidArgumentError(f"graph must be a Graph, got {type(graph).__name__}")
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not np.isfinite(lam):
+        raise InvalidArgumentError(f"lam must be a finite float, got {lam!r}")
+    be = _backend_of(pi)
+    p = _float(be, pi, "pi")
+    if tuple(p.shape) != (graph.num_edges,):
+        raise ShapeError(f"pi must have shape ({graph.num_edges},) (one per edge), got {tuple(p.shape)}")
+    loss, grad = be.entropy_regularization(graph, p, float(lam))
+    return float(be.to_numpy(loss)[0]), grad

@@ -1,0 +1,262 @@
+"""AdamW with global-norm gradient clipping (the torch.optim.AdamW + clip_grad_norm_
+convention, SPEC §5) and learning-rate schedules.
+
+The optimizer state (m, v and the step count t) lives on the router's backend; on a GPU
+backend the whole update (norm, clipping, AdamW) runs on the device with no readback.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import InvalidArgumentError, ShapeError
+
+__all__ = [
+    "AdamW",
+    "Schedule",
+    "ConstantLR",
+    "StepLR",
+    "CosineLR",
+    "WarmupLR",
+    "make_schedule",
+]
+
+
+# ------------------------------------------------------------------ schedules
+class Schedule:
+    """A learning-rate schedule: ``schedule(t)`` is the lr of update number ``t`` (1-based)."""
+
+    def __call__(self, t: int) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _positive(value: Any, name: str, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidArgumentError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise InvalidArgumentError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value!r}")
+    return v
+
+
+def _steps(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ConstantLR(Schedule):
+    lr: float
+
+    def __call__(self, t: int) -> float:
+        return self.lr
+
+
+@dataclass(frozen=True)
+class StepLR(Schedule):
+    """lr * gamma ** ((t - 1) // step_size)."""
+
+    lr: float
+    step_size: int
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        _steps(self.step_size, "step_size")
+        _positive(self.gamma, "gamma")
+
+    def __call__(self, t: int) -> float:
+        return self.lr * self.gamma ** ((t - 1) // self.step_size)
+
+
+@dataclass(frozen=True)
+class CosineLR(Schedule):
+    """min_lr + (lr - min_lr) * (1 + cos(pi * min(t - 1, total_steps) / total_steps)) / 2."""
+
+    lr: float
+    total_steps: int
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        _steps(self.total_steps, "total_steps")
+        _positive(self.min_lr, "min_lr", allow_zero=True)
+
+    def __call__(self, t: int) -> float:
+        frac = min(max(t - 1, 0), self.total_steps) / self.total_steps
+        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+@dataclass(frozen=True)
+class WarmupLR(Schedule):
+    """Linear warm-up: after(t) * min(1, t / warmup_steps)."""
+
+    after: Schedule
+    warmup_steps: int
+
+    def __post_init__(self) -> None:
+        _steps(self.warmup_steps, "warmup_steps")
+
+    def __call__(self, t: int) -> float:
+        return self.after(t) * min(1.0, t / self.warmup_steps)
+
+
+def make_schedule(
+    name: str,
+    lr: float,
+    *,
+    total_steps: int | None = None,
+    step_size: int | None = None,
+    gamma: float = 0.1,
+    min_lr: float = 0.0,
+    warmup_steps: int = 0,
+) -> Schedule:
+    """Build a schedule by name: "constant", "step", "cosine"; ``warmup_steps > 0`` wraps it in
+    a linear warm-up."""
+    lr = _positive(lr, "lr", allow_zero=True)
+    if name == "constant":
+        sched: Schedule = ConstantLR(lr)
+    elif name == "step":
+        if step_size is None:
+            raise InvalidArgumentError("schedule 'step' needs step_size")
+        sched = StepLR(lr, step_size, gamma)
+    elif name == "cosine":
+        if total_steps is None:
+            raise InvalidArgumentError("schedule 'cosine' needs total_steps")
+        sched = CosineLR(lr, total_steps, min_lr)
+    else:
+        raise InvalidArgumentError(f"unknown schedule {name!r}; choose 'constant', 'step' or 'cosine'")
+    if warmup_steps:
+        sched = WarmupLR(sched, warmup_steps)
+    return sched
+
+
+# ---------------------------------------------------------------------- AdamW
+class AdamW:
+    """AdamW over a router's parameters ``q``, ``k``, ``bias``.
+
+    Args:
+        router: the :class:`~energetic_wgpu.Router` whose parameters are updated in place.
+        lr: learning rate (>= 0), or use ``schedule``.
+        betas: (beta1, beta2), each in [0, 1).
+        eps: > 0.
+        weight_decay: >= 0 (decoupled, torch convention ``p *= 1 - lr * wd``).
+        max_grad_norm: clip the global gradient norm to this value before the update (None: off).
+        schedule: a :class:`Schedule` or callable ``t -> lr``; overrides ``lr``.
+    """
+
+    NAMES = ("q", "k", "bias")
+
+    def __init__(
+        self,
+        router: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        max_grad_norm: float | None = None,
+        schedule: Schedule | Callable[[int], float] | None = None,
+    ) -> None:
+        self.lr = _positive(lr, "lr", allow_zero=True)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise InvalidArgumentError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        for i, b in enumerate(betas):
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 <= float(b) < 1.0:
+                raise InvalidArgumentError(f"betas[{i}] must be in [0, 1), got {b!r}")
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = _positive(eps, "eps")
+        self.weight_decay = _positive(weight_decay, "weight_decay", allow_zero=True)
+        self.max_grad_norm = None if max_grad_norm is None else _positive(max_grad_norm, "max_grad_norm")
+        if schedule is not None and not callable(schedule):
+            raise InvalidArgumentError(f"schedule must be callable t -> lr, got {schedule!r}")
+        self.schedule = schedule
+        self.router = router
+        self.t = 0
+        self._init_state()
+
+    def _init_state(self) -> None:
+        be = self.router.backend
+        self.backend = be
+        params = self.router.parameters()
+        self.exp_avg = [be.zeros(tuple(p.shape)) for p in params]
+        self.exp_avg_sq = [be.zeros(tuple(p.shape)) for p in params]
+        self.step_count = be.zeros((1,))
+        self.last_grad_norm: Any = None
+
+    def lr_at(self, t: int) -> float:
+        """The learning rate of update number ``t`` (1-based)."""
+        return float(self.schedule(t)) if self.schedule is not None else self.lr
+
+    def _follow_backend(self) -> None:
+        """If the router moved to another backend, move the state with it (same values)."""
+        if self.router.backend is not self.backend:
+            state = self.state()
+            self._init_state()
+            self.load_state(state)
+
+    def step(self, grads: Any) -> Any:
+        """Apply one update. ``grads``: a :class:`~energetic_wgpu.router.Gradients` or a list
+        [q, k, bias] of backend arrays. Returns the pre-clip global gradient norm as a float [1]
+        backend array (``float(to_numpy(x)[0])`` reads it)."""
+        self._follow_backend()
+        be = self.backend
+        glist = grads.as_list() if hasattr(grads, "as_list") else list(grads)
+        params = self.router.parameters()
+        if len(glist) != len(params):
+            raise ShapeError(f"grads must hold {len(params)} arrays (q, k, bias), got {len(glist)}")
+        for name, g, p in zip(self.NAMES, glist, params):
+            if tuple(g.shape) != tuple(p.shape):
+                raise ShapeError(f"grads.{name} must have shape {tuple(p.shape)}, got {tuple(g.shape)}")
+        glist = [g if be.is_array(g) else be.asarray(g) for g in glist]
+        lr = self.lr_at(self.t + 1)
+        b1, b2 = self.betas
+        norm = be.adamw_step(
+            params, glist, self.exp_avg, self.exp_avg_sq, self.step_count, lr, b1, b2, self.eps,
+            self.weight_decay, self.max_grad_norm,
+        )
+        self.t += 1
+        self.last_grad_norm = norm
+        return norm
+
+    def state(self) -> dict[str, Any]:
+        """{"t": int, "m": {name: array}, "v": {name: array}} as numpy (reads back from a GPU)."""
+        be = self.backend
+        t = int(round(float(be.to_numpy(self.step_count)[0])))
+        return {
+            "t": t,
+            "m": {n: be.to_numpy(a) for n, a in zip(self.NAMES, self.exp_avg)},
+            "v": {n: be.to_numpy(a) for n, a in zip(self.NAMES, self.exp_avg_sq)},
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state` dict (shapes must match the router's parameters)."""
+        be = self.backend
+        try:
+            t = int(state["t"])
+            ms, vs = state["m"], state["v"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"state must be a dict with 't', 'm' and 'v', got {state!r:.200}") from exc
+        if t < 0:
+            raise InvalidArgumentError(f"state['t'] must be >= 0, got {t}")
+        new_m, new_v = [], []
+        for name, p in zip(self.NAMES, self.router.parameters()):
+            for key, store in (("m", ms), ("v", vs)):
+                if name not in store:
+                    raise InvalidArgumentError(f"state['{key}'] has no entry {name!r}")
+                arr = np.asarray(store[name])
+                if arr.shape != tuple(p.shape):
+                    raise ShapeError(f"state['{key}']['{name}'] must have shape {tuple(p.shape)}, got {arr.shape}")
+            new_m.append(be.asarray(np.asarray(ms[name], dtype=be.dtype)))
+            new_v.append(be.asarray(np.asarray(vs[name], dtype=be.dtype)))
+        self.exp_avg, self.exp_avg_sq = new_m, new_v
+        self.step_count = be.asarray(np.array([t], dtype=be.dtype))
+        self.t = t
+
+    def __repr__(self) -> str:
+        return (
+            f"AdamW(lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay}, "
+            f"max_grad_norm={self.max_grad_norm}, t={self.t})"
+        )

@@ -1,0 +1,118 @@
+"""Shared fixtures: a ``backend`` fixture over NumPy and every wgpu adapter found.
+
+The adapters are listed in pytest's header, so a CI log shows which ones ran. An adapter
+that cannot start is skipped with the stored reason, never silently.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="xdg-"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "ci", derandomize=True, max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def _adapters() -> tuple[list[dict], str | None]:
+    try:
+        from energetic_wgpu.backends.webgpu import list_adapters
+
+        return list_adapters(), None
+    except Exception as exc:  # wgpu missing, no adapter, backend not built
+        return [], f"{type(exc).__name__}: {exc}"
+
+
+ADAPTERS, ADAPTER_ERROR = _adapters()
+
+
+def pytest_report_header(config):
+    lines = []
+    if ADAPTERS:
+        for a in ADAPTERS:
+            lines.append(f"wgpu adapter {a['index']}: {a['backend_type']} / {a['description']} ({a['adapter_type']})")
+    else:
+        lines.append(f"wgpu adapters: none ({ADAPTER_ERROR})")
+    return lines
+
+
+_wgpu_backends: dict[int, object] = {}
+
+
+def wgpu_backend_for(index: int):
+    """A WgpuBackend on adapter ``index`` (one per adapter per session); skips with the reason."""
+    from energetic_wgpu.errors import BackendUnavailable
+
+    if index not in _wgpu_backends:
+        try:
+            from energetic_wgpu.backends.webgpu import WgpuBackend
+
+            _wgpu_backends[index] = WgpuBackend(adapter=index)
+        except (BackendUnavailable, ImportError) as exc:
+            _wgpu_backends[index] = exc
+    b = _wgpu_backends[index]
+    if isinstance(b, Exception):
+        pytest.skip(f"wgpu adapter {index} unavailable: {b}")
+    return b
+
+
+def _backend_params():
+    params = [pytest.param("numpy", id="numpy")]
+    if ADAPTERS:
+        for a in ADAPTERS:
+            params.append(pytest.param(a["index"], id=f"wgpu-{a['backend_type'].lower()}"))
+    else:
+        params.append(
+            pytest.param(None, id="wgpu", marks=pytest.mark.skip(reason=f"no wgpu adapter: {ADAPTER_ERROR}"))
+        )
+    return params
+
+
+@pytest.fixture(params=_backend_params(), scope="session")
+def backend(request):
+    """Every backend: NumPy (float32) and each wgpu adapter."""
+    if request.param == "numpy":
+        from energetic_wgpu.backends.numpy_backend import NumpyBackend
+
+        return NumpyBackend()
+    return wgpu_backend_for(request.param)
+
+
+@pytest.fixture(params=[p for p in _backend_params() if p.values[0] != "numpy"], scope="session")
+def gpu_backend(request):
+    """Each wgpu adapter (skipped when none)."""
+    return wgpu_backend_for(request.param)
+
+
+@pytest.fixture(scope="session")
+def np_backend():
+    from energetic_wgpu.backends.numpy_backend import NumpyBackend
+
+    return NumpyBackend()
+
+
+@pytest.fixture(scope="session")
+def np64():
+    from energetic_wgpu.backends.numpy_backend import NumpyBackend
+
+    return NumpyBackend("float64")
+
+
+def assert_parity(got, ref, name: str = "array", rtol: float = 1e-5):
+    """SPEC §6 tolerance: max|a - b| <= rtol * max(1, max|ref|), shapes and dtypes checked."""
+    got = np.asarray(got)
+    ref = np.asarray(ref)
+    assert got.shape == ref.shape, f"{name}: shape {got.shape} != {ref.shape}"
+    if ref.size == 0:
+        return
+    scale = max(1.0, float(np.max(np.abs(ref))))
+    err = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
+    assert err <= rtol * scale, f"{name}: max|err| = {err:.3e} > {rtol:.0e} * {scale:.3e}"
