@@ -17,7 +17,7 @@ from .backends import Backend, METRIC_NAMES, get_backend
 from .errors import InvalidArgumentError, ShapeError
 from .graph import Graph
 
-__all__ = ["RouterParams", "Router", "RouterOutput", "Gradients"]
+__all__ = ["RouterParams", "Router", "RouterOutput", "Gradients", "TrainStepResult"]
 
 
 def _check_float(value: Any, name: str, *, positive: bool = False) -> float:
@@ -223,6 +223,36 @@ class Gradients:
         return [self.q, self.k, self.bias]
 
 
+@dataclass
+class TrainStepResult:
+    """The handle returned by :meth:`Router.train_step`; values are read back on access.
+
+    Attributes:
+        loss: the step's loss (float, read back on first access).
+        grad_norm: the global gradient norm before clipping (float, read back on access).
+        metrics: the forward's metrics dict (read back on access).
+        loss_array, grad_norm_array: float [1] backend arrays (no readback).
+    """
+
+    backend: Backend
+    output: RouterOutput
+    loss_array: Any
+    grad_norm_array: Any
+    grads: Gradients
+
+    @property
+    def loss(self) -> float:
+        return float(self.backend.to_numpy(self.loss_array)[0])
+
+    @property
+    def grad_norm(self) -> float:
+        return float(self.backend.to_numpy(self.grad_norm_array)[0])
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.output.metrics
+
+
 class Router:
     """The energetic router on a backend.
 
@@ -392,6 +422,68 @@ class Router:
                 raise ShapeError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
             return value
         return be.asarray(_float_array(value, name, shape))
+
+    # --------------------------------------------------------------- training
+    def train_step(
+        self,
+        energies: Any,
+        target: Any,
+        optimizer: Any,
+        loss: str = "mse",
+        mask: Any = None,
+        active: Any = None,
+        steps: int = 1,
+        retain_sinks: bool = False,
+        entropy_lambda: float = 0.0,
+        eps: float = 1e-12,
+    ) -> "TrainStepResult":
+        """One training step on this router's backend: forward, loss and its gradient,
+        backward through all steps, clipped AdamW (``optimizer``).
+
+        Nothing is read back: on a GPU backend the whole step is encoded on the device, and
+        the returned :class:`TrainStepResult` reads the loss, gradient norm and metrics only
+        when asked.
+
+        Args:
+            energies: float [N] or [B, N]; target: the same shape.
+            optimizer: an :class:`~energetic_wgpu.AdamW` over this router.
+            loss: "mse" or "cross_entropy".
+            mask: bool, the shape of target, for "mse" only (None: every element).
+            entropy_lambda: adds ``-lambda * sum pi log pi`` (entropy regularization) when != 0.
+        """
+        if loss not in ("mse", "cross_entropy"):
+            raise InvalidArgumentError(f"loss must be 'mse' or 'cross_entropy', got {loss!r}")
+        if getattr(optimizer, "router", None) is not self:
+            raise InvalidArgumentError("optimizer must be an optimizer built over this router")
+        lam = _check_float(entropy_lambda, "entropy_lambda")
+        be = self.backend
+        out = self.forward(energies, active=active, steps=steps, retain_sinks=retain_sinks)
+        shape = tuple(out.next_energies.shape)
+        tgt = self._grad_array(target, "target", shape)
+        if loss == "mse":
+            m = None
+            if mask is not None:
+                if be.is_array(mask):
+                    if tuple(mask.shape) != shape or np.dtype(mask.dtype) != np.bool_:
+                        raise ShapeError(f"mask must be bool {shape}, got {mask.dtype} {tuple(mask.shape)}")
+                    m = mask
+                else:
+                    mask_np = np.asarray(mask)
+                    if mask_np.dtype != np.bool_ or mask_np.shape != shape:
+                        raise ShapeError(f"mask must be bool {shape}, got {mask_np.dtype} {mask_np.shape}")
+                    m = be.asarray(mask_np)
+            loss_arr, grad = be.mse(out.next_energies, tgt, m)
+        else:
+            if mask is not None:
+                raise InvalidArgumentError("mask is only supported with loss='mse'")
+            loss_arr, grad = be.cross_entropy(out.next_energies, tgt, float(eps))
+        grad_pi = None
+        if lam != 0.0:
+            ent_loss, grad_pi = be.entropy_regularization(self.graph, out.edge_pi, lam)
+            loss_arr = be.add(loss_arr, ent_loss)
+        grads = self.backward(out, grad, grad_pi)
+        norm = optimizer.step(grads)
+        return TrainStepResult(backend=be, output=out, loss_array=loss_arr, grad_norm_array=norm, grads=grads)
 
     def __repr__(self) -> str:
         return (
