@@ -1,0 +1,166 @@
+// metrics.wgsl: the five step metrics (SPEC §2) by a fixed-order two-pass reduction.
+// Pass 1 (metrics_partials) covers the index range [0, max(B*N, B*E, E)); each thread of
+// workgroup w takes indices w*WG*ITEMS + lid + r*WG and accumulates
+//   te: next[i]                          (i < B*N)
+//   an: active && energies != 0          (i < B*N)
+//   ae: pi[e] > 0 && active[b, src[e]]   (i < B*E)
+//   mf: max of x[b, src[e]] * pi[e]      (i < B*E)
+//   h : -pi log pi over edges            (i < E)   (mean over non-empty segments = sum / count)
+// into partials[w*8 .. w*8+5]. Pass 2 (metrics_final) sums the partials in order and divides.
+// WG must be 256.
+
+struct MetricParams {
+    batch: u32,
+    n_nodes: u32,
+    n_edges: u32,
+    has_active: u32,
+    alpha: f32,
+    n_total: u32,      // max(B*N, B*E, E); n_partials for the final pass
+    n_nonempty: u32,   // number of non-empty segments
+    _pad0: u32,
+}
+
+const LWG: u32 = 256u;
+const ITEMS: u32 = 16u;
+
+@group(0) @binding(0) var<uniform> P: MetricParams;
+@group(0) @binding(1) var<storage, read> src: array<u32>;
+@group(0) @binding(2) var<storage, read> pi: array<f32>;
+@group(0) @binding(3) var<storage, read> energies: array<f32>;
+@group(0) @binding(4) var<storage, read> next_e: array<f32>;
+@group(0) @binding(5) var<storage, read> act_mask: array<u32>;
+@group(0) @binding(6) var<storage, read_write> partials: array<f32>;
+
+var<workgroup> r_te: array<vec2<f32>, 256>;
+var<workgroup> r_an: array<f32, 256>;
+var<workgroup> r_ae: array<f32, 256>;
+var<workgroup> r_mf: array<f32, 256>;
+var<workgroup> r_h: array<vec2<f32>, 256>;
+
+fn is_active(j: u32) -> bool {
+    return P.has_active == 0u || act_mask[j] != 0u;
+}
+
+fn tree(lid: u32) {
+    workgroupBarrier();
+    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
+        if (lid < st) {
+            r_te[lid] = kahan_merge(r_te[lid], r_te[lid + st]);
+            r_an[lid] = r_an[lid] + r_an[lid + st];
+            r_ae[lid] = r_ae[lid] + r_ae[lid + st];
+            r_mf[lid] = max(r_mf[lid], r_mf[lid + st]);
+            r_h[lid] = kahan_merge(r_h[lid], r_h[lid + st]);
+        }
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(WG)
+fn metrics_partials(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let w = group_index(wid, nwg);
+    let base = w * LWG * ITEMS;
+    if (base >= P.n_total) {
+        return;
+    }
+    let bn = P.batch * P.n_nodes;
+    let be = P.batch * P.n_edges;
+    var te = vec2<f32>(0.0, 0.0);
+    var an = 0.0;
+    var ae = 0.0;
+    var mf = -f32_max();
+    var h = vec2<f32>(0.0, 0.0);
+    for (var r = 0u; r < ITEMS; r = r + 1u) {
+        let i = base + lid + r * LWG;
+        if (i < bn) {
+            te = kahan_add(te, next_e[i]);
+            if (is_active(i) && energies[i] != 0.0) {
+                an = an + 1.0;
+            }
+        }
+        if (i < be) {
+            let b = i / P.n_edges;
+            let e = i - b * P.n_edges;
+            let j = b * P.n_nodes + src[e];
+            let p = pi[e];
+            var x = energies[j] * P.alpha;
+            if (!is_active(j)) {
+                x = 0.0;
+            } else if (p > 0.0) {
+                ae = ae + 1.0;
+            }
+            mf = max(mf, x * p);
+        }
+        if (i < P.n_edges) {
+            let p = pi[i];
+            if (p > 0.0) {
+                h = kahan_add(h, -(p * log(p)));
+            }
+        }
+    }
+    r_te[lid] = te;
+    r_an[lid] = an;
+    r_ae[lid] = ae;
+    r_mf[lid] = mf;
+    r_h[lid] = h;
+    tree(lid);
+    if (lid == 0u) {
+        let o = w * 8u;
+        partials[o] = r_te[0].x - r_te[0].y;
+        partials[o + 1u] = r_an[0];
+        partials[o + 2u] = r_ae[0];
+        partials[o + 3u] = r_mf[0];
+        partials[o + 4u] = r_h[0].x - r_h[0].y;
+    }
+}
+
+// metrics_final reads `partials` (binding 6) and writes `metrics_out` (binding 7).
+@group(0) @binding(7) var<storage, read_write> metrics_out: array<f32>;
+
+@compute @workgroup_size(WG)
+fn metrics_final(@builtin(local_invocation_index) lid: u32) {
+    var te = vec2<f32>(0.0, 0.0);
+    var an = 0.0;
+    var ae = 0.0;
+    var mf = -f32_max();
+    var h = vec2<f32>(0.0, 0.0);
+    for (var w = lid; w < P.n_total; w = w + LWG) {
+        let o = w * 8u;
+        te = kahan_add(te, partials[o]);
+        an = an + partials[o + 1u];
+        ae = ae + partials[o + 2u];
+        mf = max(mf, partials[o + 3u]);
+        h = kahan_add(h, partials[o + 4u]);
+    }
+    r_te[lid] = te;
+    r_an[lid] = an;
+    r_ae[lid] = ae;
+    r_mf[lid] = mf;
+    r_h[lid] = h;
+    tree(lid);
+    if (lid == 0u) {
+        if (P.batch > 0u) {
+            let fb = f32(P.batch);
+            metrics_out[0] = (r_te[0].x - r_te[0].y) / fb;
+            metrics_out[1] = r_an[0] / fb;
+            metrics_out[2] = r_ae[0] / fb;
+        } else {
+            metrics_out[0] = 0.0;
+            metrics_out[1] = 0.0;
+            metrics_out[2] = 0.0;
+        }
+        if (P.batch > 0u && P.n_edges > 0u) {
+            metrics_out[3] = r_mf[0];
+        } else {
+            metrics_out[3] = 0.0;
+        }
+        if (P.n_nonempty > 0u) {
+            metrics_out[4] = (r_h[0].x - r_h[0].y) / f32(P.n_nonempty);
+        } else {
+            metrics_out[4] = 0.0;
+        }
+    }
+}

@@ -1,0 +1,300 @@
+// segment_softmax.wgsl: per-segment softmax fused with top-k (SPEC §2), and the top-k mask.
+//
+// z[e] = clamp(logits[e] / tau, -f32max, f32max)
+// kept[e] = top_k == 0 || deg <= top_k || rank(e) < top_k, rank by (z descending, edge ascending)
+// pi[e] = kept ? exp(z - m) / sum_kept exp(z - m) : 0      (m = max kept z)
+//
+// mode 0 writes pi (as f32 bits) into `out`; mode 1 writes the kept mask (u32 0/1).
+//
+// Two degree classes, chosen on the host:
+// * softmax_small: one thread per segment of degree 1..small_max. Top-k by k selection
+//   passes (O(k * deg), k < deg <= small_max); compensated (Kahan) sum in edge order.
+// * softmax_large: one workgroup of 256 per segment of degree > small_max (from the
+//   `large_nodes` list). Top-k threshold by a radix bisection over the order-preserving u32
+//   key of z (32 counting passes) and a bisection over the edge index among ties (O(64 deg / 256)
+//   per thread, independent of k); max and compensated sum by strided per-thread partials and a
+//   fixed-order tree in workgroup memory. Integer counts use workgroup atomics (exact).
+// Both are deterministic run to run.
+
+struct SoftmaxParams {
+    n_nodes: u32,
+    top_k: u32,
+    mode: u32,
+    n_large: u32,
+    tau: f32,
+    small_max: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: SoftmaxParams;
+@group(0) @binding(1) var<storage, read> row_ptr: array<u32>;
+@group(0) @binding(2) var<storage, read> logits: array<f32>;
+@group(0) @binding(3) var<storage, read_write> result: array<u32>;
+@group(0) @binding(4) var<storage, read> large_nodes: array<u32>;
+
+fn zval(e: u32) -> f32 {
+    let fm = f32_max();
+    return clamp(logits[e] / P.tau, -fm, fm);
+}
+
+// order-preserving key: a < b as floats <=> zkey(a) < zkey(b); -0 maps like +0.
+fn zkey(z: f32) -> u32 {
+    var u = bitcast<u32>(z);
+    if (u == 0x80000000u) {
+        u = 0u;
+    }
+    if ((u & 0x80000000u) != 0u) {
+        return ~u;
+    }
+    return u | 0x80000000u;
+}
+
+fn write_out(e: u32, kept: bool, p: f32) {
+    if (P.mode == 1u) {
+        result[e] = select(0u, 1u, kept);
+    } else {
+        result[e] = bitcast<u32>(p);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn softmax_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let j = thread_index(gid, nwg);
+    if (j >= P.n_nodes) {
+        return;
+    }
+    let s = row_ptr[j];
+    let t = row_ptr[j + 1u];
+    let deg = t - s;
+    if (deg == 0u || deg > P.small_max) {
+        return;
+    }
+    let k = P.top_k;
+    let use_k = k != 0u && deg > k;
+    // threshold element (pz, pe): the k-th in (z desc, e asc) order
+    var pz = 0.0;
+    var pe = 0u;
+    if (use_k) {
+        var have = false;
+        for (var p = 0u; p < k; p = p + 1u) {
+            var bz = 0.0;
+            var be = 0u;
+            var hb = false;
+            for (var e = s; e < t; e = e + 1u) {
+                let z = zval(e);
+                let after = !have || z < pz || (z == pz && e > pe);
+                if (after && (!hb || z > bz)) {
+                    bz = z;
+                    be = e;
+                    hb = true;
+                }
+            }
+            pz = bz;
+            pe = be;
+            have = true;
+        }
+    }
+    if (P.mode == 1u) {
+        for (var e = s; e < t; e = e + 1u) {
+            let z = zval(e);
+            let kept = !use_k || z > pz || (z == pz && e <= pe);
+            write_out(e, kept, 0.0);
+        }
+        return;
+    }
+    var m = -f32_max();
+    for (var e = s; e < t; e = e + 1u) {
+        let z = zval(e);
+        let kept = !use_k || z > pz || (z == pz && e <= pe);
+        if (kept) {
+            m = max(m, z);
+        }
+    }
+    // blocks of 16 terms, block sums accumulated with compensation: the error stays small
+    // even if the compiler reassociates the Kahan step away
+    var acc = vec2<f32>(0.0, 0.0);
+    var blk = 0.0;
+    var nb = 0u;
+    for (var e = s; e < t; e = e + 1u) {
+        let z = zval(e);
+        let kept = !use_k || z > pz || (z == pz && e <= pe);
+        if (kept) {
+            blk = blk + exp(z - m);
+            nb = nb + 1u;
+            if (nb == 16u) {
+                acc = kahan_add(acc, blk);
+                blk = 0.0;
+                nb = 0u;
+            }
+        }
+    }
+    acc = kahan_add(acc, blk);
+    let total = acc.x - acc.y;
+    for (var e = s; e < t; e = e + 1u) {
+        let z = zval(e);
+        let kept = !use_k || z > pz || (z == pz && e <= pe);
+        var p = 0.0;
+        if (kept) {
+            p = exp(z - m) / total;
+        }
+        write_out(e, kept, p);
+    }
+}
+
+const LWG: u32 = 256u;
+var<workgroup> red_a: array<f32, 256>;
+var<workgroup> red_b: array<f32, 256>;
+var<workgroup> counter: array<atomic<u32>, 2>;
+
+// Workgroup-wide sum of `part` (exact, integer). Must be called in uniform control flow.
+fn wg_count(part: u32, lid: u32, slot: u32) -> u32 {
+    atomicAdd(&counter[slot], part);
+    workgroupBarrier();
+    let c = atomicLoad(&counter[slot]);
+    if (lid == 0u) {
+        atomicStore(&counter[1u - slot], 0u);
+    }
+    workgroupBarrier();
+    return c;
+}
+
+@compute @workgroup_size(WG)
+fn softmax_large(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // WG must be 256 (LWG) for this entry point: the host passes it.
+    let w = group_index(wid, nwg);
+    if (w >= P.n_large) {
+        return;
+    }
+    let j = large_nodes[w];
+    let s = row_ptr[j];
+    let t = row_ptr[j + 1u];
+    let deg = t - s;
+    let k = P.top_k;
+    let use_k = k != 0u && deg > k;
+
+    if (lid == 0u) {
+        atomicStore(&counter[0], 0u);
+        atomicStore(&counter[1], 0u);
+    }
+    workgroupBarrier();
+
+    var tkey = 0u;          // key of the k-th largest z
+    var tidx = 0xffffffffu; // among z with key == tkey, keep local index <= tidx
+    var slot = 0u;
+    if (use_k) {
+        for (var bit = 0u; bit < 32u; bit = bit + 1u) {
+            let cand = tkey | (1u << (31u - bit));
+            var part = 0u;
+            for (var e = s + lid; e < t; e = e + LWG) {
+                if (zkey(zval(e)) >= cand) {
+                    part = part + 1u;
+                }
+            }
+            let c = wg_count(part, lid, slot);
+            slot = 1u - slot;
+            tkey = select(tkey, cand, c >= k);
+        }
+        var part_gt = 0u;
+        for (var e = s + lid; e < t; e = e + LWG) {
+            if (zkey(zval(e)) > tkey) {
+                part_gt = part_gt + 1u;
+            }
+        }
+        let gt = wg_count(part_gt, lid, slot);
+        slot = 1u - slot;
+        let need = k - gt; // >= 1 ties to keep, lowest edge index first
+        let nbits = 32u - countLeadingZeros(deg);
+        var x = 0u;
+        for (var bi = 0u; bi < nbits; bi = bi + 1u) {
+            let cand = x | (1u << (nbits - 1u - bi));
+            var part = 0u;
+            for (var e = s + lid; e < t; e = e + LWG) {
+                if (e - s < cand && zkey(zval(e)) == tkey) {
+                    part = part + 1u;
+                }
+            }
+            let c = wg_count(part, lid, slot);
+            slot = 1u - slot;
+            x = select(x, cand, c < need);
+        }
+        tidx = x;
+    }
+
+    if (P.mode == 1u) {
+        for (var e = s + lid; e < t; e = e + LWG) {
+            let key = zkey(zval(e));
+            let kept = !use_k || key > tkey || (key == tkey && e - s <= tidx);
+            write_out(e, kept, 0.0);
+        }
+        return;
+    }
+
+    // max over kept z
+    var m = -f32_max();
+    for (var e = s + lid; e < t; e = e + LWG) {
+        let z = zval(e);
+        let key = zkey(z);
+        let kept = !use_k || key > tkey || (key == tkey && e - s <= tidx);
+        if (kept) {
+            m = max(m, z);
+        }
+    }
+    red_a[lid] = m;
+    workgroupBarrier();
+    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
+        if (lid < st) {
+            red_a[lid] = max(red_a[lid], red_a[lid + st]);
+        }
+        workgroupBarrier();
+    }
+    let mm = red_a[0];
+    workgroupBarrier();
+
+    // compensated sum of exp(z - m) over kept
+    var acc = vec2<f32>(0.0, 0.0);
+    var blk = 0.0;
+    var nb = 0u;
+    for (var e = s + lid; e < t; e = e + LWG) {
+        let z = zval(e);
+        let key = zkey(z);
+        let kept = !use_k || key > tkey || (key == tkey && e - s <= tidx);
+        if (kept) {
+            blk = blk + exp(z - mm);
+            nb = nb + 1u;
+            if (nb == 16u) {
+                acc = kahan_add(acc, blk);
+                blk = 0.0;
+                nb = 0u;
+            }
+        }
+    }
+    acc = kahan_add(acc, blk);
+    red_a[lid] = acc.x;
+    red_b[lid] = acc.y;
+    workgroupBarrier();
+    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
+        if (lid < st) {
+            let r = kahan_merge(vec2<f32>(red_a[lid], red_b[lid]), vec2<f32>(red_a[lid + st], red_b[lid + st]));
+            red_a[lid] = r.x;
+            red_b[lid] = r.y;
+        }
+        workgroupBarrier();
+    }
+    let total = red_a[0] - red_b[0];
+
+    for (var e = s + lid; e < t; e = e + LWG) {
+        let z = zval(e);
+        let key = zkey(z);
+        let kept = !use_k || key > tkey || (key == tkey && e - s <= tidx);
+        var p = 0.0;
+        if (kept) {
+            p = exp(z - mm) / total;
+        }
+        write_out(e, kept, p);
+    }
+}
