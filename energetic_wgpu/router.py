@@ -39,6 +39,12 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
+def _device_array(be: Backend, value: Any) -> bool:
+    """True for a backend array that is not a plain numpy array. numpy inputs (which are also
+    the NumPy backend's arrays) always go through the full dtype/shape/finiteness checks."""
+    return be.is_array(value) and not isinstance(value, np.ndarray)
+
+
 def _float_array(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
     arr = np.asarray(value)
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)) or arr.dtype == np.bool_:
@@ -83,8 +89,8 @@ class RouterParams:
         """Seeded sin/cos positional initialization.
 
         Node positions ``(p0, p1)`` (layer, index for lattices) give features
-        ``sin(f_c * theta + p0 * phi_c)`` and ``cos(...)`` for ``c < dim // 2`` with
-        ``theta = 2 pi p1 / P`` (P = number of distinct p1 values) and frequencies ``f_c = c + 1``,
+        ``sin(f_c * theta + p0 * f_c / 2)`` (even columns c) and ``cos(...)`` (odd columns) with
+        ``theta = 2 pi p1 / P`` (P = 1 + the largest p1) and frequencies ``f_c = c // 2 + 1``,
         scaled by ``1/sqrt(dim)``, plus ``noise`` times seeded Gaussian noise (different for Q
         and K). ``bias`` starts at the graph's ``weights`` (zeros when it has none).
         The same (graph, dim, seed) always gives the same arrays.
@@ -305,7 +311,7 @@ class Router:
     # ------------------------------------------------------------- validation
     def _energies(self, energies: Any) -> tuple[Any, bool]:
         be, n = self.backend, self.graph.num_nodes
-        if be.is_array(energies):
+        if _device_array(be, energies):
             shape = tuple(energies.shape)
             if np.dtype(energies.dtype) != be.dtype:
                 raise ShapeError(f"energies must have dtype {be.dtype}, got {energies.dtype}")
@@ -324,7 +330,7 @@ class Router:
             raise ShapeError(f"energies must have shape [N] or [B, N] with N = {n}, got {shape}")
         batched = len(shape) == 2
         if arr is None:
-            arr = be.asarray(arr_np.reshape(-1, n) if not batched else arr_np)
+            arr = be.asarray(arr_np.reshape(-1, n) if not batched else arr_np, dtype=be.dtype)
         elif not batched:
             arr = be.reshape(arr, (1, n))
         return arr, batched
@@ -333,7 +339,7 @@ class Router:
         if active is None:
             return None
         be, n = self.backend, self.graph.num_nodes
-        if be.is_array(active):
+        if _device_array(be, active):
             if np.dtype(active.dtype) != np.bool_ or tuple(active.shape) != (batch, n):
                 raise ShapeError(f"active must be bool [{batch}, {n}], got {active.dtype} {tuple(active.shape)}")
             return active
@@ -417,11 +423,11 @@ class Router:
 
     def _grad_array(self, value: Any, name: str, shape: tuple[int, ...]) -> Any:
         be = self.backend
-        if be.is_array(value):
+        if _device_array(be, value):
             if tuple(value.shape) != shape:
                 raise ShapeError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
             return value
-        return be.asarray(_float_array(value, name, shape))
+        return be.asarray(_float_array(value, name, shape), dtype=be.dtype)
 
     # --------------------------------------------------------------- training
     def train_step(

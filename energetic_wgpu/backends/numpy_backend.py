@@ -4,10 +4,16 @@ No Python loop runs over nodes, edges or batch rows. Segment reductions use
 ``ufunc.reduceat`` over the non-empty segments; sums over incoming edges and the
 node-level products use ``scipy.sparse`` matrices built from the CSR arrays (a gather,
 never a float atomic). float32 by default, float64 on request.
+
+Speed (see ``benchmarks/bench_cpu.py``): index arrays and patterns derived from a graph are
+built once per graph and kept in a per-backend cache (:class:`_GraphCache`); batched
+gathers and sparse products work on the node-major ``[N, B]`` layout, where each node's
+batch values are contiguous; top-k ranks short segments in a padded dense layout.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,6 +24,78 @@ from ..graph import Graph
 from .base import Backend
 
 __all__ = ["NumpyBackend"]
+
+#: top-k ranks segments of degree up to this in a padded [degree, segments] layout (work
+#: ~ degree * edges); longer segments are ranked by a sort.
+_DENSE_TOPK_MAX_DEGREE = 64
+
+
+class _GraphCache:
+    """Index arrays derived from one (immutable) graph, built on first use."""
+
+    def __init__(self, graph: Graph) -> None:
+        n = graph.num_nodes
+        self.src = np.ascontiguousarray(graph.src, dtype=np.intp)
+        self.col = np.ascontiguousarray(graph.col_idx, dtype=np.intp)
+        nonempty = graph.out_degree > 0
+        self.nonempty = nonempty
+        self.all_nonempty = bool(nonempty.all())
+        self.starts = np.ascontiguousarray(graph.row_ptr[:-1][nonempty], dtype=np.intp)
+        # scipy.sparse pattern of the [N, N] edge matrix; int32 indices when they fit, so
+        # scipy takes its index arrays as they are (no per-call scan or conversion)
+        idx_t = np.int32 if graph.num_edges < 2**31 and n < 2**31 else np.int64
+        self.indptr = graph.row_ptr.astype(idx_t)
+        self.indices = graph.col_idx.astype(idx_t)
+        self.shape = (n, n)
+        self.topk: dict[int, _TopkPlan] = {}
+
+    def matrix(self, values: np.ndarray) -> sp.csr_matrix:
+        """The [N, N] matrix with entry (src[e], col_idx[e]) = values[e] (duplicates summed)."""
+        return sp.csr_matrix((values, self.indices, self.indptr), shape=self.shape, copy=False)
+
+    def segment_reduce(self, ufunc: np.ufunc, values: np.ndarray, empty: float) -> np.ndarray:
+        """[N]: ufunc-reduction of ``values`` [E] over each segment; ``empty`` for empty segments."""
+        if self.all_nonempty and values.size:
+            return ufunc.reduceat(values, self.starts)
+        out = np.full(self.nonempty.shape[0], empty, dtype=values.dtype)
+        if values.size:
+            out[self.nonempty] = ufunc.reduceat(values, self.starts)
+        return out
+
+
+class _TopkPlan:
+    """How :meth:`NumpyBackend.segment_topk` ranks the segments of one graph for one k.
+
+    Segments of degree <= k keep every edge and are not ranked. Segments of degree in
+    (k, 64] are grouped by degree class ((k, 8], (8, 16], (16, 32], (32, 64], so padding at
+    most doubles the work) and laid out as ``slots [D, S]``: the edge ids of S segments, one
+    column per segment, padded with the sentinel id E (value -inf). Longer segments are
+    ranked by a lexsort over their edges only.
+    """
+
+    def __init__(self, graph: Graph, k: int) -> None:
+        deg = graph.out_degree
+        row_ptr = graph.row_ptr
+        e = graph.num_edges
+        self.all_kept = not bool((deg > k).any())
+        self.groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (slots, valid, edges)
+        lo = k
+        while lo < _DENSE_TOPK_MAX_DEGREE:
+            hi = min(max(2 * lo, 8), _DENSE_TOPK_MAX_DEGREE)
+            nodes = np.flatnonzero((deg > lo) & (deg <= hi))
+            if nodes.size:
+                d = int(deg[nodes].max())
+                slot = np.arange(d)[:, None]
+                valid = slot < deg[nodes][None, :]
+                slots = np.where(valid, row_ptr[nodes][None, :] + slot, e).astype(np.intp)
+                self.groups.append((slots, valid, slots[valid]))
+            lo = hi
+        # long segments: their edges (ascending), the source of each and the position of its
+        # segment's first edge among them
+        long_deg = deg[deg > max(k, _DENSE_TOPK_MAX_DEGREE)]
+        self.long_edges = np.flatnonzero(deg[graph.src] > max(k, _DENSE_TOPK_MAX_DEGREE))
+        self.long_src = graph.src[self.long_edges]
+        self.long_first = np.repeat(np.cumsum(long_deg) - long_deg, long_deg)
 
 
 class NumpyBackend(Backend):
@@ -39,6 +117,15 @@ class NumpyBackend(Backend):
         self.dtype = dt
         self._finfo_max = float(np.finfo(dt).max)
 
+        self._graphs: weakref.WeakKeyDictionary[Graph, _GraphCache] = weakref.WeakKeyDictionary()
+
+    def _cache(self, graph: Graph) -> _GraphCache:
+        """The derived index arrays of ``graph`` (built on first use, dropped with the graph)."""
+        c = self._graphs.get(graph)
+        if c is None:
+            c = self._graphs[graph] = _GraphCache(graph)
+        return c
+
     def describe(self) -> str:
         return f"numpy ({self.dtype})"
 
@@ -47,16 +134,19 @@ class NumpyBackend(Backend):
 
     # ------------------------------------------------------------------ arrays
     def asarray(self, x: Any, dtype: Any = None) -> np.ndarray:
+        """A new contiguous array (always a copy, like an upload: later changes to ``x``
+        do not reach the backend, and in-place optimizer updates do not reach ``x``)."""
         arr = np.asarray(x)
-        if dtype is not None:
-            return np.ascontiguousarray(arr, dtype=dtype)
-        if arr.dtype == np.bool_:
-            return np.ascontiguousarray(arr)
-        if np.issubdtype(arr.dtype, np.integer):
-            return np.ascontiguousarray(arr, dtype=np.int32)
-        if np.issubdtype(arr.dtype, np.floating):
-            return np.ascontiguousarray(arr, dtype=self.dtype)
-        raise ShapeError(f"cannot make a backend array of dtype {arr.dtype}; expected float, int or bool")
+        if dtype is None:
+            if arr.dtype == np.bool_:
+                dtype = np.bool_
+            elif np.issubdtype(arr.dtype, np.integer):
+                dtype = np.int32
+            elif np.issubdtype(arr.dtype, np.floating):
+                dtype = self.dtype
+            else:
+                raise ShapeError(f"cannot make a backend array of dtype {arr.dtype}; expected float, int or bool")
+        return np.array(arr, dtype=dtype, order="C", copy=True)
 
     def to_numpy(self, x: Any) -> np.ndarray:
         arr = np.array(x, copy=True)
@@ -73,17 +163,22 @@ class NumpyBackend(Backend):
     # ------------------------------------------------------------- helpers
     def _matrix(self, graph: Graph, values: np.ndarray) -> sp.csr_matrix:
         """The [N, N] sparse matrix with entry (src[e], col_idx[e]) = values[e] (duplicates summed)."""
-        n = graph.num_nodes
-        return sp.csr_matrix((values, graph.col_idx, graph.row_ptr), shape=(n, n))
+        return self._cache(graph).matrix(values)
+
+    def _segment_reduce(self, graph: Graph, ufunc: np.ufunc, values: np.ndarray, empty: float) -> np.ndarray:
+        """[N]: ufunc-reduction of ``values`` [E] over each segment; ``empty`` for empty segments."""
+        return self._cache(graph).segment_reduce(ufunc, values, empty)
 
     @staticmethod
-    def _segment_reduce(graph: Graph, ufunc: np.ufunc, values: np.ndarray, empty: float) -> np.ndarray:
-        """[N]: ufunc-reduction of ``values`` [E] over each segment; ``empty`` for empty segments."""
-        out = np.full(graph.num_nodes, empty, dtype=values.dtype)
-        nonempty = graph.out_degree > 0
-        if values.size:
-            out[nonempty] = ufunc.reduceat(values, graph.row_ptr[:-1][nonempty])
-        return out
+    def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """[R]: dot(a[r], b[r]) for contiguous a, b [R, C] (single-threaded, no temporary)."""
+        return np.einsum("rc,rc->r", a, b)
+
+    @staticmethod
+    def _node_major(x: np.ndarray) -> np.ndarray:
+        """[N, B] contiguous copy of x [B, N]: each node's batch values side by side, the
+        layout of scipy's sparse-times-dense products and of fast row gathers."""
+        return np.ascontiguousarray(x.T)
 
     def _source_scale(self, energies: np.ndarray, alpha: float, active: np.ndarray | None) -> np.ndarray:
         """x[b, j] = alpha * active[b, j] * energies[b, j] (float [B, N])."""
@@ -94,36 +189,65 @@ class NumpyBackend(Backend):
 
     # ------------------------------------------------------------ forward ops
     def edge_logits(self, graph: Graph, q: np.ndarray, k: np.ndarray, bias: np.ndarray) -> np.ndarray:
-        dots = np.einsum("ed,ed->e", q[graph.src], k[graph.col_idx])
+        c = self._cache(graph)
+        dots = self._row_dots(np.take(q, c.src, axis=0), np.take(k, c.col, axis=0))
         return (dots + bias).astype(self.dtype, copy=False)
 
     def segment_topk(self, graph: Graph, values: np.ndarray, k: int) -> np.ndarray:
         e = graph.num_edges
+        kept = np.ones(e, dtype=bool)
         if k == 0:
-            return np.ones(e, dtype=bool)
-        edge = np.arange(e)
-        # sort by (segment, value descending, edge index ascending): rank inside the segment
-        order = np.lexsort((edge, -values, graph.src))
-        rank = np.empty(e, dtype=np.int64)
-        rank[order] = edge - graph.row_ptr[graph.src[order]]
-        return rank < k
+            return kept
+        c = self._cache(graph)
+        plan = c.topk.get(k)
+        if plan is None:
+            plan = c.topk[k] = _TopkPlan(graph, k)
+        if plan.all_kept:
+            return kept
+        # short segments, padded [D, S] (sentinel E holds -inf, below every value): the rank
+        # of an edge is the number of edges of its segment with a larger value, or an equal
+        # value and a lower slot (= lower edge index); padding only follows real slots
+        ext = np.empty(e + 1, dtype=values.dtype)
+        ext[:e] = values
+        ext[e] = -np.inf
+        for slots, valid, edges in plan.groups:
+            v = np.take(ext, slots)
+            rank = np.zeros(v.shape, dtype=np.int32)
+            for j in range(v.shape[0]):  # over slot positions (<= 64), not over edges
+                before = v[j] > v
+                before[j + 1 :] |= v[j] == v[j + 1 :]
+                rank += before
+            kept[edges] = rank[valid] < k
+        if plan.long_edges.size:
+            # long segments: sort by (segment, value descending, edge index ascending)
+            le = plan.long_edges
+            order = np.lexsort((le, -values[le], plan.long_src))
+            rank = np.empty(le.size, dtype=np.int64)
+            rank[order] = np.arange(le.size) - plan.long_first[order]
+            kept[le] = rank < k
+        return kept
 
     def _z(self, logits: np.ndarray, tau: float) -> np.ndarray:
-        with np.errstate(over="ignore"):
-            z = logits / self.dtype.type(tau)
+        t = self.dtype.type(tau)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            z = logits / t
+        if t == 0:  # tau > 0 underflowed in this dtype: 0 / tau is still 0, not NaN
+            z = np.where(logits == 0, self.dtype.type(0), z)
         return np.clip(z, -self._finfo_max, self._finfo_max)
 
     def segment_softmax(self, graph: Graph, logits: np.ndarray, tau: float = 1.0, top_k: int = 0) -> np.ndarray:
+        c = self._cache(graph)
         z = self._z(logits, tau)
         kept = self.segment_topk(graph, z, top_k)
-        neg = self.dtype.type(-np.inf)
-        zk = np.where(kept, z, neg)
-        m = self._segment_reduce(graph, np.maximum, zk, 0.0)
-        with np.errstate(under="ignore"):
-            ex = np.where(kept, np.exp(zk - m[graph.src]), self.dtype.type(0))
+        zk = z if kept.all() else np.where(kept, z, self.dtype.type(-np.inf))
+        m = c.segment_reduce(np.maximum, zk, 0.0)
+        with np.errstate(under="ignore", over="ignore"):
+            zk = zk - np.take(m, c.src)
+            ex = np.exp(zk, out=zk)  # dropped edges: exp(-inf) = 0
         # the denominator is accumulated in float64 so a segment of 1,000 edges sums to 1 within 1e-6
-        s = self._segment_reduce(graph, np.add, ex.astype(np.float64), 1.0).astype(self.dtype)
-        return (ex / s[graph.src]).astype(self.dtype, copy=False)
+        s = c.segment_reduce(np.add, ex.astype(np.float64), 1.0).astype(self.dtype)
+        ex /= np.take(s, c.src)
+        return ex
 
     def energy_scatter(
         self,
@@ -134,11 +258,12 @@ class NumpyBackend(Backend):
         active: np.ndarray | None = None,
         retain_sinks: bool = False,
     ) -> np.ndarray:
-        x = self._source_scale(energies, alpha, active)
-        nxt = np.asarray(self._matrix(graph, pi).T.dot(x.T).T, dtype=self.dtype)
+        x = self._node_major(self._source_scale(energies, alpha, active))
+        # next^T = M^T x^T with M[src[e], col_idx[e]] = pi[e] (scipy sums each target's edges in edge order)
+        nxt = np.ascontiguousarray(self._matrix(graph, pi).T.dot(x).astype(self.dtype, copy=False).T)
         if retain_sinks:
-            nxt = nxt + np.where(graph.sink_mask, energies, self.dtype.type(0))
-        return np.ascontiguousarray(nxt, dtype=self.dtype)
+            nxt += np.where(graph.sink_mask, energies, self.dtype.type(0))
+        return nxt
 
     def edge_flow(
         self, graph: Graph, energies: np.ndarray, pi: np.ndarray, alpha: float = 1.0, active: np.ndarray | None = None
@@ -183,13 +308,16 @@ class NumpyBackend(Backend):
         active: np.ndarray | None = None,
         retain_sinks: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
+        c = self._cache(graph)
+        g = self._node_major(grad_next)  # [N, B]
         # dL/dx[b, j] = sum_{e in segment j} pi[e] * g[b, col[e]]  (x = alpha * active * energies)
-        gx = np.asarray(self._matrix(graph, pi).dot(grad_next.T).T, dtype=self.dtype)
+        gx = np.ascontiguousarray(self._matrix(graph, pi).dot(g).astype(self.dtype, copy=False).T)
         grad_energies = self._source_scale(gx, alpha, active)
         if retain_sinks:
-            grad_energies = grad_energies + np.where(graph.sink_mask, grad_next, self.dtype.type(0))
-        x = self._source_scale(energies, alpha, active)
-        grad_pi = np.einsum("be,be->e", x[:, graph.src], grad_next[:, graph.col_idx])
+            grad_energies += np.where(graph.sink_mask, grad_next, self.dtype.type(0))
+        # dL/dpi[e] = sum_b x[b, src[e]] * g[b, col[e]]: row dots of two [E, B] gathers
+        x = self._node_major(self._source_scale(energies, alpha, active))
+        grad_pi = self._row_dots(np.take(g, c.col, axis=0), np.take(x, c.src, axis=0))
         return (
             np.ascontiguousarray(grad_energies, dtype=self.dtype),
             np.ascontiguousarray(grad_pi, dtype=self.dtype),
@@ -198,9 +326,12 @@ class NumpyBackend(Backend):
     def segment_softmax_backward(
         self, graph: Graph, pi: np.ndarray, grad_pi: np.ndarray, tau: float = 1.0
     ) -> np.ndarray:
-        dot = self._segment_reduce(graph, np.add, (pi * grad_pi).astype(np.float64), 0.0).astype(self.dtype)
-        gz = pi * (grad_pi - dot[graph.src])
-        return (gz / self.dtype.type(tau)).astype(self.dtype, copy=False)
+        c = self._cache(graph)
+        dot = c.segment_reduce(np.add, (pi * grad_pi).astype(np.float64), 0.0).astype(self.dtype)
+        gz = grad_pi - np.take(dot, c.src)
+        gz *= pi
+        gz /= self.dtype.type(tau)
+        return gz.astype(self.dtype, copy=False)
 
     def edge_logits_backward(
         self, graph: Graph, q: np.ndarray, k: np.ndarray, grad_logits: np.ndarray
