@@ -173,7 +173,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from . import check
 
+    if args.dawn:
+        return _check_dawn(args)
     return check.run(adapter=args.adapter, as_json=args.json, include_numpy=args.numpy)
+
+
+def _check_dawn(args: argparse.Namespace) -> int:
+    """The same parity table under headless Chromium (Dawn/Tint): the wgpu backend's dispatch
+    plans replayed with the same WGSL files, compared with NumPy."""
+    from . import dawn
+
+    try:
+        rows = dawn.check(adapter=args.adapter)
+    except dawn.DawnUnavailable as exc:
+        print(f"check --dawn: Chromium/WebGPU unavailable: {exc}", file=sys.stderr)
+        return 1
+    except dawn.DawnError as exc:
+        print(f"check --dawn: the browser run failed: {exc}", file=sys.stderr)
+        return 1
+    failed = [r for r in rows if r["status"] not in ("pass",)]
+    if args.json:
+        print(json.dumps({"ok": not failed, "results": rows}, indent=1, default=str))
+    else:
+        print(dawn.format_table(rows))
+        print(f"check --dawn: {len(rows) - len(failed)}/{len(rows)} passed" + (f", {len(failed)} FAILED" if failed else ""))
+    return 1 if failed else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -214,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", metavar="X", help="only adapters whose index or name matches X")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--numpy", action="store_true", help="also check the NumPy float32 backend against float64")
+    p.add_argument("--dawn", action="store_true",
+                   help="run the same kernels under headless Chromium (Dawn/Tint) instead of wgpu-native")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("bench", help="forward/train-step timings on every backend and adapter")

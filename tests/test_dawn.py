@@ -205,3 +205,18 @@ def test_browser_demo_loads_headless(tmp_path):
     last = summary["layer_energy"]["step5"]
     assert abs(sum(last) - 8.0) < 1e-4 and abs(last[-1] - 8.0) < 1e-4  # all energy collected in the last layer
     assert summary["max_abs_diff"] <= 1e-5 * 8
+
+
+def test_cli_check_dawn_prints_the_parity_table(dawn_run, capsys):
+    """`energetic-wgpu check --dawn` runs the same table under Chromium and exits 0 when all pass."""
+    from energetic_wgpu.cli import main
+
+    rc = main(["check", "--dawn", "--json"])
+    out = capsys.readouterr().out
+    import json
+
+    report = json.loads(out)
+    ops = {r["op"] for r in report["results"]}
+    assert {"edge_logits", "compile:softmax_small"} <= ops or any(o.startswith("edge_logits") for o in ops)
+    assert rc == (0 if report["ok"] else 1)
+    assert report["ok"], [r for r in report["results"] if r["status"] != "pass"]
