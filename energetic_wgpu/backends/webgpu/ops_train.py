@@ -1,0 +1,233 @@
+"""Losses and the clipped AdamW step of the wgpu backend (SPEC §5), all on the device.
+
+Each function takes the :class:`WgpuBackend` as its first argument and follows the
+docstring of the matching method of :class:`energetic_wgpu.backends.base.Backend`.
+
+Losses are fixed-order two-pass reductions (``losses.wgsl``); the mse count comes from the
+mask on the device. ``adamw_step`` never reads back:
+
+1. ``sumsq_partials`` (reduce.wgsl) of every gradient into one persistent partials buffer;
+2. ``adamw_prepare`` (one workgroup): the global norm, the clip coefficient
+   min(1, max_norm / (norm + 1e-6)), t += 1 in the device step buffer, the bias corrections
+   1 - beta^t from t — written to a persistent 4-float scalar buffer, the norm also to a new
+   [1] array that is returned;
+3. ``adamw_update`` once per parameter array (q, k, bias): three dispatches. A single dispatch
+   over all parameters would need them (and m, v, grads) in one flat buffer; the runtime's
+   DeviceArray is a whole buffer, never a view, and binding the 12 arrays of three parameters
+   at once exceeds WebGPU's 8 storage buffers per stage.
+
+The learning rate changes from step to step (schedules) but must not allocate: it lives in a
+small persistent ``hyper`` ring of RING slots (lr, 1 - lr*wd), written by
+``queue.write_buffer``; the dispatch's uniform only names the slot, so the set of uniform
+contents (and bind groups) stays bounded. ``write_buffer`` runs at the next submit *before*
+the pending encoder's commands, so a slot is rewritten only if no command of the pending
+encoder reads it; when every slot is taken by pending steps the encoder is flushed first.
+A constant lr reuses one slot forever.
+
+Each ``adamw_step`` ends by flushing the pending encoder once ``steps_per_submit`` optimizer
+steps have been encoded (default 1, set with :func:`set_steps_per_submit`): a steady-state
+``Router.train_step`` is exactly one ``queue.submit``.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any, Sequence
+
+import numpy as np
+
+from .kernels import REDUCE_ITEMS, KernelSpec, register
+
+__all__ = [
+    "mse",
+    "cross_entropy",
+    "entropy_regularization",
+    "adamw_step",
+    "set_steps_per_submit",
+    "RING",
+]
+
+U, R, W = "uniform", "read", "read_write"
+_SPAN = 256 * REDUCE_ITEMS  # elements per reduction workgroup
+#: slots of the learning-rate ring
+RING = 16
+
+
+def _k(name: str, file: str, bindings: tuple[str | None, ...], wg: int) -> KernelSpec:
+    return register(KernelSpec(name, ("common.wgsl", file), name, bindings, wg))
+
+
+_k("mse_partials", "losses.wgsl", (U, R, R, R, W), 256)
+_k("loss_final", "losses.wgsl", (U, None, None, None, W, W), 256)
+_k("mse_grad", "losses.wgsl", (U, R, R, R, W, None, W), 64)
+_k("ce_partials", "losses.wgsl", (U, R, R, None, W, None, W), 256)
+_k("ent_partials", "losses.wgsl", (U, R, None, None, W, None, W), 256)
+_k("adamw_prepare", "adamw.wgsl", (U, R, W, W, W), 256)
+_k("adamw_update", "adamw.wgsl", (None, None, None, None, None, U, W, R, W, W, R, R), 64)
+
+
+# ------------------------------------------------------------------ losses
+def _parts(n: int) -> int:
+    return -(-n // _SPAN)
+
+
+def mse(backend: Any, pred: Any, target: Any, mask: Any = None) -> tuple[Any, Any]:
+    be, rt = backend, backend.runtime
+    pred, target = be._dev(pred), be._dev(target)
+    n = pred.size
+    loss = be.empty((1,))
+    grad = be.empty(pred.shape)
+    parts = _parts(n)
+    partials = be.empty((2 * parts + 1,))
+    m = be._opt(mask)
+    u = (n, 0 if mask is None else 1, parts, 0) + (np.float32(0.0),) * 4
+    rt.dispatch("mse_partials", [pred, target, m, partials], workgroups=parts, uniforms=u)
+    rt.dispatch("loss_final", [partials, loss], workgroups=1, uniforms=u)
+    rt.dispatch("mse_grad", [pred, target, m, partials, grad], threads=n, uniforms=u)
+    return loss, grad
+
+
+def cross_entropy(backend: Any, pred: Any, target: Any, eps: float = 1e-12) -> tuple[Any, Any]:
+    be, rt = backend, backend.runtime
+    pred, target = be._dev(pred), be._dev(target)
+    batch = 1 if pred.ndim == 1 else int(pred.shape[0])
+    n = pred.size
+    loss = be.empty((1,))
+    grad = be.empty(pred.shape)
+    parts = _parts(n)
+    partials = be.empty((2 * parts + 1,))
+    u = (n, 0, parts, 1, np.float32(-1.0), np.float32(max(batch, 1)), np.float32(eps), np.float32(0.0))
+    rt.dispatch("ce_partials", [pred, target, partials, grad], workgroups=parts, uniforms=u)
+    rt.dispatch("loss_final", [partials, loss], workgroups=1, uniforms=u)  # n_parts = 0 gives 0
+    return loss, grad
+
+
+def entropy_regularization(backend: Any, graph: Any, pi: Any, lam: float) -> tuple[Any, Any]:
+    be, rt = backend, backend.runtime
+    pi = be._dev(pi)
+    n = pi.size
+    loss = be.empty((1,))
+    grad = be.empty(pi.shape)
+    parts = _parts(n)
+    partials = be.empty((2 * parts + 1,))
+    lam32 = np.float32(lam)
+    u = (n, 0, parts, 1, np.float32(-lam32), np.float32(1.0), np.float32(0.0), lam32)
+    rt.dispatch("ent_partials", [pi, partials, grad], workgroups=parts, uniforms=u)
+    rt.dispatch("loss_final", [partials, loss], workgroups=1, uniforms=u)
+    return loss, grad
+
+
+# ------------------------------------------------------------------ AdamW
+class _TrainState:
+    """Persistent per-backend buffers of the optimizer step (never reallocated per step)."""
+
+    def __init__(self, backend: Any) -> None:
+        # not backend.zeros: its clear_buffer is encoded and would run *after* the first
+        # write_buffer into a slot (write_buffer runs at submit, before the encoder's commands)
+        self.hyper = backend.empty((2 * RING,))
+        backend.runtime.queue.write_buffer(self.hyper.buffer, 0, np.zeros(2 * RING, dtype=np.float32))
+        self.slot_values: list[tuple[float, float] | None] = [None] * RING
+        self.slot_epoch = [-1] * RING  # submit count when the slot was last bound (pending if current)
+        self.last_slot = 0
+        self.scratch: dict[tuple[int, ...], tuple[Any, Any]] = {}  # sizes -> (partials, scal)
+        self.steps_per_submit = 1
+        self.unsubmitted_steps = 0
+        self.epoch_seen = -1
+
+
+_STATES: "weakref.WeakKeyDictionary[Any, _TrainState]" = weakref.WeakKeyDictionary()
+
+
+def _state(backend: Any) -> _TrainState:
+    st = _STATES.get(backend)
+    if st is None:
+        st = _STATES[backend] = _TrainState(backend)
+    return st
+
+
+def set_steps_per_submit(backend: Any, n: int) -> None:
+    """Submit the pending encoder after every ``n`` optimizer steps (default 1)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"steps_per_submit must be an int >= 1, got {n!r}")
+    _state(backend).steps_per_submit = n
+
+
+def _lr_slot(backend: Any, st: _TrainState, lr32: np.float32, wdf32: np.float32) -> int:
+    """A ring slot holding (lr, 1 - lr*wd), written without disturbing pending commands."""
+    rt = backend.runtime
+    value = (float(lr32), float(wdf32))
+    epoch = rt.counters.submits
+    pending = [st.slot_epoch[i] == epoch for i in range(RING)]
+    if st.slot_values[st.last_slot] == value:
+        slot = st.last_slot
+    else:
+        slot = next((i for i in range(RING) if st.slot_values[i] == value), -1)
+        if slot < 0:
+            free = [i for i in range(1, RING + 1) if not pending[(st.last_slot + i) % RING]]
+            if not free:
+                rt.flush()  # every slot is read by a pending step: submit them first
+                epoch = rt.counters.submits
+                free = [1]
+            slot = (st.last_slot + free[0]) % RING
+            data = np.array(value, dtype=np.float32)
+            rt.queue.write_buffer(st.hyper.buffer, slot * 8, data)
+            rt.counters.bytes_uploaded += data.nbytes
+            st.slot_values[slot] = value
+    st.slot_epoch[slot] = epoch
+    st.last_slot = slot
+    return slot
+
+
+def adamw_step(
+    backend: Any,
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    exp_avg: Sequence[Any],
+    exp_avg_sq: Sequence[Any],
+    step: Any,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    max_grad_norm: float | None,
+) -> Any:
+    be, rt = backend, backend.runtime
+    st = _state(be)
+    grads = [be._dev(g) for g in grads]
+    counts = tuple(_parts(g.size) for g in grads)
+    key = tuple(g.size for g in grads)
+    scratch = st.scratch.get(key)
+    if scratch is None:
+        scratch = st.scratch[key] = (be.empty((max(1, sum(counts)),)), be.empty((4,)))
+    partials, scal = scratch
+    offset = 0
+    for g, c in zip(grads, counts):
+        rt.dispatch("sumsq_partials", [g, partials], workgroups=c, uniforms=(g.size, offset))
+        offset += c
+    norm = be.empty((1,))
+
+    def log_beta(b: float) -> np.float32:
+        return np.float32(math.log(b)) if b > 0 else np.float32(-1e30)
+
+    clip = max_grad_norm is not None
+    u_prep = (offset, 1 if clip else 0, 0, 0, np.float32(max_grad_norm if clip else 0.0), log_beta(beta1),
+              log_beta(beta2), np.float32(0.0))
+    rt.dispatch("adamw_prepare", [partials, step, scal, norm], workgroups=1, uniforms=u_prep)
+
+    slot = _lr_slot(be, st, np.float32(lr), np.float32(1.0 - lr * weight_decay))
+    hyper = (np.float32(beta1), np.float32(1.0 - beta1), np.float32(beta2), np.float32(1.0 - beta2), np.float32(eps))
+    for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq):
+        u = (p.size, slot, 0, 0) + hyper + (np.float32(0.0),) * 3
+        rt.dispatch("adamw_update", [p, g, m, v, scal, st.hyper], threads=p.size, uniforms=u)
+
+    if st.epoch_seen != rt.counters.submits:
+        st.epoch_seen = rt.counters.submits
+        st.unsubmitted_steps = 0
+    st.unsubmitted_steps += 1
+    if st.unsubmitted_steps >= st.steps_per_submit:
+        rt.flush()
+        st.epoch_seen = rt.counters.submits
+        st.unsubmitted_steps = 0
+    return norm

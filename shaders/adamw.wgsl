@@ -1,0 +1,123 @@
+// adamw.wgsl: one clipped AdamW step on the device (SPEC §5), no readback.
+//
+// adamw_prepare (one workgroup of 256): total = fixed-order sum of the sum-of-squares partials
+//   of every gradient (reduce.wgsl's sumsq_partials wrote them); norm = sqrt(total);
+//   coef = min(1, max_norm / (norm + 1e-6)) when clipping (else 1); t = step[0] + 1 is stored
+//   back; bias corrections bc = 1 - beta^t = -expm1(t * ln beta) (expm1 by its series for
+//   |x| < 0.5: 1 - beta^t for t = 1, beta2 = 0.999 keeps full relative precision).
+//   scal = [norm, coef, bc1, bc2]; norm_out[0] = norm.
+// adamw_update (thread per element of one parameter array):
+//   g = grad * coef; p *= 1 - lr*wd; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g g;
+//   p -= lr * (m / bc1) / (sqrt(v / bc2) + eps)
+//   lr and 1 - lr*wd come from slot `slot` of the `hyper` ring (written by the host with
+//   queue.write_buffer) so that a changing learning rate allocates nothing.
+
+struct PrepareParams {
+    n_parts: u32,
+    clip: u32,       // 1: clip to max_norm
+    _pad0: u32,
+    _pad1: u32,
+    max_norm: f32,
+    log_b1: f32,     // ln(beta1) (a large negative number for beta1 = 0)
+    log_b2: f32,
+    _pad2: f32,
+}
+
+struct UpdateParams {
+    n: u32,
+    slot: u32,
+    _pad0: u32,
+    _pad1: u32,
+    b1: f32,
+    omb1: f32,       // 1 - beta1 (rounded once, as the reference does)
+    b2: f32,
+    omb2: f32,
+    eps: f32,
+    _pad2: f32,
+    _pad3: f32,
+    _pad4: f32,
+}
+
+@group(0) @binding(0) var<uniform> PP: PrepareParams;
+@group(0) @binding(1) var<storage, read> partials: array<f32>;
+@group(0) @binding(2) var<storage, read_write> step_count: array<f32>;
+@group(0) @binding(3) var<storage, read_write> scal_w: array<f32>;
+@group(0) @binding(4) var<storage, read_write> norm_out: array<f32>;
+
+const LWG: u32 = 256u;
+var<workgroup> red_a: array<f32, 256>;
+var<workgroup> red_b: array<f32, 256>;
+
+fn expm1_(x: f32) -> f32 {
+    if (abs(x) < 0.5) {
+        // Horner form of x + x^2/2! + ... + x^12/12!
+        var s = 1.0;
+        for (var k = 12; k >= 2; k = k - 1) {
+            s = 1.0 + s * x / f32(k);
+        }
+        return x * s;
+    }
+    return exp(x) - 1.0;
+}
+
+@compute @workgroup_size(WG)
+fn adamw_prepare(@builtin(local_invocation_index) lid: u32) {
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var i = lid; i < PP.n_parts; i = i + LWG) {
+        acc = kahan_add(acc, partials[i]);
+    }
+    red_a[lid] = acc.x;
+    red_b[lid] = acc.y;
+    workgroupBarrier();
+    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
+        if (lid < st) {
+            let m = kahan_merge(vec2<f32>(red_a[lid], red_b[lid]), vec2<f32>(red_a[lid + st], red_b[lid + st]));
+            red_a[lid] = m.x;
+            red_b[lid] = m.y;
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        let norm = sqrt(max(red_a[0] - red_b[0], 0.0));
+        var coef = 1.0;
+        if (PP.clip != 0u) {
+            coef = min(1.0, PP.max_norm / (norm + 1e-6));
+        }
+        let t = step_count[0] + 1.0;
+        step_count[0] = t;
+        scal_w[0] = norm;
+        scal_w[1] = coef;
+        scal_w[2] = -expm1_(t * PP.log_b1);
+        scal_w[3] = -expm1_(t * PP.log_b2);
+        norm_out[0] = norm;
+    }
+}
+
+@group(0) @binding(5) var<uniform> UP: UpdateParams;
+@group(0) @binding(6) var<storage, read_write> param: array<f32>;
+@group(0) @binding(7) var<storage, read> grad: array<f32>;
+@group(0) @binding(8) var<storage, read_write> exp_avg: array<f32>;
+@group(0) @binding(9) var<storage, read_write> exp_avg_sq: array<f32>;
+@group(0) @binding(10) var<storage, read> scal: array<f32>;
+@group(0) @binding(11) var<storage, read> hyper: array<f32>;
+
+@compute @workgroup_size(WG)
+fn adamw_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = thread_index(gid, nwg);
+    if (i >= UP.n) {
+        return;
+    }
+    let coef = scal[1];
+    let bc1 = scal[2];
+    let bc2 = scal[3];
+    let lr = hyper[2u * UP.slot];
+    let wdf = hyper[2u * UP.slot + 1u];
+    let g = grad[i] * coef;
+    var p = param[i] * wdf;
+    let m = UP.b1 * exp_avg[i] + UP.omb1 * g;
+    let v = UP.b2 * exp_avg_sq[i] + UP.omb2 * g * g;
+    exp_avg[i] = m;
+    exp_avg_sq[i] = v;
+    p = p - lr * (m / bc1) / (sqrt(v / bc2) + UP.eps);
+    param[i] = p;
+}

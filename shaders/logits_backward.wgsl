@@ -1,0 +1,103 @@
+// logits_backward.wgsl: grad_q and grad_k of edge_logits (SPEC §4), gathers only.
+//
+// One pair of entry points serves both gradients through an index "list":
+//   mode 0 (grad_q): node j's list is its CSR segment, entries e in [seg_ptr[j], seg_ptr[j+1]):
+//                    edge = e, other = col_idx[e]                (idx = col_idx)
+//   mode 1 (grad_k): node n's list is its reverse-index range r in [seg_ptr[n], seg_ptr[n+1]):
+//                    edge = pairs[r].x, other = pairs[r].y = src  (idx = rev_pairs, flat)
+// out[j, c] = sum over the list of grad_logits[edge] * feat[other, c]   (feat = k or q)
+//
+// * logits_bwd_small: thread per (j, c) for lists of length <= small_max; compensated serial sum.
+// * logits_bwd_large: workgroup of 256 per (j, c) for j in `large_nodes`; strided partials and
+//   a fixed-order tree.
+
+struct LogitsBwdParams {
+    n_nodes: u32,
+    dim: u32,
+    mode: u32,
+    n_large: u32,
+    small_max: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: LogitsBwdParams;
+@group(0) @binding(1) var<storage, read> seg_ptr: array<u32>;
+@group(0) @binding(2) var<storage, read> idx: array<u32>;
+@group(0) @binding(3) var<storage, read> grad_logits: array<f32>;
+@group(0) @binding(4) var<storage, read> feat: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read> large_nodes: array<u32>;
+
+fn term(r: u32, c: u32) -> f32 {
+    var edge = r;
+    var other = 0u;
+    if (P.mode == 0u) {
+        other = idx[r];
+    } else {
+        edge = idx[2u * r];
+        other = idx[2u * r + 1u];
+    }
+    return grad_logits[edge] * feat[other * P.dim + c];
+}
+
+@compute @workgroup_size(WG)
+fn logits_bwd_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = thread_index(gid, nwg);
+    if (i >= P.n_nodes * P.dim) {
+        return;
+    }
+    let j = i / P.dim;
+    let c = i - j * P.dim;
+    let s = seg_ptr[j];
+    let t = seg_ptr[j + 1u];
+    if (t - s > P.small_max) {
+        return;
+    }
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var r = s; r < t; r = r + 1u) {
+        acc = kahan_add(acc, term(r, c));
+    }
+    out[i] = acc.x - acc.y;
+}
+
+const LWG: u32 = 256u;
+var<workgroup> red_a: array<f32, 256>;
+var<workgroup> red_b: array<f32, 256>;
+
+@compute @workgroup_size(WG)
+fn logits_bwd_large(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // WG must be 256 (LWG) for this entry point.
+    let g = group_index(wid, nwg);
+    if (g >= P.n_large * P.dim) {
+        return;
+    }
+    let w = g / P.dim;
+    let c = g - w * P.dim;
+    let j = large_nodes[w];
+    let s = seg_ptr[j];
+    let t = seg_ptr[j + 1u];
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var r = s + lid; r < t; r = r + LWG) {
+        acc = kahan_add(acc, term(r, c));
+    }
+    red_a[lid] = acc.x;
+    red_b[lid] = acc.y;
+    workgroupBarrier();
+    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
+        if (lid < st) {
+            let m = kahan_merge(vec2<f32>(red_a[lid], red_b[lid]), vec2<f32>(red_a[lid + st], red_b[lid + st]));
+            red_a[lid] = m.x;
+            red_b[lid] = m.y;
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        out[j * P.dim + c] = red_a[0] - red_b[0];
+    }
+}

@@ -1,0 +1,188 @@
+// losses.wgsl: mse, cross_entropy and entropy regularization (SPEC §5) with their gradients.
+// Losses are fixed-order two-pass reductions: pass 1 (<loss>_partials) has workgroup w cover
+// elements [w*WG*ITEMS, (w+1)*WG*ITEMS), thread t summing t, t+WG, ... in order (compensated),
+// then a fixed tree; partials[2w] = sum, partials[2w+1] = count (u32 bits, mse only).
+// Pass 2 (loss_final, one workgroup) sums the partials in order into loss[0]:
+//   mode 0 (mse): loss = sum / count (0 when count = 0) and partials[2*n_parts] = 2 / count
+//                 (0 when count = 0), the gradient scale read by mse_grad;
+//   mode 1:       loss = sum * mul / div.
+// Gradients: mse_grad (after loss_final); ce_partials and ent_partials write theirs directly.
+// WG must be 256 for the reductions.
+
+struct LossParams {
+    n: u32,
+    flags: u32,     // bit 0: mask given (mse)
+    n_parts: u32,
+    mode: u32,
+    mul: f32,       // ce: -1; entropy: -lam
+    div: f32,       // ce: B; entropy: 1
+    eps: f32,       // ce clamp
+    lam: f32,       // entropy: lam
+}
+
+const LWG: u32 = 256u;
+const ITEMS: u32 = 16u;
+
+@group(0) @binding(0) var<uniform> P: LossParams;
+@group(0) @binding(1) var<storage, read> pred: array<f32>;
+@group(0) @binding(2) var<storage, read> target_: array<f32>;
+@group(0) @binding(3) var<storage, read> mask: array<u32>;
+@group(0) @binding(4) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(5) var<storage, read_write> loss: array<f32>;
+@group(0) @binding(6) var<storage, read_write> grad: array<f32>;
+
+var<workgroup> red_a: array<f32, 256>;
+var<workgroup> red_b: array<f32, 256>;
+var<workgroup> red_c: array<u32, 256>;
+
+fn tree(lid: u32, acc: vec2<f32>, cnt: u32) {
+    red_a[lid] = acc.x;
+    red_b[lid] = acc.y;
+    red_c[lid] = cnt;
+    workgroupBarrier();
+    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
+        if (lid < st) {
+            let m = kahan_merge(vec2<f32>(red_a[lid], red_b[lid]), vec2<f32>(red_a[lid + st], red_b[lid + st]));
+            red_a[lid] = m.x;
+            red_b[lid] = m.y;
+            red_c[lid] = red_c[lid] + red_c[lid + st];
+        }
+        workgroupBarrier();
+    }
+}
+
+fn masked(i: u32) -> bool {
+    return (P.flags & 1u) == 0u || mask[i] != 0u;
+}
+
+@compute @workgroup_size(WG)
+fn mse_partials(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let w = group_index(wid, nwg);
+    let base = w * LWG * ITEMS;
+    if (base >= P.n) {
+        return;
+    }
+    var acc = vec2<f32>(0.0, 0.0);
+    var cnt = 0u;
+    for (var r = 0u; r < ITEMS; r = r + 1u) {
+        let i = base + lid + r * LWG;
+        if (i < P.n && masked(i)) {
+            let d = pred[i] - target_[i];
+            acc = kahan_add(acc, d * d);
+            cnt = cnt + 1u;
+        }
+    }
+    tree(lid, acc, cnt);
+    if (lid == 0u) {
+        partials[2u * w] = red_a[0] - red_b[0];
+        partials[2u * w + 1u] = bitcast<f32>(red_c[0]);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn loss_final(@builtin(local_invocation_index) lid: u32) {
+    var acc = vec2<f32>(0.0, 0.0);
+    var cnt = 0u;
+    for (var w = lid; w < P.n_parts; w = w + LWG) {
+        acc = kahan_add(acc, partials[2u * w]);
+        if (P.mode == 0u) {
+            cnt = cnt + bitcast<u32>(partials[2u * w + 1u]);
+        }
+    }
+    tree(lid, acc, cnt);
+    if (lid == 0u) {
+        let total = red_a[0] - red_b[0];
+        if (P.mode == 0u) {
+            let c = red_c[0];
+            if (c == 0u) {
+                loss[0] = 0.0;
+                partials[2u * P.n_parts] = 0.0;
+            } else {
+                loss[0] = total / f32(c);
+                partials[2u * P.n_parts] = 2.0 / f32(c);
+            }
+        } else {
+            loss[0] = total * P.mul / P.div;
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn mse_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = thread_index(gid, nwg);
+    if (i >= P.n) {
+        return;
+    }
+    var d = 0.0;
+    if (masked(i)) {
+        d = pred[i] - target_[i];
+    }
+    grad[i] = d * partials[2u * P.n_parts];
+}
+
+@compute @workgroup_size(WG)
+fn ce_partials(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let w = group_index(wid, nwg);
+    let base = w * LWG * ITEMS;
+    if (base >= P.n) {
+        return;
+    }
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var r = 0u; r < ITEMS; r = r + 1u) {
+        let i = base + lid + r * LWG;
+        if (i < P.n) {
+            let p = pred[i];
+            let t = target_[i];
+            let c = max(p, P.eps);
+            acc = kahan_add(acc, t * log(c));
+            var g = 0.0;
+            if (p >= P.eps) {
+                g = -t / c;
+            }
+            grad[i] = g / P.div;
+        }
+    }
+    tree(lid, acc, 0u);
+    if (lid == 0u) {
+        partials[2u * w] = red_a[0] - red_b[0];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn ent_partials(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let w = group_index(wid, nwg);
+    let base = w * LWG * ITEMS;
+    if (base >= P.n) {
+        return;
+    }
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var r = 0u; r < ITEMS; r = r + 1u) {
+        let i = base + lid + r * LWG;
+        if (i < P.n) {
+            let p = pred[i];
+            var g = 0.0;
+            if (p > 0.0) {
+                let lp = log(p);
+                acc = kahan_add(acc, p * lp);
+                g = -P.lam * (lp + 1.0);
+            }
+            grad[i] = g;
+        }
+    }
+    tree(lid, acc, 0u);
+    if (lid == 0u) {
+        partials[2u * w] = red_a[0] - red_b[0];
+    }
+}

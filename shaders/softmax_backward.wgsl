@@ -1,0 +1,84 @@
+// softmax_backward.wgsl: grad_logits[e] = pi[e] * (gpi[e] - dot_j) / tau with
+// dot_j = sum_{e' in segment j} pi[e'] * gpi[e'] (SPEC §4; 0 on dropped edges since pi = 0).
+//
+// * softmax_bwd_small: thread per segment of degree 1..small_max; compensated serial dot.
+// * softmax_bwd_large: workgroup of 256 per segment in `large_nodes` (degree > small_max);
+//   strided compensated partials and a fixed-order tree.
+
+struct SoftmaxBwdParams {
+    n_nodes: u32,
+    n_large: u32,
+    small_max: u32,
+    _pad0: u32,
+    tau: f32,
+    _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: SoftmaxBwdParams;
+@group(0) @binding(1) var<storage, read> row_ptr: array<u32>;
+@group(0) @binding(2) var<storage, read> pi: array<f32>;
+@group(0) @binding(3) var<storage, read> gpi: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> large_nodes: array<u32>;
+
+@compute @workgroup_size(WG)
+fn softmax_bwd_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let j = thread_index(gid, nwg);
+    if (j >= P.n_nodes) {
+        return;
+    }
+    let s = row_ptr[j];
+    let t = row_ptr[j + 1u];
+    if (t == s || t - s > P.small_max) {
+        return;
+    }
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var e = s; e < t; e = e + 1u) {
+        acc = kahan_add(acc, pi[e] * gpi[e]);
+    }
+    let dot = acc.x - acc.y;
+    for (var e = s; e < t; e = e + 1u) {
+        out[e] = pi[e] * (gpi[e] - dot) / P.tau;
+    }
+}
+
+const LWG: u32 = 256u;
+var<workgroup> red_a: array<f32, 256>;
+var<workgroup> red_b: array<f32, 256>;
+
+@compute @workgroup_size(WG)
+fn softmax_bwd_large(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // WG must be 256 (LWG) for this entry point.
+    let w = group_index(wid, nwg);
+    if (w >= P.n_large) {
+        return;
+    }
+    let j = large_nodes[w];
+    let s = row_ptr[j];
+    let t = row_ptr[j + 1u];
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var e = s + lid; e < t; e = e + LWG) {
+        acc = kahan_add(acc, pi[e] * gpi[e]);
+    }
+    red_a[lid] = acc.x;
+    red_b[lid] = acc.y;
+    workgroupBarrier();
+    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
+        if (lid < st) {
+            let m = kahan_merge(vec2<f32>(red_a[lid], red_b[lid]), vec2<f32>(red_a[lid + st], red_b[lid + st]));
+            red_a[lid] = m.x;
+            red_b[lid] = m.y;
+        }
+        workgroupBarrier();
+    }
+    let dot = red_a[0] - red_b[0];
+    for (var e = s + lid; e < t; e = e + LWG) {
+        out[e] = pi[e] * (gpi[e] - dot) / P.tau;
+    }
+}
