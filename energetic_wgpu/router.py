@@ -210,15 +210,22 @@ class Gradients:
     Attributes:
         q, k: float [N, d]; bias: float [E]; energies: float, the shape of the forward input.
         norm: sqrt(|q|^2 + |k|^2 + |bias|^2) as a Python float (read back on access).
-        norm_sq: the same squared, as a float [1] backend array (no readback).
+        norm_sq: the same squared, as a float [1] backend array, computed on first access
+            (a training step does not pay for it: the optimizer computes its own norm).
     """
 
     q: Any
     k: Any
     bias: Any
     energies: Any
-    norm_sq: Any
     backend: Backend
+    _norm_sq: Any = field(default=None, repr=False)
+
+    @property
+    def norm_sq(self) -> Any:
+        if self._norm_sq is None:
+            self._norm_sq = self.backend.sum_squares([self.q, self.k, self.bias])
+        return self._norm_sq
 
     @property
     def norm(self) -> float:
@@ -417,7 +424,6 @@ class Router:
             k=gk,
             bias=gb,
             energies=gn if out.batched else be.reshape(gn, (n,)),
-            norm_sq=be.sum_squares([gq, gk, gb]),
             backend=be,
         )
 
