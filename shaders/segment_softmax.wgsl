@@ -116,11 +116,15 @@ fn softmax_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     var acc = vec2<f32>(0.0, 0.0);
     var blk = 0.0;
     var nb = 0u;
+    // exp(z - m) (0 where not kept) goes to `result` and is divided in place afterwards:
+    // one exp per edge, and the last pass reads what this one wrote (still in cache)
     for (var e = s; e < t; e = e + 1u) {
         let z = zval(e);
         let kept = !use_k || z > pz || (z == pz && e <= pe);
+        var ex = 0.0;
         if (kept) {
-            blk = blk + exp(z - m);
+            ex = exp(z - m);
+            blk = blk + ex;
             nb = nb + 1u;
             if (nb == 16u) {
                 acc = kahan_add(acc, blk);
@@ -128,17 +132,12 @@ fn softmax_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
                 nb = 0u;
             }
         }
+        result[e] = bitcast<u32>(ex);
     }
     acc = kahan_add(acc, blk);
     let total = acc.x - acc.y;
     for (var e = s; e < t; e = e + 1u) {
-        let z = zval(e);
-        let kept = !use_k || z > pz || (z == pz && e <= pe);
-        var p = 0.0;
-        if (kept) {
-            p = exp(z - m) / total;
-        }
-        write_out(e, kept, p);
+        result[e] = bitcast<u32>(bitcast<f32>(result[e]) / total);
     }
 }
 

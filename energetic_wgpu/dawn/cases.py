@@ -112,12 +112,12 @@ def _cases() -> list[Case]:
         def mk(s: int, batch: int | None = batch) -> dict[str, Any]:
             return _base(s, batch)
 
-        add(Case(f"energy_scatter_{tag}", mk, lambda b, i: {
-            "next": b.energy_scatter(i["graph"], b.asarray(i["energies"]), b.asarray(i["pi"]), alpha=0.9)}))
-        add(Case(f"energy_scatter_active_sinks_{tag}", mk, lambda b, i: {
-            "next": b.energy_scatter(i["graph"], b.asarray(i["energies"]), b.asarray(i["pi"]), alpha=1.1,
-                                     active=b.asarray(i["active"]), retain_sinks=True)}))
-        if batch is not None:  # edge_flow takes [B, N] energies (Backend contract)
+        if batch is not None:  # energy ops take [B, N] energies (Backend contract; the Router reshapes [N])
+            add(Case(f"energy_scatter_{tag}", mk, lambda b, i: {
+                "next": b.energy_scatter(i["graph"], b.asarray(i["energies"]), b.asarray(i["pi"]), alpha=0.9)}))
+            add(Case(f"energy_scatter_active_sinks_{tag}", mk, lambda b, i: {
+                "next": b.energy_scatter(i["graph"], b.asarray(i["energies"]), b.asarray(i["pi"]), alpha=1.1,
+                                         active=b.asarray(i["active"]), retain_sinks=True)}))
             add(Case(f"edge_flow_{tag}", mk, lambda b, i: {
                 "flow": b.edge_flow(i["graph"], b.asarray(i["energies"]), b.asarray(i["pi"]), alpha=0.8,
                                     active=b.asarray(i["active"]))}))

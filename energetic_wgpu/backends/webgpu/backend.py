@@ -11,7 +11,8 @@ Degree strategies (SMALL = ``kernels.SMALL_DEGREE_MAX`` = 256):
   workgroup of 256 each (top-k threshold by a radix bisection over the float keys, O(64 deg)
   independent of k; fixed-order tree reductions).
 * ``energy_scatter``: a gather over the reverse (CSC) index; nodes of in-degree <= SMALL run
-  one thread per (b, node), larger ones one workgroup of 256 per (b, node).
+  one thread per (node, chunk of 8 batch rows) after a transpose of the energies to
+  [N, ceil(B/4)] vec4, larger ones one workgroup of 256 per (b, node).
 * ``step_metrics`` and ``sum_squares``: two-pass fixed-order reductions (per-workgroup
   partials, then one workgroup).
 
@@ -68,6 +69,8 @@ class WgpuBackend(Backend):
         limits: "default" requests WebGPU's default limits (portable: what every browser
             grants); "adapter" requests the adapter's maxima.
         dtype: must be "float32".
+        features: optional wgpu features to request (opt-in, none by default), e.g.
+            ``["timestamp-query"]`` for :meth:`Runtime.gpu_time` in the benchmarks.
 
     Raises:
         BackendUnavailable: wgpu is missing, or no adapter matches (the message lists them).
@@ -79,7 +82,9 @@ class WgpuBackend(Backend):
 
     name = "wgpu"
 
-    def __init__(self, adapter: Any = None, limits: str = "default", dtype: Any = "float32") -> None:
+    def __init__(
+        self, adapter: Any = None, limits: str = "default", dtype: Any = "float32", features: Sequence[str] = ()
+    ) -> None:
         try:
             dt = np.dtype(dtype)
         except TypeError as exc:
@@ -87,7 +92,7 @@ class WgpuBackend(Backend):
         if dt != np.float32:
             raise InvalidArgumentError(f"dtype must be 'float32' for the wgpu backend, got {dt.name!r}")
         self.dtype = np.dtype(np.float32)
-        self.runtime = Runtime(adapter=adapter, limits=limits)
+        self.runtime = Runtime(adapter=adapter, limits=limits, features=features)
         self._graphs: "weakref.WeakKeyDictionary[Graph, GraphData]" = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------------ info
@@ -293,7 +298,18 @@ class WgpuBackend(Backend):
         out = self.empty(energies.shape)
         u = (batch, gd.num_nodes, flags, gd.n_large_in, np.float32(alpha), SMALL_DEGREE_MAX)
         common = [gd.rev_ptr, gd.rev_pairs, pi, energies, act, gd.sink, out]
-        self.runtime.dispatch("scatter_small", common, threads=batch * gd.num_nodes, uniforms=u)
+        if batch and gd.num_nodes:
+            # x = alpha * active * energies transposed to [N, ceil(B/4)] vec4 (a pooled
+            # workspace), then one thread per (node, 8 batch rows)
+            nc4 = -(-batch // 4)
+            xt = self.empty((gd.num_nodes * nc4 * 4,))
+            self.runtime.dispatch("scatter_transpose", [energies, act, xt], threads=nc4 * gd.num_nodes, uniforms=u)
+            self.runtime.dispatch(
+                "scatter_small",
+                [gd.rev_ptr, gd.rev_pairs, pi, energies, gd.sink, out, xt],
+                threads=-(-batch // 8) * gd.num_nodes,
+                uniforms=u,
+            )
         if gd.n_large_in and batch:
             self.runtime.dispatch("scatter_large", common + [gd.large_in], workgroups=gd.n_large_in * batch, uniforms=u)
         return out

@@ -79,6 +79,7 @@ DEFAULT_LIMITS: dict[str, int] = {
 _MAX_WG_PER_DIM = 65535
 _UNIFORM_CACHE_SIZE = 4096
 _BIND_GROUP_CACHE_SIZE = 8192
+_TS_MAX_PASSES = 64  # compute passes one gpu_time call can time
 _MAX_FREE_BYTES = 512 * 2**20  # pooled but unused bytes kept before destroying buffers
 
 _DTYPES = {
@@ -348,12 +349,21 @@ class Runtime:
 
     STORAGE_USAGE = 0  # set in __init__ (needs wgpu)
 
-    def __init__(self, adapter: Any = None, limits: str = "default") -> None:
+    def __init__(self, adapter: Any = None, limits: str = "default", features: Sequence[str] = ()) -> None:
         w = _require_wgpu()
         if limits not in ("default", "adapter"):
             raise InvalidArgumentError(f"limits must be 'default' or 'adapter', got {limits!r}")
+        if isinstance(features, str) or not all(isinstance(f, str) for f in features):
+            raise InvalidArgumentError(f"features must be a sequence of feature names (str), got {features!r}")
         self.adapter = _select_adapter(adapter)
         self.adapter_info = dict(self.adapter.info)
+        adapter_features = {str(f) for f in self.adapter.features}
+        missing = [f for f in features if f not in adapter_features]
+        if missing:
+            raise BackendUnavailable(
+                f"adapter {self.adapter_info.get('device', '?')} ({self.adapter_info.get('backend_type', '?')}) "
+                f"lacks the requested features {missing}"
+            )
         adapter_limits = dict(self.adapter.limits)
         if limits == "default":
             required = {k: v for k, v in DEFAULT_LIMITS.items() if k in adapter_limits}
@@ -366,7 +376,9 @@ class Runtime:
         else:
             required = None
         try:
-            self.device = self.adapter.request_device_sync(required_limits=required)
+            self.device = self.adapter.request_device_sync(
+                required_limits=required, required_features=list(dict.fromkeys(features))
+            )
         except Exception as exc:
             raise BackendUnavailable(
                 f"could not create a device on {self.adapter_info.get('device', '?')}: {type(exc).__name__}: {exc}"
@@ -374,6 +386,8 @@ class Runtime:
         self.queue = self.device.queue
         self.limits: dict[str, int] = {_snake(k): int(v) for k, v in dict(self.device.limits).items()}
         self.limits_mode = limits
+        #: the optional features this device was created with (opt-in: none by default)
+        self.features: frozenset[str] = frozenset(str(f) for f in self.device.features)
         self.STORAGE_USAGE = w.BufferUsage.STORAGE | w.BufferUsage.COPY_SRC | w.BufferUsage.COPY_DST
         self.counters = Counters()
         #: set to a list to record every dispatch as a JSON-able dict
@@ -398,6 +412,11 @@ class Runtime:
         self._staging_size = 0
         self._staging_free: list[Any] = []
         self._dummy: PooledBuffer | None = None
+        # timestamp queries (see gpu_time): the query set being written, passes timed so far
+        self._ts_query: Any = None
+        self._ts_passes = 0
+        self._ts_set: Any = None
+        self._ts_resolve: Any = None
 
     # ------------------------------------------------------------------ info
     def describe(self) -> str:
@@ -601,8 +620,66 @@ class Runtime:
 
     def _ensure_pass(self) -> Any:
         if self._pass is None:
-            self._pass = self._ensure_encoder().begin_compute_pass()
+            if self._ts_query is not None and self._ts_passes < _TS_MAX_PASSES:
+                i = self._ts_passes
+                self._ts_passes += 1
+                self._pass = self._ensure_encoder().begin_compute_pass(
+                    timestamp_writes={
+                        "query_set": self._ts_query,
+                        "beginning_of_pass_write_index": 2 * i,
+                        "end_of_pass_write_index": 2 * i + 1,
+                    }
+                )
+            else:
+                self._pass = self._ensure_encoder().begin_compute_pass()
         return self._pass
+
+    @property
+    def has_timestamps(self) -> bool:
+        """Whether the device was created with the "timestamp-query" feature."""
+        return "timestamp-query" in self.features
+
+    def gpu_time(self, fn: Any) -> tuple[Any, float]:
+        """Run ``fn()`` (which encodes work) and measure it with GPU timestamp queries.
+
+        Pending work is flushed first; every compute pass ``fn`` opens (up to 64) gets
+        begin/end timestamp writes; then the work is submitted and the timestamps read back.
+        Returns ``(fn's result, milliseconds)``: the sum of the passes' device durations
+        (copies and clears outside compute passes are not counted). Benchmarking helper.
+
+        Raises:
+            DeviceError: the device was created without the "timestamp-query" feature.
+        """
+        if not self.has_timestamps:
+            raise DeviceError(
+                "gpu_time needs a device created with features=['timestamp-query'] "
+                f"(this one has {sorted(self.features)})"
+            )
+        w = _require_wgpu()
+        if self._ts_set is None:
+            self._ts_set = self.device.create_query_set(type=w.QueryType.timestamp, count=2 * _TS_MAX_PASSES)
+            self._ts_resolve = self.device.create_buffer(
+                size=16 * _TS_MAX_PASSES, usage=w.BufferUsage.QUERY_RESOLVE | w.BufferUsage.COPY_SRC
+            )
+        self.flush()
+        self._ts_query, self._ts_passes = self._ts_set, 0
+        try:
+            result = fn()
+            self._end_pass()
+        finally:
+            self._ts_query = None
+        n = self._ts_passes
+        if n == 0:
+            self.flush()
+            return result, 0.0
+        nbytes = 16 * n
+        staging = self._get_staging(nbytes)
+        enc = self._ensure_encoder()
+        enc.resolve_query_set(self._ts_set, 0, 2 * n, self._ts_resolve, 0)
+        enc.copy_buffer_to_buffer(self._ts_resolve, 0, staging, 0, nbytes)
+        self.flush()
+        ts = self._map_read(staging, nbytes).view(np.uint64).reshape(n, 2).astype(np.int64)
+        return result, float(np.sum(ts[:, 1] - ts[:, 0])) / 1e6
 
     def _end_pass(self) -> None:
         if self._pass is not None:
