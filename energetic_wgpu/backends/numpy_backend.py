@@ -29,6 +29,12 @@ __all__ = ["NumpyBackend"]
 #: ~ degree * edges); longer segments are ranked by a sort.
 _DENSE_TOPK_MAX_DEGREE = 64
 
+#: size in bytes of the blocks in which per-edge gathers are processed (cache-sized)
+_BLOCK_BYTES = 2**19
+
+#: nodes per block of the [B, N] -> [N, B] transpose (:meth:`NumpyBackend._node_major`)
+_TRANSPOSE_BLOCK = 1024
+
 
 class _GraphCache:
     """Index arrays derived from one (immutable) graph, built on first use."""
@@ -67,10 +73,11 @@ class _TopkPlan:
     """How :meth:`NumpyBackend.segment_topk` ranks the segments of one graph for one k.
 
     Segments of degree <= k keep every edge and are not ranked. Segments of degree in
-    (k, 64] are grouped by degree class ((k, 8], (8, 16], (16, 32], (32, 64], so padding at
-    most doubles the work) and laid out as ``slots [D, S]``: the edge ids of S segments, one
-    column per segment, padded with the sentinel id E (value -inf). Longer segments are
-    ranked by a lexsort over their edges only.
+    (k, 64] are grouped by degree class ((k, max(2k, 8)], then classes of doubling degree up
+    to 64, so a short segment is not padded to the longest one) and each class is laid out
+    as ``slots [D, S]``: the edge ids of its S segments, one column per segment, padded with
+    the sentinel id E (value -inf). Longer segments are ranked by a lexsort over their edges
+    only.
     """
 
     def __init__(self, graph: Graph, k: int) -> None:
@@ -170,15 +177,47 @@ class NumpyBackend(Backend):
         return self._cache(graph).segment_reduce(ufunc, values, empty)
 
     @staticmethod
-    def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """[R]: dot(a[r], b[r]) for contiguous a, b [R, C] (single-threaded, no temporary)."""
-        return np.einsum("rc,rc->r", a, b)
+    def _gather_row_dots(a: np.ndarray, rows_a: np.ndarray, b: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+        """[R]: dot(a[rows_a[r]], b[rows_b[r]]) for a, b [*, C] (e.g. one value per edge).
+
+        Computed over blocks of rows gathered into two reused, cache-sized buffers: a loop
+        over blocks, each one vectorized, instead of two [R, C] temporaries (3-5x faster at
+        R = 90k edges, C = 64: no page faults on fresh memory, the rows stay in cache)."""
+        r, cols = rows_a.shape[0], a.shape[1]
+        out = np.empty(r, dtype=np.result_type(a, b))
+        step = max(1, min(r, _BLOCK_BYTES // max(1, cols * a.itemsize)))
+        buf_a = np.empty((step, cols), dtype=a.dtype)
+        buf_b = np.empty((step, cols), dtype=b.dtype)
+        for s in range(0, r, step):  # over blocks of rows
+            n = min(step, r - s)
+            # mode="clip" (the indices are valid anyway) lets take write straight into out=
+            ga = np.take(a, rows_a[s : s + n], axis=0, out=buf_a[:n], mode="clip")
+            gb = np.take(b, rows_b[s : s + n], axis=0, out=buf_b[:n], mode="clip")
+            np.einsum("rc,rc->r", ga, gb, out=out[s : s + n])
+        return out
 
     @staticmethod
-    def _node_major(x: np.ndarray) -> np.ndarray:
-        """[N, B] contiguous copy of x [B, N]: each node's batch values side by side, the
-        layout of scipy's sparse-times-dense products and of fast row gathers."""
-        return np.ascontiguousarray(x.T)
+    def _node_major(x: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        """[N, B] contiguous copy of x [B, N], zero where ``active`` [B, N] is False: each
+        node's batch values side by side, the layout of scipy's sparse-times-dense products
+        and of fast row gathers.
+
+        Copied in blocks of 1024 nodes through a small buffer whose rows are an odd number
+        of cache lines long: reading straight down the columns of x hits the same few cache
+        sets over and over when a row of x is a multiple of 1 KiB (N = 10240 float32) and
+        runs ~6x slower; the small buffer also spares a full-size temporary (fresh large
+        arrays cost page faults)."""
+        rows, cols = x.shape
+        out = np.empty((cols, rows), dtype=x.dtype)
+        width = max(1, min(cols, _TRANSPOSE_BLOCK))
+        stage = np.empty((rows, width + 64 // x.itemsize), dtype=x.dtype)
+        for c0 in range(0, cols, width):  # over blocks of nodes
+            block = stage[:, : min(width, cols - c0)]
+            np.copyto(block, x[:, c0 : c0 + width])
+            if active is not None:
+                np.copyto(block, 0, where=~active[:, c0 : c0 + width])
+            out[c0 : c0 + width] = block.T
+        return out
 
     def _source_scale(self, energies: np.ndarray, alpha: float, active: np.ndarray | None) -> np.ndarray:
         """x[b, j] = alpha * active[b, j] * energies[b, j] (float [B, N])."""
@@ -190,7 +229,7 @@ class NumpyBackend(Backend):
     # ------------------------------------------------------------ forward ops
     def edge_logits(self, graph: Graph, q: np.ndarray, k: np.ndarray, bias: np.ndarray) -> np.ndarray:
         c = self._cache(graph)
-        dots = self._row_dots(np.take(q, c.src, axis=0), np.take(k, c.col, axis=0))
+        dots = self._gather_row_dots(q, c.src, k, c.col)
         return (dots + bias).astype(self.dtype, copy=False)
 
     def segment_topk(self, graph: Graph, values: np.ndarray, k: int) -> np.ndarray:
@@ -258,9 +297,12 @@ class NumpyBackend(Backend):
         active: np.ndarray | None = None,
         retain_sinks: bool = False,
     ) -> np.ndarray:
-        x = self._node_major(self._source_scale(energies, alpha, active))
-        # next^T = M^T x^T with M[src[e], col_idx[e]] = pi[e] (scipy sums each target's edges in edge order)
-        nxt = np.ascontiguousarray(self._matrix(graph, pi).T.dot(x).astype(self.dtype, copy=False).T)
+        a = self.dtype.type(alpha)
+        x = self._node_major(energies, active)  # [N, B]: active * energies
+        # next^T = M^T x with M[src[e], col_idx[e]] = alpha * pi[e] (scipy sums each target's
+        # edges in edge order)
+        m = self._matrix(graph, pi if a == 1 else pi * a)
+        nxt = np.ascontiguousarray(m.T.dot(x).astype(self.dtype, copy=False).T)
         if retain_sinks:
             nxt += np.where(graph.sink_mask, energies, self.dtype.type(0))
         return nxt
@@ -309,15 +351,21 @@ class NumpyBackend(Backend):
         retain_sinks: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         c = self._cache(graph)
+        a = self.dtype.type(alpha)
         g = self._node_major(grad_next)  # [N, B]
-        # dL/dx[b, j] = sum_{e in segment j} pi[e] * g[b, col[e]]  (x = alpha * active * energies)
-        gx = np.ascontiguousarray(self._matrix(graph, pi).dot(g).astype(self.dtype, copy=False).T)
-        grad_energies = self._source_scale(gx, alpha, active)
+        # dL/denergies[b, j] = alpha * active[b, j] * sum_{e in segment j} pi[e] * g[b, col[e]]
+        m = self._matrix(graph, pi if a == 1 else pi * a)
+        grad_energies = np.ascontiguousarray(m.dot(g).astype(self.dtype, copy=False).T)
+        if active is not None:
+            np.copyto(grad_energies, 0, where=~active)
         if retain_sinks:
             grad_energies += np.where(graph.sink_mask, grad_next, self.dtype.type(0))
-        # dL/dpi[e] = sum_b x[b, src[e]] * g[b, col[e]]: row dots of two [E, B] gathers
-        x = self._node_major(self._source_scale(energies, alpha, active))
-        grad_pi = self._row_dots(np.take(g, c.col, axis=0), np.take(x, c.src, axis=0))
+        # dL/dpi[e] = alpha * sum_b active[b, src[e]] * energies[b, src[e]] * g[b, col[e]]:
+        # dots of gathered node-major rows
+        x = self._node_major(energies, active)
+        grad_pi = self._gather_row_dots(g, c.col, x, c.src)
+        if a != 1:
+            grad_pi *= a
         return (
             np.ascontiguousarray(grad_energies, dtype=self.dtype),
             np.ascontiguousarray(grad_pi, dtype=self.dtype),
@@ -346,8 +394,15 @@ class NumpyBackend(Backend):
         return (a + b).astype(self.dtype, copy=False)
 
     def sum_squares(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
-        total = sum((float(np.dot(a.ravel().astype(np.float64), a.ravel().astype(np.float64))) for a in arrays), 0.0)
+        total = sum((self._sum_squares64(a) for a in arrays), 0.0)
         return np.array([total], dtype=self.dtype)
+
+    @staticmethod
+    def _sum_squares64(a: np.ndarray) -> float:
+        """sum(a**2) accumulated in float64 (einsum: single-threaded, no float64 copy of ``a``;
+        a threaded BLAS dot is 20x slower on a busy machine)."""
+        flat = a.ravel()
+        return float(np.einsum("i,i->", flat, flat, dtype=np.float64))
 
     # ------------------------------------------------------------------ losses
     def mse(self, pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -359,9 +414,9 @@ class NumpyBackend(Backend):
             count = diff.size
         if count == 0:
             return np.zeros(1, dtype=self.dtype), np.zeros_like(pred)
-        loss = np.array([np.dot(diff.ravel().astype(np.float64), diff.ravel().astype(np.float64)) / count])
-        grad = diff * self.dtype.type(2.0 / count)
-        return loss.astype(self.dtype), grad.astype(self.dtype, copy=False)
+        loss = np.array([self._sum_squares64(diff) / count], dtype=self.dtype)
+        diff *= self.dtype.type(2.0 / count)  # diff is a fresh array: it becomes the gradient
+        return loss, diff.astype(self.dtype, copy=False)
 
     def cross_entropy(
         self, pred: np.ndarray, target: np.ndarray, eps: float = 1e-12
@@ -404,11 +459,20 @@ class NumpyBackend(Backend):
         bc1 = 1.0 - beta1**n
         bc2 = 1.0 - beta2**n
         for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq):
+            # the formulas of the docstring, evaluated in the same order with fewer temporaries
             g = g * t(coef)
             p *= t(1.0 - lr * weight_decay)
             m *= t(beta1)
             m += t(1.0 - beta1) * g
             v *= t(beta2)
-            v += t(1.0 - beta2) * g * g
-            p -= t(lr) * (m / t(bc1)) / (np.sqrt(v / t(bc2)) + t(eps))
+            g2 = t(1.0 - beta2) * g
+            g2 *= g
+            v += g2
+            upd = m / t(bc1)
+            upd *= t(lr)
+            den = v / t(bc2)
+            np.sqrt(den, out=den)
+            den += t(eps)
+            upd /= den
+            p -= upd
         return np.array([norm], dtype=self.dtype)
