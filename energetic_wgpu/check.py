@@ -295,9 +295,12 @@ def list_targets(adapter: str | int | None = None, include_numpy: bool = False) 
     for a in adapters:
         label = f"wgpu:{a['index']}:{a.get('backend_type', '?')}"
         if adapter is not None:
-            key = str(adapter).lower()
+            key = str(adapter).strip().lower()
             hay = " ".join(str(a.get(k, "")) for k in ("name", "description", "backend_type", "adapter_type")).lower()
-            if not (key == str(a["index"]) or key in hay):
+            if key.isdigit():  # an index, never a substring ("0" is also in "LLVM 15.0.6")
+                if int(key) != a["index"]:
+                    continue
+            elif key not in hay:
                 continue
 
         def factory(index: int = a["index"]) -> Backend:

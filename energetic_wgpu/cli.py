@@ -7,7 +7,7 @@ Subcommands:
   writes metrics, summary, plot and checkpoint; ``--resume`` continues a run. The default
   when no subcommand is given.
 * ``check`` — the CPU↔GPU parity suite on every adapter (exit code 1 on any failure).
-* ``bench`` — forward/train-step timings on every backend and adapter.
+* ``bench`` — the benchmark suite on every backend and adapter (markdown, JSON, PNG).
 
 Errors in the configuration exit with code 2 and one message naming the key (no traceback).
 """
@@ -242,15 +242,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the same kernels under headless Chromium (Dawn/Tint) instead of wgpu-native")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("bench", help="forward/train-step timings on every backend and adapter")
-    p.add_argument("--config", metavar="FILE", help="config giving the graph and router (default: baseline)")
+    p = sub.add_parser("bench", help="benchmark suite: phases, ops, size sweep, 3-D lattices, PyTorch comparison")
+    p.add_argument("--config", metavar="FILE", help="config giving the phases' lattice and router (default: baseline)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="override a config key")
     p.add_argument("--backend", choices=("numpy", "wgpu", "all"), default=None, help="only this backend")
-    p.add_argument("--adapter", metavar="X", help="only wgpu adapters matching X")
-    p.add_argument("--batch", type=int, metavar="B", help="batch size (default: train.batch_size)")
-    p.add_argument("--repeats", type=int, default=10, metavar="N", help="timed runs (median reported)")
-    p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed warm-up runs")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--adapter", metavar="X", help="only wgpu adapters matching X (index or name substring)")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer repeats (5/3, 1 warm-up) and a smaller ops graph: about a minute per software adapter")
+    p.add_argument("--full", action="store_true",
+                   help="add N = 1,000,000 to the size sweep (minutes per software adapter)")
+    p.add_argument("--sections", metavar="LIST",
+                   help="comma list of phases,ops,sweep,lattice3d,torch (default: all)")
+    p.add_argument("--batch", type=int, metavar="B", help="batch of the phases (default: train.batch_size)")
+    p.add_argument("--repeats", type=int, metavar="N", help="timed runs of every measurement (median reported)")
+    p.add_argument("--warmup", type=int, metavar="N", help="untimed warm-up runs")
+    p.add_argument("--json", metavar="FILE", help="write every sample and the machine as JSON ('-': to stdout)")
+    p.add_argument("--markdown", metavar="FILE", help="write the markdown report to FILE")
+    p.add_argument("--plot", metavar="FILE", help="write the size sweep as a log-log PNG (needs matplotlib)")
     p.set_defaults(func=cmd_bench)
     return parser
 

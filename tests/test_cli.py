@@ -80,16 +80,30 @@ def test_check_every_adapter(capsys):
 
 
 def test_bench_numpy(capsys):
-    rc = main(["bench", "--backend", "numpy", "--repeats", "2", "--warmup", "1", *SMALL, "--json"])
+    rc = main(["bench", "--backend", "numpy", "--sections", "phases", "--repeats", "2", "--warmup", "1", *SMALL,
+               "--json", "-"])
     report = json.loads(capsys.readouterr().out)
     assert rc == 0
-    (row,) = report["results"]
-    assert row["target"] == "numpy" and row["forward"]["median_s"] > 0 and row["train_step"]["median_s"] > 0
-    assert main(["bench", "--backend", "numpy", "--repeats", "1", *SMALL]) == 0
-    assert "train_step ms" in capsys.readouterr().out
+    (row,) = report["targets"]
+    t = row["phases"]["timings"]
+    assert row["target"] == "numpy" and t["forward"]["median_ms"] > 0 and t["train_step"]["median_ms"] > 0
+    assert main(["bench", "--backend", "numpy", "--sections", "phases", "--repeats", "1", *SMALL]) == 0
+    assert "| train_step | 15–30 |" in capsys.readouterr().out
+    assert main(["bench", "--sections", "nope"]) == 2  # a config error names the flag
 
 
 def test_help_and_version(capsys):
     assert main(["--help"]) == 0
     assert "info,train,check,bench" in capsys.readouterr().out
     assert main(["--version"]) == 0
+
+
+def test_check_adapter_digit_is_an_index_not_a_substring():
+    """`--adapter 0` selects adapter 0 only, even though "0" occurs in "LLVM 15.0.6"."""
+    from energetic_wgpu import check
+
+    targets, _ = check.list_targets(adapter="0")
+    labels = [t[0] for t in targets]
+    assert all(label.startswith("wgpu:0:") for label in labels), labels
+    targets1, _ = check.list_targets(adapter="1")
+    assert all(label.startswith("wgpu:1:") for label in (t[0] for t in targets1))
