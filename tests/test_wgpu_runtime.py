@@ -389,3 +389,14 @@ def test_steady_state_no_allocation_and_bit_identical(backend):
 def test_counters_reset(backend):
     backend.counters.reset()
     assert all(v == 0 for v in backend.counters.snapshot().values())
+
+
+def test_adapter_selector_digit_string_is_an_index():
+    """adapter="1" (from a CLI flag or a config file) means index 1, not a name substring."""
+    from energetic_wgpu.backends.webgpu import WgpuBackend, list_adapters
+
+    adapters = list_adapters()
+    if len(adapters) < 2:
+        pytest.skip("needs two adapters")
+    be = WgpuBackend(adapter="1")
+    assert adapters[1]["backend_type"] in be.describe()

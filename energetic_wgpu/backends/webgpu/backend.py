@@ -94,6 +94,9 @@ class WgpuBackend(Backend):
         self.dtype = np.dtype(np.float32)
         self.runtime = Runtime(adapter=adapter, limits=limits, features=features)
         self._graphs: "weakref.WeakKeyDictionary[Graph, GraphData]" = weakref.WeakKeyDictionary()
+        # (weak ref to the graph, its data) of the last lookup: WeakKeyDictionary.get builds a
+        # weak reference per call
+        self._last_graph: tuple[Any, GraphData] | None = None
 
     # ------------------------------------------------------------------ info
     @property
@@ -192,7 +195,7 @@ class WgpuBackend(Backend):
 
     def empty(self, shape: tuple[int, ...], dtype: Any = np.float32) -> DeviceArray:
         """An uninitialized device array (for kernels that write every element)."""
-        return self.runtime.new_array(self, tuple(shape), np.dtype(dtype))
+        return self.runtime.new_array(self, shape, dtype)  # new_array normalizes both
 
     def synchronize(self) -> None:
         self.runtime.synchronize()
@@ -211,8 +214,12 @@ class WgpuBackend(Backend):
     # ------------------------------------------------------------------ graph data
     def graph_data(self, graph: Graph) -> GraphData:
         """The device copies of ``graph``'s indices (uploaded on first use, cached)."""
+        last = self._last_graph
+        if last is not None and last[0]() is graph:  # the common case: the same graph again
+            return last[1]
         gd = self._graphs.get(graph)
         if gd is not None:
+            self._last_graph = (weakref.ref(graph), gd)
             return gd
 
         def up(a: np.ndarray) -> DeviceArray:
@@ -238,6 +245,7 @@ class WgpuBackend(Backend):
             n_nonempty=int(np.count_nonzero(graph.out_degree)),
         )
         self._graphs[graph] = gd
+        self._last_graph = (weakref.ref(graph), gd)
         return gd
 
     # ------------------------------------------------------------------ forward ops

@@ -14,7 +14,7 @@ bit-identical from run to run.
 * ``segment_softmax_backward``: per segment dot = sum pi * gpi, then pi * (gpi - dot) / tau.
 * ``edge_logits_backward``: grad_q thread per (j, c) over j's segment, grad_k thread per
   (n, c) over n's reverse-index range (workgroup per (node, c) for large ones); grad_bias is a
-  buffer copy.
+  copy (the vec4 copy kernel, so the step stays in one compute pass).
 """
 
 from __future__ import annotations
@@ -103,6 +103,9 @@ def edge_logits_backward(backend: Any, graph: Any, q: Any, k: Any, grad_logits: 
         rt.dispatch("logits_bwd_small", [seg_ptr, idx, gl, feat, out], threads=n * dim, uniforms=u)
         if n_large:
             rt.dispatch("logits_bwd_large", [seg_ptr, idx, gl, feat, out, large], workgroups=n_large * dim, uniforms=u)
+    # a copy dispatch rather than copy_buffer: the step's dispatches stay in one compute pass
+    # (a buffer copy ends the pass and costs a new one)
     grad_bias = be.empty((gd.num_edges,))
-    rt.copy_buffer(gl, grad_bias, gd.num_edges * 4)
+    n_vec = -(-gd.num_edges // 4)
+    rt.dispatch("copy_vec4", [gl, grad_bias], threads=n_vec, uniforms=(gd.num_edges, n_vec))
     return grad_q, grad_k, grad_bias

@@ -134,6 +134,7 @@ class _TrainState:
         self.steps_per_submit = 1
         self.unsubmitted_steps = 0
         self.epoch_seen = -1
+        self.uniforms: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
 
 
 _STATES: "weakref.WeakKeyDictionary[Any, _TrainState]" = weakref.WeakKeyDictionary()
@@ -158,12 +159,12 @@ def _lr_slot(backend: Any, st: _TrainState, lr32: np.float32, wdf32: np.float32)
     rt = backend.runtime
     value = (float(lr32), float(wdf32))
     epoch = rt.counters.submits
-    pending = [st.slot_epoch[i] == epoch for i in range(RING)]
     if st.slot_values[st.last_slot] == value:
         slot = st.last_slot
     else:
         slot = next((i for i in range(RING) if st.slot_values[i] == value), -1)
         if slot < 0:
+            pending = [st.slot_epoch[i] == epoch for i in range(RING)]
             free = [i for i in range(1, RING + 1) if not pending[(st.last_slot + i) % RING]]
             if not free:
                 rt.flush()  # every slot is read by a pending step: submit them first
@@ -208,18 +209,31 @@ def adamw_step(
         offset += c
     norm = be.empty((1,))
 
-    def log_beta(b: float) -> np.float32:
-        return np.float32(math.log(b)) if b > 0 else np.float32(-1e30)
+    # the uniform tuples depend only on the hyper-parameters (cached: the same values give the
+    # same tuples, hence the same bytes)
+    hkey = (offset, beta1, beta2, eps, max_grad_norm)
+    cached = st.uniforms.get(hkey)
+    if cached is None:
 
-    clip = max_grad_norm is not None
-    u_prep = (offset, 1 if clip else 0, 0, 0, np.float32(max_grad_norm if clip else 0.0), log_beta(beta1),
-              log_beta(beta2), np.float32(0.0))
+        def log_beta(b: float) -> np.float32:
+            return np.float32(math.log(b)) if b > 0 else np.float32(-1e30)
+
+        clip = max_grad_norm is not None
+        u_prep = (offset, 1 if clip else 0, 0, 0, np.float32(max_grad_norm if clip else 0.0), log_beta(beta1),
+                  log_beta(beta2), np.float32(0.0))
+        hyper = (np.float32(beta1), np.float32(1.0 - beta1), np.float32(beta2), np.float32(1.0 - beta2),
+                 np.float32(eps)) + (np.float32(0.0),) * 3
+        cached = (u_prep, hyper)
+        if len(st.uniforms) > 64:
+            st.uniforms.clear()
+        if all(x is None or x != 0 for x in hkey):  # 0 == 0.0 == -0.0 as keys: not cached
+            st.uniforms[hkey] = cached
+    u_prep, hyper = cached
     rt.dispatch("adamw_prepare", [partials, step, scal, norm], workgroups=1, uniforms=u_prep)
 
     slot = _lr_slot(be, st, np.float32(lr), np.float32(1.0 - lr * weight_decay))
-    hyper = (np.float32(beta1), np.float32(1.0 - beta1), np.float32(beta2), np.float32(1.0 - beta2), np.float32(eps))
     for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq):
-        u = (p.size, slot, 0, 0) + hyper + (np.float32(0.0),) * 3
+        u = (p.size, slot, 0, 0) + hyper
         rt.dispatch("adamw_update", [p, g, m, v, scal, st.hyper], threads=p.size, uniforms=u)
 
     if st.epoch_seen != rt.counters.submits:

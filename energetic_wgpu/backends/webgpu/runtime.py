@@ -7,6 +7,13 @@ submitted until results are needed (:meth:`Runtime.read`, :meth:`Runtime.flush`,
 usage); an array's buffer goes back to the pool when the array is garbage-collected, but
 only after the next submit if a pending command may still use it (a ``write_buffer`` into a
 recycled buffer runs at submit, *before* the encoder's commands).
+
+Host path: a dispatch identical to an earlier one (same kernel, binding buffers, workgroup
+count and uniform bytes) replays a cached record (pipeline, bind group, workgroup counts),
+dropped when one of its buffers is destroyed; consecutive dispatches share one compute pass
+(only copies, clears and readbacks end it) and a pass skips redundant set_pipeline /
+set_bind_group calls. With ``trace`` set to a list every dispatch takes the full path and is
+appended to it.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import collections
 import heapq
 import math
-import weakref
+import struct
 from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
@@ -22,7 +29,7 @@ import numpy as np
 
 from ...errors import BackendUnavailable, DeviceError, DeviceLimitError, InvalidArgumentError, ShaderCompileError
 from ...shaders import shader_source
-from .kernels import KernelSpec, kernel
+from .kernels import KERNELS, KernelSpec, kernel
 
 __all__ = [
     "Runtime",
@@ -79,6 +86,7 @@ DEFAULT_LIMITS: dict[str, int] = {
 _MAX_WG_PER_DIM = 65535
 _UNIFORM_CACHE_SIZE = 4096
 _BIND_GROUP_CACHE_SIZE = 8192
+_RECORD_CACHE_SIZE = 8192  # cached dispatch records (see Runtime.dispatch)
 _TS_MAX_PASSES = 64  # compute passes one gpu_time call can time
 _MAX_FREE_BYTES = 512 * 2**20  # pooled but unused bytes kept before destroying buffers
 
@@ -157,6 +165,8 @@ def _select_adapter(selector: Any) -> Any:
             f"adapter must be None, an int index or a str matched against the adapter's name, "
             f"description or backend type, got {selector!r}"
         )
+    if isinstance(selector, str) and selector.strip().isdigit():
+        selector = int(selector.strip())  # "1" from a command line or config means index 1, not a substring
     if isinstance(selector, (int, np.integer)):
         if not 0 <= int(selector) < len(adapters):
             raise BackendUnavailable(
@@ -218,13 +228,24 @@ class PooledBuffer:
 
 
 class _Allocation:
-    """Shared by a DeviceArray and its reshaped views; returns the buffer when collected."""
+    """Shared by a DeviceArray and its reshaped views; returns the buffer when collected.
 
-    __slots__ = ("pooled", "__weakref__")
+    ``__del__`` rather than ``weakref.finalize``: an allocation is made for every op output,
+    and a finalizer object costs several microseconds to create and run. The runtime holds
+    every pooled buffer strongly (``Runtime._live_buffers``), so even when an array dies in a
+    garbage cycle its buffer is not part of the garbage and is returned intact."""
+
+    __slots__ = ("pooled", "runtime", "__weakref__")
 
     def __init__(self, runtime: "Runtime", pooled: PooledBuffer) -> None:
         self.pooled = pooled
-        weakref.finalize(self, runtime._release, pooled)
+        self.runtime = runtime
+
+    def __del__(self) -> None:
+        try:
+            self.runtime._release(self.pooled)
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
 
 
 class DeviceArray:
@@ -302,6 +323,9 @@ class DeviceArray:
         return f"DeviceArray(shape={self.shape}, dtype={self.dtype.name}, buffer#{self.pooled.uid})"
 
 
+_new_device_array = object.__new__
+
+
 class ReadHandle:
     """An asynchronous readback: the copy is submitted; :meth:`result` maps and returns it."""
 
@@ -342,6 +366,55 @@ def _round_size(nbytes: int) -> int:
 
 
 # --------------------------------------------------------------------------- runtime
+
+
+class _Record:
+    """What one dispatch encodes: pipeline, bind group (with its uniform buffer), workgroup
+    counts, and the uids of every buffer it binds (pending until the next submit)."""
+
+    __slots__ = ("spec", "pipeline", "bind_group", "gx", "gy", "uids", "uniform_key")
+
+    def __init__(
+        self, spec: KernelSpec, pipeline: Any, bind_group: Any, gx: int, gy: int, uids: tuple[int, ...], uniform_key: Any
+    ) -> None:
+        self.spec = spec
+        self.pipeline = pipeline
+        self.bind_group = bind_group
+        self.gx = gx
+        self.gy = gy
+        self.uids = uids
+        self.uniform_key = uniform_key
+
+
+def _raw_pass_calls() -> tuple[Any, ...] | None:
+    """(compute pass class, SetPipeline, SetBindGroup, DispatchWorkgroups, NULL) of wgpu-py's
+    wgpu-native backend, or None where that backend's internals are not as expected (then the
+    public methods are used). ``ENERGETIC_WGPU_RAW_PASS=0`` turns it off."""
+    import os
+
+    if os.environ.get("ENERGETIC_WGPU_RAW_PASS", "1") == "0":
+        return None
+    try:
+        from wgpu.backends.wgpu_native import _api as native  # type: ignore
+
+        lib, ffi = native.lib, native.ffi
+        return (
+            native.GPUComputePassEncoder,
+            lib.wgpuComputePassEncoderSetPipeline,
+            lib.wgpuComputePassEncoderSetBindGroup,
+            lib.wgpuComputePassEncoderDispatchWorkgroups,
+            ffi.NULL,
+        )
+    except Exception:  # pragma: no cover - another wgpu-py version or backend
+        return None
+
+
+def _uniform_key(data: bytes) -> bytes:
+    """The key of ``data`` in the uniform cache (padded to 16 bytes, as ``Runtime.uniform``)."""
+    pad = (-len(data)) % 16
+    data = bytes(data) + b"\0" * pad if pad or not data else bytes(data)
+    return data if data else b"\0" * 16
+
 
 
 class Runtime:
@@ -394,6 +467,11 @@ class Runtime:
         self.trace: list[dict[str, Any]] | None = None
 
         self._uid = 0
+        # every pooled buffer not yet destroyed, held strongly: an array collected in a
+        # reference cycle must find its buffer intact (the cycle's finalizers run in any order,
+        # so the GPUBuffer must not be part of the garbage that _Allocation.__del__ returns)
+        self._live_buffers: dict[int, PooledBuffer] = {}
+        self._buckets: dict[int, int] = {}  # nbytes -> pool bucket size (sizes within limits)
         # free lists are min-heaps by uid: the buffer handed out depends only on which buffers
         # are free, not on the order they were released in, so a repeated step gets the same
         # buffers (and therefore the same cached bind groups) every time
@@ -403,6 +481,14 @@ class Runtime:
         self._pending_uids: set[int] = set()
         self._encoder: Any = None
         self._pass: Any = None
+        # the pipeline and bind group last set in the open pass (redundant sets are skipped)
+        self._pass_pipeline: Any = None
+        self._pass_bind_group: Any = None
+        # dispatch records by (spec, threads, workgroups, uniform bytes, binding uids), and
+        # the keys of the records that bind each buffer uid (dropped when it is destroyed)
+        self._records: dict[tuple[Any, ...], _Record] = {}
+        self._records_by_uid: dict[int, dict[tuple[Any, ...], None]] = {}
+        self._raw_pass_calls = _raw_pass_calls()
         self._modules: dict[tuple[str, ...], Any] = {}
         self._pipelines: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self._layouts: dict[tuple[Any, ...], tuple[Any, Any]] = {}
@@ -444,7 +530,9 @@ class Runtime:
             raise DeviceError(f"could not create a buffer of {size} bytes: {type(exc).__name__}: {exc}") from exc
         self._uid += 1
         self.counters.buffers_created += 1
-        return PooledBuffer(buf, size, usage, self._uid)
+        pooled = PooledBuffer(buf, size, usage, self._uid)
+        self._live_buffers[pooled.uid] = pooled
+        return pooled
 
     def acquire(self, nbytes: int, what: str = "array") -> PooledBuffer:
         """A storage buffer of at least ``nbytes`` (rounded) bytes, from the pool if possible."""
@@ -472,8 +560,17 @@ class Runtime:
 
     def _destroy(self, pooled: PooledBuffer) -> None:
         uid = pooled.uid
+        self._live_buffers.pop(uid, None)
         for key in [k for k in self._bind_groups if uid in k[2]]:
             del self._bind_groups[key]
+        for rkey in self._records_by_uid.pop(uid, ()):
+            rec = self._records.pop(rkey, None)
+            if rec is not None:
+                for u in rec.uids:
+                    if u != uid:
+                        keys = self._records_by_uid.get(u)
+                        if keys is not None:
+                            keys.pop(rkey, None)
         try:
             pooled.buffer.destroy()
         except Exception:  # pragma: no cover
@@ -488,12 +585,32 @@ class Runtime:
         self._free_bytes = 0
 
     def new_array(self, backend: Any, shape: tuple[int, ...], dtype: Any, what: str = "array") -> DeviceArray:
-        """An uninitialized device array."""
-        dt = np.dtype(dtype)
-        shape = tuple(int(s) for s in shape)
-        nbytes = int(math.prod(shape)) * 4
-        pooled = self.acquire(nbytes, f"{what} of shape {shape} ({dt.name})")
-        return DeviceArray(backend, _Allocation(self, pooled), shape, dt)
+        """An uninitialized device array.
+
+        The hot path of every op output: the pool bucket of a byte count is cached (sizes
+        that passed :meth:`check_size`), and the array is built without re-normalizing."""
+        dt = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
+        shape = tuple(map(int, shape))
+        nbytes = math.prod(shape) * 4
+        size = self._buckets.get(nbytes)
+        if size is None:
+            self.check_size(nbytes, f"{what} of shape {shape} ({dt.name})")
+            size = min(_round_size(nbytes), max(16, -(-self.max_binding_size // 4) * 4))
+            if len(self._buckets) > 4096:
+                self._buckets.clear()
+            self._buckets[nbytes] = size
+        lst = self._free.get((size, self.STORAGE_USAGE))
+        if lst:
+            self._free_bytes -= size
+            pooled = heapq.heappop(lst)[1]
+        else:
+            pooled = self._new_buffer(size, self.STORAGE_USAGE)
+        arr = _new_device_array(DeviceArray)
+        arr.backend = backend
+        arr._alloc = _Allocation(self, pooled)
+        arr.shape = shape
+        arr.dtype = dt
+        return arr
 
     def dummy(self) -> PooledBuffer:
         """A 16-byte buffer bound where an optional input is absent."""
@@ -620,6 +737,7 @@ class Runtime:
 
     def _ensure_pass(self) -> Any:
         if self._pass is None:
+            self._pass_pipeline = self._pass_bind_group = None  # a new pass has no state
             if self._ts_query is not None and self._ts_passes < _TS_MAX_PASSES:
                 i = self._ts_passes
                 self._ts_passes += 1
@@ -730,6 +848,76 @@ class Runtime:
                 zero-padded to 16 bytes. Cached by content.
             constants: extra override constants (``WG`` comes from the spec).
         """
+        # fast path: a dispatch identical to an earlier one (same kernel, buffers, workgroup
+        # count and uniform bytes) replays its cached record: (pipeline, bind group, gx, gy)
+        # were derived from exactly these inputs, so the encoded commands are the same.
+        # Tracing and override constants take the full path.
+        if constants is None and self.trace is None:
+            try:
+                if type(uniforms) is tuple:
+                    ubytes = pack_uniforms_fast(uniforms)
+                elif isinstance(uniforms, (bytes, bytearray)):
+                    ubytes = bytes(uniforms)
+                else:
+                    ubytes = pack_uniforms_fast(tuple(uniforms))
+                uids = tuple([b._alloc.pooled.uid if type(b) is DeviceArray else b.uid for b in bindings])
+            except Exception:  # bad arguments: the full path raises the documented errors
+                uids = None
+            if uids is not None:
+                rkey = (kernel_name, threads, workgroups, ubytes, uids)
+                rec = self._records.get(rkey)
+                # the spec check: a kernel re-registered under the same name is rebuilt
+                if rec is not None and rec.spec is KERNELS.get(kernel_name):
+                    self._encode(rec)
+                    return
+                self._dispatch_full(kernel_name, bindings, threads, workgroups, ubytes, None, rkey)
+                return
+        self._dispatch_full(kernel_name, bindings, threads, workgroups, uniforms, constants, None)
+
+    def _encode(self, rec: "_Record") -> None:
+        """set_pipeline (if changed), set_bind_group (if changed), dispatch_workgroups."""
+        cpass = self._pass
+        if cpass is None:
+            cpass = self._ensure_pass()
+        pipe, bg = rec.pipeline, rec.bind_group
+        raw = self._raw_pass_calls
+        if raw is not None and type(cpass) is raw[0]:
+            # wgpu-native's C entry points directly (what wgpu-py's methods call, minus the
+            # per-call error-capture wrapper: pass commands are validated at pass end / finish,
+            # which still go through wgpu-py and raise)
+            handle = cpass._internal
+            if pipe is not self._pass_pipeline:
+                raw[1](handle, pipe._internal)
+                self._pass_pipeline = pipe
+                self._pass_bind_group = None
+            if bg is not self._pass_bind_group:
+                raw[2](handle, 0, bg._internal, 0, raw[4])
+                self._pass_bind_group = bg
+            raw[3](handle, rec.gx, rec.gy, 1)
+        else:
+            if pipe is not self._pass_pipeline:
+                cpass.set_pipeline(pipe)
+                self._pass_pipeline = pipe
+                self._pass_bind_group = None
+            if bg is not self._pass_bind_group:
+                cpass.set_bind_group(0, bg)
+                self._pass_bind_group = bg
+            cpass.dispatch_workgroups(rec.gx, rec.gy, 1)
+        self.counters.dispatches += 1
+        self._pending_uids.update(rec.uids)
+        if rec.uniform_key is not None:
+            self._uniforms.move_to_end(rec.uniform_key)  # keep the uniform buffer's LRU place
+
+    def _dispatch_full(
+        self,
+        kernel_name: str,
+        bindings: Sequence[Any],
+        threads: int | None,
+        workgroups: int | None,
+        uniforms: bytes | Sequence[Any],
+        constants: dict[str, Any] | None,
+        rkey: tuple[Any, ...] | None,
+    ) -> None:
         spec = kernel(kernel_name)
         slots = spec.storage_bindings
         if len(bindings) != len(slots):
@@ -768,13 +956,11 @@ class Runtime:
                 self._bind_groups.popitem(last=False)
         else:
             self._bind_groups.move_to_end(bg_key)
-        cpass = self._ensure_pass()
-        cpass.set_pipeline(pipe)
-        cpass.set_bind_group(0, bg)
-        cpass.dispatch_workgroups(gx, gy, 1)
-        self.counters.dispatches += 1
-        for u, _, _ in key_entries:
-            self._pending_uids.add(u)
+        all_uids = tuple(u for u, _, _ in key_entries)
+        rec = _Record(spec, pipe, bg, gx, gy, all_uids, _uniform_key(ubytes) if ubuf is not None else None)
+        self._encode(rec)
+        if rkey is not None:
+            self._remember(rkey, rec)
         if self.trace is not None:
             self.trace.append(
                 {
@@ -789,6 +975,21 @@ class Runtime:
                     ],
                 }
             )
+
+    def _remember(self, rkey: tuple[Any, ...], rec: "_Record") -> None:
+        """Cache a dispatch record; index it by every buffer it binds (see :meth:`_destroy`)."""
+        self._records[rkey] = rec
+        for u in rec.uids:
+            self._records_by_uid.setdefault(u, {})[rkey] = None
+        if len(self._records) > _RECORD_CACHE_SIZE:
+            old_key = next(iter(self._records))
+            old = self._records.pop(old_key)
+            for u in old.uids:
+                keys = self._records_by_uid.get(u)
+                if keys is not None:
+                    keys.pop(old_key, None)
+                    if not keys:
+                        del self._records_by_uid[u]
 
     def copy_buffer(self, src: Any, dst: Any, nbytes: int) -> None:
         """Encode a buffer-to-buffer copy of ``nbytes`` (multiple of 4) from offset 0."""
@@ -943,3 +1144,48 @@ def pack_uniforms(values: Sequence[Any]) -> bytes:
             raise TypeError(f"uniform values must be int or float scalars, got {type(v).__name__}")
     out += b"\0" * ((-len(out)) % 16)
     return bytes(out) if out else b"\0" * 16
+
+
+# struct formats by the exact types of a uniform tuple (None: not packable by struct, use
+# pack_uniforms). struct gives the same bytes as pack_uniforms: "I"/"i" are the 4-byte
+# little-endian integers, and "f" rounds a double to float32 exactly as np.float32() does (a C
+# cast); the cases where they would differ (an int out of u32 range, a float that overflows
+# float32) make struct raise, and pack_uniforms then decides (it raises or gives inf).
+_UNIFORM_CODES: dict[type, str] = {
+    int: "I",
+    bool: "I",
+    np.uint32: "I",
+    np.int64: "I",
+    np.uint64: "I",
+    np.int32: "i",
+    float: "f",
+    np.float32: "f",
+    np.float64: "f",
+}
+_UNIFORM_FORMATS: dict[tuple[type, ...], Any] = {}
+
+
+def _uniform_format(types: tuple[type, ...]) -> Any:
+    codes = [_UNIFORM_CODES.get(t) for t in types]
+    if not types or None in codes:
+        fmt = None
+    else:
+        pad = (-len(codes)) % 4
+        fmt = struct.Struct("<" + "".join(codes) + "x" * (4 * pad))
+    _UNIFORM_FORMATS[types] = fmt
+    return fmt
+
+
+def pack_uniforms_fast(values: Sequence[Any]) -> bytes:
+    """:func:`pack_uniforms` with a cached ``struct`` format per tuple of value types
+    (the same bytes; ~10x faster)."""
+    types = tuple(map(type, values))
+    fmt = _UNIFORM_FORMATS.get(types, False)
+    if fmt is False:
+        fmt = _uniform_format(types)
+    if fmt is not None:
+        try:
+            return fmt.pack(*values)
+        except (struct.error, OverflowError):
+            pass
+    return pack_uniforms(values)
