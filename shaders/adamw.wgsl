@@ -44,10 +44,6 @@ struct UpdateParams {
 @group(0) @binding(3) var<storage, read_write> scal_w: array<f32>;
 @group(0) @binding(4) var<storage, read_write> norm_out: array<f32>;
 
-const LWG: u32 = 256u;
-var<workgroup> red_a: array<f32, 256>;
-var<workgroup> red_b: array<f32, 256>;
-
 fn expm1_(x: f32) -> f32 {
     if (abs(x) < 0.5) {
         // Horner form of x + x^2/2! + ... + x^12/12!
@@ -66,19 +62,9 @@ fn adamw_prepare(@builtin(local_invocation_index) lid: u32) {
     for (var i = lid; i < PP.n_parts; i = i + LWG) {
         acc = kahan_add(acc, partials[i]);
     }
-    red_a[lid] = acc.x;
-    red_b[lid] = acc.y;
-    workgroupBarrier();
-    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
-        if (lid < st) {
-            let m = kahan_merge(vec2<f32>(red_a[lid], red_b[lid]), vec2<f32>(red_a[lid + st], red_b[lid + st]));
-            red_a[lid] = m.x;
-            red_b[lid] = m.y;
-        }
-        workgroupBarrier();
-    }
+    let total = tree_sum(lid, acc);
     if (lid == 0u) {
-        let norm = sqrt(max(red_a[0] - red_b[0], 0.0));
+        let norm = sqrt(max(total, 0.0));
         var coef = 1.0;
         if (PP.clip != 0u) {
             coef = min(1.0, PP.max_norm / (norm + 1e-6));

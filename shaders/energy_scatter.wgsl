@@ -184,10 +184,6 @@ fn scatter_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
 }
 
 // ---------------------------------------------------------------- large in-degrees
-const LWG: u32 = 256u;
-var<workgroup> red_a: array<f32, 256>;
-var<workgroup> red_b: array<f32, 256>;
-
 @compute @workgroup_size(WG)
 fn scatter_large(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -217,19 +213,9 @@ fn scatter_large(
         }
     }
     acc = kahan_add(acc, blk);
-    red_a[lid] = acc.x;
-    red_b[lid] = acc.y;
-    workgroupBarrier();
-    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
-        if (lid < st) {
-            let m = kahan_merge(vec2<f32>(red_a[lid], red_b[lid]), vec2<f32>(red_a[lid + st], red_b[lid + st]));
-            red_a[lid] = m.x;
-            red_b[lid] = m.y;
-        }
-        workgroupBarrier();
-    }
+    let total = tree_sum(lid, acc);
     if (lid == 0u) {
         let i = row + k;
-        next_e[i] = finish(i, k, red_a[0] - red_b[0]);
+        next_e[i] = finish(i, k, total);
     }
 }

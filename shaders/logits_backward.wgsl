@@ -62,10 +62,6 @@ fn logits_bwd_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     out[i] = acc.x - acc.y;
 }
 
-const LWG: u32 = 256u;
-var<workgroup> red_a: array<f32, 256>;
-var<workgroup> red_b: array<f32, 256>;
-
 @compute @workgroup_size(WG)
 fn logits_bwd_large(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -86,18 +82,8 @@ fn logits_bwd_large(
     for (var r = s + lid; r < t; r = r + LWG) {
         acc = kahan_add(acc, term(r, c));
     }
-    red_a[lid] = acc.x;
-    red_b[lid] = acc.y;
-    workgroupBarrier();
-    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
-        if (lid < st) {
-            let m = kahan_merge(vec2<f32>(red_a[lid], red_b[lid]), vec2<f32>(red_a[lid + st], red_b[lid + st]));
-            red_a[lid] = m.x;
-            red_b[lid] = m.y;
-        }
-        workgroupBarrier();
-    }
+    let total = tree_sum(lid, acc);
     if (lid == 0u) {
-        out[j * P.dim + c] = red_a[0] - red_b[0];
+        out[j * P.dim + c] = total;
     }
 }

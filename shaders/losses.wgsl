@@ -7,7 +7,8 @@
 //                 (0 when count = 0), the gradient scale read by mse_grad;
 //   mode 1:       loss = sum * mul / div.
 // Gradients: mse_grad (after loss_final); ce_partials and ent_partials write theirs directly.
-// WG must be 256 for the reductions.
+// The trees are workgroup_reduce.wgsl's tree_sum (and count_sum below for the mse count).
+// WG must be 256 (LWG) for the reductions.
 
 struct LossParams {
     n: u32,
@@ -20,7 +21,6 @@ struct LossParams {
     lam: f32,       // entropy: lam
 }
 
-const LWG: u32 = 256u;
 const ITEMS: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> P: LossParams;
@@ -31,24 +31,20 @@ const ITEMS: u32 = 16u;
 @group(0) @binding(5) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(6) var<storage, read_write> grad: array<f32>;
 
-var<workgroup> red_a: array<f32, 256>;
-var<workgroup> red_b: array<f32, 256>;
+// the mse count channel, summed by its own (exact, integer) tree next to tree_sum's
 var<workgroup> red_c: array<u32, 256>;
 
-fn tree(lid: u32, acc: vec2<f32>, cnt: u32) {
-    red_a[lid] = acc.x;
-    red_b[lid] = acc.y;
+// Sum of cnt over the workgroup (exact). Same rules as tree_sum: uniform control flow, WG == LWG.
+fn count_sum(lid: u32, cnt: u32) -> u32 {
     red_c[lid] = cnt;
     workgroupBarrier();
     for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
         if (lid < st) {
-            let m = kahan_merge(vec2<f32>(red_a[lid], red_b[lid]), vec2<f32>(red_a[lid + st], red_b[lid + st]));
-            red_a[lid] = m.x;
-            red_b[lid] = m.y;
             red_c[lid] = red_c[lid] + red_c[lid + st];
         }
         workgroupBarrier();
     }
+    return red_c[0];
 }
 
 fn masked(i: u32) -> bool {
@@ -76,10 +72,11 @@ fn mse_partials(
             cnt = cnt + 1u;
         }
     }
-    tree(lid, acc, cnt);
+    let total = tree_sum(lid, acc);
+    let c = count_sum(lid, cnt);
     if (lid == 0u) {
-        partials[2u * w] = red_a[0] - red_b[0];
-        partials[2u * w + 1u] = bitcast<f32>(red_c[0]);
+        partials[2u * w] = total;
+        partials[2u * w + 1u] = bitcast<f32>(c);
     }
 }
 
@@ -93,11 +90,10 @@ fn loss_final(@builtin(local_invocation_index) lid: u32) {
             cnt = cnt + bitcast<u32>(partials[2u * w + 1u]);
         }
     }
-    tree(lid, acc, cnt);
+    let total = tree_sum(lid, acc);
+    let c = count_sum(lid, cnt);
     if (lid == 0u) {
-        let total = red_a[0] - red_b[0];
         if (P.mode == 0u) {
-            let c = red_c[0];
             if (c == 0u) {
                 loss[0] = 0.0;
                 partials[2u * P.n_parts] = 0.0;
@@ -150,9 +146,9 @@ fn ce_partials(
             grad[i] = g / P.div;
         }
     }
-    tree(lid, acc, 0u);
+    let total = tree_sum(lid, acc);
     if (lid == 0u) {
-        partials[2u * w] = red_a[0] - red_b[0];
+        partials[2u * w] = total;
     }
 }
 
@@ -181,8 +177,8 @@ fn ent_partials(
             grad[i] = g;
         }
     }
-    tree(lid, acc, 0u);
+    let total = tree_sum(lid, acc);
     if (lid == 0u) {
-        partials[2u * w] = red_a[0] - red_b[0];
+        partials[2u * w] = total;
     }
 }

@@ -2,7 +2,7 @@
 // Pass 1 (sumsq_partials): workgroup w covers elements [w*WG*ITEMS, (w+1)*WG*ITEMS); thread t
 // sums x^2 over t, t+WG, ... in order, then a fixed tree; partials[out_offset + w].
 // Pass 2 (sum_final): one workgroup sums partials[0..n) the same way into result[0].
-// WG must be 256 for both entry points.
+// The tree is workgroup_reduce.wgsl's tree_sum. WG must be 256 (LWG) for both entry points.
 
 struct ReduceParams {
     n: u32,
@@ -11,30 +11,11 @@ struct ReduceParams {
     _pad1: u32,
 }
 
-const LWG: u32 = 256u;
 const ITEMS: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> P: ReduceParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> result: array<f32>;
-
-var<workgroup> red_a: array<f32, 256>;
-var<workgroup> red_b: array<f32, 256>;
-
-fn tree_sum(lid: u32, acc: vec2<f32>) -> f32 {
-    red_a[lid] = acc.x;
-    red_b[lid] = acc.y;
-    workgroupBarrier();
-    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
-        if (lid < st) {
-            let m = kahan_merge(vec2<f32>(red_a[lid], red_b[lid]), vec2<f32>(red_a[lid + st], red_b[lid + st]));
-            red_a[lid] = m.x;
-            red_b[lid] = m.y;
-        }
-        workgroupBarrier();
-    }
-    return red_a[0] - red_b[0];
-}
 
 @compute @workgroup_size(WG)
 fn sumsq_partials(

@@ -68,10 +68,6 @@ fn scatter_bwd_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     out[i] = finish_energy(i, j, acc.x - acc.y);
 }
 
-const LWG: u32 = 256u;
-var<workgroup> red_a: array<f32, 256>;
-var<workgroup> red_b: array<f32, 256>;
-
 @compute @workgroup_size(WG)
 fn scatter_bwd_large(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -92,20 +88,10 @@ fn scatter_bwd_large(
     for (var e = s + lid; e < t; e = e + LWG) {
         acc = kahan_add(acc, pi[e] * grad_next[row + col_idx[e]]);
     }
-    red_a[lid] = acc.x;
-    red_b[lid] = acc.y;
-    workgroupBarrier();
-    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
-        if (lid < st) {
-            let m = kahan_merge(vec2<f32>(red_a[lid], red_b[lid]), vec2<f32>(red_a[lid + st], red_b[lid + st]));
-            red_a[lid] = m.x;
-            red_b[lid] = m.y;
-        }
-        workgroupBarrier();
-    }
+    let total = tree_sum(lid, acc);
     if (lid == 0u) {
         let i = row + j;
-        out[i] = finish_energy(i, j, red_a[0] - red_b[0]);
+        out[i] = finish_energy(i, j, total);
     }
 }
 

@@ -141,9 +141,6 @@ fn softmax_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     }
 }
 
-const LWG: u32 = 256u;
-var<workgroup> red_a: array<f32, 256>;
-var<workgroup> red_b: array<f32, 256>;
 var<workgroup> counter: array<atomic<u32>, 2>;
 
 // Workgroup-wide sum of `part` (exact, integer). Must be called in uniform control flow.
@@ -233,7 +230,7 @@ fn softmax_large(
         return;
     }
 
-    // max over kept z
+    // max over kept z (a plain max tree in red_a, declared by workgroup_reduce.wgsl)
     var m = -f32_max();
     for (var e = s + lid; e < t; e = e + LWG) {
         let z = zval(e);
@@ -273,18 +270,7 @@ fn softmax_large(
         }
     }
     acc = kahan_add(acc, blk);
-    red_a[lid] = acc.x;
-    red_b[lid] = acc.y;
-    workgroupBarrier();
-    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
-        if (lid < st) {
-            let r = kahan_merge(vec2<f32>(red_a[lid], red_b[lid]), vec2<f32>(red_a[lid + st], red_b[lid + st]));
-            red_a[lid] = r.x;
-            red_b[lid] = r.y;
-        }
-        workgroupBarrier();
-    }
-    let total = red_a[0] - red_b[0];
+    let total = tree_sum(lid, acc);
 
     for (var e = s + lid; e < t; e = e + LWG) {
         let z = zval(e);

@@ -44,10 +44,6 @@ fn softmax_bwd_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     }
 }
 
-const LWG: u32 = 256u;
-var<workgroup> red_a: array<f32, 256>;
-var<workgroup> red_b: array<f32, 256>;
-
 @compute @workgroup_size(WG)
 fn softmax_bwd_large(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -66,18 +62,7 @@ fn softmax_bwd_large(
     for (var e = s + lid; e < t; e = e + LWG) {
         acc = kahan_add(acc, pi[e] * gpi[e]);
     }
-    red_a[lid] = acc.x;
-    red_b[lid] = acc.y;
-    workgroupBarrier();
-    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
-        if (lid < st) {
-            let m = kahan_merge(vec2<f32>(red_a[lid], red_b[lid]), vec2<f32>(red_a[lid + st], red_b[lid + st]));
-            red_a[lid] = m.x;
-            red_b[lid] = m.y;
-        }
-        workgroupBarrier();
-    }
-    let dot = red_a[0] - red_b[0];
+    let dot = tree_sum(lid, acc);
     for (var e = s + lid; e < t; e = e + LWG) {
         out[e] = pi[e] * (gpi[e] - dot) / P.tau;
     }

@@ -18,7 +18,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["KernelSpec", "KERNELS", "kernel", "BINDING_KINDS", "SMALL_DEGREE_MAX", "REDUCE_ITEMS"]
+__all__ = [
+    "KernelSpec",
+    "KERNELS",
+    "kernel",
+    "kernel_sources",
+    "SHADER_LIBS",
+    "BINDING_KINDS",
+    "SMALL_DEGREE_MAX",
+    "REDUCE_ITEMS",
+]
 
 BINDING_KINDS = ("uniform", "read", "read_write")
 
@@ -26,6 +35,28 @@ BINDING_KINDS = ("uniform", "read", "read_write")
 SMALL_DEGREE_MAX = 256
 #: elements per thread in the reduction kernels (reduce.wgsl, metrics.wgsl)
 REDUCE_ITEMS = 16
+
+#: WGSL library files (no entry points) a kernel file needs, concatenated in this order between
+#: common.wgsl and the file itself. workgroup_reduce.wgsl: LWG, red_a/red_b and tree_sum.
+SHADER_LIBS: dict[str, tuple[str, ...]] = {
+    f: ("workgroup_reduce.wgsl",)
+    for f in (
+        "segment_softmax.wgsl",
+        "energy_scatter.wgsl",
+        "reduce.wgsl",
+        "losses.wgsl",
+        "adamw.wgsl",
+        "scatter_backward.wgsl",
+        "softmax_backward.wgsl",
+        "logits_backward.wgsl",
+    )
+}
+
+
+def kernel_sources(file: str) -> tuple[str, ...]:
+    """The ``sources`` of a kernel whose entry point is in ``file``: common.wgsl, the libraries
+    ``file`` needs (:data:`SHADER_LIBS`), then ``file`` (always last)."""
+    return ("common.wgsl", *SHADER_LIBS.get(file, ()), file)
 
 
 @dataclass(frozen=True)
@@ -79,7 +110,7 @@ class KernelSpec:
 
 
 def _k(name: str, file: str, bindings: tuple[str | None, ...], wg: int = 64, entry: str | None = None) -> KernelSpec:
-    return KernelSpec(name, ("common.wgsl", file), entry or name, bindings, wg)
+    return KernelSpec(name, kernel_sources(file), entry or name, bindings, wg)
 
 
 U, R, W = "uniform", "read", "read_write"

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .kernels import SMALL_DEGREE_MAX, KernelSpec, register
+from .kernels import SMALL_DEGREE_MAX, KernelSpec, kernel_sources, register
 
 __all__ = ["energy_scatter_backward", "segment_softmax_backward", "edge_logits_backward"]
 
@@ -31,7 +31,7 @@ U, R, W = "uniform", "read", "read_write"
 
 
 def _k(name: str, file: str, bindings: tuple[str | None, ...], wg: int) -> KernelSpec:
-    return register(KernelSpec(name, ("common.wgsl", file), name, bindings, wg))
+    return register(KernelSpec(name, kernel_sources(file), name, bindings, wg))
 
 
 _k("scatter_bwd_small", "scatter_backward.wgsl", (U, R, R, R, R, R, R, W), 64)

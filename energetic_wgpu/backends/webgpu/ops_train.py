@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .kernels import REDUCE_ITEMS, KernelSpec, register
+from .kernels import REDUCE_ITEMS, KernelSpec, kernel_sources, register
 
 __all__ = [
     "mse",
@@ -55,7 +55,7 @@ RING = 16
 
 
 def _k(name: str, file: str, bindings: tuple[str | None, ...], wg: int) -> KernelSpec:
-    return register(KernelSpec(name, ("common.wgsl", file), name, bindings, wg))
+    return register(KernelSpec(name, kernel_sources(file), name, bindings, wg))
 
 
 _k("mse_partials", "losses.wgsl", (U, R, R, R, W), 256)
