@@ -8,6 +8,7 @@ checkout reads ``<repo>/shaders/`` next to the package.
 from __future__ import annotations
 
 import functools
+import importlib.util
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,19 +18,35 @@ __all__ = ["shader_source", "shader_names", "shader_dir"]
 
 @functools.lru_cache(maxsize=1)
 def _root() -> Any:
-    """A Traversable/Path folder holding the ``*.wgsl`` files."""
+    """A Traversable/Path folder holding the ``*.wgsl`` files.
+
+    Looked up in order: the package resource ``energetic_wgpu.shaders`` (a namespace package
+    in an installed wheel — ``importlib.resources`` cannot open those before Python 3.12, so
+    its search locations are asked directly), the ``shaders`` folder inside the installed
+    package, and the source checkout's top-level ``shaders/``.
+    """
+    candidates: list[Any] = []
     try:
-        root = resources.files("energetic_wgpu.shaders")
-        if any(p.name.endswith(".wgsl") for p in root.iterdir()):
-            return root
-    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, TypeError):
+        candidates.append(resources.files("energetic_wgpu.shaders"))
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, TypeError, ValueError):
         pass
-    local = Path(__file__).resolve().parent.parent / "shaders"
-    if local.is_dir():
-        return local
+    try:
+        spec = importlib.util.find_spec("energetic_wgpu.shaders")
+        if spec is not None and spec.submodule_search_locations:
+            candidates.extend(Path(p) for p in spec.submodule_search_locations)
+    except (ModuleNotFoundError, ValueError):
+        pass
+    here = Path(__file__).resolve().parent
+    candidates += [here / "shaders", here.parent / "shaders"]
+    for root in candidates:
+        try:
+            if any(p.name.endswith(".wgsl") for p in root.iterdir()):
+                return root
+        except (FileNotFoundError, NotADirectoryError, OSError):
+            continue
     raise FileNotFoundError(
-        "energetic_wgpu shaders not found: neither the package resource 'energetic_wgpu.shaders' "
-        f"nor the source folder {local} exists"
+        "energetic_wgpu shaders not found: looked in the package resource 'energetic_wgpu.shaders', "
+        f"{here / 'shaders'} and {here.parent / 'shaders'}"
     )
 
 
