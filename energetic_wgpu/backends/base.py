@@ -94,10 +94,13 @@ class Backend(ABC):
         alpha: float = 1.0,
         active: Any = None,
         retain_sinks: bool = False,
+        return_flow: bool = False,
     ) -> Any:
         """next [B, N]: next[b, k] = sum over edges e with col_idx[e] = k of
         alpha * active[b, src[e]] * energies[b, src[e]] * pi[e]; plus energies[b, k] when
-        ``retain_sinks`` and k has out-degree 0.
+        ``retain_sinks`` and k has out-degree 0. With ``return_flow`` the result is
+        ``(next, flow)`` with flow [B, E] as :meth:`edge_flow` (the flow is the largest array;
+        it is only materialized on request).
 
         energies: float [B, N]; pi: float [E]; active: bool [B, N] or None (all active)."""
 

@@ -296,7 +296,8 @@ class NumpyBackend(Backend):
         alpha: float = 1.0,
         active: np.ndarray | None = None,
         retain_sinks: bool = False,
-    ) -> np.ndarray:
+        return_flow: bool = False,
+    ) -> Any:
         a = self.dtype.type(alpha)
         x = self._node_major(energies, active)  # [N, B]: active * energies
         # next^T = M^T x with M[src[e], col_idx[e]] = alpha * pi[e] (scipy sums each target's
@@ -305,6 +306,8 @@ class NumpyBackend(Backend):
         nxt = np.ascontiguousarray(m.T.dot(x).astype(self.dtype, copy=False).T)
         if retain_sinks:
             nxt += np.where(graph.sink_mask, energies, self.dtype.type(0))
+        if return_flow:
+            return nxt, self.edge_flow(graph, energies, pi, alpha, active)
         return nxt
 
     def edge_flow(

@@ -297,7 +297,8 @@ class WgpuBackend(Backend):
         alpha: float = 1.0,
         active: Any = None,
         retain_sinks: bool = False,
-    ) -> DeviceArray:
+        return_flow: bool = False,
+    ) -> Any:
         gd = self.graph_data(graph)
         energies, pi = self._dev(energies), self._dev(pi)
         batch, flat = self._batch(energies, gd.num_nodes)
@@ -320,6 +321,8 @@ class WgpuBackend(Backend):
             )
         if gd.n_large_in and batch:
             self.runtime.dispatch("scatter_large", common + [gd.large_in], workgroups=gd.n_large_in * batch, uniforms=u)
+        if return_flow:
+            return out, self.edge_flow(graph, energies, pi, alpha, active)
         return out
 
     def edge_flow(self, graph: Graph, energies: Any, pi: Any, alpha: float = 1.0, active: Any = None) -> DeviceArray:
