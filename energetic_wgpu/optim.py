@@ -181,8 +181,9 @@ class AdamW:
         be = self.router.backend
         self.backend = be
         params = self.router.parameters()
-        self.exp_avg = [be.zeros(tuple(p.shape)) for p in params]
-        self.exp_avg_sq = [be.zeros(tuple(p.shape)) for p in params]
+        # the parameters' layout (one flat buffer on wgpu: the fused update applies)
+        self.exp_avg = be.zeros_like_packed(params)
+        self.exp_avg_sq = be.zeros_like_packed(params)
         self.step_count = be.zeros((1,))
         self.last_grad_norm: Any = None
 
@@ -242,16 +243,18 @@ class AdamW:
         if t < 0:
             raise InvalidArgumentError(f"state['t'] must be >= 0, got {t}")
         new_m, new_v = [], []
-        for name, p in zip(self.NAMES, self.router.parameters()):
+        params = self.router.parameters()
+        for name, p in zip(self.NAMES, params):
             for key, store in (("m", ms), ("v", vs)):
                 if name not in store:
                     raise InvalidArgumentError(f"state['{key}'] has no entry {name!r}")
                 arr = np.asarray(store[name])
                 if arr.shape != tuple(p.shape):
                     raise ShapeError(f"state['{key}']['{name}'] must have shape {tuple(p.shape)}, got {arr.shape}")
-            new_m.append(be.asarray(np.asarray(ms[name], dtype=be.dtype)))
-            new_v.append(be.asarray(np.asarray(vs[name], dtype=be.dtype)))
-        self.exp_avg, self.exp_avg_sq = new_m, new_v
+            new_m.append(np.asarray(ms[name], dtype=be.dtype))
+            new_v.append(np.asarray(vs[name], dtype=be.dtype))
+        # pack: the layout depends only on the sizes, so it matches packed parameters
+        self.exp_avg, self.exp_avg_sq = be.pack(new_m), be.pack(new_v)
         self.step_count = be.asarray(np.array([t], dtype=be.dtype))
         self.t = t
 

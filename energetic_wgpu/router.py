@@ -53,6 +53,8 @@ def _float_array(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
         raise ShapeError(f"{name} must have shape {shape}, got {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise InvalidArgumentError(f"{name} must be finite (no NaN or inf)")
+    if np.issubdtype(arr.dtype, np.integer):
+        arr = arr.astype(np.float64)  # integers are values here, never indices: make them floats
     return arr
 
 
@@ -291,9 +293,9 @@ class Router:
         """Validate ``params`` against the graph and upload them to the backend."""
         p = params.validate(self.graph)
         be = self.backend
-        self.q = be.asarray(p.q)
-        self.k = be.asarray(p.k)
-        self.bias = be.asarray(p.bias)
+        # one allocation on backends that pack (wgpu: views into one flat buffer, so that the
+        # optimizer updates every parameter in one dispatch)
+        self.q, self.k, self.bias = be.pack([p.q, p.k, p.bias])
         self.tau, self.alpha, self.top_k = p.tau, p.alpha, p.top_k
         self.dim = p.q.shape[1]
 

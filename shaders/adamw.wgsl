@@ -107,3 +107,74 @@ fn adamw_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     p = p - lr * (m / bc1) / (sqrt(v / bc2) + UP.eps);
     param[i] = p;
 }
+
+// adamw_update_packed (thread per element of one flat buffer holding every parameter): the
+// parameters, m and v are each one flat buffer with the same layout — region r (r < 3) at
+// element offset FP.off[r], FP.len[r] elements (padding between regions is skipped); the
+// gradients stay separate arrays (grad_r, r = 0, 1, 2). Same arithmetic, in the same order,
+// as adamw_update: one dispatch updates every parameter.
+struct PackedParams {
+    n: u32,          // end of the last region (elements)
+    slot: u32,
+    _pad0: u32,
+    _pad1: u32,
+    b1: f32,
+    omb1: f32,
+    b2: f32,
+    omb2: f32,
+    eps: f32,
+    _pad2: f32,
+    _pad3: f32,
+    _pad4: f32,
+    off: vec4<u32>,  // region offsets (elements); an absent region has off = n
+    len: vec4<u32>,  // region lengths (elements)
+}
+
+@group(0) @binding(12) var<uniform> FP: PackedParams;
+@group(0) @binding(13) var<storage, read_write> p_flat: array<f32>;
+@group(0) @binding(14) var<storage, read_write> m_flat: array<f32>;
+@group(0) @binding(15) var<storage, read_write> v_flat: array<f32>;
+@group(0) @binding(16) var<storage, read> grad0: array<f32>;
+@group(0) @binding(17) var<storage, read> grad1: array<f32>;
+@group(0) @binding(18) var<storage, read> grad2: array<f32>;
+@group(0) @binding(19) var<storage, read> scal_p: array<f32>;
+@group(0) @binding(20) var<storage, read> hyper_p: array<f32>;
+
+@compute @workgroup_size(WG)
+fn adamw_update_packed(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = thread_index(gid, nwg);
+    if (i >= FP.n) {
+        return;
+    }
+    var r = 0u;
+    if (i >= FP.off.z) {
+        r = 2u;
+    } else if (i >= FP.off.y) {
+        r = 1u;
+    }
+    let j = i - FP.off[r];
+    if (j >= FP.len[r]) {
+        return;  // padding between regions
+    }
+    var gr: f32;
+    if (r == 0u) {
+        gr = grad0[j];
+    } else if (r == 1u) {
+        gr = grad1[j];
+    } else {
+        gr = grad2[j];
+    }
+    let coef = scal_p[1];
+    let bc1 = scal_p[2];
+    let bc2 = scal_p[3];
+    let lr = hyper_p[2u * FP.slot];
+    let wdf = hyper_p[2u * FP.slot + 1u];
+    let g = gr * coef;
+    var p = p_flat[i] * wdf;
+    let m = FP.b1 * m_flat[i] + FP.omb1 * g;
+    let v = FP.b2 * v_flat[i] + FP.omb2 * g * g;
+    m_flat[i] = m;
+    v_flat[i] = v;
+    p = p - lr * (m / bc1) / (sqrt(v / bc2) + FP.eps);
+    p_flat[i] = p;
+}

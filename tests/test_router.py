@@ -379,3 +379,19 @@ def test_energy_scatter_return_flow_on_every_backend(backend):
     expected_next = np.zeros((3, 4))
     np.add.at(expected_next, (slice(None), g.col_idx), expected_flow)
     np.testing.assert_allclose(backend.to_numpy(nxt), expected_next, rtol=1e-6, atol=1e-7)
+
+
+def test_integer_parameter_arrays_become_floats(backend):
+    """q, k, bias given as integer arrays are values: they are stored as the backend's float
+    dtype (not int32), and the forward matches the same parameters given as floats."""
+    g = build_lattice(GraphConfig(3, 8, 2, 1))
+    n, e = g.num_nodes, g.num_edges
+    rng = np.random.default_rng(0)
+    qi = rng.integers(-2, 3, size=(n, 2))
+    ki = rng.integers(-2, 3, size=(n, 2))
+    bi = rng.integers(-1, 2, size=e)
+    r_int = Router(g, RouterParams(qi, ki, bi), backend)
+    r_flt = Router(g, RouterParams(qi.astype(np.float32), ki.astype(np.float32), bi.astype(np.float32)), backend)
+    assert np.dtype(r_int.q.dtype) == np.float32 and np.dtype(r_int.bias.dtype) == np.float32
+    x = rng.random((2, n)).astype(np.float32)
+    np.testing.assert_array_equal(to_numpy(r_int.forward(x).next_energies), to_numpy(r_flt.forward(x).next_energies))

@@ -60,6 +60,19 @@ class Backend(ABC):
         """A backend array with the same data and a new shape (same element count); may alias ``x``."""
         return x.reshape(shape)
 
+    def pack(self, arrays: Sequence[Any]) -> list[Any]:
+        """The ``arrays`` as backend arrays, possibly laid out together in one allocation
+        (the wgpu backend returns views into one flat buffer, each region aligned to the
+        device's storage offset alignment, so that one dispatch can update them all).
+        The layout depends only on the arrays' sizes. Default: ``asarray`` of each."""
+        return [self.asarray(a) for a in arrays]
+
+    def zeros_like_packed(self, arrays: Sequence[Any]) -> list[Any]:
+        """Zero-filled float arrays with the shapes of ``arrays`` and, where ``arrays`` came
+        from :meth:`pack`, the same layout (e.g. optimizer moments of packed parameters).
+        Default: ``zeros`` of each shape."""
+        return [self.zeros(tuple(a.shape)) for a in arrays]
+
     def synchronize(self) -> None:
         """Wait until every queued operation has finished (no-op on CPU backends)."""
 

@@ -158,6 +158,24 @@ def _cases() -> list[Case]:
         return out
 
     add(Case("adamw_step_clipped_x3", lambda s: _base(s), adamw))
+
+    def adamw_packed(b: Any, i: dict[str, Any]) -> dict[str, Any]:
+        # parameters, m and v as views into one flat buffer each (wgpu: the one-dispatch
+        # update; the plan binds, writes, clears and reads regions at non-zero offsets)
+        params = b.pack([i["q"], i["k"], i["bias"]])
+        grads = [b.asarray(0.3 * i["k"]), b.asarray(-0.2 * i["q"]), b.asarray(i["logits"])]
+        m = b.zeros_like_packed(params)
+        v = b.zeros_like_packed(params)
+        step = b.zeros((1,))
+        norm = None
+        for _ in range(3):
+            norm = b.adamw_step(params, grads, m, v, step, 1e-2, 0.9, 0.99, 1e-8, 0.01, 1.0)
+        # an op binding views at non-zero offsets
+        qk = b.add(params[0], params[1])
+        return {"q": params[0], "k": params[1], "bias": params[2], "m_k": m[1], "v_bias": v[2], "step": step,
+                "grad_norm": norm, "q_plus_k": qk}
+
+    add(Case("adamw_step_packed_x3", lambda s: _base(s), adamw_packed))
     return cases
 
 

@@ -14,13 +14,14 @@ Event kinds (``plan["events"]``, replayed in order):
 
 * ``{"op": "create", "buffer": id, "size": bytes}`` — a storage buffer (zero-filled).
 * ``{"op": "write", "buffer": id, "offset": o, "data": base64}`` — ``queue.writeBuffer``.
-* ``{"op": "clear", "buffer": id, "offset": 0, "size": n}`` — ``encoder.clearBuffer``.
-* ``{"op": "copy", "src": id, "src_offset": 0, "dst": id, "dst_offset": 0, "size": n}``.
+* ``{"op": "clear", "buffer": id, "offset": o, "size": n}`` — ``encoder.clearBuffer``.
+* ``{"op": "copy", "src": id, "src_offset": o, "dst": id, "dst_offset": o, "size": n}``.
 * ``{"op": "dispatch", "kernel": name, "workgroups": [x, y, z], "constants": {...},
-  "uniforms": hex, "bindings": [{"binding": b, "buffer": id, "offset": 0, "size": n}]}``
+  "uniforms": hex, "bindings": [{"binding": b, "buffer": id, "offset": o, "size": n}]}``
+  (a DeviceArray view made by ``backend.pack`` binds its region: a non-zero offset)
   (the uniform struct goes at the spec's uniform binding).
 * ``{"op": "submit"}`` — the runtime submitted its pending encoder.
-* ``{"op": "read", "index": i, "buffer": id, "nbytes": n, "shape": [...], "dtype": "float32",
+* ``{"op": "read", "index": i, "buffer": id, "offset": o, "nbytes": n, "shape": [...], "dtype": "float32",
   "name": output name or null}``.
 
 Buffers the run uses but did not create (they predate the recording, e.g. a pooled buffer)
@@ -122,19 +123,19 @@ class PlanRecorder:
 
     def _wrap_upload(self, fn: Callable) -> Callable:
         @functools.wraps(fn)
-        def wrapper(pooled: Any, data: Any) -> Any:
+        def wrapper(pooled: Any, data: Any, offset: int = 0) -> Any:
             if not self._active:
-                return fn(pooled, data)
+                return fn(pooled, data, offset)
             raw = np.ascontiguousarray(data)
             if raw.nbytes:
                 self._ensure_known(pooled)
             self._in_upload += 1
             try:
-                out = fn(pooled, data)
+                out = fn(pooled, data, offset)
             finally:
                 self._in_upload -= 1
             if raw.nbytes:
-                self.events.append({"op": "write", "buffer": pooled.uid, "offset": 0, "data": _b64(raw)})
+                self.events.append({"op": "write", "buffer": pooled.uid, "offset": int(offset), "data": _b64(raw)})
             return out
 
         return wrapper
@@ -178,18 +179,18 @@ class PlanRecorder:
         self._snapshots.append({"op": "write", "buffer": pooled.uid, "offset": 0, "data": _b64(raw)})
 
     def _on_clear(self, x: Any) -> None:
-        p = self._pooled(x)
+        p, off, size = self.runtime.clear_range(x)
         self._ensure_known(p)
-        self.events.append({"op": "clear", "buffer": p.uid, "offset": 0, "size": int(p.size)})
+        self.events.append({"op": "clear", "buffer": p.uid, "offset": int(off), "size": int(size)})
 
     def _on_copy(self, src: Any, dst: Any, nbytes: int) -> None:
         if nbytes <= 0:
             return
-        s, d = self._pooled(src), self._pooled(dst)
+        (s, so, _), (d, do, _) = self.runtime._binding(src), self.runtime._binding(dst)
         self._ensure_known(s)
         self._ensure_known(d)
         self.events.append(
-            {"op": "copy", "src": s.uid, "src_offset": 0, "dst": d.uid, "dst_offset": 0, "size": int(nbytes)}
+            {"op": "copy", "src": s.uid, "src_offset": int(so), "dst": d.uid, "dst_offset": int(do), "size": int(nbytes)}
         )
 
     def _before_dispatch(self, kernel_name: str, bindings: Any, **kwargs: Any) -> None:
@@ -218,6 +219,7 @@ class PlanRecorder:
                 "op": "read",
                 "index": self._nread,
                 "buffer": x.pooled.uid,
+                "offset": int(x.offset),
                 "nbytes": int(x.size * 4),
                 "shape": list(x.shape),
                 "dtype": x.dtype.name,

@@ -212,7 +212,7 @@ export class Runner {
             endPass();
             const n = Math.ceil(ev.nbytes / 4) * 4;
             const staging = dev.createBuffer({ size: n, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-            enc().copyBufferToBuffer(buf(ev.buffer), 0, staging, 0, n);
+            enc().copyBufferToBuffer(buf(ev.buffer), ev.offset || 0, staging, 0, n);
             submit();
             await staging.mapAsync(GPUMapMode.READ);
             const bytes = new Uint8Array(staging.getMappedRange().slice(0, ev.nbytes));

@@ -11,10 +11,14 @@ mask on the device. ``adamw_step`` never reads back:
    min(1, max_norm / (norm + 1e-6)), t += 1 in the device step buffer, the bias corrections
    1 - beta^t from t — written to a persistent 4-float scalar buffer, the norm also to a new
    [1] array that is returned;
-3. ``adamw_update`` once per parameter array (q, k, bias): three dispatches. A single dispatch
-   over all parameters would need them (and m, v, grads) in one flat buffer; the runtime's
-   DeviceArray is a whole buffer, never a view, and binding the 12 arrays of three parameters
-   at once exceeds WebGPU's 8 storage buffers per stage.
+3. the update. When the parameters, m and v are each views into one flat buffer with the
+   same layout (``backend.pack`` / ``zeros_like_packed``: ``Router.set_params`` and ``AdamW``
+   allocate them so) and there are at most 3 of them, ONE ``adamw_update_packed`` dispatch
+   updates every parameter: it binds the three flat buffers whole, the (up to 3) gradient
+   arrays separately, the scalar buffer and the lr ring — 8 storage bindings, WebGPU's
+   default limit — and the uniform carries each region's offset and length. Otherwise (arrays
+   that are not so laid out) ``adamw_update`` runs once per parameter array. Both kernels do
+   the same arithmetic in the same order: bit-identical results.
 
 The learning rate changes from step to step (schedules) but must not allocate: it lives in a
 small persistent ``hyper`` ring of RING slots (lr, 1 - lr*wd), written by
@@ -65,6 +69,7 @@ _k("ce_partials", "losses.wgsl", (U, R, R, None, W, None, W), 256)
 _k("ent_partials", "losses.wgsl", (U, R, None, None, W, None, W), 256)
 _k("adamw_prepare", "adamw.wgsl", (U, R, W, W, W), 256)
 _k("adamw_update", "adamw.wgsl", (None, None, None, None, None, U, W, R, W, W, R, R), 64)
+_k("adamw_update_packed", "adamw.wgsl", (None,) * 12 + (U, W, W, W, R, R, R, R, R), 64)
 
 
 # ------------------------------------------------------------------ losses
@@ -180,6 +185,61 @@ def _lr_slot(backend: Any, st: _TrainState, lr32: np.float32, wdf32: np.float32)
     return slot
 
 
+_LAYOUTS: dict[tuple[Any, ...], tuple[tuple[int, ...], int]] = {}
+
+
+def _packed_layout(
+    params: Sequence[Any], grads: Sequence[Any], exp_avg: Sequence[Any], exp_avg_sq: Sequence[Any]
+) -> tuple[tuple[Any, Any, Any], tuple[int, ...], int] | None:
+    """((P, M, V pooled buffers), uniform tail (offsets, lengths), elements to cover) when the
+    fused update applies: 1 to 3 float32 parameters, each group (params, m, v) views into one
+    buffer of its own, the same offsets and sizes in all three, gradients of the same sizes
+    outside those buffers. None otherwise (the per-array path)."""
+    n = len(params)
+    if not 1 <= n <= 3 or not (len(grads) == len(exp_avg) == len(exp_avg_sq) == n):
+        return None
+    try:
+        p0, m0, v0 = params[0], exp_avg[0], exp_avg_sq[0]
+        P, M, V = p0.pooled, m0.pooled, v0.pooled
+        if P is M or P is V or M is V:
+            return None
+        offs = []
+        for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq):
+            if not (p.is_view and m.is_view and v.is_view):
+                return None
+            if p.pooled is not P or m.pooled is not M or v.pooled is not V:
+                return None
+            off = p.offset
+            if m.offset != off or v.offset != off or off % 4:
+                return None
+            size = p.size
+            if m.size != size or v.size != size or g.size != size:
+                return None
+            if p.dtype != np.float32 or g.dtype != np.float32 or m.dtype != np.float32 or v.dtype != np.float32:
+                return None
+            gp = g.pooled
+            if gp is P or gp is M or gp is V:
+                return None
+            offs.append((off // 4, size))
+    except AttributeError:  # not DeviceArrays
+        return None
+    key = tuple(offs)
+    hit = _LAYOUTS.get(key)
+    if hit is None:
+        if any(o1 + n1 > o2 for (o1, n1), (o2, _) in zip(offs, offs[1:])):
+            return None  # regions out of order or overlapping: per-array path
+        n_total = offs[-1][0] + offs[-1][1]
+        pad = 3 - n
+        o = [x for x, _ in offs] + [n_total] * pad
+        ln = [y for _, y in offs] + [0] * pad
+        hit = (tuple(o) + (0,) + tuple(ln) + (0,), n_total)
+        if len(_LAYOUTS) > 64:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = hit
+    tail, n_total = hit
+    return (P, M, V), tail, n_total
+
+
 def adamw_step(
     backend: Any,
     params: Sequence[Any],
@@ -232,9 +292,16 @@ def adamw_step(
     rt.dispatch("adamw_prepare", [partials, step, scal, norm], workgroups=1, uniforms=u_prep)
 
     slot = _lr_slot(be, st, np.float32(lr), np.float32(1.0 - lr * weight_decay))
-    for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq):
-        u = (p.size, slot, 0, 0) + hyper
-        rt.dispatch("adamw_update", [p, g, m, v, scal, st.hyper], threads=p.size, uniforms=u)
+    packed = _packed_layout(params, grads, exp_avg, exp_avg_sq)
+    if packed is not None:
+        (pb, mb, vb), tail, n_total = packed
+        gb = list(grads) + [rt.dummy()] * (3 - len(grads))
+        u = (n_total, slot, 0, 0) + hyper + tail
+        rt.dispatch("adamw_update_packed", [pb, mb, vb, *gb, scal, st.hyper], threads=n_total, uniforms=u)
+    else:
+        for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq):
+            u = (p.size, slot, 0, 0) + hyper
+            rt.dispatch("adamw_update", [p, g, m, v, scal, st.hyper], threads=p.size, uniforms=u)
 
     if st.epoch_seen != rt.counters.submits:
         st.epoch_seen = rt.counters.submits

@@ -235,11 +235,15 @@ class _Allocation:
     every pooled buffer strongly (``Runtime._live_buffers``), so even when an array dies in a
     garbage cycle its buffer is not part of the garbage and is returned intact."""
 
-    __slots__ = ("pooled", "runtime", "__weakref__")
+    __slots__ = ("pooled", "runtime", "bkey", "__weakref__")
+
+    #: byte offset of the array in its buffer (a whole-buffer allocation starts at 0)
+    offset = 0
 
     def __init__(self, runtime: "Runtime", pooled: PooledBuffer) -> None:
         self.pooled = pooled
         self.runtime = runtime
+        self.bkey: Any = pooled.uid  # the binding's part of a dispatch record key
 
     def __del__(self) -> None:
         try:
@@ -248,14 +252,35 @@ class _Allocation:
             pass
 
 
+class _ViewAllocation(_Allocation):
+    """A region (``offset``, ``bind_size`` bytes) of another allocation's buffer.
+
+    Holds the owner allocation, so the pooled buffer goes back to the pool only when the
+    owner array and every view of it are gone; a view itself releases nothing."""
+
+    __slots__ = ("owner", "offset", "bind_size")
+
+    def __init__(self, owner: _Allocation, offset: int, bind_size: int) -> None:
+        self.owner = owner
+        self.pooled = owner.pooled
+        self.runtime = owner.runtime
+        self.offset = offset
+        self.bind_size = bind_size
+        self.bkey = (owner.pooled.uid, offset, bind_size)
+
+    def __del__(self) -> None:
+        pass
+
+
 class DeviceArray:
     """A device-resident array of one wgpu backend.
 
     Attributes:
         shape: tuple of ints; dtype: numpy dtype (float32, int32, uint32 or bool — bools live
         on the device as u32 0/1); size, nbytes (logical, as numpy would report), backend.
-        buffer: the ``GPUBuffer`` it lives in (at offset 0; the buffer may be larger than
-        ``nbytes``: pool rounding).
+        buffer: the ``GPUBuffer`` it lives in, at byte ``offset`` (0 unless the array is a
+        view made by :meth:`Runtime.view` / ``backend.pack``; the buffer may be larger than
+        ``nbytes``: pool rounding, other views).
 
     ``np.asarray(device_array)`` raises TypeError: reading back is explicit
     (``backend.to_numpy(x)``), because it synchronizes with the device.
@@ -290,6 +315,16 @@ class DeviceArray:
     def buffer(self) -> Any:
         return self._alloc.pooled.buffer
 
+    @property
+    def offset(self) -> int:
+        """Byte offset of the array's data in :attr:`buffer`."""
+        return self._alloc.offset
+
+    @property
+    def is_view(self) -> bool:
+        """Whether the array is a region of a buffer it shares (see ``backend.pack``)."""
+        return type(self._alloc) is _ViewAllocation
+
     def __len__(self) -> int:
         if not self.shape:
             raise TypeError("len() of a 0-d DeviceArray")
@@ -320,7 +355,8 @@ class DeviceArray:
         )
 
     def __repr__(self) -> str:
-        return f"DeviceArray(shape={self.shape}, dtype={self.dtype.name}, buffer#{self.pooled.uid})"
+        off = f"+{self.offset}" if self.offset else ""
+        return f"DeviceArray(shape={self.shape}, dtype={self.dtype.name}, buffer#{self.pooled.uid}{off})"
 
 
 _new_device_array = object.__new__
@@ -618,9 +654,59 @@ class Runtime:
             self._dummy = self._new_buffer(256, self.STORAGE_USAGE)
         return self._dummy
 
+    @property
+    def offset_alignment(self) -> int:
+        """The device's minStorageBufferOffsetAlignment (256 by default)."""
+        return int(self.limits.get("min_storage_buffer_offset_alignment", 256))
+
+    @staticmethod
+    def view_bind_size(nbytes: int) -> int:
+        """Bytes bound for a view of ``nbytes`` bytes: rounded up to 16 (vec4 kernels read whole
+        vec4s; a region of a packed buffer always has this room)."""
+        return max(16, -(-nbytes // 16) * 16)
+
+    def view(self, base: DeviceArray, offset: int, shape: tuple[int, ...], dtype: Any = np.float32) -> DeviceArray:
+        """A DeviceArray at byte ``offset`` of ``base``'s buffer (``base`` may itself be a view;
+        offsets compose). ``offset`` must be a multiple of :attr:`offset_alignment`; the view's
+        bound range (:meth:`view_bind_size`) must lie in the buffer. The view keeps the buffer
+        alive."""
+        dt = np.dtype(dtype)
+        shape = tuple(int(s) for s in shape)
+        owner = base._alloc
+        offset = int(offset) + owner.offset
+        if type(owner) is _ViewAllocation:
+            owner = owner.owner
+        align = self.offset_alignment
+        if offset < 0 or offset % align:
+            raise InvalidArgumentError(f"view offset {offset} is not a non-negative multiple of {align}")
+        bind = self.view_bind_size(math.prod(shape) * 4)
+        if offset + bind > owner.pooled.size:
+            raise InvalidArgumentError(
+                f"view of shape {shape} at offset {offset} ({bind} bytes bound) exceeds the buffer's "
+                f"{owner.pooled.size} bytes"
+            )
+        arr = _new_device_array(DeviceArray)
+        arr.backend = base.backend
+        arr._alloc = _ViewAllocation(owner, offset, bind)
+        arr.shape = shape
+        arr.dtype = dt
+        return arr
+
+    @staticmethod
+    def _binding(x: Any) -> tuple[PooledBuffer, int, int]:
+        """(pooled buffer, byte offset, bound size) of a binding."""
+        if isinstance(x, DeviceArray):
+            a = x._alloc
+            if type(a) is _ViewAllocation:
+                return a.pooled, a.offset, a.bind_size
+            return a.pooled, 0, a.pooled.size
+        if isinstance(x, PooledBuffer):
+            return x, 0, x.size
+        raise TypeError(f"a binding must be a DeviceArray or PooledBuffer, got {type(x).__name__}")
+
     # ------------------------------------------------------------------ upload
-    def upload(self, pooled: PooledBuffer, data: np.ndarray) -> None:
-        """Write ``data`` (contiguous, 4-byte elements) at offset 0 of ``pooled``.
+    def upload(self, pooled: PooledBuffer, data: np.ndarray, offset: int = 0) -> None:
+        """Write ``data`` (contiguous, 4-byte elements) at byte ``offset`` of ``pooled``.
 
         ``queue.write_buffer`` runs at the next submit before the encoder's commands, so a
         buffer that pending commands use is flushed first."""
@@ -630,10 +716,17 @@ class Runtime:
         if pooled.uid in self._pending_uids:
             self.flush()
         try:
-            self.queue.write_buffer(pooled.buffer, 0, raw)
+            self.queue.write_buffer(pooled.buffer, int(offset), raw)
         except Exception as exc:
             raise DeviceError(f"upload of {raw.nbytes} bytes failed: {type(exc).__name__}: {exc}") from exc
         self.counters.bytes_uploaded += raw.nbytes
+
+    def write(self, x: DeviceArray, data: np.ndarray) -> None:
+        """Upload ``data`` (x.size 4-byte elements) into ``x`` (at its offset)."""
+        raw = np.ascontiguousarray(data).reshape(-1)
+        if raw.size != x.size or raw.itemsize != 4:
+            raise InvalidArgumentError(f"write: need {x.size} 4-byte elements, got {raw.size} of {raw.dtype}")
+        self.upload(x.pooled, raw, x.offset)
 
     def uniform(self, data: bytes) -> PooledBuffer:
         """An immutable uniform buffer with ``data`` (padded to 16 bytes), cached by content."""
@@ -839,7 +932,8 @@ class Runtime:
 
         Args:
             bindings: the storage buffers (DeviceArray or PooledBuffer) in the order of the
-                spec's storage bindings; each is bound whole (its pooled size).
+                spec's storage bindings; each is bound whole (its pooled size), a view
+                DeviceArray as (buffer, its offset, its bound size).
             threads: number of invocations wanted (workgroups = ceil(threads / WG)); or
             workgroups: number of workgroups wanted (workgroup-per-item kernels).
                 Either is folded into (gx, gy) when > 65,535; 0 skips the dispatch.
@@ -860,7 +954,7 @@ class Runtime:
                     ubytes = bytes(uniforms)
                 else:
                     ubytes = pack_uniforms_fast(tuple(uniforms))
-                uids = tuple([b._alloc.pooled.uid if type(b) is DeviceArray else b.uid for b in bindings])
+                uids = tuple([b._alloc.bkey if type(b) is DeviceArray else b.uid for b in bindings])
             except Exception:  # bad arguments: the full path raises the documented errors
                 uids = None
             if uids is not None:
@@ -933,16 +1027,16 @@ class Runtime:
         gx, gy = self.fold(groups)
         ubytes = pack_uniforms(uniforms) if not isinstance(uniforms, (bytes, bytearray)) else bytes(uniforms)
         pipe, bgl = self.pipeline(spec, constants)
-        pooled = [self._as_pooled(b) for b in bindings]
+        bound = [self._binding(b) for b in bindings]
         ubuf = self.uniform(ubytes) if spec.uniform_binding is not None else None
         key_entries: list[tuple[int, int, int]] = []
         entries = []
         if ubuf is not None:
             entries.append({"binding": spec.uniform_binding, "resource": {"buffer": ubuf.buffer, "offset": 0, "size": ubuf.size}})
             key_entries.append((ubuf.uid, 0, ubuf.size))
-        for slot, p in zip(slots, pooled):
-            entries.append({"binding": slot, "resource": {"buffer": p.buffer, "offset": 0, "size": p.size}})
-            key_entries.append((p.uid, 0, p.size))
+        for slot, (p, off, size) in zip(slots, bound):
+            entries.append({"binding": slot, "resource": {"buffer": p.buffer, "offset": off, "size": size}})
+            key_entries.append((p.uid, off, size))
         bg_key = (spec.name, id(bgl), tuple(u for u, _, _ in key_entries), tuple(key_entries))
         bg = self._bind_groups.get(bg_key)
         if bg is None:
@@ -971,7 +1065,8 @@ class Runtime:
                     "constants": dict(sorted({**spec.override_constants(), **(constants or {})}.items())),
                     "uniforms": ubytes.hex(),
                     "bindings": [
-                        {"binding": s, "buffer": p.uid, "size": p.size} for s, p in zip(slots, pooled)
+                        {"binding": s, "buffer": p.uid, "offset": off, "size": size}
+                        for s, (p, off, size) in zip(slots, bound)
                     ],
                 }
             )
@@ -992,19 +1087,25 @@ class Runtime:
                         del self._records_by_uid[u]
 
     def copy_buffer(self, src: Any, dst: Any, nbytes: int) -> None:
-        """Encode a buffer-to-buffer copy of ``nbytes`` (multiple of 4) from offset 0."""
+        """Encode a buffer-to-buffer copy of ``nbytes`` (multiple of 4) from ``src``'s offset
+        to ``dst``'s offset (0 for whole-buffer arrays)."""
         if nbytes <= 0:
             return
-        s, d = self._as_pooled(src), self._as_pooled(dst)
+        (s, so, _), (d, do, _) = self._binding(src), self._binding(dst)
         self._end_pass()
-        self._ensure_encoder().copy_buffer_to_buffer(s.buffer, 0, d.buffer, 0, nbytes)
+        self._ensure_encoder().copy_buffer_to_buffer(s.buffer, so, d.buffer, do, nbytes)
         self._pending_uids.update((s.uid, d.uid))
 
+    def clear_range(self, x: Any) -> tuple[PooledBuffer, int, int]:
+        """(pooled, offset, size) that :meth:`clear` zero-fills: the whole buffer of a
+        whole-buffer array, the view's bound range of a view."""
+        return self._binding(x)
+
     def clear(self, x: Any) -> None:
-        """Encode zero-filling of ``x``'s whole buffer."""
-        p = self._as_pooled(x)
+        """Encode zero-filling of ``x``'s whole buffer (of its bound range for a view)."""
+        p, off, size = self._binding(x)
         self._end_pass()
-        self._ensure_encoder().clear_buffer(p.buffer, 0, p.size)
+        self._ensure_encoder().clear_buffer(p.buffer, off, size)
         self._pending_uids.add(p.uid)
 
     # ------------------------------------------------------------------ submit / errors
@@ -1091,7 +1192,7 @@ class Runtime:
         nbytes = x.size * 4
         staging = self._get_staging(nbytes)
         self._end_pass()
-        self._ensure_encoder().copy_buffer_to_buffer(x.buffer, 0, staging, 0, nbytes)
+        self._ensure_encoder().copy_buffer_to_buffer(x.buffer, x.offset, staging, 0, nbytes)
         self._pending_uids.add(x.pooled.uid)
         self.flush()
         return _decode(self._map_read(staging, nbytes), x.shape, dtype)
@@ -1119,7 +1220,7 @@ class Runtime:
             self.counters.buffers_created += 1
         if x.size:
             self._end_pass()
-            self._ensure_encoder().copy_buffer_to_buffer(x.buffer, 0, staging, 0, nbytes)
+            self._ensure_encoder().copy_buffer_to_buffer(x.buffer, x.offset, staging, 0, nbytes)
             self._pending_uids.add(x.pooled.uid)
         self.flush()
         return ReadHandle(self, staging, x.size * 4, x.shape, x.dtype)
