@@ -29,7 +29,12 @@ step_metrics       src 4E, pi 4E, energies 4BN, next 4BN
 Random gathers (pi and energies by source in energy_scatter, Q/K rows in edge_logits) are
 counted once per element although they touch a cache line each.
 
-    python -m benchmarks.bench_gpu_ops [--adapter X] [--size small|large] [--repeats N] [--json out.json]
+    python -m benchmarks.bench_gpu_ops [--adapter X] [--size small|large] [--graph random|lattice]
+                                       [--repeats N] [--json out.json]
+
+``--graph random`` (default): out-degree Poisson(10), uniform random targets (every gather a
+cache miss). ``--graph lattice``: the router's layered lattice, 10 layers of N/10 nodes, 8
+local + 2 jump neighbours (E ~ 9.8N; at the large size N = 1M, E = 9.8M).
 
 ``--size small`` (default): N = 65,536, E ~ 655k, B = 8. ``--size large``: N = 1M, E = 10M,
 B = 8 (``edge_flow`` runs with the largest B whose [B, E] output fits the 128 MiB binding
@@ -42,7 +47,7 @@ import argparse
 import sys
 from typing import Any
 
-from energetic_wgpu.benchmarking.ops import COPY_BYTES, DEGREE, SIZES, bench_adapter, random_graph  # noqa: F401
+from energetic_wgpu.benchmarking.ops import COPY_BYTES, DEGREE, GRAPHS, SIZES, bench_adapter, random_graph  # noqa: F401
 from energetic_wgpu.benchmarking.ops import ops_table as _table
 
 from .common import machine_info, write_json
@@ -53,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapter", action="append",
                     help="adapter index or name/backend substring (repeatable; default: every adapter)")
     ap.add_argument("--size", choices=sorted(SIZES), default="small")
+    ap.add_argument("--graph", choices=GRAPHS, default="random",
+                    help="random (uniform targets: every gather a cache miss) or lattice (10 layers of N/10, "
+                         "8 local + 2 jump neighbours: the router's workload)")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--only", action="append", metavar="NAME",
@@ -69,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         selectors = [a["index"] for a in list_adapters()]
     all_results = []
     for sel in selectors:
-        print(f"adapter {sel!r}, size {args.size}:", file=sys.stderr, flush=True)
-        res = bench_adapter(sel, args.size, args.repeats, args.warmup, only=args.only)
+        print(f"adapter {sel!r}, size {args.size}, graph {args.graph}:", file=sys.stderr, flush=True)
+        res = bench_adapter(sel, args.size, args.repeats, args.warmup, only=args.only, graph_kind=args.graph)
         all_results.append(res)
-        print(f"\n{res['adapter']}  N={res['nodes']} E={res['edges']} B={res['batch']} d={res['dim']}  "
+        print(f"\n{res['adapter']}  graph={res['graph']} N={res['nodes']} E={res['edges']} B={res['batch']} "
+              f"d={res['dim']}  "
               f"timer: {res['timer']}, median of {args.repeats}")
         print(_table(res))
     if args.json:
@@ -80,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "gpu_ops",
             "machine": machine_info(("wgpu",)),
             "size": args.size,
+            "graph": args.graph,
             "repeats": args.repeats,
             "warmup": args.warmup,
             "adapters": all_results,

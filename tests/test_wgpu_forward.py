@@ -343,3 +343,34 @@ def test_parity_with_numpy_backend(backend):
         backend.to_numpy(backend.step_metrics(g, energies, nr, pr, 0.9, active)),
         nb.step_metrics(g, energies, nr, pr, 0.9, active),
     )
+
+
+@pytest.mark.parametrize("top_k", [0, 3])
+def test_one_pass_softmax_adversarial_orders_sum_to_one(gpu_backend, top_k):
+    """The one-pass (online max/sum) small-segment softmax rescales its running sum whenever a
+    new maximum appears: ascending logits are its worst case. Every segment of degree 1..16 (the
+    one-pass range) and 17..40 (the multi-pass range) must still sum to 1 within 1e-6 and match
+    NumPy."""
+    from energetic_wgpu.backends.numpy_backend import NumpyBackend
+
+    degrees = list(range(1, 41))
+    rp = np.zeros(len(degrees) + 1, dtype=np.int64)
+    np.cumsum(degrees, out=rp[1:])
+    n = len(degrees)
+    g = Graph.from_csr(rp, np.arange(rp[-1]) % n, num_nodes=n)
+    rng = np.random.default_rng(7)
+    parts = []
+    for i, d in enumerate(degrees):
+        kind = i % 3
+        if kind == 0:
+            parts.append(np.linspace(-30, 30, d))  # strictly ascending: a new max every edge
+        elif kind == 1:
+            parts.append(np.sort(rng.standard_normal(d) * 8))
+        else:
+            parts.append(np.linspace(0, 1e-3, d))  # nearly equal
+    logits = np.concatenate(parts).astype(np.float32)
+    pi = gpu_backend.to_numpy(gpu_backend.segment_softmax(g, gpu_backend.asarray(logits), 0.9, top_k))
+    ref = NumpyBackend().segment_softmax(g, logits, 0.9, top_k)
+    sums = np.add.reduceat(pi.astype(np.float64), rp[:-1])
+    assert np.max(np.abs(sums - 1.0)) < 1e-6, np.max(np.abs(sums - 1.0))
+    assert np.max(np.abs(pi - ref)) <= 1e-5

@@ -42,10 +42,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..graph import Graph
+from ..graph import Graph, GraphConfig, build_lattice
 from .timing import format_table, ms_stats, time_fn
 
-__all__ = ["SIZES", "COPY_BYTES", "random_graph", "bench_ops", "bench_adapter", "ops_table"]
+__all__ = ["SIZES", "COPY_BYTES", "GRAPHS", "random_graph", "lattice_graph", "make_graph", "bench_ops",
+           "bench_adapter", "ops_table"]
 
 SIZES: dict[str, dict[str, int]] = {
     "quick": {"nodes": 16_384, "edges": 163_840, "batch": 8, "dim": 16},
@@ -66,6 +67,28 @@ def random_graph(nodes: int, edges: int, seed: int = 0) -> Graph:
     np.cumsum(np.bincount(src, minlength=nodes), out=row_ptr[1:])
     col = rng.integers(0, nodes, size=edges, dtype=np.int64)
     return Graph.from_csr(row_ptr, col, nodes)
+
+
+def lattice_graph(nodes: int) -> Graph:
+    """The router's layered lattice (SPEC §7) with ~``nodes`` nodes: 10 layers of
+    ``nodes // 10`` nodes, 8 local neighbours in the next layer and 2 jump neighbours two
+    layers down (out-degree 10, last layer sinks: E ~ 9.8 N at 10 layers). Unlike
+    :func:`random_graph` it has locality: a node's targets sit next to each other."""
+    return build_lattice(GraphConfig(layers=10, nodes_per_layer=max(1, nodes // 10), local_neighbors=8,
+                                     jump_neighbors=2))
+
+
+GRAPHS = ("random", "lattice")
+
+
+def make_graph(kind: str, nodes: int, edges: int, seed: int = 0) -> Graph:
+    """``"random"``: :func:`random_graph` (every gather a cache miss); ``"lattice"``:
+    :func:`lattice_graph` (``edges`` is ignored: E ~ 9.8 N)."""
+    if kind == "random":
+        return random_graph(nodes, edges, seed)
+    if kind == "lattice":
+        return lattice_graph(nodes)
+    raise ValueError(f"graph must be one of {GRAPHS}, got {kind!r}")
 
 
 def _is_wgpu(be: Any) -> bool:
@@ -106,8 +129,10 @@ def bench_ops(
     copy_bytes: int = COPY_BYTES,
     backward: bool = True,
     echo: Callable[[str], None] | None = None,
+    graph_kind: str = "random",
 ) -> dict[str, Any]:
-    """Time every op on backend ``be`` (NumPy or wgpu) at ``size`` (a key of :data:`SIZES`).
+    """Time every op on backend ``be`` (NumPy or wgpu) at ``size`` (a key of :data:`SIZES`)
+    on the graph ``graph_kind`` (see :func:`make_graph`).
 
     ``only``: run the ops whose name contains one of these strings (the copy always runs);
     ``backward``: include mse, the backward ops and adamw_step. Returns a dict with the copy
@@ -115,7 +140,8 @@ def bench_ops(
     cfg = SIZES[size]
     n, e_target, batch, dim = cfg["nodes"], cfg["edges"], cfg["batch"], cfg["dim"]
     rng = np.random.default_rng(seed)
-    graph = random_graph(n, e_target, seed)
+    graph = make_graph(graph_kind, n, e_target, seed)
+    n = graph.num_nodes
     e = graph.num_edges
     wgpu = _is_wgpu(be)
     limit = be.limits["max_storage_buffer_binding_size"] if wgpu else 1 << 62
@@ -211,6 +237,7 @@ def bench_ops(
         "device": be.describe(),
         "timer": results[0]["timer"],
         "size": size,
+        "graph": graph_kind,
         "nodes": n,
         "edges": e,
         "batch": batch,
@@ -239,12 +266,12 @@ def make_timed_wgpu_backend(adapter: Any) -> Any:
 
 def bench_adapter(
     adapter: Any, size: str, repeats: int, warmup: int, seed: int = 0, only: list[str] | None = None,
-    backward: bool = False,
+    backward: bool = False, graph_kind: str = "random",
 ) -> dict[str, Any]:
     """:func:`bench_ops` on one wgpu adapter (index or selector string), forward ops only by
     default (as ``benchmarks/bench_gpu_ops.py`` always did); progress goes to stderr."""
     be = make_timed_wgpu_backend(adapter)
-    res = bench_ops(be, size, repeats, warmup, seed, only, backward=backward,
+    res = bench_ops(be, size, repeats, warmup, seed, only, backward=backward, graph_kind=graph_kind,
                     echo=lambda s: print(s, file=sys.stderr, flush=True))
     ai = be.adapter_info
     return {"adapter": f"{ai.get('device', '?')} via {ai.get('backend_type', '?')}",

@@ -7,7 +7,9 @@ Every op encodes dispatches into the runtime's pending command encoder and retur
 Degree strategies (SMALL = ``kernels.SMALL_DEGREE_MAX`` = 256):
 
 * ``segment_softmax`` / ``segment_topk``: segments of degree 1..SMALL run one thread per
-  segment (serial, compensated sums; top-k by k selection passes); larger segments run one
+  segment (degree <= 16: one-pass online max/sum; top_k 1..4: a register top-4 in one pass,
+  for softmax in the ``softmax_small_k4`` entry point; otherwise serial compensated sums and
+  top-k by k selection passes); larger segments run one
   workgroup of 256 each (top-k threshold by a radix bisection over the float keys, O(64 deg)
   independent of k; fixed-order tree reductions).
 * ``energy_scatter``: a gather over the reverse (CSC) index; nodes of in-degree <= SMALL run
@@ -336,7 +338,9 @@ class WgpuBackend(Backend):
             raise InvalidArgumentError(f"top_k must be >= 0, got {top_k}")
         out = self.empty((gd.num_edges,), np.bool_ if mode == 1 else np.float32)
         u = (gd.num_nodes, top_k, mode, gd.n_large_out, np.float32(tau), SMALL_DEGREE_MAX)
-        self.runtime.dispatch("softmax_small", [gd.row_ptr, logits, out], threads=gd.num_nodes, uniforms=u)
+        # 1 <= top_k <= 4 (softmax): its own pipeline, with the register top-4 (segment_softmax.wgsl)
+        small = "softmax_small_k4" if mode == 0 and 1 <= top_k <= 4 else "softmax_small"
+        self.runtime.dispatch(small, [gd.row_ptr, logits, out], threads=gd.num_nodes, uniforms=u)
         if gd.n_large_out:
             self.runtime.dispatch(
                 "softmax_large", [gd.row_ptr, logits, out, gd.large_out], workgroups=gd.n_large_out, uniforms=u

@@ -122,6 +122,7 @@ KERNELS: dict[str, KernelSpec] = {
         _k("add", "elementwise.wgsl", (U, R, R, W), 64),
         _k("edge_logits", "edge_logits.wgsl", (U, R, R, R, R, R, W), 64),
         _k("softmax_small", "segment_softmax.wgsl", (U, R, R, W), 64),
+        _k("softmax_small_k4", "segment_softmax.wgsl", (U, R, R, W), 64),
         _k("softmax_large", "segment_softmax.wgsl", (U, R, R, W, R), 256),
         _k("scatter_transpose", "energy_scatter.wgsl", (U, None, None, None, R, R, None, None, None, None, W), 64),
         _k("scatter_small", "energy_scatter.wgsl", (U, R, R, R, R, None, R, W, None, R), 64),
