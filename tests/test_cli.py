@@ -56,9 +56,22 @@ def test_check_numpy_and_table(capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "op" in out and "max error" in out and "bit-stable" in out
-    for op in ("edge_logits", "segment_softmax[top_k=3]", "energy_scatter_backward", "adamw_step", "router[steps=3]"):
+    for op in ("edge_logits", "segment_softmax_topk", "energy_scatter_backward_b33", "adamw_step_packed_x3",
+               "cross_entropy_eps_b33", "router_steps3_b33"):
         assert op in out
     assert "numpy-float32" in out and "FAIL" not in out
+
+
+def test_check_runs_the_shared_case_table(capsys):
+    """`check` and `check --dawn` run one table: energetic_wgpu.parity_cases.CASES, one row per case."""
+    from energetic_wgpu import parity_cases
+    from energetic_wgpu.dawn import cases as dawn_cases
+
+    assert dawn_cases.CASES is parity_cases.CASES
+    rc = main(["check", "--json", "--numpy", "--adapter", "no-such-adapter"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert [r["op"] for r in report["results"]] == [c.name for c in parity_cases.CASES]
 
 
 def test_check_json(capsys):
@@ -69,12 +82,16 @@ def test_check_json(capsys):
 
 
 def test_check_every_adapter(capsys):
-    """On each wgpu adapter: the table has one row per op; exit code 0 exactly when all pass."""
+    """On each wgpu adapter: the table has one row per case; exit code 0 exactly when all pass."""
+    from energetic_wgpu.parity_cases import CASES
+
     rc = main(["check", "--json"])
     report = json.loads(capsys.readouterr().out)
     if not report["results"]:
         pytest.skip(f"no wgpu adapter: {report['notes']}")
     assert rc == (0 if all(r["ok"] for r in report["results"]) else 1)
+    for target in {r["target"] for r in report["results"]}:
+        assert [r["op"] for r in report["results"] if r["target"] == target] == [c.name for c in CASES]
     for r in report["results"]:
         assert r["ok"] or r["reason"], r
 

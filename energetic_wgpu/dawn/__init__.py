@@ -105,7 +105,7 @@ def run_cases(
     """
     from ..backends.numpy_backend import NumpyBackend
     from ..backends.webgpu import WgpuBackend
-    from .cases import CASES
+    from ..parity_cases import CASES
 
     cases = list(CASES if cases is None else cases)
     t0 = time.monotonic()
@@ -221,7 +221,7 @@ def check(
     Raises:
         DawnUnavailable: no Chromium or no WebGPU in it. DawnError: the browser run failed.
     """
-    from .cases import CASES
+    from ..parity_cases import CASES
 
     cases = CASES
     if ops is not None:
