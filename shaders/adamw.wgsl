@@ -79,6 +79,18 @@ fn adamw_prepare(@builtin(local_invocation_index) lid: u32) {
     }
 }
 
+// One AdamW element update, shared by both update kernels (same operations in the same order):
+// returns (p, m, v) from p0, g0 (unclipped gradient), m0, v0 and the step's scalars.
+fn adamw_element(p0: f32, g0: f32, m0: f32, v0: f32, coef: f32, wdf: f32, lr: f32,
+                 b1: f32, omb1: f32, b2: f32, omb2: f32, eps: f32, bc1: f32, bc2: f32) -> vec3<f32> {
+    let g = g0 * coef;
+    var p = p0 * wdf;
+    let m = b1 * m0 + omb1 * g;
+    let v = b2 * v0 + omb2 * g * g;
+    p = p - lr * (m / bc1) / (sqrt(v / bc2) + eps);
+    return vec3<f32>(p, m, v);
+}
+
 @group(0) @binding(5) var<uniform> UP: UpdateParams;
 @group(0) @binding(6) var<storage, read_write> param: array<f32>;
 @group(0) @binding(7) var<storage, read> grad: array<f32>;
@@ -93,19 +105,11 @@ fn adamw_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     if (i >= UP.n) {
         return;
     }
-    let coef = scal[1];
-    let bc1 = scal[2];
-    let bc2 = scal[3];
-    let lr = hyper[2u * UP.slot];
-    let wdf = hyper[2u * UP.slot + 1u];
-    let g = grad[i] * coef;
-    var p = param[i] * wdf;
-    let m = UP.b1 * exp_avg[i] + UP.omb1 * g;
-    let v = UP.b2 * exp_avg_sq[i] + UP.omb2 * g * g;
-    exp_avg[i] = m;
-    exp_avg_sq[i] = v;
-    p = p - lr * (m / bc1) / (sqrt(v / bc2) + UP.eps);
-    param[i] = p;
+    let r = adamw_element(param[i], grad[i], exp_avg[i], exp_avg_sq[i], scal[1], hyper[2u * UP.slot + 1u],
+                          hyper[2u * UP.slot], UP.b1, UP.omb1, UP.b2, UP.omb2, UP.eps, scal[2], scal[3]);
+    exp_avg[i] = r.y;
+    exp_avg_sq[i] = r.z;
+    param[i] = r.x;
 }
 
 // adamw_update_packed (thread per element of one flat buffer holding every parameter): the
@@ -164,17 +168,9 @@ fn adamw_update_packed(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
     } else {
         gr = grad2[j];
     }
-    let coef = scal_p[1];
-    let bc1 = scal_p[2];
-    let bc2 = scal_p[3];
-    let lr = hyper_p[2u * FP.slot];
-    let wdf = hyper_p[2u * FP.slot + 1u];
-    let g = gr * coef;
-    var p = p_flat[i] * wdf;
-    let m = FP.b1 * m_flat[i] + FP.omb1 * g;
-    let v = FP.b2 * v_flat[i] + FP.omb2 * g * g;
-    m_flat[i] = m;
-    v_flat[i] = v;
-    p = p - lr * (m / bc1) / (sqrt(v / bc2) + FP.eps);
-    p_flat[i] = p;
+    let u = adamw_element(p_flat[i], gr, m_flat[i], v_flat[i], scal_p[1], hyper_p[2u * FP.slot + 1u],
+                          hyper_p[2u * FP.slot], FP.b1, FP.omb1, FP.b2, FP.omb2, FP.eps, scal_p[2], scal_p[3]);
+    m_flat[i] = u.y;
+    v_flat[i] = u.z;
+    p_flat[i] = u.x;
 }
