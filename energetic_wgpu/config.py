@@ -1,4 +1,4 @@
-"""Configuration (SPEC §7; the seed's ``ConfigCenter`` and ``Configs/baseline.yaml``).
+"""Configuration (docs/definitions.md §7: sections, keys and the baseline values).
 
 A run is described by one YAML file with the sections ``graph``, ``router``,
 ``optimizer``, ``train`` and ``backend``. :func:`load_config` reads it (the packaged

@@ -260,7 +260,7 @@ def _as_positions(positions: Any, n: int) -> np.ndarray | None:
 
 @dataclass(frozen=True)
 class GraphConfig:
-    """The layered lattice of SPEC §7.
+    """The layered lattice (docs/definitions.md §7).
 
     Node ``(l, i)`` has id ``l * nodes_per_layer + i``. It links to ``local_neighbors`` nodes
     of layer ``l+1`` at ring offsets ``-(n//2) .. n - n//2 - 1`` around ``i`` and to

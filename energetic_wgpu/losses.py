@@ -1,4 +1,4 @@
-"""Losses (SPEC §5), each returning ``(loss: float, grad)``.
+"""Losses (docs/definitions.md §5), each returning ``(loss: float, grad)``.
 
 The functions accept numpy arrays (computed by a NumPy backend of the arrays' float
 precision) or backend arrays (computed on that backend; the returned ``grad`` is a backend

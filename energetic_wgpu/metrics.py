@@ -1,6 +1,5 @@
 """Training metrics: a collector, a JSON-lines event log, CSV/JSON export, a run summary
-and an optional plot (the seed's §2.4 ``RouterLogger`` → ``MetricsCollector`` →
-``MetricsExporter`` → ``PipelineSnapshot``).
+and an optional plot (collector → exporter → run summary).
 
 Events (one JSON object per line of ``metrics.jsonl``)::
 
@@ -26,7 +25,7 @@ __all__ = ["FIELDS", "FORWARD_FIELDS", "BACKWARD_FIELDS", "MetricsCollector", "E
 
 log = logging.getLogger("energetic_wgpu")
 
-#: fields of the router.forward event (the seed's RouterLogger.logForward)
+#: fields of the router.forward event (the step metrics of docs/definitions.md §2)
 FORWARD_FIELDS = ("total_energy", "active_nodes", "active_edges", "avg_entropy", "max_edge_flow")
 #: fields of the router.backward event
 BACKWARD_FIELDS = ("loss", "grad_norm", "lr")

@@ -1,5 +1,5 @@
 """AdamW with global-norm gradient clipping (the torch.optim.AdamW + clip_grad_norm_
-convention, SPEC §5) and learning-rate schedules.
+convention, docs/definitions.md §6) and learning-rate schedules.
 
 The optimizer state (m, v and the step count t) lives on the router's backend; on a GPU
 backend the whole update (norm, clipping, AdamW) runs on the device with no readback.

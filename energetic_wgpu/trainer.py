@@ -1,4 +1,4 @@
-"""The training loop (the seed's "Training Loop": batch → forward → loss → backward → AdamW
+"""The training loop (batch → forward → loss → backward → AdamW
 → metrics every N steps → checkpoint every M steps).
 
 Each step is one :meth:`Router.train_step`; on a GPU backend nothing is read back except

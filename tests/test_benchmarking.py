@@ -1,6 +1,6 @@
 """The benchmark suite (energetic_wgpu.benchmarking, ``energetic-wgpu bench``): a quick run on
 NumPy (and on one wgpu adapter) gives JSON with the expected keys and a markdown report with
-the seeds' columns; the log-log slope is exact on synthetic power laws."""
+the router design's expected figures; the log-log slope is exact on synthetic power laws."""
 
 from __future__ import annotations
 
@@ -61,8 +61,8 @@ def test_quick_suite_numpy(tmp_path, capsys):
     assert rows[0]["forward"]["1"]["cells_per_s"] > 0
     text = md.read_text()
     assert text == capsys.readouterr().out.rstrip("\n") + "\n"
-    assert "| phase | seed M4 (expected) | numpy |" in text and "| backward | 8–15 |" in text
-    assert "seed s (vectorized) | seed cells/s" in text and "| 20³ | 8,000 |" in text
+    assert "| phase | design M4 (expected) | numpy |" in text and "| backward | 8–15 |" in text
+    assert "design s (vectorized) | design cells/s" in text and "| 20³ | 8,000 |" in text
     assert "| numpy | forward |" in text and "slope" in text
     matplotlib = pytest.importorskip("matplotlib")
     assert matplotlib and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""Checkpoints (audit §9): round-trip, versioning, corruption, truncation, wrong graph, atomic writes."""
+"""Checkpoints: round-trip, versioning, corruption, truncation, wrong graph, atomic writes."""
 
 from __future__ import annotations
 

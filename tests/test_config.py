@@ -1,4 +1,4 @@
-"""Configuration: the packaged baseline, overrides, validation messages, round-trip (audit §10)."""
+"""Configuration: the packaged baseline, overrides, validation messages, round-trip."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The real-data examples (audit §14): each runs with reduced settings and its claims are asserted.
+"""The real-data examples: each runs with reduced settings and its claims are asserted.
 
 ``examples/markov_text.py``: the trained character chain comes within 1 % of the closed-form
 conditional entropy, and its 2- and 3-step transitions match the count-based chain's matrix

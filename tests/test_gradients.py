@@ -1,4 +1,4 @@
-"""Finite-difference checks of every gradient in float64 (SPEC §4, §5; audit §0, §2, §11).
+"""Finite-difference checks of every gradient in float64 (docs/definitions.md §4-5).
 
 Each parameter (q, k, bias) and the input energies is perturbed **in isolation**, element by
 element, with central differences; bias is always checked directly.

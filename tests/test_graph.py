@@ -1,4 +1,4 @@
-"""Graph construction, validation, reverse index and lattice builders (SPEC §1, §7; audit §0, §10)."""
+"""Graph construction, validation, reverse index and lattice builders (docs/definitions.md §1, §7)."""
 
 from __future__ import annotations
 

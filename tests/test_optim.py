@@ -1,4 +1,4 @@
-"""AdamW, clipping, schedules and CPU training (SPEC §5; audit §3 CPU training, §7 optimizers)."""
+"""AdamW, clipping, schedules and CPU training (docs/definitions.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The GPU-native train step (audit §6 GPU training, §3 on the GPU, §8 workspace reuse).
+"""The GPU-native train step (docs/testing.md: GPU training).
 
 N GPU steps equal N NumPy steps (parameters, m, v, t); a steady-state step is one submit with
 no new buffer, bind group or readback; state round-trips; switching backends mid-training

@@ -94,7 +94,7 @@ class Backend(ABC):
 
     @abstractmethod
     def segment_softmax(self, graph: Graph, logits: Any, tau: float = 1.0, top_k: int = 0) -> Any:
-        """pi [E] as SPEC §2: z = logits / tau (clamped to the dtype's finite range), keep the
+        """pi [E] as docs/definitions.md §2: z = logits / tau (clamped to the dtype's finite range), keep the
         top_k largest z of each segment, softmax over the kept edges of each segment,
         0 on dropped edges. Empty segments are fine. No NaN for any finite input."""
 
@@ -173,7 +173,7 @@ class Backend(ABC):
     def sum_squares(self, arrays: Sequence[Any]) -> Any:
         """float [1]: sum of squares of every element of every array (a fixed-order reduction)."""
 
-    # ------------------------------------------------------ losses (SPEC §5)
+    # ------------------------------------------------------ losses (docs/definitions.md §5)
     @abstractmethod
     def mse(self, pred: Any, target: Any, mask: Any = None) -> tuple[Any, Any]:
         """(loss float [1], grad [same shape as pred]): mean of (pred - target)^2 over the
@@ -191,7 +191,7 @@ class Backend(ABC):
         """(loss float [1], grad_pi [E]): loss = -lam * sum_{pi > 0} pi log pi;
         grad = -lam (log pi + 1) where pi > 0, 0 elsewhere."""
 
-    # ------------------------------------------------------ optimizer (SPEC §5)
+    # ------------------------------------------------------ optimizer (docs/definitions.md §6)
     @abstractmethod
     def adamw_step(
         self,

@@ -1,4 +1,4 @@
-"""The NumPy backend: the readable, vectorized definition of every op (SPEC §2, §4, §5).
+"""The NumPy backend: the readable, vectorized definition of every op (docs/definitions.md).
 
 No Python loop runs over nodes, edges or batch rows. Segment reductions use
 ``ufunc.reduceat`` over the non-empty segments; sums over incoming edges and the

@@ -70,7 +70,7 @@ def random_graph(nodes: int, edges: int, seed: int = 0) -> Graph:
 
 
 def lattice_graph(nodes: int) -> Graph:
-    """The router's layered lattice (SPEC §7) with ~``nodes`` nodes: 10 layers of
+    """The router's layered lattice (docs/definitions.md §7) with ~``nodes`` nodes: 10 layers of
     ``nodes // 10`` nodes, 8 local neighbours in the next layer and 2 jump neighbours two
     layers down (out-degree 10, last layer sinks: E ~ 9.8 N at 10 layers). Unlike
     :func:`random_graph` it has locality: a node's targets sit next to each other."""

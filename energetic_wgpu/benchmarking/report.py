@@ -38,7 +38,7 @@ def _phases_md(entries: list[dict[str, Any]]) -> list[str]:
         "Median ms of " + f"{p0['repeats']} interleaved repeats (IQR in the JSON). Seed: router-architecture.md's "
         "*expected* figures for an Apple M4 CPU (design estimates, not measurements).",
         "",
-        "| phase | seed M4 (expected) | " + " | ".join(e["target"] for e in ok) + " |",
+        "| phase | design M4 (expected) | " + " | ".join(e["target"] for e in ok) + " |",
         "|---|---:|" + "---:|" * len(ok),
     ]
     for ph in PHASES:
@@ -114,7 +114,7 @@ def _lattice3d_md(entries: list[dict[str, Any]]) -> list[str]:
         return []
     l0 = ok[0]["lattice3d"]
     batches = [str(b) for b in l0["batches"]]
-    head = ["lattice", "cells", "edges", "seed s (vectorized)", "seed cells/s"]
+    head = ["lattice", "cells", "edges", "design s (vectorized)", "design cells/s"]
     for e in ok:
         head += [f"{e['target']} ms (B=1)", "cells/s (B=1)"] + [f"cells/s (B={b})" for b in batches[1:]]
     lines = [
