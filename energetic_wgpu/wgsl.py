@@ -1,14 +1,13 @@
-"""WGSL shader sources, loaded from files and cached.
+"""WGSL shader sources, read from files and cached.
 
-The shaders live in the repository's top-level ``shaders/`` folder. An installed package
-carries them as ``energetic_wgpu.shaders`` (pyproject maps the folder there); a source
-checkout reads ``<repo>/shaders/`` next to the package.
+The shaders live in the repository's top-level ``shaders/`` folder. A built wheel carries
+them as the data folder ``energetic_wgpu/_shaders/`` (pyproject maps the folder there); a
+source checkout (or an editable install) reads ``<repo>/shaders/`` beside the package.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,36 +17,14 @@ __all__ = ["shader_source", "shader_names", "shader_dir"]
 
 @functools.lru_cache(maxsize=1)
 def _root() -> Any:
-    """A Traversable/Path folder holding the ``*.wgsl`` files.
-
-    Looked up in order: the package resource ``energetic_wgpu.shaders`` (a namespace package
-    in an installed wheel — ``importlib.resources`` cannot open those before Python 3.12, so
-    its search locations are asked directly), the ``shaders`` folder inside the installed
-    package, and the source checkout's top-level ``shaders/``.
-    """
-    candidates: list[Any] = []
-    try:
-        candidates.append(resources.files("energetic_wgpu.shaders"))
-    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, TypeError, ValueError):
-        pass
-    try:
-        spec = importlib.util.find_spec("energetic_wgpu.shaders")
-        if spec is not None and spec.submodule_search_locations:
-            candidates.extend(Path(p) for p in spec.submodule_search_locations)
-    except (ModuleNotFoundError, ValueError):
-        pass
-    here = Path(__file__).resolve().parent
-    candidates += [here / "shaders", here.parent / "shaders"]
-    for root in candidates:
-        try:
-            if any(p.name.endswith(".wgsl") for p in root.iterdir()):
-                return root
-        except (FileNotFoundError, NotADirectoryError, OSError):
-            continue
-    raise FileNotFoundError(
-        "energetic_wgpu shaders not found: looked in the package resource 'energetic_wgpu.shaders', "
-        f"{here / 'shaders'} and {here.parent / 'shaders'}"
-    )
+    """The folder holding the ``*.wgsl`` files: the installed package's ``_shaders``, else
+    the source checkout's top-level ``shaders``."""
+    installed = resources.files("energetic_wgpu") / "_shaders"
+    checkout = Path(__file__).resolve().parent.parent / "shaders"
+    for root in (installed, checkout):
+        if root.is_dir():
+            return root
+    raise FileNotFoundError(f"energetic_wgpu shaders not found: looked in {installed} and {checkout}")
 
 
 def shader_dir() -> str:

@@ -11,7 +11,6 @@ import tempfile
 
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="xdg-"))
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
@@ -104,15 +103,3 @@ def np64():
     from energetic_wgpu.backends.numpy_backend import NumpyBackend
 
     return NumpyBackend("float64")
-
-
-def assert_parity(got, ref, name: str = "array", rtol: float = 1e-5):
-    """SPEC §6 tolerance: max|a - b| <= rtol * max(1, max|ref|), shapes and dtypes checked."""
-    got = np.asarray(got)
-    ref = np.asarray(ref)
-    assert got.shape == ref.shape, f"{name}: shape {got.shape} != {ref.shape}"
-    if ref.size == 0:
-        return
-    scale = max(1.0, float(np.max(np.abs(ref))))
-    err = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
-    assert err <= rtol * scale, f"{name}: max|err| = {err:.3e} > {rtol:.0e} * {scale:.3e}"

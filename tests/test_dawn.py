@@ -50,7 +50,7 @@ fn bad_barrier(@builtin(local_invocation_id) lid: vec3<u32>) {
 
 
 def _broken_source() -> tuple[str, int, int]:
-    from energetic_wgpu.shaders import shader_source
+    from energetic_wgpu.wgsl import shader_source
 
     text = shader_source(BROKEN_FILE)
     lines = text.split("\n")
@@ -110,7 +110,7 @@ def test_every_kernel_compiles_and_builds_under_tint(dawn_run, name):
 
 
 def test_every_shader_file_is_covered_by_a_kernel():
-    from energetic_wgpu.shaders import shader_names
+    from energetic_wgpu.wgsl import shader_names
 
     used = {s for k in KERNELS.values() for s in k.sources}
     assert set(shader_names()) <= used, f"shader files no KernelSpec builds: {set(shader_names()) - used}"
@@ -183,7 +183,7 @@ def test_check_table_format():
 
 
 def test_dawn_results_match_wgpu_closely(dawn_run):
-    """Not a requirement beyond SPEC §6, but report the worst case across implementations."""
+    """Not a requirement beyond the parity tolerance (docs/definitions.md), but report the worst case across implementations."""
     worst = max((r["max_error"] or 0.0) / (r["tolerance"] or 1.0) for r in dawn_run["rows"] if r["passed"])
     assert np.isfinite(worst) and worst <= 1.0
 

@@ -1,5 +1,5 @@
 """Every NumPy-backend op against an independent float64 formula written with plain loops
-(SPEC §2; audit §0 reference math and §1 CPU forward)."""
+(docs/definitions.md §2)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import math
 import numpy as np
 import pytest
 from hypothesis import given
+from graphs import degree_graph
 from hypothesis import strategies as st
+from parity import assert_parity
 
 from energetic_wgpu import Graph, get_backend
 from energetic_wgpu.backends import METRIC_NAMES
@@ -21,12 +23,7 @@ BATCHES = [0, 1, 2, 31, 32, 33, 64, 65]
 
 
 def mixed_graph(seed: int = 0) -> Graph:
-    rng = np.random.default_rng(seed)
-    n = len(DEGREES)
-    src = np.repeat(np.arange(n), DEGREES)
-    dst = rng.integers(0, n, size=src.size)
-    dst[:3] = dst[3]  # some duplicate edges
-    return Graph.from_edges(src, dst, num_nodes=n)
+    return degree_graph(DEGREES, seed, duplicates=3)
 
 
 G = mixed_graph()
@@ -117,13 +114,7 @@ def ref_metrics(g, energies, nxt, pi, alpha=1.0, active=None):
 
 
 def close(got, ref, tol, name="array"):
-    got = np.asarray(got, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    assert got.shape == ref.shape, f"{name}: shape {got.shape} != {ref.shape}"
-    if ref.size:
-        scale = max(1.0, float(np.abs(ref).max()))
-        err = float(np.abs(got - ref).max())
-        assert err <= tol * scale, f"{name}: max err {err:.3e} > {tol:.1e} * {scale:.3e}"
+    assert_parity(got, ref, name, rtol=tol)
 
 
 def rand_params(g, d=5, seed=0, dtype=np.float32):

@@ -1,5 +1,5 @@
 """The built wheel carries everything a non-editable install needs: the WGSL shaders (from the
-top-level shaders/ folder), the browser runner, the default config, py.typed — and an
+top-level shaders/ folder, as energetic_wgpu/_shaders), the browser runner, the default config, py.typed — and an
 installed copy, imported from outside the repository, runs the GPU kernels from its own files.
 """
 
@@ -36,7 +36,9 @@ def test_wheel_contains_shaders_web_config(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     repo_shaders = sorted(p.name for p in (REPO / "shaders").glob("*.wgsl"))
     assert repo_shaders, "no shaders in the repository"
-    missing = [s for s in repo_shaders if f"energetic_wgpu/shaders/{s}" not in names]
+    missing = [s for s in repo_shaders if f"energetic_wgpu/_shaders/{s}" not in names]
+    # the shader folder is package data, not a package named like a module
+    assert not [n for n in names if n.startswith("energetic_wgpu/shaders")], "a stale energetic_wgpu/shaders"
     assert not missing, f"shaders missing from the wheel: {missing}"
     for f in ("energetic_wgpu/web/runner.js", "energetic_wgpu/web/runner.html",
               "energetic_wgpu/configs/baseline.yaml", "energetic_wgpu/py.typed"):
@@ -48,7 +50,7 @@ def test_installed_copy_loads_its_own_shaders_and_runs(wheel, tmp_path):
     zipfile.ZipFile(wheel).extractall(site)  # a pure-Python wheel unpacked is an install
     script = r"""
 import json, numpy as np, energetic_wgpu as ew
-from energetic_wgpu.shaders import shader_dir, shader_source
+from energetic_wgpu.wgsl import shader_dir, shader_source
 out = {"file": ew.__file__, "shader_dir": shader_dir(), "n": len(shader_source("segment_softmax.wgsl"))}
 try:
     be = ew.get_backend("wgpu")

@@ -1,5 +1,5 @@
 """Router API: parameter init, validation messages, batching, B = 0, round trips
-(SPEC §1-§3; audit §1 CPU forward and §10 errors)."""
+(docs/definitions.md §1-§3)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from energetic_wgpu.backends import METRIC_NAMES
 from energetic_wgpu.backends.numpy_backend import NumpyBackend
 from energetic_wgpu.errors import EnergeticError, InvalidArgumentError, ShapeError
 
-from conftest import assert_parity
+from parity import assert_parity
 
 CFG = GraphConfig(layers=4, nodes_per_layer=8, local_neighbors=3, jump_neighbors=2, seed=3)
 G = build_lattice(CFG)

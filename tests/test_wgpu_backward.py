@@ -1,7 +1,7 @@
-"""GPU backward, losses and AdamW against the NumPy reference (audit §5 and §7 on the GPU).
+"""GPU backward, losses and AdamW against the NumPy reference (docs/testing.md: GPU backward, losses, AdamW).
 
 Every gradient array (energies, pi, logits, q, k, bias) is compared directly — never only
-through convergence — over the batch sizes and degrees of SPEC §6, and every result is
+through convergence — over the batch sizes and degrees of docs/testing.md, and every result is
 checked bit-identical across two runs.
 """
 
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_parity
+from graphs import degree_graph
+from parity import assert_parity
 
 from energetic_wgpu.backends.numpy_backend import NumpyBackend
 from energetic_wgpu.backends.webgpu import ops_train
@@ -26,14 +27,7 @@ NP64 = NumpyBackend("float64")
 
 
 def mixed_graph(seed: int = 0) -> Graph:
-    rng = np.random.default_rng(seed)
-    n = len(DEGREES)
-    src = np.repeat(np.arange(n), DEGREES)
-    dst = rng.integers(0, n, size=src.size)
-    big = src == 6
-    dst[big] = rng.integers(0, 3, size=int(big.sum()))
-    dst[:3] = dst[3]  # duplicate edges (and self-loops occur at random)
-    return Graph.from_edges(src, dst, num_nodes=n)
+    return degree_graph(DEGREES, seed, big_into=3, duplicates=3)
 
 
 GRAPH = mixed_graph()

@@ -6,32 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from energetic_wgpu.errors import BackendUnavailable
+from graphs import degree_graph
+from parity import assert_parity
+
 from energetic_wgpu.graph import Graph
 
-webgpu = pytest.importorskip("energetic_wgpu.backends.webgpu", reason="wgpu backend not importable")
-
-try:
-    ADAPTERS = webgpu.list_adapters()
-    _NO_ADAPTER_REASON = "no wgpu adapter found"
-except BackendUnavailable as exc:  # pragma: no cover
-    ADAPTERS = []
-    _NO_ADAPTER_REASON = str(exc)
+pytest.importorskip("energetic_wgpu.backends.webgpu", reason="wgpu backend not importable")
 
 F32_MAX = float(np.finfo(np.float32).max)
-
-
-def _adapter_ids() -> list:
-    if not ADAPTERS:
-        return [pytest.param(None, marks=pytest.mark.skip(reason=_NO_ADAPTER_REASON))]
-    return [pytest.param(a["index"], id=f"{a['backend_type']}-{a['index']}") for a in ADAPTERS]
-
-
-@pytest.fixture(scope="module", params=_adapter_ids())
-def backend(request):
-    b = webgpu.WgpuBackend(adapter=request.param)
-    print("adapter:", b.describe())
-    return b
 
 
 # --------------------------------------------------------------------------- float64 reference
@@ -107,35 +89,10 @@ def ref_metrics(g, energies, nxt, pi, alpha, active):
     return out
 
 
-def close(got, ref, rtol=1e-5):
-    got = np.asarray(got, np.float64)
-    ref = np.asarray(ref, np.float64)
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    if ref.size == 0:
-        return
-    err = np.max(np.abs(got - ref))
-    bound = rtol * max(1.0, float(np.max(np.abs(ref))))
-    assert err <= bound, f"max |a - b| = {err:.3g} > {bound:.3g}"
-
-
 # --------------------------------------------------------------------------- graphs
 
 
 DEGREES = [0, 1, 4, 5, 63, 64, 65, 1000, 0, 2, 3, 257, 256, 7]
-
-
-def degree_graph(degrees, seed=0, hub_in=0):
-    """A graph whose node i has out-degree degrees[i]; random targets; optionally node 0
-    receives ``hub_in`` extra incoming edges from the node with the largest segment."""
-    rng = np.random.default_rng(seed)
-    degrees = np.asarray(degrees)
-    n = degrees.size
-    src = np.repeat(np.arange(n), degrees)
-    dst = rng.integers(0, n, size=src.size)
-    if hub_in:
-        big = np.flatnonzero(src == int(np.argmax(degrees)))
-        dst[big[:hub_in]] = 0
-    return Graph.from_edges(src, dst, n)
 
 
 def tie_logits(rng, e, scale=1.0):
@@ -146,28 +103,28 @@ def tie_logits(rng, e, scale=1.0):
 # --------------------------------------------------------------------------- tests
 
 
-def test_edge_logits(backend):
+def test_edge_logits(gpu_backend):
     rng = np.random.default_rng(1)
     g = degree_graph(DEGREES)
     for d in (1, 3, 16):
         q = rng.standard_normal((g.num_nodes, d)).astype(np.float32)
         k = rng.standard_normal((g.num_nodes, d)).astype(np.float32)
         bias = rng.standard_normal(g.num_edges).astype(np.float32)
-        close(backend.to_numpy(backend.edge_logits(g, q, k, bias)), ref_logits(g, q, k, bias))
+        assert_parity(gpu_backend.to_numpy(gpu_backend.edge_logits(g, q, k, bias)), ref_logits(g, q, k, bias))
 
 
 @pytest.mark.parametrize("top_k", [0, 1, 4, 5, 64, 300])
 @pytest.mark.parametrize("tau", [1.0, 0.3])
-def test_segment_softmax_and_topk(backend, top_k, tau):
+def test_segment_softmax_and_topk(gpu_backend, top_k, tau):
     rng = np.random.default_rng(top_k)
     g = degree_graph(DEGREES, seed=top_k)
     logits = tie_logits(rng, g.num_edges)
-    pi = backend.to_numpy(backend.segment_softmax(g, logits, tau, top_k))
+    pi = gpu_backend.to_numpy(gpu_backend.segment_softmax(g, logits, tau, top_k))
     ref = ref_softmax(g, logits, tau, top_k)
-    close(pi, ref)
+    assert_parity(pi, ref)
     assert np.all(np.isfinite(pi)) and np.all(pi >= 0)
     # kept edges exactly as the reference (ties to the lower edge index)
-    mask = backend.to_numpy(backend.segment_topk(g, logits / np.float32(tau), top_k))
+    mask = gpu_backend.to_numpy(gpu_backend.segment_topk(g, logits / np.float32(tau), top_k))
     assert mask.dtype == np.bool_
     np.testing.assert_array_equal(mask, ref_topk(g, ref_z(logits, tau), top_k))
     np.testing.assert_array_equal(pi > 0, ref > 0)
@@ -181,40 +138,40 @@ def test_segment_softmax_and_topk(backend, top_k, tau):
     np.testing.assert_array_equal(counts, expect)
 
 
-def test_segment_topk_all_ties_goes_to_lower_index(backend):
+def test_segment_topk_all_ties_goes_to_lower_index(gpu_backend):
     g = degree_graph([10, 300, 3, 0])
     vals = np.zeros(g.num_edges, np.float32)
-    mask = backend.to_numpy(backend.segment_topk(g, vals, 4))
+    mask = gpu_backend.to_numpy(gpu_backend.segment_topk(g, vals, 4))
     expect = (np.arange(g.num_edges) - g.row_ptr[g.src]) < 4
     np.testing.assert_array_equal(mask, expect)
 
 
-def test_segment_topk_raw_values(backend):
+def test_segment_topk_raw_values(gpu_backend):
     rng = np.random.default_rng(9)
     g = degree_graph(DEGREES, seed=9)
     vals = tie_logits(rng, g.num_edges, 100.0)
     for k in (0, 1, 3, 64, 65):
-        np.testing.assert_array_equal(backend.to_numpy(backend.segment_topk(g, vals, k)), ref_topk(g, vals, k))
+        np.testing.assert_array_equal(gpu_backend.to_numpy(gpu_backend.segment_topk(g, vals, k)), ref_topk(g, vals, k))
 
 
-def test_segment_softmax_extreme_values(backend):
+def test_segment_softmax_extreme_values(gpu_backend):
     g = degree_graph([3, 4, 300, 2])
     rng = np.random.default_rng(4)
     logits = rng.choice(np.array([3e38, -3e38, 0.0, 1e30, -0.0, 80.0], np.float32), size=g.num_edges)
     for tau, k in ((1.0, 0), (1e-3, 0), (1e-3, 2), (1e6, 3)):
-        pi = backend.to_numpy(backend.segment_softmax(g, logits, tau, k))
+        pi = gpu_backend.to_numpy(gpu_backend.segment_softmax(g, logits, tau, k))
         assert np.all(np.isfinite(pi))
-        close(pi, ref_softmax(g, logits, tau, k))
+        assert_parity(pi, ref_softmax(g, logits, tau, k))
 
 
-def test_segment_softmax_empty_graph(backend):
+def test_segment_softmax_empty_graph(gpu_backend):
     g = Graph.from_csr([0, 0, 0], np.zeros(0, np.int64))
-    pi = backend.to_numpy(backend.segment_softmax(g, np.zeros(0, np.float32), 1.0, 2))
+    pi = gpu_backend.to_numpy(gpu_backend.segment_softmax(g, np.zeros(0, np.float32), 1.0, 2))
     assert pi.shape == (0,)
 
 
 @pytest.mark.parametrize("batch", [0, 1, 2, 31, 32, 33, 64, 65])
-def test_scatter_flow_metrics_batches(backend, batch):
+def test_scatter_flow_metrics_batches(gpu_backend, batch):
     rng = np.random.default_rng(batch)
     g = degree_graph([0, 1, 4, 5, 63, 64, 65, 2, 0, 300, 3], seed=batch, hub_in=290)
     logits = tie_logits(rng, g.num_edges)
@@ -225,64 +182,64 @@ def test_scatter_flow_metrics_batches(backend, batch):
     for act in (None, active):
         for retain in (False, True):
             alpha = 0.7
-            nxt = backend.energy_scatter(g, energies, pi, alpha, act, retain)
+            nxt = gpu_backend.energy_scatter(g, energies, pi, alpha, act, retain)
             ref_next = ref_scatter(g, energies, pi, alpha, act, retain)
-            close(backend.to_numpy(nxt), ref_next)
-        flow = backend.edge_flow(g, energies, pi, alpha, act)
-        close(backend.to_numpy(flow), ref_flow(g, energies, pi, alpha, act))
-        met = backend.to_numpy(backend.step_metrics(g, energies, nxt, pi, alpha, act))
-        close(met, ref_metrics(g, energies, backend.to_numpy(nxt), pi, alpha, act))
+            assert_parity(gpu_backend.to_numpy(nxt), ref_next)
+        flow = gpu_backend.edge_flow(g, energies, pi, alpha, act)
+        assert_parity(gpu_backend.to_numpy(flow), ref_flow(g, energies, pi, alpha, act))
+        met = gpu_backend.to_numpy(gpu_backend.step_metrics(g, energies, nxt, pi, alpha, act))
+        assert_parity(met, ref_metrics(g, energies, gpu_backend.to_numpy(nxt), pi, alpha, act))
 
 
-def test_energy_conservation(backend):
+def test_energy_conservation(gpu_backend):
     rng = np.random.default_rng(11)
     g = degree_graph(DEGREES, seed=11)
-    pi = backend.segment_softmax(g, tie_logits(rng, g.num_edges), 1.0, 5)
+    pi = gpu_backend.segment_softmax(g, tie_logits(rng, g.num_edges), 1.0, 5)
     energies = rng.random((3, g.num_nodes)).astype(np.float32)
     active = rng.random((3, g.num_nodes)) > 0.5
-    nxt = backend.to_numpy(backend.energy_scatter(g, energies, pi, 0.8, active))
+    nxt = gpu_backend.to_numpy(gpu_backend.energy_scatter(g, energies, pi, 0.8, active))
     expect = 0.8 * np.where(active & ~g.sink_mask, energies, 0).sum(axis=1)
     np.testing.assert_allclose(nxt.sum(axis=1), expect, rtol=1e-5)
 
 
-def test_one_dimensional_energies(backend):
+def test_one_dimensional_energies(gpu_backend):
     rng = np.random.default_rng(12)
     g = degree_graph([3, 2, 0, 5])
     pi = ref_softmax(g, tie_logits(rng, g.num_edges), 1.0, 0).astype(np.float32)
     e = rng.standard_normal(g.num_nodes).astype(np.float32)
-    out = backend.to_numpy(backend.energy_scatter(g, e, pi, 1.0, None, True))
+    out = gpu_backend.to_numpy(gpu_backend.energy_scatter(g, e, pi, 1.0, None, True))
     assert out.shape == (g.num_nodes,)
-    close(out, ref_scatter(g, e[None], pi, 1.0, None, True)[0])
-    close(backend.to_numpy(backend.edge_flow(g, e, pi)), ref_flow(g, e[None], pi, 1.0, None)[0])
+    assert_parity(out, ref_scatter(g, e[None], pi, 1.0, None, True)[0])
+    assert_parity(gpu_backend.to_numpy(gpu_backend.edge_flow(g, e, pi)), ref_flow(g, e[None], pi, 1.0, None)[0])
 
 
-def test_negative_alpha_max_flow(backend):
+def test_negative_alpha_max_flow(gpu_backend):
     rng = np.random.default_rng(13)
     g = degree_graph([3, 2, 5, 0])
     pi = ref_softmax(g, tie_logits(rng, g.num_edges), 1.0, 0).astype(np.float32)
     e = (rng.random((2, g.num_nodes)) + 0.5).astype(np.float32)
     nxt = ref_scatter(g, e, pi, -1.0, None, False).astype(np.float32)
-    met = backend.to_numpy(backend.step_metrics(g, e, nxt, pi, -1.0, None))
+    met = gpu_backend.to_numpy(gpu_backend.step_metrics(g, e, nxt, pi, -1.0, None))
     ref = ref_metrics(g, e, nxt, pi, -1.0, None)
     assert ref[3] < 0
-    close(met, ref)
+    assert_parity(met, ref)
 
 
-def test_add_and_sum_squares(backend):
+def test_add_and_sum_squares(gpu_backend):
     rng = np.random.default_rng(14)
     a = rng.standard_normal((37, 5)).astype(np.float32)
     b = rng.standard_normal((37, 5)).astype(np.float32)
-    close(backend.to_numpy(backend.add(a, b)), a.astype(np.float64) + b)
+    assert_parity(gpu_backend.to_numpy(gpu_backend.add(a, b)), a.astype(np.float64) + b)
     big = rng.standard_normal(100_003).astype(np.float32)
     arrays = [a, b, big, np.zeros(0, np.float32)]
     ref = sum(float(np.sum(x.astype(np.float64) ** 2)) for x in arrays)
-    got = backend.to_numpy(backend.sum_squares(arrays))
+    got = gpu_backend.to_numpy(gpu_backend.sum_squares(arrays))
     assert got.shape == (1,)
     assert abs(got[0] - ref) <= 1e-5 * ref
-    assert backend.to_numpy(backend.sum_squares([])).tolist() == [0.0]
+    assert gpu_backend.to_numpy(gpu_backend.sum_squares([])).tolist() == [0.0]
 
 
-def test_huge_segment_and_huge_in_degree(backend):
+def test_huge_segment_and_huge_in_degree(gpu_backend):
     """One 100,000-edge segment whose edges all go to node 0 (100,000 in-degree)."""
     rng = np.random.default_rng(15)
     degrees = [2, 100_000, 3, 0, 5]
@@ -290,9 +247,9 @@ def test_huge_segment_and_huge_in_degree(backend):
     assert g.max_out_degree == 100_000 and g.in_degree[0] >= 100_000
     logits = tie_logits(rng, g.num_edges)
     for k in (0, 4, 50):
-        pi = backend.to_numpy(backend.segment_softmax(g, logits, 0.5, k))
+        pi = gpu_backend.to_numpy(gpu_backend.segment_softmax(g, logits, 0.5, k))
         ref = ref_softmax(g, logits, 0.5, k)
-        close(pi, ref)
+        assert_parity(pi, ref)
         np.testing.assert_array_equal(pi > 0, ref > 0)
         seg = pi[g.row_ptr[1]:g.row_ptr[2]].astype(np.float64)
         assert abs(seg.sum() - 1.0) < 1e-5
@@ -300,28 +257,28 @@ def test_huge_segment_and_huge_in_degree(backend):
             assert np.count_nonzero(seg) == k
     pi = ref_softmax(g, logits, 1.0, 0).astype(np.float32)
     energies = rng.standard_normal((2, g.num_nodes)).astype(np.float32)
-    nxt = backend.energy_scatter(g, energies, pi, 1.0, None, True)
-    close(backend.to_numpy(nxt), ref_scatter(g, energies, pi, 1.0, None, True))
-    met = backend.to_numpy(backend.step_metrics(g, energies, nxt, pi, 1.0, None))
-    close(met, ref_metrics(g, energies, backend.to_numpy(nxt), pi, 1.0, None))
+    nxt = gpu_backend.energy_scatter(g, energies, pi, 1.0, None, True)
+    assert_parity(gpu_backend.to_numpy(nxt), ref_scatter(g, energies, pi, 1.0, None, True))
+    met = gpu_backend.to_numpy(gpu_backend.step_metrics(g, energies, nxt, pi, 1.0, None))
+    assert_parity(met, ref_metrics(g, energies, gpu_backend.to_numpy(nxt), pi, 1.0, None))
 
 
-def test_bit_identical_runs(backend):
+def test_bit_identical_runs(gpu_backend):
     rng = np.random.default_rng(16)
     g = degree_graph(DEGREES + [5000], seed=16, hub_in=3000)
     logits = rng.standard_normal(g.num_edges).astype(np.float32)
     energies = rng.standard_normal((4, g.num_nodes)).astype(np.float32)
 
     def run():
-        pi = backend.segment_softmax(g, logits, 0.7, 5)
-        nxt = backend.energy_scatter(g, energies, pi, 0.9)
-        met = backend.step_metrics(g, energies, nxt, pi, 0.9)
-        return [backend.to_numpy(x).tobytes() for x in (pi, nxt, met)]
+        pi = gpu_backend.segment_softmax(g, logits, 0.7, 5)
+        nxt = gpu_backend.energy_scatter(g, energies, pi, 0.9)
+        met = gpu_backend.step_metrics(g, energies, nxt, pi, 0.9)
+        return [gpu_backend.to_numpy(x).tobytes() for x in (pi, nxt, met)]
 
     assert run() == run()
 
 
-def test_parity_with_numpy_backend(backend):
+def test_parity_with_numpy_backend(gpu_backend):
     nbmod = pytest.importorskip("energetic_wgpu.backends.numpy_backend")
     nb = nbmod.NumpyBackend()
     rng = np.random.default_rng(17)
@@ -333,14 +290,14 @@ def test_parity_with_numpy_backend(backend):
     energies = rng.standard_normal((3, n)).astype(np.float32)
     active = rng.random((3, n)) > 0.2
     lr = nb.edge_logits(g, q, k, bias)
-    close(backend.to_numpy(backend.edge_logits(g, q, k, bias)), lr)
+    assert_parity(gpu_backend.to_numpy(gpu_backend.edge_logits(g, q, k, bias)), lr)
     pr = nb.segment_softmax(g, lr, 0.8, 4)
-    close(backend.to_numpy(backend.segment_softmax(g, lr, 0.8, 4)), pr)
+    assert_parity(gpu_backend.to_numpy(gpu_backend.segment_softmax(g, lr, 0.8, 4)), pr)
     nr = nb.energy_scatter(g, energies, pr, 0.9, active, True)
-    close(backend.to_numpy(backend.energy_scatter(g, energies, pr, 0.9, active, True)), nr)
-    close(backend.to_numpy(backend.edge_flow(g, energies, pr, 0.9, active)), nb.edge_flow(g, energies, pr, 0.9, active))
-    close(
-        backend.to_numpy(backend.step_metrics(g, energies, nr, pr, 0.9, active)),
+    assert_parity(gpu_backend.to_numpy(gpu_backend.energy_scatter(g, energies, pr, 0.9, active, True)), nr)
+    assert_parity(gpu_backend.to_numpy(gpu_backend.edge_flow(g, energies, pr, 0.9, active)), nb.edge_flow(g, energies, pr, 0.9, active))
+    assert_parity(
+        gpu_backend.to_numpy(gpu_backend.step_metrics(g, energies, nr, pr, 0.9, active)),
         nb.step_metrics(g, energies, nr, pr, 0.9, active),
     )
 

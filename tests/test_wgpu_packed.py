@@ -96,14 +96,14 @@ def test_views_keep_the_buffer_alive(gpu_backend):
     keep = views[1]
     del views
     gc.collect()
-    free = {p.uid for lst in rt._free.values() for _, p in lst}
+    free = {p.uid for lst in rt.pool.free.values() for _, p in lst}
     assert uid not in free  # the remaining view holds the buffer
     np.testing.assert_array_equal(be.to_numpy(keep), np.arange(3, dtype=np.float32))
     del keep
     gc.collect()
     rt.flush()
-    free = {p.uid for lst in rt._free.values() for _, p in lst}
-    assert uid in free or uid not in rt._live_buffers
+    free = {p.uid for lst in rt.pool.free.values() for _, p in lst}
+    assert uid in free or uid not in rt.pool.live
 
 
 def test_fused_update_is_one_dispatch_and_two_fewer_per_step(gpu_backend):

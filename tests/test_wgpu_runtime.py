@@ -31,20 +31,6 @@ except BackendUnavailable as exc:  # pragma: no cover - environment
     _NO_ADAPTER_REASON = str(exc)
 
 
-def _adapter_ids() -> list:
-    if not ADAPTERS:
-        return [pytest.param(None, marks=pytest.mark.skip(reason=_NO_ADAPTER_REASON))]
-    return [pytest.param(a["index"], id=f"{a['backend_type']}-{a['index']}") for a in ADAPTERS]
-
-
-@pytest.fixture(scope="module", params=_adapter_ids())
-def backend(request):
-    b = WgpuBackend(adapter=request.param)
-    print("adapter:", b.describe())
-    yield b
-    b.synchronize()
-
-
 def _small_graph(rng: np.random.Generator) -> Graph:
     degs = np.array([0, 1, 4, 5, 3, 70, 0, 2, 300, 9])
     n = degs.size
@@ -95,22 +81,22 @@ def test_select_adapter_by_backend_name():
         assert name in b.describe().lower()
 
 
-def test_default_limits(backend):
-    lim = backend.limits
+def test_default_limits(gpu_backend):
+    lim = gpu_backend.limits
     assert lim["max_storage_buffer_binding_size"] == 134217728
     assert lim["max_storage_buffers_per_shader_stage"] == 8
     assert lim["max_compute_invocations_per_workgroup"] == 256
     assert lim["max_compute_workgroup_storage_size"] == 16384
     assert lim["max_compute_workgroups_per_dimension"] == 65535
     assert lim["max_buffer_size"] == 268435456
-    assert backend.describe().startswith("wgpu: ")
+    assert gpu_backend.describe().startswith("wgpu: ")
 
 
 # --------------------------------------------------------------------------- arrays
 
 
 @pytest.mark.parametrize("n", [0, 1, 3, 5, 1023])
-def test_round_trip(backend, n):
+def test_round_trip(gpu_backend, n):
     rng = np.random.default_rng(n)
     cases = [
         rng.standard_normal(n).astype(np.float32),
@@ -119,127 +105,134 @@ def test_round_trip(backend, n):
         rng.standard_normal((n, 3)).astype(np.float64),  # float64 -> float32
     ]
     for host in cases:
-        dev = backend.asarray(host)
-        assert isinstance(dev, DeviceArray) and backend.is_array(dev)
+        dev = gpu_backend.asarray(host)
+        assert isinstance(dev, DeviceArray) and gpu_backend.is_array(dev)
         assert dev.shape == host.shape
-        back = backend.to_numpy(dev)
+        back = gpu_backend.to_numpy(dev)
         expected = host.astype(np.float32) if host.dtype.kind == "f" else host
         assert back.dtype == expected.dtype
         np.testing.assert_array_equal(back, expected)
 
 
-def test_asarray_scalars_lists_and_same_backend(backend):
-    x = backend.asarray([1.5, 2.5])
-    assert backend.asarray(x) is x
-    np.testing.assert_array_equal(backend.to_numpy(x), np.array([1.5, 2.5], np.float32))
-    s = backend.asarray(3)
+def test_asarray_scalars_lists_and_same_backend(gpu_backend):
+    x = gpu_backend.asarray([1.5, 2.5])
+    assert gpu_backend.asarray(x) is x
+    np.testing.assert_array_equal(gpu_backend.to_numpy(x), np.array([1.5, 2.5], np.float32))
+    s = gpu_backend.asarray(3)
     assert s.dtype == np.int32 and s.shape == ()
-    assert backend.to_numpy(s) == 3
-    z = backend.zeros((2, 3))
-    np.testing.assert_array_equal(backend.to_numpy(z), np.zeros((2, 3), np.float32))
-    zb = backend.zeros((4,), dtype=bool)
-    assert backend.to_numpy(zb).dtype == np.bool_
+    assert gpu_backend.to_numpy(s) == 3
+    z = gpu_backend.zeros((2, 3))
+    np.testing.assert_array_equal(gpu_backend.to_numpy(z), np.zeros((2, 3), np.float32))
+    zb = gpu_backend.zeros((4,), dtype=bool)
+    assert gpu_backend.to_numpy(zb).dtype == np.bool_
 
 
-def test_bad_dtypes_and_ranges(backend):
+def test_bad_dtypes_and_ranges(gpu_backend):
     with pytest.raises(InvalidArgumentError, match="complex"):
-        backend.asarray(np.ones(3, dtype=np.complex64))
+        gpu_backend.asarray(np.ones(3, dtype=np.complex64))
     with pytest.raises(InvalidArgumentError, match="int32"):
-        backend.asarray(np.array([2**40], dtype=np.int64))
+        gpu_backend.asarray(np.array([2**40], dtype=np.int64))
     with pytest.raises(InvalidArgumentError):
-        backend.asarray(np.array(["a", "b"]))
+        gpu_backend.asarray(np.array(["a", "b"]))
 
 
-def test_array_protocol_is_explicit(backend):
-    x = backend.asarray(np.ones(3, np.float32))
+def test_array_protocol_is_explicit(gpu_backend):
+    x = gpu_backend.asarray(np.ones(3, np.float32))
     with pytest.raises(TypeError, match="to_numpy"):
         np.asarray(x)
 
 
-def test_oversized_array_refused_then_usable(backend):
-    limit = backend.limits["max_storage_buffer_binding_size"]
+def test_oversized_array_refused_then_usable(gpu_backend):
+    limit = gpu_backend.limits["max_storage_buffer_binding_size"]
     n = limit // 4 + 1
-    before = backend.counters.buffers_created
+    before = gpu_backend.counters.buffers_created
     with pytest.raises(DeviceLimitError, match=r"maxStorageBufferBindingSize = 134217728") as info:
-        backend.zeros((n,))
+        gpu_backend.zeros((n,))
     msg = str(info.value)
     assert f"({n},)" in msg and str(n * 4) in msg
-    assert backend.counters.buffers_created == before  # refused before any allocation
-    x = backend.asarray(np.arange(7, dtype=np.float32))
-    np.testing.assert_array_equal(backend.to_numpy(backend.add(x, x)), 2 * np.arange(7, dtype=np.float32))
+    assert gpu_backend.counters.buffers_created == before  # refused before any allocation
+    x = gpu_backend.asarray(np.arange(7, dtype=np.float32))
+    np.testing.assert_array_equal(gpu_backend.to_numpy(gpu_backend.add(x, x)), 2 * np.arange(7, dtype=np.float32))
 
 
-def test_read_async(backend):
-    x = backend.asarray(np.arange(10, dtype=np.float32))
-    y = backend.add(x, x)
-    h = backend.read_async(y)
-    h2 = backend.read_async(backend.asarray(np.zeros(0, np.float32)))
+def test_read_async(gpu_backend):
+    x = gpu_backend.asarray(np.arange(10, dtype=np.float32))
+    y = gpu_backend.add(x, x)
+    h = gpu_backend.read_async(y)
+    h2 = gpu_backend.read_async(gpu_backend.asarray(np.zeros(0, np.float32)))
     np.testing.assert_array_equal(h.result(), 2 * np.arange(10, dtype=np.float32))
     assert h.done() and h2.result().shape == (0,)
 
 
-def test_lazy_encoding_one_submit(backend):
-    x = backend.asarray(np.arange(100, dtype=np.float32))
-    backend.synchronize()
-    c = backend.counters
+def test_lazy_encoding_one_submit(gpu_backend):
+    x = gpu_backend.asarray(np.arange(100, dtype=np.float32))
+    gpu_backend.synchronize()
+    c = gpu_backend.counters
     s0, d0 = c.submits, c.dispatches
     y = x
     for _ in range(10):
-        y = backend.add(y, x)
+        y = gpu_backend.add(y, x)
     assert c.submits == s0  # nothing submitted yet
     assert c.dispatches == d0 + 10
-    out = backend.to_numpy(y)
+    out = gpu_backend.to_numpy(y)
     assert c.submits == s0 + 1
     np.testing.assert_array_equal(out, 11 * np.arange(100, dtype=np.float32))
 
 
-def test_buffer_reuse_after_release(backend):
+def test_buffer_reuse_after_release(gpu_backend):
     """A buffer released while commands using it are pending is recycled only after submit."""
-    x = backend.asarray(np.full(64, 3.0, np.float32))
-    y = backend.add(x, x)
+    x = gpu_backend.asarray(np.full(64, 3.0, np.float32))
+    y = gpu_backend.add(x, x)
     del x
     gc.collect()
-    z = backend.asarray(np.full(64, 5.0, np.float32))  # must not land in x's buffer before y runs
-    np.testing.assert_array_equal(backend.to_numpy(y), np.full(64, 6.0, np.float32))
-    np.testing.assert_array_equal(backend.to_numpy(z), np.full(64, 5.0, np.float32))
+    z = gpu_backend.asarray(np.full(64, 5.0, np.float32))  # must not land in x's buffer before y runs
+    np.testing.assert_array_equal(gpu_backend.to_numpy(y), np.full(64, 6.0, np.float32))
+    np.testing.assert_array_equal(gpu_backend.to_numpy(z), np.full(64, 5.0, np.float32))
 
 
 # --------------------------------------------------------------------------- errors
 
 
-def test_shader_compile_error_then_usable(backend):
-    rt = backend.runtime
+def test_shader_compile_error_then_usable(gpu_backend):
+    rt = gpu_backend.runtime
     with pytest.raises(ShaderCompileError) as info:
-        rt.shader_module(("broken_test.wgsl",), code="@compute @workgroup_size(1) fn main( { let x = ; }")
+        rt.pipelines.shader_module(("broken_test.wgsl",), code="@compute @workgroup_size(1) fn main( { let x = ; }")
     msg = str(info.value)
     assert "broken_test.wgsl" in msg
     assert re.search(r"expected|error|unexpected", msg, re.IGNORECASE)
-    x = backend.asarray(np.ones(5, np.float32))
-    np.testing.assert_array_equal(backend.to_numpy(backend.add(x, x)), np.full(5, 2.0, np.float32))
+    x = gpu_backend.asarray(np.ones(5, np.float32))
+    np.testing.assert_array_equal(gpu_backend.to_numpy(gpu_backend.add(x, x)), np.full(5, 2.0, np.float32))
 
 
-def test_device_error_on_submit_then_usable(backend):
-    a = backend.asarray(np.ones(5, np.float32))
-    b = backend.asarray(np.ones(5, np.float32))
-    backend.runtime.copy_buffer(a, b, 1 << 20)  # overruns: rejected at finish()
+def test_device_error_on_submit_then_usable(gpu_backend):
+    a = gpu_backend.asarray(np.ones(5, np.float32))
+    b = gpu_backend.asarray(np.ones(5, np.float32))
+    gpu_backend.runtime.copy_buffer(a, b, 1 << 20)  # overruns: rejected at finish()
     with pytest.raises(DeviceError, match="rejected"):
-        backend.runtime.flush()
-    np.testing.assert_array_equal(backend.to_numpy(backend.add(a, b)), np.full(5, 2.0, np.float32))
+        gpu_backend.runtime.flush()
+    np.testing.assert_array_equal(gpu_backend.to_numpy(gpu_backend.add(a, b)), np.full(5, 2.0, np.float32))
 
 
-def test_dispatch_argument_errors(backend):
-    x = backend.asarray(np.ones(4, np.float32))
-    with pytest.raises(InvalidArgumentError, match="storage bindings"):
-        backend.runtime.dispatch("add", [x, x], threads=4, uniforms=(4,))
+def test_dispatch_argument_errors(gpu_backend):
+    x = gpu_backend.asarray(np.ones(4, np.float32))
+    with pytest.raises(InvalidArgumentError, match=r"kernel add binds \['a', 'b', 'out'\]; missing \['out'\], unknown \[\]"):
+        gpu_backend.runtime.dispatch("add", threads=4, uniform=dict(n=4), a=x, b=x)
+    with pytest.raises(InvalidArgumentError, match=r"unknown \['c'\]"):
+        gpu_backend.runtime.dispatch("add", threads=4, uniform=dict(n=4), a=x, b=x, out=x, c=x)
+    with pytest.raises(InvalidArgumentError, match=r"uniform AddParams: missing fields \['n'\]"):
+        gpu_backend.runtime.dispatch("add", threads=4, uniform=dict(size=4), a=x, b=x, out=x)
+    with pytest.raises(InvalidArgumentError, match="exactly one of threads= or workgroups="):
+        gpu_backend.runtime.dispatch("add", uniform=dict(n=4), a=x, b=x, out=x)
     with pytest.raises(KeyError, match="unknown kernel"):
-        backend.runtime.dispatch("nope", [x], threads=4)
+        gpu_backend.runtime.dispatch("nope", threads=4, x=x)
+    np.testing.assert_array_equal(gpu_backend.to_numpy(gpu_backend.add(x, x)), np.full(4, 2.0, np.float32))  # still usable
 
 
 # --------------------------------------------------------------------------- dispatch
 
 
 def test_fold():
-    fold = webgpu.runtime.Runtime.fold
+    from energetic_wgpu.backends.webgpu.encoder import fold
     assert fold(1) == (1, 1)
     assert fold(65535) == (65535, 1)
     gx, gy = fold(65536)
@@ -248,31 +241,31 @@ def test_fold():
     assert gx <= 65535 and gy <= 65535 and gx * gy >= 10**7
 
 
-def test_2d_dispatch_folding(backend):
+def test_2d_dispatch_folding(gpu_backend):
     n = 65535 * 64 + 1000  # add: WG = 64 -> 65,551 workgroups -> folded into (gx, 2)
     a = np.arange(n, dtype=np.float32)
-    da = backend.asarray(a)
-    backend.runtime.trace = []
+    da = gpu_backend.asarray(a)
+    gpu_backend.runtime.trace = []
     try:
-        out = backend.add(da, da)
-        rec = backend.runtime.trace[-1]
+        out = gpu_backend.add(da, da)
+        rec = gpu_backend.runtime.trace[-1]
     finally:
-        backend.runtime.trace = None
+        gpu_backend.runtime.trace = None
     assert rec["kernel"] == "add" and rec["workgroups"][1] == 2
     json.dumps(rec)
-    res = backend.to_numpy(out)
+    res = gpu_backend.to_numpy(out)
     np.testing.assert_array_equal(res, 2 * a)
 
 
 # --------------------------------------------------------------------------- shaders
 
 
-def test_every_kernel_builds_and_every_entry_point_is_declared(backend):
+def test_every_kernel_builds_and_every_entry_point_is_declared(gpu_backend):
     from energetic_wgpu.backends.webgpu.kernels import KERNELS
-    from energetic_wgpu.shaders import shader_names, shader_source
+    from energetic_wgpu.wgsl import shader_names, shader_source
 
     for spec in KERNELS.values():
-        backend.runtime.pipeline(spec)
+        gpu_backend.runtime.pipelines.pipeline(spec)
         json.loads(spec.to_json())
         text = "\n".join(shader_source(s) for s in spec.sources)
         assert re.search(rf"@compute\s+@workgroup_size\(WG\)\s*\n\s*fn {spec.entry_point}\(", text), spec.name
@@ -291,33 +284,33 @@ def test_every_kernel_builds_and_every_entry_point_is_declared(backend):
 
 
 def test_shader_source_unknown_name_lists_names():
-    from energetic_wgpu.shaders import shader_source
+    from energetic_wgpu.wgsl import shader_source
 
     with pytest.raises(KeyError, match="segment_softmax.wgsl"):
         shader_source("no_such_shader")
 
 
-def _poison_outputs(backend, monkeypatch):
+def _poison_outputs(gpu_backend, monkeypatch):
     """Make every op output live in a buffer whose bytes past the data are a poison pattern.
 
     The pattern is a finite float (-1234.5677), not a NaN: NaN + NaN returns the first NaN's
     payload on x86, which would hide a kernel that writes a[i] + b[i] past the end."""
     made = []
-    orig = backend.empty
+    orig = gpu_backend.empty
     pattern = np.uint32(0xC49A522B)
 
     def poisoned(shape, dtype=np.float32):
         arr = orig(shape, dtype)
         words = arr.pooled.size // 4
-        backend.runtime.upload(arr.pooled, np.full(words, pattern, np.uint32))
+        gpu_backend.runtime.upload(arr.pooled, np.full(words, pattern, np.uint32))
         made.append(arr)
         return arr
 
-    monkeypatch.setattr(backend, "empty", poisoned)
+    monkeypatch.setattr(gpu_backend, "empty", poisoned)
     return made, pattern
 
 
-def test_bounds_guards_with_poisoned_padding(backend, monkeypatch):
+def test_bounds_guards_with_poisoned_padding(gpu_backend, monkeypatch):
     rng = np.random.default_rng(3)
     g = _small_graph(rng)
     n, e = g.num_nodes, g.num_edges
@@ -325,57 +318,57 @@ def test_bounds_guards_with_poisoned_padding(backend, monkeypatch):
     k = rng.standard_normal((n, 3)).astype(np.float32)
     bias = rng.standard_normal(e).astype(np.float32)
     en = rng.standard_normal((3, n)).astype(np.float32)
-    made, pattern = _poison_outputs(backend, monkeypatch)
-    logits = backend.edge_logits(g, q, k, bias)
-    pi = backend.segment_softmax(g, logits, 1.0, 4)
-    backend.segment_topk(g, logits, 2)
-    nxt = backend.energy_scatter(g, en, pi, 0.5, None, True)
-    backend.edge_flow(g, en, pi)
-    backend.step_metrics(g, en, nxt, pi)
-    backend.sum_squares([logits, nxt])
-    backend.add(logits, logits)
-    backend.copy(backend.asarray(np.arange(5, dtype=np.float32)))
+    made, pattern = _poison_outputs(gpu_backend, monkeypatch)
+    logits = gpu_backend.edge_logits(g, q, k, bias)
+    pi = gpu_backend.segment_softmax(g, logits, 1.0, 4)
+    gpu_backend.segment_topk(g, logits, 2)
+    nxt = gpu_backend.energy_scatter(g, en, pi, 0.5, None, True)
+    gpu_backend.edge_flow(g, en, pi)
+    gpu_backend.step_metrics(g, en, nxt, pi)
+    gpu_backend.sum_squares([logits, nxt])
+    gpu_backend.add(logits, logits)
+    gpu_backend.copy(gpu_backend.asarray(np.arange(5, dtype=np.float32)))
     assert len(made) >= 10
     for arr in made:
-        raw = backend.runtime.read_raw(arr.pooled, arr.pooled.size).view(np.uint32)
+        raw = gpu_backend.runtime.readback.read_raw(arr.pooled, arr.pooled.size).view(np.uint32)
         tail = raw[arr.size:]
         assert tail.size > 0
         assert np.all(tail == pattern), f"an op wrote past the end of an output of shape {arr.shape}"
 
 
-def test_copy_vec4_tail(backend):
+def test_copy_vec4_tail(gpu_backend):
     for n in (1, 3, 5, 8, 1023):
         x = np.arange(n, dtype=np.float32) + 0.5
-        np.testing.assert_array_equal(backend.to_numpy(backend.copy(x)), x)
+        np.testing.assert_array_equal(gpu_backend.to_numpy(gpu_backend.copy(x)), x)
 
 
 # --------------------------------------------------------------------------- caches / steady state
 
 
-def _forward(backend, g, q, k, bias, en, act):
-    logits = backend.edge_logits(g, q, k, bias)
-    pi = backend.segment_softmax(g, logits, 0.8, 4)
-    nxt = backend.energy_scatter(g, en, pi, 0.9, act, True)
-    flow = backend.edge_flow(g, en, pi, 0.9, act)
-    met = backend.step_metrics(g, en, nxt, pi, 0.9, act)
-    norm = backend.sum_squares([logits, nxt])
-    return [backend.to_numpy(a) for a in (logits, pi, nxt, flow, met, norm)]
+def _forward(gpu_backend, g, q, k, bias, en, act):
+    logits = gpu_backend.edge_logits(g, q, k, bias)
+    pi = gpu_backend.segment_softmax(g, logits, 0.8, 4)
+    nxt = gpu_backend.energy_scatter(g, en, pi, 0.9, act, True)
+    flow = gpu_backend.edge_flow(g, en, pi, 0.9, act)
+    met = gpu_backend.step_metrics(g, en, nxt, pi, 0.9, act)
+    norm = gpu_backend.sum_squares([logits, nxt])
+    return [gpu_backend.to_numpy(a) for a in (logits, pi, nxt, flow, met, norm)]
 
 
-def test_steady_state_no_allocation_and_bit_identical(backend):
+def test_steady_state_no_allocation_and_bit_identical(gpu_backend):
     rng = np.random.default_rng(5)
     g = _small_graph(rng)
     n, e = g.num_nodes, g.num_edges
-    q = backend.asarray(rng.standard_normal((n, 4)).astype(np.float32))
-    k = backend.asarray(rng.standard_normal((n, 4)).astype(np.float32))
-    bias = backend.asarray(rng.standard_normal(e).astype(np.float32))
-    en = backend.asarray(rng.standard_normal((2, n)).astype(np.float32))
-    act = backend.asarray(rng.random((2, n)) > 0.2)
-    first = _forward(backend, g, q, k, bias, en, act)
+    q = gpu_backend.asarray(rng.standard_normal((n, 4)).astype(np.float32))
+    k = gpu_backend.asarray(rng.standard_normal((n, 4)).astype(np.float32))
+    bias = gpu_backend.asarray(rng.standard_normal(e).astype(np.float32))
+    en = gpu_backend.asarray(rng.standard_normal((2, n)).astype(np.float32))
+    act = gpu_backend.asarray(rng.random((2, n)) > 0.2)
+    first = _forward(gpu_backend, g, q, k, bias, en, act)
     gc.collect()
-    c = backend.counters
+    c = gpu_backend.counters
     snap = c.snapshot()
-    third = _forward(backend, g, q, k, bias, en, act)
+    third = _forward(gpu_backend, g, q, k, bias, en, act)
     gc.collect()
     after = c.snapshot()
     for key in ("buffers_created", "bind_groups_created", "pipelines_created", "shader_modules_created",
@@ -386,9 +379,9 @@ def test_steady_state_no_allocation_and_bit_identical(backend):
         assert a.tobytes() == b.tobytes()
 
 
-def test_counters_reset(backend):
-    backend.counters.reset()
-    assert all(v == 0 for v in backend.counters.snapshot().values())
+def test_counters_reset(gpu_backend):
+    gpu_backend.counters.reset()
+    assert all(v == 0 for v in gpu_backend.counters.snapshot().values())
 
 
 def test_adapter_selector_digit_string_is_an_index():

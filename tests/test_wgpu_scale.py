@@ -8,7 +8,7 @@ These use the same kernels as the small tests; what they add is the 2-D dispatch
 from __future__ import annotations
 
 import numpy as np
-from conftest import assert_parity
+from parity import assert_parity
 
 from energetic_wgpu.backends.numpy_backend import NumpyBackend
 from energetic_wgpu.graph import Graph

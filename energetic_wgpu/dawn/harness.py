@@ -104,7 +104,7 @@ def web_dir() -> Path:
 
 def copy_shaders(dest: Path) -> list[str]:
     """Copy every .wgsl file, byte for byte, from the package's shader folder to ``dest``."""
-    from ..shaders import shader_names, shader_source
+    from ..wgsl import shader_names, shader_source
 
     dest.mkdir(parents=True, exist_ok=True)
     names = list(shader_names())

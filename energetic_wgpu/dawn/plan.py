@@ -6,9 +6,9 @@ counts, uniform bytes, override constants), submits and readbacks. The Python ru
 describes it once (by running the op); ``web/runner.js`` replays it with WebGPU in a browser
 (Dawn/Tint), so the dispatch logic is never written twice.
 
-The recorder wraps the methods of one backend's ``Runtime`` *instance* (instance attributes;
-the class and the backend code are untouched) and routes the runtime's own ``trace`` hook
-(the JSON-able dict every ``dispatch`` appends) into one ordered event list.
+The recorder is a listener of one backend's runtime (``energetic_wgpu/backends/webgpu/events.py``):
+the runtime tells it of every buffer creation, write, clear, copy, dispatch (in full), submit
+and readback, and it keeps them as one ordered event list.
 
 Event kinds (``plan["events"]``, replayed in order):
 
@@ -31,11 +31,11 @@ are snapshotted: their current bytes are read back and written at the start of t
 from __future__ import annotations
 
 import base64
-import functools
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+
+from ..backends.webgpu.events import Listener
 
 __all__ = ["PlanRecorder", "record_plan", "kernel_table", "decode_read", "Plan"]
 
@@ -65,106 +65,40 @@ def kernel_table(names: Any = None) -> dict[str, dict[str, Any]]:
 Plan = dict  # a JSON-able dict: {"name", "kernels", "events", "outputs"}
 
 
-@dataclass
-class PlanRecorder:
-    """Records the device work of one :class:`WgpuBackend` instance.
+class PlanRecorder(Listener):
+    """Records the device work of one :class:`WgpuBackend` instance: a runtime listener
+    (``energetic_wgpu/backends/webgpu/events.py``) that sees every dispatch in full.
 
     Usage::
 
-        rec = PlanRecorder(backend)      # wraps backend.runtime's methods
+        rec = PlanRecorder(backend)      # registers itself with backend.runtime
         out = backend.edge_logits(...)
         arr = rec.read_output("logits", out)
         plan = rec.plan("edge_logits")
         rec.detach()
     """
 
-    backend: Any
-    events: list[dict[str, Any]] = field(default_factory=list)
-    outputs: list[dict[str, Any]] = field(default_factory=list)
-    _known: set[int] = field(default_factory=set)
-    _snapshots: list[dict[str, Any]] = field(default_factory=list)
-    _label: str | None = None
-    _nread: int = 0
-    _in_upload: int = 0
-    _saved: dict[str, Any] = field(default_factory=dict)
-    _active: bool = True
-    _by_buffer: dict[int, Any] = field(default_factory=dict)
+    detailed = True
 
-    def __post_init__(self) -> None:
-        rt = self.backend.runtime
-        self.runtime = rt
-        for name in ("_new_buffer", "upload", "clear", "copy_buffer", "dispatch", "flush", "read", "read_async"):
-            self._saved[name] = rt.__dict__.get(name, _MISSING)
-        self._saved["trace"] = rt.trace
-        self._saved["queue"] = rt.queue
-        rt.trace = _TraceSink(self)
-        rt.queue = _QueueProxy(rt.queue, self)
-        rt._new_buffer = self._wrap(rt._new_buffer, self._on_new_buffer)
-        rt.upload = self._wrap_upload(rt.upload)
-        rt.clear = self._wrap(rt.clear, None, self._on_clear)
-        rt.copy_buffer = self._wrap(rt.copy_buffer, None, self._on_copy)
-        rt.dispatch = self._wrap(rt.dispatch, None, self._before_dispatch)
-        rt.flush = self._wrap(rt.flush, None, self._on_flush)
-        rt.read = self._wrap(rt.read, None, self._on_read)
-        rt.read_async = self._wrap(rt.read_async, None, self._on_read)
-
-    # ------------------------------------------------------------------ wrapping
-    def _wrap(self, fn: Callable, after: Callable | None = None, before: Callable | None = None) -> Callable:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if self._active and before is not None:
-                before(*args, **kwargs)
-            out = fn(*args, **kwargs)
-            if self._active and after is not None:
-                after(out, *args, **kwargs)
-            return out
-
-        return wrapper
-
-    def _wrap_upload(self, fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapper(pooled: Any, data: Any, offset: int = 0) -> Any:
-            if not self._active:
-                return fn(pooled, data, offset)
-            raw = np.ascontiguousarray(data)
-            if raw.nbytes:
-                self._ensure_known(pooled)
-            self._in_upload += 1
-            try:
-                out = fn(pooled, data, offset)
-            finally:
-                self._in_upload -= 1
-            if raw.nbytes:
-                self.events.append({"op": "write", "buffer": pooled.uid, "offset": int(offset), "data": _b64(raw)})
-            return out
-
-        return wrapper
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.runtime = backend.runtime
+        self.events: list[dict[str, Any]] = []
+        self.outputs: list[dict[str, Any]] = []
+        self._known: set[int] = set()
+        self._snapshots: list[dict[str, Any]] = []
+        self._label: str | None = None
+        self._nread = 0
+        self._active = True
+        self.runtime.add_listener(self)
 
     def detach(self) -> None:
-        """Restore the runtime's methods, trace and queue."""
-        rt = self.runtime
+        """Stop recording (unregister from the runtime)."""
         self._active = False
-        for name, val in self._saved.items():
-            if name in ("trace", "queue"):
-                setattr(rt, name, val)
-            elif val is _MISSING:
-                rt.__dict__.pop(name, None)
-            else:
-                setattr(rt, name, val)
+        if self in self.runtime.listeners:
+            self.runtime.remove_listener(self)
 
-    # ------------------------------------------------------------------ hooks
-    def _pooled(self, x: Any) -> Any:
-        return self.runtime._as_pooled(x)
-
-    def _is_storage(self, pooled: Any) -> bool:
-        return pooled.usage == self.runtime.STORAGE_USAGE
-
-    def _on_new_buffer(self, pooled: Any, size: int, usage: int) -> None:
-        if usage == self.runtime.STORAGE_USAGE:
-            self._known.add(pooled.uid)
-            self._by_buffer[id(pooled.buffer)] = pooled
-            self.events.append({"op": "create", "buffer": pooled.uid, "size": int(pooled.size)})
-
+    # ------------------------------------------------------------------ events
     def _ensure_known(self, pooled: Any) -> None:
         """A buffer created before the recording: snapshot its current bytes."""
         if pooled.uid in self._known:
@@ -172,46 +106,54 @@ class PlanRecorder:
         self._known.add(pooled.uid)
         self._active = False
         try:
-            raw = self.runtime.read_raw(pooled, pooled.size)
+            raw = self.runtime.readback.read_raw(pooled, pooled.size)
         finally:
             self._active = True
         self._snapshots.append({"op": "create", "buffer": pooled.uid, "size": int(pooled.size)})
         self._snapshots.append({"op": "write", "buffer": pooled.uid, "offset": 0, "data": _b64(raw)})
 
-    def _on_clear(self, x: Any) -> None:
-        p, off, size = self.runtime.clear_range(x)
-        self._ensure_known(p)
-        self.events.append({"op": "clear", "buffer": p.uid, "offset": int(off), "size": int(size)})
+    def created(self, pooled: Any, kind: str) -> None:
+        if self._active and kind == "storage":
+            self._known.add(pooled.uid)
+            self.events.append({"op": "create", "buffer": pooled.uid, "size": int(pooled.size)})
 
-    def _on_copy(self, src: Any, dst: Any, nbytes: int) -> None:
-        if nbytes <= 0:
+    def wrote(self, pooled: Any, offset: int, data: Any) -> None:
+        if self._active:
+            self._ensure_known(pooled)
+            self.events.append({"op": "write", "buffer": pooled.uid, "offset": int(offset), "data": _b64(data)})
+
+    def cleared(self, pooled: Any, offset: int, size: int) -> None:
+        if self._active:
+            self._ensure_known(pooled)
+            self.events.append({"op": "clear", "buffer": pooled.uid, "offset": int(offset), "size": int(size)})
+
+    def copied(self, src: Any, src_offset: int, dst: Any, dst_offset: int, nbytes: int) -> None:
+        if self._active:
+            self._ensure_known(src)
+            self._ensure_known(dst)
+            self.events.append({"op": "copy", "src": src.uid, "src_offset": int(src_offset), "dst": dst.uid,
+                                "dst_offset": int(dst_offset), "size": int(nbytes)})
+
+    def dispatched(self, detail: dict[str, Any] | None) -> None:
+        if not self._active or detail is None:
             return
-        (s, so, _), (d, do, _) = self.runtime._binding(src), self.runtime._binding(dst)
-        self._ensure_known(s)
-        self._ensure_known(d)
-        self.events.append(
-            {"op": "copy", "src": s.uid, "src_offset": int(so), "dst": d.uid, "dst_offset": int(do), "size": int(nbytes)}
-        )
-
-    def _before_dispatch(self, kernel_name: str, bindings: Any, **kwargs: Any) -> None:
-        for b in bindings:
-            self._ensure_known(self._pooled(b))
-
-    def _on_trace(self, entry: dict[str, Any]) -> None:
+        live = self.runtime.pool.live
+        for b in detail["bindings"]:
+            self._ensure_known(live[b["buffer"]])
         ev = {"op": "dispatch"}
-        ev.update(entry)
+        ev.update(detail)
         ev["bindings"] = [
             {"binding": b["binding"], "buffer": b["buffer"], "offset": int(b.get("offset", 0)), "size": b["size"]}
-            for b in entry["bindings"]
+            for b in detail["bindings"]
         ]
         self.events.append(ev)
 
-    def _on_flush(self, *args: Any, **kwargs: Any) -> None:
-        if self.runtime._encoder is not None:
+    def submitted(self, pending: bool) -> None:
+        if self._active and pending:
             self.events.append({"op": "submit"})
 
-    def _on_read(self, x: Any) -> None:
-        if x.size == 0:
+    def read(self, x: Any) -> None:
+        if not self._active:
             return
         self._ensure_known(x.pooled)
         self.events.append(
@@ -227,15 +169,6 @@ class PlanRecorder:
             }
         )
         self._nread += 1
-
-    def _on_queue_write(self, buffer: Any, offset: int, data: Any) -> None:
-        """A ``queue.write_buffer`` that bypassed ``Runtime.upload`` (uniforms are in the trace)."""
-        if self._in_upload:
-            return
-        p = self._by_buffer.get(id(buffer))
-        if p is not None and p.buffer is buffer and self._is_storage(p):
-            raw = data if isinstance(data, np.ndarray) else np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
-            self.events.append({"op": "write", "buffer": p.uid, "offset": int(offset), "data": _b64(raw)})
 
     # ------------------------------------------------------------------ outputs
     def read_output(self, name: str, x: Any) -> np.ndarray:
@@ -253,42 +186,6 @@ class PlanRecorder:
         events = self._snapshots + self.events
         used = sorted({e["kernel"] for e in events if e["op"] == "dispatch"})
         return {"name": name, "kernels": kernel_table(used), "events": events, "outputs": list(self.outputs)}
-
-
-_MISSING = object()
-
-
-class _TraceSink(list):
-    """Stands in for ``Runtime.trace`` (a list): each appended dispatch goes to the recorder."""
-
-    def __init__(self, recorder: PlanRecorder) -> None:
-        super().__init__()
-        self._recorder = recorder
-
-    def append(self, entry: Any) -> None:  # noqa: D401
-        super().append(entry)
-        if self._recorder._active:
-            self._recorder._on_trace(entry)
-
-
-class _QueueProxy:
-    """Forwards to the real GPUQueue; notices direct storage ``write_buffer`` calls."""
-
-    def __init__(self, queue: Any, recorder: PlanRecorder) -> None:
-        self._queue = queue
-        self._recorder = recorder
-
-    def write_buffer(self, buffer: Any, buffer_offset: int, data: Any, *args: Any, **kwargs: Any) -> Any:
-        out = self._queue.write_buffer(buffer, buffer_offset, data, *args, **kwargs)
-        if self._recorder._active:
-            try:
-                self._recorder._on_queue_write(buffer, buffer_offset, data)
-            except Exception:  # pragma: no cover - diagnostics only
-                pass
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._queue, name)
 
 
 def record_plan(

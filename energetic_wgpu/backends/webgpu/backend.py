@@ -23,9 +23,7 @@ All results are bit-identical run to run (no atomics on floats, fixed summation 
 
 from __future__ import annotations
 
-import math
 import weakref
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -34,7 +32,9 @@ from ...errors import InvalidArgumentError, ShapeError
 from ...graph import Graph
 from ..base import Backend
 from . import ops_backward, ops_train
+from .graph_data import GraphData, upload_graph
 from .kernels import REDUCE_ITEMS, SMALL_DEGREE_MAX
+from .packed import PackedArrays
 from .runtime import DeviceArray, Runtime
 
 __all__ = ["WgpuBackend"]
@@ -43,26 +43,7 @@ _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
 _REDUCE_SPAN = 256 * REDUCE_ITEMS  # elements covered by one reduction workgroup
 
 
-@dataclass
-class GraphData:
-    """Device copies of one graph's index arrays (uploaded once, cached per graph object)."""
-
-    num_nodes: int
-    num_edges: int
-    row_ptr: DeviceArray  # u32 [N+1]
-    col_idx: DeviceArray  # u32 [E]
-    src: DeviceArray  # u32 [E]
-    rev_ptr: DeviceArray  # u32 [N+1]
-    rev_pairs: DeviceArray  # u32 [E, 2]: (edge, source) grouped by target
-    sink: DeviceArray  # u32 [N]: 1 for out-degree 0
-    large_out: DeviceArray | None  # u32: nodes with out-degree > SMALL
-    large_in: DeviceArray | None  # u32: nodes with in-degree > SMALL
-    n_large_out: int
-    n_large_in: int
-    n_nonempty: int
-
-
-class WgpuBackend(Backend):
+class WgpuBackend(PackedArrays, Backend):
     """The wgpu backend (float32 only).
 
     Args:
@@ -174,65 +155,6 @@ class WgpuBackend(Backend):
         self.runtime.upload(out.pooled, host.reshape(-1))
         return out
 
-    # ------------------------------------------------------------------ packed arrays
-    def _packed_layout(self, nbytes: Sequence[int]) -> tuple[list[int], int]:
-        """(byte offsets, total bytes) of regions of ``nbytes`` bytes, each at a multiple of
-        the device's storage offset alignment with room for its bound range."""
-        rt = self.runtime
-        align = rt.offset_alignment
-        offsets, off = [], 0
-        for n in nbytes:
-            offsets.append(off)
-            off += -(-rt.view_bind_size(n) // align) * align
-        return offsets, max(off, 16)
-
-    def _views(self, total: int, offsets: Sequence[int], shapes: Sequence[tuple[int, ...]],
-               dtypes: Sequence[Any]) -> tuple[DeviceArray, list[DeviceArray]]:
-        rt = self.runtime
-        flat = rt.new_array(self, (total // 4,), np.float32, "packed arrays")
-        return flat, [rt.view(flat, o, shp, dt) for o, shp, dt in zip(offsets, shapes, dtypes)]
-
-    def pack(self, arrays: Sequence[Any]) -> list[DeviceArray]:
-        """The arrays uploaded into ONE pooled buffer: a list of views, region i at a multiple
-        of the device's minStorageBufferOffsetAlignment (256 by default), the layout a function
-        of the sizes only. A DeviceArray of this backend is copied on the device."""
-        items = []
-        for a in arrays:
-            if isinstance(a, DeviceArray) and a.backend is self:
-                items.append((a, a.shape, a.dtype))
-            else:
-                host, dt = self._host(a, None)
-                items.append((host, host.shape, dt))
-        if not items:
-            return []
-        offsets, total = self._packed_layout([math.prod(shp) * 4 for _, shp, _ in items])
-        _, views = self._views(total, offsets, [shp for _, shp, _ in items], [dt for _, _, dt in items])
-        for (src, _, _), view in zip(items, views):
-            if isinstance(src, DeviceArray):
-                self.runtime.copy_buffer(src, view, src.size * 4)
-            else:
-                self.runtime.upload(view.pooled, src.reshape(-1), view.offset)
-        return views
-
-    def zeros_like_packed(self, arrays: Sequence[Any]) -> list[DeviceArray]:
-        """Zero-filled float32 views in one new buffer: at the offsets of ``arrays`` when they
-        are views of one buffer (the layout of a :meth:`pack`), else in a fresh packed layout."""
-        arrays = list(arrays)
-        if not arrays:
-            return []
-        shapes = [tuple(int(s) for s in a.shape) for a in arrays]
-        first = arrays[0]
-        if all(isinstance(a, DeviceArray) and a.backend is self and a.is_view and a.pooled is first.pooled
-               for a in arrays):
-            offsets = [a.offset for a in arrays]
-            rt = self.runtime
-            total = max(o + rt.view_bind_size(math.prod(s) * 4) for o, s in zip(offsets, shapes))
-        else:
-            offsets, total = self._packed_layout([math.prod(s) * 4 for s in shapes])
-        flat, views = self._views(total, offsets, shapes, [np.float32] * len(shapes))
-        self.runtime.clear(flat)
-        return views
-
     def to_numpy(self, x: Any) -> np.ndarray:
         if isinstance(x, DeviceArray):
             if x.backend is not self:
@@ -290,28 +212,7 @@ class WgpuBackend(Backend):
             self._last_graph = (weakref.ref(graph), gd)
             return gd
 
-        def up(a: np.ndarray) -> DeviceArray:
-            return self.asarray(np.ascontiguousarray(a, dtype=np.uint32), np.uint32)
-
-        rev_perm = graph.rev_perm
-        pairs = np.stack([rev_perm, graph.src[rev_perm]], axis=1) if graph.num_edges else np.zeros((0, 2))
-        large_out = np.flatnonzero(graph.out_degree > SMALL_DEGREE_MAX)
-        large_in = np.flatnonzero(graph.in_degree > SMALL_DEGREE_MAX)
-        gd = GraphData(
-            num_nodes=graph.num_nodes,
-            num_edges=graph.num_edges,
-            row_ptr=up(graph.row_ptr),
-            col_idx=up(graph.col_idx),
-            src=up(graph.src),
-            rev_ptr=up(graph.rev_ptr),
-            rev_pairs=up(pairs),
-            sink=up(graph.sink_mask.astype(np.uint32)),
-            large_out=up(large_out) if large_out.size else None,
-            large_in=up(large_in) if large_in.size else None,
-            n_large_out=int(large_out.size),
-            n_large_in=int(large_in.size),
-            n_nonempty=int(np.count_nonzero(graph.out_degree)),
-        )
+        gd = upload_graph(self, graph)
         self._graphs[graph] = gd
         self._last_graph = (weakref.ref(graph), gd)
         return gd
@@ -323,10 +224,8 @@ class WgpuBackend(Backend):
         dim = q.shape[1] if q.ndim == 2 else 0
         out = self.empty((gd.num_edges,))
         self.runtime.dispatch(
-            "edge_logits",
-            [gd.src, gd.col_idx, q, k, bias, out],
-            threads=gd.num_edges,
-            uniforms=(gd.num_edges, dim),
+            "edge_logits", threads=gd.num_edges, uniform=dict(n_edges=gd.num_edges, dim=dim),
+            src=gd.src, col_idx=gd.col_idx, q=q, k=k, bias=bias, logits=out,
         )
         return out
 
@@ -337,14 +236,14 @@ class WgpuBackend(Backend):
         if top_k < 0:
             raise InvalidArgumentError(f"top_k must be >= 0, got {top_k}")
         out = self.empty((gd.num_edges,), np.bool_ if mode == 1 else np.float32)
-        u = (gd.num_nodes, top_k, mode, gd.n_large_out, np.float32(tau), SMALL_DEGREE_MAX)
+        u = dict(n_nodes=gd.num_nodes, top_k=top_k, mode=mode, n_large=gd.n_large_out, tau=np.float32(tau),
+                 small_max=SMALL_DEGREE_MAX)
         # 1 <= top_k <= 4 (softmax): its own pipeline, with the register top-4 (segment_softmax.wgsl)
         small = "softmax_small_k4" if mode == 0 and 1 <= top_k <= 4 else "softmax_small"
-        self.runtime.dispatch(small, [gd.row_ptr, logits, out], threads=gd.num_nodes, uniforms=u)
+        self.runtime.dispatch(small, threads=gd.num_nodes, uniform=u, row_ptr=gd.row_ptr, logits=logits, result=out)
         if gd.n_large_out:
-            self.runtime.dispatch(
-                "softmax_large", [gd.row_ptr, logits, out, gd.large_out], workgroups=gd.n_large_out, uniforms=u
-            )
+            self.runtime.dispatch("softmax_large", workgroups=gd.n_large_out, uniform=u, row_ptr=gd.row_ptr,
+                                  logits=logits, result=out, large_nodes=gd.large_out)
         return out
 
     def segment_softmax(self, graph: Graph, logits: Any, tau: float = 1.0, top_k: int = 0) -> DeviceArray:
@@ -375,22 +274,20 @@ class WgpuBackend(Backend):
         act = self._opt(active)
         flags = (1 if active is not None else 0) | (2 if retain_sinks else 0)
         out = self.empty(energies.shape)
-        u = (batch, gd.num_nodes, flags, gd.n_large_in, np.float32(alpha), SMALL_DEGREE_MAX)
-        common = [gd.rev_ptr, gd.rev_pairs, pi, energies, act, gd.sink, out]
+        u = dict(batch=batch, n_nodes=gd.num_nodes, flags=flags, n_large=gd.n_large_in, alpha=np.float32(alpha),
+                 small_max=SMALL_DEGREE_MAX)
+        rev = dict(rev_ptr=gd.rev_ptr, rev_pairs=gd.rev_pairs, pi=pi, energies=energies, sink=gd.sink, next_e=out)
         if batch and gd.num_nodes:
             # x = alpha * active * energies transposed to [N, ceil(B/4)] vec4 (a pooled
             # workspace), then one thread per (node, 8 batch rows)
             nc4 = -(-batch // 4)
             xt = self.empty((gd.num_nodes * nc4 * 4,))
-            self.runtime.dispatch("scatter_transpose", [energies, act, xt], threads=nc4 * gd.num_nodes, uniforms=u)
-            self.runtime.dispatch(
-                "scatter_small",
-                [gd.rev_ptr, gd.rev_pairs, pi, energies, gd.sink, out, xt],
-                threads=-(-batch // 8) * gd.num_nodes,
-                uniforms=u,
-            )
+            self.runtime.dispatch("scatter_transpose", threads=nc4 * gd.num_nodes, uniform=u, energies=energies,
+                                  act_mask=act, xt_out=xt)
+            self.runtime.dispatch("scatter_small", threads=-(-batch // 8) * gd.num_nodes, uniform=u, xt=xt, **rev)
         if gd.n_large_in and batch:
-            self.runtime.dispatch("scatter_large", common + [gd.large_in], workgroups=gd.n_large_in * batch, uniforms=u)
+            self.runtime.dispatch("scatter_large", workgroups=gd.n_large_in * batch, uniform=u, act_mask=act,
+                                  large_nodes=gd.large_in, **rev)
         if return_flow:
             return out, self.edge_flow(graph, energies, pi, alpha, active)
         return out
@@ -401,8 +298,10 @@ class WgpuBackend(Backend):
         batch, flat = self._batch(energies, gd.num_nodes)
         act = self._opt(active)
         out = self.empty((gd.num_edges,) if flat else (batch, gd.num_edges))
-        u = (batch, gd.num_nodes, gd.num_edges, 1 if active is not None else 0, np.float32(alpha))
-        self.runtime.dispatch("edge_flow", [gd.src, pi, energies, act, out], threads=batch * gd.num_edges, uniforms=u)
+        u = dict(batch=batch, n_nodes=gd.num_nodes, n_edges=gd.num_edges, has_active=1 if active is not None else 0,
+                 alpha=np.float32(alpha))
+        self.runtime.dispatch("edge_flow", threads=batch * gd.num_edges, uniform=u, src=gd.src, pi=pi,
+                              energies=energies, act_mask=act, flow=out)
         return out
 
     def step_metrics(
@@ -425,12 +324,12 @@ class WgpuBackend(Backend):
         partials = self.empty((max(1, n_parts) * 8,))
         out = self.empty((5,))
         has_act = 1 if active is not None else 0
-        u1 = (batch, gd.num_nodes, gd.num_edges, has_act, np.float32(alpha), n_total, gd.n_nonempty)
-        self.runtime.dispatch(
-            "metrics_partials", [gd.src, pi, energies, next_energies, act, partials], workgroups=n_parts, uniforms=u1
-        )
-        u2 = (batch, gd.num_nodes, gd.num_edges, has_act, np.float32(alpha), n_parts, gd.n_nonempty)
-        self.runtime.dispatch("metrics_final", [partials, out], workgroups=1, uniforms=u2)
+        u = dict(batch=batch, n_nodes=gd.num_nodes, n_edges=gd.num_edges, has_active=has_act, alpha=np.float32(alpha),
+                 n_total=n_total, n_nonempty=gd.n_nonempty)
+        self.runtime.dispatch("metrics_partials", workgroups=n_parts, uniform=u, src=gd.src, pi=pi, energies=energies,
+                              next_e=next_energies, act_mask=act, partials=partials)
+        self.runtime.dispatch("metrics_final", workgroups=1, uniform={**u, "n_total": n_parts}, partials=partials,
+                              metrics_out=out)
         return out
 
     # ------------------------------------------------------------------ elementwise / reductions
@@ -439,7 +338,7 @@ class WgpuBackend(Backend):
         if a.shape != b.shape:
             raise ShapeError(f"add: shapes differ, {a.shape} and {b.shape}")
         out = self.empty(a.shape)
-        self.runtime.dispatch("add", [a, b, out], threads=a.size, uniforms=(a.size,))
+        self.runtime.dispatch("add", threads=a.size, uniform=dict(n=a.size), a=a, b=b, out=out)
         return out
 
     def copy(self, x: Any) -> DeviceArray:
@@ -447,7 +346,7 @@ class WgpuBackend(Backend):
         x = self._dev(x)
         out = self.empty(x.shape, x.dtype)
         n_vec = -(-x.size // 4)
-        self.runtime.dispatch("copy_vec4", [x, out], threads=n_vec, uniforms=(x.size, n_vec))
+        self.runtime.dispatch("copy_vec4", threads=n_vec, uniform=dict(n=x.size, n_vec=n_vec), src=x, dst=out)
         return out
 
     def sum_squares(self, arrays: Sequence[Any]) -> DeviceArray:
@@ -458,9 +357,10 @@ class WgpuBackend(Backend):
         partials = self.empty((max(1, total),))
         offset = 0
         for a, c in zip(arrs, counts):
-            self.runtime.dispatch("sumsq_partials", [a, partials], workgroups=c, uniforms=(a.size, offset))
+            self.runtime.dispatch("sumsq_partials", workgroups=c, uniform=dict(n=a.size, out_offset=offset), x=a,
+                                  result=partials)
             offset += c
-        self.runtime.dispatch("sum_final", [partials, out], workgroups=1, uniforms=(total, 0))
+        self.runtime.dispatch("sum_final", workgroups=1, uniform=dict(n=total, out_offset=0), x=partials, result=out)
         return out
 
     # ------------------------------------------------------------------ backward (ops_backward.py)

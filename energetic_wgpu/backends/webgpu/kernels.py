@@ -1,11 +1,18 @@
-"""The declarative kernel table of the wgpu backend.
+"""The kernel table of the wgpu backend: one row per compute kernel, declared once.
 
-Each :class:`KernelSpec` names the WGSL files it is built from (concatenated in order), its
-entry point, its bindings in ``@binding`` order (``"uniform"``, ``"read"``, ``"read_write"``,
-or ``None`` for an unused binding number), its workgroup size (the ``WG`` override constant)
-and other override constants. The runtime builds explicit bind group layouts from
-``bindings``; the whole table is describable as data (``to_json``) so a dispatch plan can be
-replayed elsewhere (e.g. Dawn in a browser).
+A row (:class:`KernelSpec`) names the WGSL file holding the entry point, the entry point, the
+workgroup size (the ``WG`` override constant), the uniform struct (:class:`Uniform`: field
+names and types, declared once per struct and shared by the kernels that bind it) and the
+storage bindings *by name*. Binding numbers and access modes are read from the file's
+``@group(0) @binding(n) var<...> name`` lines the first time a kernel is used;
+``tests/test_kernel_table.py`` checks every row against its WGSL (names, access modes, the
+uniform struct's fields and types). Ops dispatch with names::
+
+    rt.dispatch("scatter_small", threads=n, uniform=dict(batch=b, alpha=a, ...), pi=pi, energies=x, ...)
+
+(uniform fields named ``_pad*`` are zero and need not be given). The table is data: the
+runtime builds explicit bind group layouts from it, and ``to_dict`` describes a kernel for
+the Dawn plan replay (``energetic_wgpu/web/runner.js``).
 
 Portability budget of every kernel (WebGPU default limits, core WGSL): at most 8 storage
 bindings, at most 256 invocations per workgroup, at most 16 KiB of workgroup memory, no f32
@@ -14,15 +21,25 @@ atomics, no f16, no subgroups.
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
+import re
+import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
+
+import numpy as np
+
+from ...errors import InvalidArgumentError
 
 __all__ = [
     "KernelSpec",
+    "Uniform",
     "KERNELS",
     "kernel",
     "kernel_sources",
+    "wgsl_bindings",
     "SHADER_LIBS",
     "BINDING_KINDS",
     "SMALL_DEGREE_MAX",
@@ -59,36 +76,197 @@ def kernel_sources(file: str) -> tuple[str, ...]:
     return ("common.wgsl", *SHADER_LIBS.get(file, ()), file)
 
 
+_BINDING_RE = re.compile(r"@group\(0\)\s*@binding\((\d+)\)\s*var<([^>]*)>\s*(\w+)\s*:\s*([\w<>]+)")
+
+
+@functools.lru_cache(maxsize=None)
+def wgsl_bindings(sources: tuple[str, ...]) -> dict[str, tuple[int, str, str]]:
+    """name -> (binding number, kind, WGSL type) of every ``@group(0) @binding(n) var<...>``
+    line of the concatenated ``sources``; kind is "uniform", "read" or "read_write"."""
+    from ...wgsl import shader_source
+
+    out: dict[str, tuple[int, str, str]] = {}
+    for src in sources:
+        for m in _BINDING_RE.finditer(shader_source(src)):
+            space = [s.strip() for s in m.group(2).split(",")]
+            kind = "uniform" if space[0] == "uniform" else ("read_write" if "read_write" in space else "read")
+            out[m.group(3)] = (int(m.group(1)), kind, m.group(4))
+    return out
+
+
+# --------------------------------------------------------------------------- uniforms
+
+_CODES = {"u32": "I", "i32": "i", "f32": "f", "vec4<u32>": "IIII"}
+
+
+class Uniform:
+    """A WGSL uniform struct: its name and its fields ``name=type`` in order (types "u32",
+    "i32", "f32", "vec4<u32>"; every scalar 4 bytes). Fields named ``_pad*`` are padding
+    (always zero, never given).
+
+    :meth:`pack` turns ``{field: value}`` into the struct's bytes: little-endian, f32 values
+    rounded as ``np.float32(value)``; a vec4 field takes a sequence of 4 values.
+    """
+
+    def __init__(self, name: str, **fields: str) -> None:
+        for f, t in fields.items():
+            if t not in _CODES:
+                raise ValueError(f"uniform {name}.{f}: type {t!r} not in {sorted(_CODES)}")
+        self.name = name
+        self.fields: tuple[tuple[str, str], ...] = tuple(fields.items())
+        self.names = tuple(f for f, _ in self.fields if not f.startswith("_pad"))
+        self._vec = any(t.startswith("vec") for _, t in self.fields)
+        #: values of the fields in order, from a dict (a C-level getter: the dispatch hot path)
+        self.values_of = _getter(self.names)
+        fmt = "".join("xxxx" if f.startswith("_pad") else _CODES[t] for f, t in self.fields)
+        self._struct = struct.Struct("<" + fmt)
+        if self._struct.size % 16:
+            raise ValueError(f"uniform {name}: {self._struct.size} bytes, not a multiple of 16")
+
+    def __repr__(self) -> str:
+        return f"Uniform({self.name!r}, " + ", ".join(f"{f}={t!r}" for f, t in self.fields) + ")"
+
+    def pack(self, values: Mapping[str, Any]) -> bytes:
+        """The struct's bytes for ``values`` (a dict of every non-padding field).
+
+        Raises:
+            InvalidArgumentError: a field missing or unknown, or an integer out of range.
+        """
+        names = self.names
+        if len(values) == len(names):
+            try:
+                if not self._vec:
+                    return self._struct.pack(*self.values_of(values))
+                flat: list[Any] = []
+                for n in names:
+                    v = values[n]
+                    flat.extend(v) if isinstance(v, (tuple, list)) else flat.append(v)
+                return self._struct.pack(*flat)
+            except (KeyError, struct.error, OverflowError, TypeError):
+                pass
+        return self._pack_checked(values)
+
+    def _pack_checked(self, values: Mapping[str, Any]) -> bytes:
+        """The slow path of :meth:`pack`: named errors; floats that overflow f32 become inf."""
+        if not isinstance(values, Mapping):
+            raise InvalidArgumentError(f"uniform {self.name} must be a dict of its fields {self.names}, "
+                                       f"got {type(values).__name__}")
+        missing = [n for n in self.names if n not in values]
+        unknown = [k for k in values if k not in self.names]
+        if missing or unknown:
+            raise InvalidArgumentError(
+                f"uniform {self.name}: missing fields {missing}, unknown fields {unknown}; fields: {list(self.names)}"
+            )
+        out = bytearray()
+        for f, t in self.fields:
+            if f.startswith("_pad"):
+                out += b"\0\0\0\0"
+                continue
+            vals = values[f]
+            items = list(vals) if t.startswith("vec") else [vals]
+            if t.startswith("vec") and len(items) != 4:
+                raise InvalidArgumentError(f"uniform field {self.name}.{f} ({t}) needs 4 values, got {len(items)}")
+            for v in items:
+                out += _scalar_bytes(self.name, f, t.removeprefix("vec4<").rstrip(">"), v)
+        return bytes(out)
+
+
+def _getter(names: tuple[str, ...]) -> Any:
+    """``f(mapping) -> tuple`` of the values of ``names`` in order."""
+    if len(names) == 1:
+        only = names[0]
+        return lambda m: (m[only],)
+    return operator.itemgetter(*names)
+
+
+def _scalar_bytes(struct_name: str, field_name: str, t: str, v: Any) -> bytes:
+    what = f"uniform field {struct_name}.{field_name} ({t})"
+    if t == "f32":
+        if not isinstance(v, (int, float, np.integer, np.floating)):
+            raise InvalidArgumentError(f"{what} must be a number, got {type(v).__name__}")
+        with np.errstate(over="ignore"):
+            return np.float32(v).tobytes()
+    if isinstance(v, (float, np.floating)) or not isinstance(v, (int, np.integer)):
+        raise InvalidArgumentError(f"{what} must be an int, got {type(v).__name__}")
+    lo, hi = (0, 2**32 - 1) if t == "u32" else (-(2**31), 2**31 - 1)
+    if not lo <= int(v) <= hi:
+        raise InvalidArgumentError(f"{what} = {int(v)} does not fit in {t}")
+    return struct.pack("<I" if t == "u32" else "<i", int(v))
+
+
+# --------------------------------------------------------------------------- kernels
+
+
 @dataclass(frozen=True)
 class KernelSpec:
+    """One kernel: ``name``, ``file`` (the WGSL file of its entry point), ``uniform`` (its
+    struct), ``names`` (its storage bindings by WGSL variable name), ``workgroup_size`` and
+    ``entry_point`` (default: ``name``). Binding numbers and kinds come from the WGSL."""
+
     name: str
-    sources: tuple[str, ...]
-    entry_point: str
-    bindings: tuple[str | None, ...]
+    file: str
+    uniform: Uniform
+    names: tuple[str, ...]
     workgroup_size: int = 64
+    entry_point: str = ""
     constants: tuple[tuple[str, float | int], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        for b in self.bindings:
-            if b is not None and b not in BINDING_KINDS:
-                raise ValueError(f"kernel {self.name}: binding kind {b!r} not in {BINDING_KINDS}")
-        n_storage = sum(1 for b in self.bindings if b in ("read", "read_write"))
-        if n_storage > 8:
-            raise ValueError(f"kernel {self.name}: {n_storage} storage bindings > 8 (WebGPU default)")
+        if not self.entry_point:
+            object.__setattr__(self, "entry_point", self.name)
+        if len(self.names) > 8:
+            raise ValueError(f"kernel {self.name}: {len(self.names)} storage bindings > 8 (WebGPU default)")
         if not 1 <= self.workgroup_size <= 256:
             raise ValueError(f"kernel {self.name}: workgroup_size {self.workgroup_size} not in [1, 256]")
 
     @property
-    def storage_bindings(self) -> tuple[int, ...]:
-        """Binding numbers of the storage buffers, in order (what ``dispatch`` takes)."""
-        return tuple(i for i, b in enumerate(self.bindings) if b in ("read", "read_write"))
+    def sources(self) -> tuple[str, ...]:
+        return kernel_sources(self.file)
+
+    @functools.cached_property
+    def slots(self) -> dict[str, tuple[int, str]]:
+        """name -> (binding number, kind) of the uniform and every storage binding, from the WGSL."""
+        found = wgsl_bindings(self.sources)
+        uniform_vars = [n for n, (_, kind, typ) in found.items() if kind == "uniform" and typ == self.uniform.name]
+        if len(uniform_vars) != 1:
+            raise InvalidArgumentError(
+                f"kernel {self.name}: {self.file} must bind exactly one var<uniform> of type {self.uniform.name}, "
+                f"found {uniform_vars}"
+            )
+        out = {uniform_vars[0]: found[uniform_vars[0]][:2]}
+        for n in self.names:
+            if n not in found or found[n][1] == "uniform":
+                raise InvalidArgumentError(f"kernel {self.name}: {self.file} has no storage binding named {n!r}")
+            out[n] = found[n][:2]
+        return out
+
+    @functools.cached_property
+    def bindings(self) -> tuple[str | None, ...]:
+        """The kind of each binding number 0..max ("uniform", "read", "read_write"; None: unused)."""
+        slots = self.slots
+        kinds: list[str | None] = [None] * (1 + max(n for n, _ in slots.values()))
+        for n, kind in slots.values():
+            kinds[n] = kind
+        return tuple(kinds)
+
+    @functools.cached_property
+    def storage_names(self) -> tuple[str, ...]:
+        """The storage binding names in binding-number order (what a dispatch binds)."""
+        return tuple(sorted(self.names, key=lambda n: self.slots[n][0]))
+
+    @functools.cached_property
+    def buffers_of(self) -> Any:
+        """``f(buffers by name) -> tuple`` in :attr:`storage_names` order (a C-level getter)."""
+        return _getter(self.storage_names)
 
     @property
-    def uniform_binding(self) -> int | None:
-        for i, b in enumerate(self.bindings):
-            if b == "uniform":
-                return i
-        return None
+    def storage_bindings(self) -> tuple[int, ...]:
+        """Binding numbers of the storage buffers, in order."""
+        return tuple(self.slots[n][0] for n in self.storage_names)
+
+    @property
+    def uniform_binding(self) -> int:
+        return self.bindings.index("uniform")
 
     def override_constants(self) -> dict[str, float | int]:
         out: dict[str, float | int] = {"WG": self.workgroup_size}
@@ -109,29 +287,82 @@ class KernelSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-def _k(name: str, file: str, bindings: tuple[str | None, ...], wg: int = 64, entry: str | None = None) -> KernelSpec:
-    return KernelSpec(name, kernel_sources(file), entry or name, bindings, wg)
+# --------------------------------------------------------------------------- the table
 
+U32, I32, F32, VEC4 = "u32", "i32", "f32", "vec4<u32>"
 
-U, R, W = "uniform", "read", "read_write"
+COPY = Uniform("CopyParams", n=U32, n_vec=U32, _pad0=U32, _pad1=U32)
+ADD = Uniform("AddParams", n=U32, _pad0=U32, _pad1=U32, _pad2=U32)
+LOGITS = Uniform("LogitParams", n_edges=U32, dim=U32, _pad0=U32, _pad1=U32)
+SOFTMAX = Uniform("SoftmaxParams", n_nodes=U32, top_k=U32, mode=U32, n_large=U32, tau=F32, small_max=U32,
+                  _pad0=U32, _pad1=U32)
+SCATTER = Uniform("ScatterParams", batch=U32, n_nodes=U32, flags=U32, n_large=U32, alpha=F32, small_max=U32,
+                  _pad0=U32, _pad1=U32)
+FLOW = Uniform("FlowParams", batch=U32, n_nodes=U32, n_edges=U32, has_active=U32, alpha=F32, _pad0=U32, _pad1=U32,
+               _pad2=U32)
+METRICS = Uniform("MetricParams", batch=U32, n_nodes=U32, n_edges=U32, has_active=U32, alpha=F32, n_total=U32,
+                  n_nonempty=U32, _pad0=U32)
+REDUCE = Uniform("ReduceParams", n=U32, out_offset=U32, _pad0=U32, _pad1=U32)
+SCATTER_BWD = Uniform("ScatterBwdParams", batch=U32, n_nodes=U32, flags=U32, n_large=U32, alpha=F32, small_max=U32,
+                      n_edges=U32, _pad0=U32)
+SOFTMAX_BWD = Uniform("SoftmaxBwdParams", n_nodes=U32, n_large=U32, small_max=U32, _pad0=U32, tau=F32, _pad1=U32,
+                      _pad2=U32, _pad3=U32)
+LOGITS_BWD = Uniform("LogitsBwdParams", n_nodes=U32, dim=U32, mode=U32, n_large=U32, small_max=U32, _pad0=U32,
+                     _pad1=U32, _pad2=U32)
+LOSS = Uniform("LossParams", n=U32, flags=U32, n_parts=U32, mode=U32, mul=F32, div=F32, eps=F32, lam=F32)
+ADAMW_PREPARE = Uniform("PrepareParams", n_parts=U32, clip=U32, _pad0=U32, _pad1=U32, max_norm=F32, log_b1=F32,
+                        log_b2=F32, _pad2=F32)
+_ADAMW_HYPER = dict(b1=F32, omb1=F32, b2=F32, omb2=F32, eps=F32, _pad2=F32, _pad3=F32, _pad4=F32)
+ADAMW_UPDATE = Uniform("UpdateParams", n=U32, slot=U32, _pad0=U32, _pad1=U32, **_ADAMW_HYPER)
+ADAMW_PACKED = Uniform("PackedParams", n=U32, slot=U32, _pad0=U32, _pad1=U32, **_ADAMW_HYPER, off=VEC4, len=VEC4)
+
+_SCATTER_IN = ("rev_ptr", "rev_pairs", "pi", "energies")
+_SCATTER_BWD = ("row_ptr", "col_idx", "pi", "grad_next", "act_mask", "sink", "out")
+_LOGITS_BWD = ("seg_ptr", "idx", "grad_logits", "feat", "out")
 
 KERNELS: dict[str, KernelSpec] = {
     k.name: k
     for k in (
-        _k("copy_vec4", "copy.wgsl", (U, R, W), 64),
-        _k("add", "elementwise.wgsl", (U, R, R, W), 64),
-        _k("edge_logits", "edge_logits.wgsl", (U, R, R, R, R, R, W), 64),
-        _k("softmax_small", "segment_softmax.wgsl", (U, R, R, W), 64),
-        _k("softmax_small_k4", "segment_softmax.wgsl", (U, R, R, W), 64),
-        _k("softmax_large", "segment_softmax.wgsl", (U, R, R, W, R), 256),
-        _k("scatter_transpose", "energy_scatter.wgsl", (U, None, None, None, R, R, None, None, None, None, W), 64),
-        _k("scatter_small", "energy_scatter.wgsl", (U, R, R, R, R, None, R, W, None, R), 64),
-        _k("scatter_large", "energy_scatter.wgsl", (U, R, R, R, R, R, R, W, R), 256),
-        _k("edge_flow", "edge_flow.wgsl", (U, R, R, R, R, W), 64),
-        _k("metrics_partials", "metrics.wgsl", (U, R, R, R, R, R, W), 256),
-        _k("metrics_final", "metrics.wgsl", (U, None, None, None, None, None, W, W), 256),
-        _k("sumsq_partials", "reduce.wgsl", (U, R, W), 256),
-        _k("sum_final", "reduce.wgsl", (U, R, W), 256),
+        # forward (backend.py)
+        KernelSpec("copy_vec4", "copy.wgsl", COPY, ("src", "dst")),
+        KernelSpec("add", "elementwise.wgsl", ADD, ("a", "b", "out")),
+        KernelSpec("edge_logits", "edge_logits.wgsl", LOGITS, ("src", "col_idx", "q", "k", "bias", "logits")),
+        KernelSpec("softmax_small", "segment_softmax.wgsl", SOFTMAX, ("row_ptr", "logits", "result")),
+        KernelSpec("softmax_small_k4", "segment_softmax.wgsl", SOFTMAX, ("row_ptr", "logits", "result")),
+        KernelSpec("softmax_large", "segment_softmax.wgsl", SOFTMAX, ("row_ptr", "logits", "result", "large_nodes"),
+                   256),
+        KernelSpec("scatter_transpose", "energy_scatter.wgsl", SCATTER, ("energies", "act_mask", "xt_out")),
+        KernelSpec("scatter_small", "energy_scatter.wgsl", SCATTER, _SCATTER_IN + ("sink", "next_e", "xt")),
+        KernelSpec("scatter_large", "energy_scatter.wgsl", SCATTER,
+                   _SCATTER_IN + ("act_mask", "sink", "next_e", "large_nodes"), 256),
+        KernelSpec("edge_flow", "edge_flow.wgsl", FLOW, ("src", "pi", "energies", "act_mask", "flow")),
+        KernelSpec("metrics_partials", "metrics.wgsl", METRICS,
+                   ("src", "pi", "energies", "next_e", "act_mask", "partials"), 256),
+        KernelSpec("metrics_final", "metrics.wgsl", METRICS, ("partials", "metrics_out"), 256),
+        KernelSpec("sumsq_partials", "reduce.wgsl", REDUCE, ("x", "result"), 256),
+        KernelSpec("sum_final", "reduce.wgsl", REDUCE, ("x", "result"), 256),
+        # backward (ops_backward.py)
+        KernelSpec("scatter_bwd_small", "scatter_backward.wgsl", SCATTER_BWD, _SCATTER_BWD),
+        KernelSpec("scatter_bwd_large", "scatter_backward.wgsl", SCATTER_BWD, _SCATTER_BWD + ("large_nodes",), 256),
+        KernelSpec("scatter_bwd_pi", "scatter_backward.wgsl", SCATTER_BWD,
+                   ("col_idx", "grad_next", "act_mask", "out", "src", "energies")),
+        KernelSpec("softmax_bwd_small", "softmax_backward.wgsl", SOFTMAX_BWD, ("row_ptr", "pi", "gpi", "out")),
+        KernelSpec("softmax_bwd_large", "softmax_backward.wgsl", SOFTMAX_BWD,
+                   ("row_ptr", "pi", "gpi", "out", "large_nodes"), 256),
+        KernelSpec("logits_bwd_small", "logits_backward.wgsl", LOGITS_BWD, _LOGITS_BWD),
+        KernelSpec("logits_bwd_large", "logits_backward.wgsl", LOGITS_BWD, _LOGITS_BWD + ("large_nodes",), 256),
+        # losses and AdamW (ops_train.py)
+        KernelSpec("mse_partials", "losses.wgsl", LOSS, ("pred", "target_", "mask", "partials"), 256),
+        KernelSpec("loss_final", "losses.wgsl", LOSS, ("partials", "loss"), 256),
+        KernelSpec("mse_grad", "losses.wgsl", LOSS, ("pred", "target_", "mask", "partials", "grad")),
+        KernelSpec("ce_partials", "losses.wgsl", LOSS, ("pred", "target_", "partials", "grad"), 256),
+        KernelSpec("ent_partials", "losses.wgsl", LOSS, ("pred", "partials", "grad"), 256),
+        KernelSpec("adamw_prepare", "adamw.wgsl", ADAMW_PREPARE, ("partials", "step_count", "scal_w", "norm_out"),
+                   256),
+        KernelSpec("adamw_update", "adamw.wgsl", ADAMW_UPDATE,
+                   ("param", "grad", "exp_avg", "exp_avg_sq", "scal", "hyper")),
+        KernelSpec("adamw_update_packed", "adamw.wgsl", ADAMW_PACKED,
+                   ("p_flat", "m_flat", "v_flat", "grad0", "grad1", "grad2", "scal_p", "hyper_p")),
     )
 }
 
@@ -141,9 +372,3 @@ def kernel(name: str) -> KernelSpec:
         return KERNELS[name]
     except KeyError:
         raise KeyError(f"unknown kernel {name!r}; known: {', '.join(sorted(KERNELS))}") from None
-
-
-def register(spec: KernelSpec) -> KernelSpec:
-    """Add a kernel to the table (used by the backward/training modules)."""
-    KERNELS[spec.name] = spec
-    return spec

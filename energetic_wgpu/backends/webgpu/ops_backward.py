@@ -1,4 +1,4 @@
-"""Backward ops of the wgpu backend (SPEC §4): gathers in a fixed order, no float atomics.
+"""Backward ops of the wgpu backend (docs/definitions.md §4): gathers in a fixed order, no float atomics.
 
 Each function takes the :class:`WgpuBackend` as its first argument and follows the
 docstring of the matching method of :class:`energetic_wgpu.backends.base.Backend`.
@@ -23,24 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .kernels import SMALL_DEGREE_MAX, KernelSpec, kernel_sources, register
+from .kernels import SMALL_DEGREE_MAX
 
 __all__ = ["energy_scatter_backward", "segment_softmax_backward", "edge_logits_backward"]
-
-U, R, W = "uniform", "read", "read_write"
-
-
-def _k(name: str, file: str, bindings: tuple[str | None, ...], wg: int) -> KernelSpec:
-    return register(KernelSpec(name, kernel_sources(file), name, bindings, wg))
-
-
-_k("scatter_bwd_small", "scatter_backward.wgsl", (U, R, R, R, R, R, R, W), 64)
-_k("scatter_bwd_large", "scatter_backward.wgsl", (U, R, R, R, R, R, R, W, R), 256)
-_k("scatter_bwd_pi", "scatter_backward.wgsl", (U, None, R, None, R, R, None, W, None, R, R), 64)
-_k("softmax_bwd_small", "softmax_backward.wgsl", (U, R, R, R, W), 64)
-_k("softmax_bwd_large", "softmax_backward.wgsl", (U, R, R, R, W, R), 256)
-_k("logits_bwd_small", "logits_backward.wgsl", (U, R, R, R, R, W), 64)
-_k("logits_bwd_large", "logits_backward.wgsl", (U, R, R, R, R, W, R), 256)
 
 
 def energy_scatter_backward(
@@ -62,13 +47,17 @@ def energy_scatter_backward(
     flags = (1 if active is not None else 0) | (2 if retain_sinks else 0)
     grad_e = be.empty(grad_next.shape)
     grad_pi = be.empty((e,))
-    u = (batch, n, flags, gd.n_large_out, np.float32(alpha), SMALL_DEGREE_MAX, e)
-    common = [gd.row_ptr, gd.col_idx, pi, grad_next, act, gd.sink, grad_e]
-    rt.dispatch("scatter_bwd_small", common, threads=batch * n, uniforms=u)
+    u = dict(batch=batch, n_nodes=n, flags=flags, n_large=gd.n_large_out, alpha=np.float32(alpha),
+             small_max=SMALL_DEGREE_MAX, n_edges=e)
+    common = dict(row_ptr=gd.row_ptr, col_idx=gd.col_idx, pi=pi, grad_next=grad_next, act_mask=act, sink=gd.sink,
+                  out=grad_e)
+    rt.dispatch("scatter_bwd_small", threads=batch * n, uniform=u, **common)
     if gd.n_large_out and batch:
-        rt.dispatch("scatter_bwd_large", common + [gd.large_out], workgroups=gd.n_large_out * batch, uniforms=u)
+        rt.dispatch("scatter_bwd_large", workgroups=gd.n_large_out * batch, uniform=u, large_nodes=gd.large_out,
+                    **common)
     # B = 0: the kernel writes zeros (an empty sum) for every edge
-    rt.dispatch("scatter_bwd_pi", [gd.col_idx, grad_next, act, grad_pi, gd.src, energies], threads=e, uniforms=u)
+    rt.dispatch("scatter_bwd_pi", threads=e, uniform=u, col_idx=gd.col_idx, grad_next=grad_next, act_mask=act,
+                out=grad_pi, src=gd.src, energies=energies)
     return grad_e, grad_pi
 
 
@@ -77,12 +66,11 @@ def segment_softmax_backward(backend: Any, graph: Any, pi: Any, grad_pi: Any, ta
     gd = be.graph_data(graph)
     pi, grad_pi = be._dev(pi), be._dev(grad_pi)
     out = be.empty((gd.num_edges,))
-    u = (gd.num_nodes, gd.n_large_out, SMALL_DEGREE_MAX, 0, np.float32(tau))
-    rt.dispatch("softmax_bwd_small", [gd.row_ptr, pi, grad_pi, out], threads=gd.num_nodes, uniforms=u)
+    u = dict(n_nodes=gd.num_nodes, n_large=gd.n_large_out, small_max=SMALL_DEGREE_MAX, tau=np.float32(tau))
+    common = dict(row_ptr=gd.row_ptr, pi=pi, gpi=grad_pi, out=out)
+    rt.dispatch("softmax_bwd_small", threads=gd.num_nodes, uniform=u, **common)
     if gd.n_large_out:
-        rt.dispatch(
-            "softmax_bwd_large", [gd.row_ptr, pi, grad_pi, out, gd.large_out], workgroups=gd.n_large_out, uniforms=u
-        )
+        rt.dispatch("softmax_bwd_large", workgroups=gd.n_large_out, uniform=u, large_nodes=gd.large_out, **common)
     return out
 
 
@@ -99,13 +87,14 @@ def edge_logits_backward(backend: Any, graph: Any, q: Any, k: Any, grad_logits: 
         (1, gd.rev_ptr, gd.rev_pairs, q, grad_k, gd.large_in, gd.n_large_in),
     )
     for mode, seg_ptr, idx, feat, out, large, n_large in jobs:
-        u = (n, dim, mode, n_large, SMALL_DEGREE_MAX)
-        rt.dispatch("logits_bwd_small", [seg_ptr, idx, gl, feat, out], threads=n * dim, uniforms=u)
+        u = dict(n_nodes=n, dim=dim, mode=mode, n_large=n_large, small_max=SMALL_DEGREE_MAX)
+        common = dict(seg_ptr=seg_ptr, idx=idx, grad_logits=gl, feat=feat, out=out)
+        rt.dispatch("logits_bwd_small", threads=n * dim, uniform=u, **common)
         if n_large:
-            rt.dispatch("logits_bwd_large", [seg_ptr, idx, gl, feat, out, large], workgroups=n_large * dim, uniforms=u)
+            rt.dispatch("logits_bwd_large", workgroups=n_large * dim, uniform=u, large_nodes=large, **common)
     # a copy dispatch rather than copy_buffer: the step's dispatches stay in one compute pass
     # (a buffer copy ends the pass and costs a new one)
     grad_bias = be.empty((gd.num_edges,))
     n_vec = -(-gd.num_edges // 4)
-    rt.dispatch("copy_vec4", [gl, grad_bias], threads=n_vec, uniforms=(gd.num_edges, n_vec))
+    rt.dispatch("copy_vec4", threads=n_vec, uniform=dict(n=gd.num_edges, n_vec=n_vec), src=gl, dst=grad_bias)
     return grad_q, grad_k, grad_bias

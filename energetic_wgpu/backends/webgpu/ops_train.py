@@ -1,4 +1,4 @@
-"""Losses and the clipped AdamW step of the wgpu backend (SPEC §5), all on the device.
+"""Losses and the clipped AdamW step of the wgpu backend (docs/definitions.md §5-6), all on the device.
 
 Each function takes the :class:`WgpuBackend` as its first argument and follows the
 docstring of the matching method of :class:`energetic_wgpu.backends.base.Backend`.
@@ -41,7 +41,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .kernels import REDUCE_ITEMS, KernelSpec, kernel_sources, register
+from .kernels import REDUCE_ITEMS
 
 __all__ = [
     "mse",
@@ -52,24 +52,9 @@ __all__ = [
     "RING",
 ]
 
-U, R, W = "uniform", "read", "read_write"
 _SPAN = 256 * REDUCE_ITEMS  # elements per reduction workgroup
 #: slots of the learning-rate ring
 RING = 16
-
-
-def _k(name: str, file: str, bindings: tuple[str | None, ...], wg: int) -> KernelSpec:
-    return register(KernelSpec(name, kernel_sources(file), name, bindings, wg))
-
-
-_k("mse_partials", "losses.wgsl", (U, R, R, R, W), 256)
-_k("loss_final", "losses.wgsl", (U, None, None, None, W, W), 256)
-_k("mse_grad", "losses.wgsl", (U, R, R, R, W, None, W), 64)
-_k("ce_partials", "losses.wgsl", (U, R, R, None, W, None, W), 256)
-_k("ent_partials", "losses.wgsl", (U, R, None, None, W, None, W), 256)
-_k("adamw_prepare", "adamw.wgsl", (U, R, W, W, W), 256)
-_k("adamw_update", "adamw.wgsl", (None, None, None, None, None, U, W, R, W, W, R, R), 64)
-_k("adamw_update_packed", "adamw.wgsl", (None,) * 12 + (U, W, W, W, R, R, R, R, R), 64)
 
 
 # ------------------------------------------------------------------ losses
@@ -86,10 +71,10 @@ def mse(backend: Any, pred: Any, target: Any, mask: Any = None) -> tuple[Any, An
     parts = _parts(n)
     partials = be.empty((2 * parts + 1,))
     m = be._opt(mask)
-    u = (n, 0 if mask is None else 1, parts, 0) + (np.float32(0.0),) * 4
-    rt.dispatch("mse_partials", [pred, target, m, partials], workgroups=parts, uniforms=u)
-    rt.dispatch("loss_final", [partials, loss], workgroups=1, uniforms=u)
-    rt.dispatch("mse_grad", [pred, target, m, partials, grad], threads=n, uniforms=u)
+    u = dict(n=n, flags=0 if mask is None else 1, n_parts=parts, mode=0, mul=0.0, div=0.0, eps=0.0, lam=0.0)
+    rt.dispatch("mse_partials", workgroups=parts, uniform=u, pred=pred, target_=target, mask=m, partials=partials)
+    rt.dispatch("loss_final", workgroups=1, uniform=u, partials=partials, loss=loss)
+    rt.dispatch("mse_grad", threads=n, uniform=u, pred=pred, target_=target, mask=m, partials=partials, grad=grad)
     return loss, grad
 
 
@@ -102,9 +87,9 @@ def cross_entropy(backend: Any, pred: Any, target: Any, eps: float = 1e-12) -> t
     grad = be.empty(pred.shape)
     parts = _parts(n)
     partials = be.empty((2 * parts + 1,))
-    u = (n, 0, parts, 1, np.float32(-1.0), np.float32(max(batch, 1)), np.float32(eps), np.float32(0.0))
-    rt.dispatch("ce_partials", [pred, target, partials, grad], workgroups=parts, uniforms=u)
-    rt.dispatch("loss_final", [partials, loss], workgroups=1, uniforms=u)  # n_parts = 0 gives 0
+    u = dict(n=n, flags=0, n_parts=parts, mode=1, mul=-1.0, div=max(batch, 1), eps=np.float32(eps), lam=0.0)
+    rt.dispatch("ce_partials", workgroups=parts, uniform=u, pred=pred, target_=target, partials=partials, grad=grad)
+    rt.dispatch("loss_final", workgroups=1, uniform=u, partials=partials, loss=loss)  # n_parts = 0 gives 0
     return loss, grad
 
 
@@ -117,9 +102,9 @@ def entropy_regularization(backend: Any, graph: Any, pi: Any, lam: float) -> tup
     parts = _parts(n)
     partials = be.empty((2 * parts + 1,))
     lam32 = np.float32(lam)
-    u = (n, 0, parts, 1, np.float32(-lam32), np.float32(1.0), np.float32(0.0), lam32)
-    rt.dispatch("ent_partials", [pi, partials, grad], workgroups=parts, uniforms=u)
-    rt.dispatch("loss_final", [partials, loss], workgroups=1, uniforms=u)
+    u = dict(n=n, flags=0, n_parts=parts, mode=1, mul=-lam32, div=1.0, eps=0.0, lam=lam32)
+    rt.dispatch("ent_partials", workgroups=parts, uniform=u, pred=pi, partials=partials, grad=grad)
+    rt.dispatch("loss_final", workgroups=1, uniform=u, partials=partials, loss=loss)
     return loss, grad
 
 
@@ -131,7 +116,7 @@ class _TrainState:
         # not backend.zeros: its clear_buffer is encoded and would run *after* the first
         # write_buffer into a slot (write_buffer runs at submit, before the encoder's commands)
         self.hyper = backend.empty((2 * RING,))
-        backend.runtime.queue.write_buffer(self.hyper.buffer, 0, np.zeros(2 * RING, dtype=np.float32))
+        backend.runtime.upload(self.hyper.pooled, np.zeros(2 * RING, dtype=np.float32))
         self.slot_values: list[tuple[float, float] | None] = [None] * RING
         self.slot_epoch = [-1] * RING  # submit count when the slot was last bound (pending if current)
         self.last_slot = 0
@@ -139,7 +124,7 @@ class _TrainState:
         self.steps_per_submit = 1
         self.unsubmitted_steps = 0
         self.epoch_seen = -1
-        self.uniforms: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
+        self.uniforms: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
 
 
 _STATES: "weakref.WeakKeyDictionary[Any, _TrainState]" = weakref.WeakKeyDictionary()
@@ -177,8 +162,7 @@ def _lr_slot(backend: Any, st: _TrainState, lr32: np.float32, wdf32: np.float32)
                 free = [1]
             slot = (st.last_slot + free[0]) % RING
             data = np.array(value, dtype=np.float32)
-            rt.queue.write_buffer(st.hyper.buffer, slot * 8, data)
-            rt.counters.bytes_uploaded += data.nbytes
+            rt.upload(st.hyper.pooled, data, slot * 8, flush_pending=False)  # no pending step reads the slot
             st.slot_values[slot] = value
     st.slot_epoch[slot] = epoch
     st.last_slot = slot
@@ -265,12 +249,12 @@ def adamw_step(
     partials, scal = scratch
     offset = 0
     for g, c in zip(grads, counts):
-        rt.dispatch("sumsq_partials", [g, partials], workgroups=c, uniforms=(g.size, offset))
+        rt.dispatch("sumsq_partials", workgroups=c, uniform=dict(n=g.size, out_offset=offset), x=g, result=partials)
         offset += c
     norm = be.empty((1,))
 
-    # the uniform tuples depend only on the hyper-parameters (cached: the same values give the
-    # same tuples, hence the same bytes)
+    # the uniform fields depend only on the hyper-parameters (cached: the same values give the
+    # same fields, hence the same bytes)
     hkey = (offset, beta1, beta2, eps, max_grad_norm)
     cached = st.uniforms.get(hkey)
     if cached is None:
@@ -279,29 +263,32 @@ def adamw_step(
             return np.float32(math.log(b)) if b > 0 else np.float32(-1e30)
 
         clip = max_grad_norm is not None
-        u_prep = (offset, 1 if clip else 0, 0, 0, np.float32(max_grad_norm if clip else 0.0), log_beta(beta1),
-                  log_beta(beta2), np.float32(0.0))
-        hyper = (np.float32(beta1), np.float32(1.0 - beta1), np.float32(beta2), np.float32(1.0 - beta2),
-                 np.float32(eps)) + (np.float32(0.0),) * 3
+        u_prep = dict(n_parts=offset, clip=1 if clip else 0, max_norm=np.float32(max_grad_norm if clip else 0.0),
+                      log_b1=log_beta(beta1), log_b2=log_beta(beta2))
+        hyper = dict(b1=np.float32(beta1), omb1=np.float32(1.0 - beta1), b2=np.float32(beta2),
+                     omb2=np.float32(1.0 - beta2), eps=np.float32(eps))
         cached = (u_prep, hyper)
         if len(st.uniforms) > 64:
             st.uniforms.clear()
         if all(x is None or x != 0 for x in hkey):  # 0 == 0.0 == -0.0 as keys: not cached
             st.uniforms[hkey] = cached
     u_prep, hyper = cached
-    rt.dispatch("adamw_prepare", [partials, step, scal, norm], workgroups=1, uniforms=u_prep)
+    rt.dispatch("adamw_prepare", workgroups=1, uniform=u_prep, partials=partials, step_count=step, scal_w=scal,
+                norm_out=norm)
 
     slot = _lr_slot(be, st, np.float32(lr), np.float32(1.0 - lr * weight_decay))
     packed = _packed_layout(params, grads, exp_avg, exp_avg_sq)
     if packed is not None:
         (pb, mb, vb), tail, n_total = packed
-        gb = list(grads) + [rt.dummy()] * (3 - len(grads))
-        u = (n_total, slot, 0, 0) + hyper + tail
-        rt.dispatch("adamw_update_packed", [pb, mb, vb, *gb, scal, st.hyper], threads=n_total, uniforms=u)
+        g0, g1, g2 = list(grads) + [rt.dummy()] * (3 - len(grads))
+        u = dict(n=n_total, slot=slot, **hyper, off=tail[:4], len=tail[4:])
+        rt.dispatch("adamw_update_packed", threads=n_total, uniform=u, p_flat=pb, m_flat=mb, v_flat=vb, grad0=g0,
+                    grad1=g1, grad2=g2, scal_p=scal, hyper_p=st.hyper)
     else:
         for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq):
-            u = (p.size, slot, 0, 0) + hyper
-            rt.dispatch("adamw_update", [p, g, m, v, scal, st.hyper], threads=p.size, uniforms=u)
+            u = dict(n=p.size, slot=slot, **hyper)
+            rt.dispatch("adamw_update", threads=p.size, uniform=u, param=p, grad=g, exp_avg=m, exp_avg_sq=v, scal=scal,
+                        hyper=st.hyper)
 
     if st.epoch_seen != rt.counters.submits:
         st.epoch_seen = rt.counters.submits

@@ -1,0 +1,81 @@
+"""Packed arrays of the wgpu backend: several arrays as views into ONE pooled buffer.
+
+``Router.set_params`` packs q, k and bias and ``AdamW`` allocates m and v with the same layout,
+so the optimizer update is one dispatch (``adamw_update_packed``, ops_train.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from .arrays import DeviceArray
+
+__all__ = ["PackedArrays"]
+
+
+class PackedArrays:
+    """Mixin of :class:`WgpuBackend`: :meth:`pack` and :meth:`zeros_like_packed`."""
+
+    runtime: Any
+    _host: Any  # WgpuBackend._host: (host array, device dtype) of an input
+
+    def _packed_layout(self, nbytes: Sequence[int]) -> tuple[list[int], int]:
+        """(byte offsets, total bytes) of regions of ``nbytes`` bytes, each at a multiple of
+        the device's storage offset alignment with room for its bound range."""
+        rt = self.runtime
+        align = rt.offset_alignment
+        offsets, off = [], 0
+        for n in nbytes:
+            offsets.append(off)
+            off += -(-rt.view_bind_size(n) // align) * align
+        return offsets, max(off, 16)
+
+    def _views(self, total: int, offsets: Sequence[int], shapes: Sequence[tuple[int, ...]],
+               dtypes: Sequence[Any]) -> tuple[DeviceArray, list[DeviceArray]]:
+        rt = self.runtime
+        flat = rt.new_array(self, (total // 4,), np.float32, "packed arrays")
+        return flat, [rt.view(flat, o, shp, dt) for o, shp, dt in zip(offsets, shapes, dtypes)]
+
+    def pack(self, arrays: Sequence[Any]) -> list[DeviceArray]:
+        """The arrays uploaded into ONE pooled buffer: a list of views, region i at a multiple
+        of the device's minStorageBufferOffsetAlignment (256 by default), the layout a function
+        of the sizes only. A DeviceArray of this backend is copied on the device."""
+        items = []
+        for a in arrays:
+            if isinstance(a, DeviceArray) and a.backend is self:
+                items.append((a, a.shape, a.dtype))
+            else:
+                host, dt = self._host(a, None)
+                items.append((host, host.shape, dt))
+        if not items:
+            return []
+        offsets, total = self._packed_layout([math.prod(shp) * 4 for _, shp, _ in items])
+        _, views = self._views(total, offsets, [shp for _, shp, _ in items], [dt for _, _, dt in items])
+        for (src, _, _), view in zip(items, views):
+            if isinstance(src, DeviceArray):
+                self.runtime.copy_buffer(src, view, src.size * 4)
+            else:
+                self.runtime.upload(view.pooled, src.reshape(-1), view.offset)
+        return views
+
+    def zeros_like_packed(self, arrays: Sequence[Any]) -> list[DeviceArray]:
+        """Zero-filled float32 views in one new buffer: at the offsets of ``arrays`` when they
+        are views of one buffer (the layout of a :meth:`pack`), else in a fresh packed layout."""
+        arrays = list(arrays)
+        if not arrays:
+            return []
+        shapes = [tuple(int(s) for s in a.shape) for a in arrays]
+        first = arrays[0]
+        if all(isinstance(a, DeviceArray) and a.backend is self and a.is_view and a.pooled is first.pooled
+               for a in arrays):
+            offsets = [a.offset for a in arrays]
+            rt = self.runtime
+            total = max(o + rt.view_bind_size(math.prod(s) * 4) for o, s in zip(offsets, shapes))
+        else:
+            offsets, total = self._packed_layout([math.prod(s) * 4 for s in shapes])
+        flat, views = self._views(total, offsets, shapes, [np.float32] * len(shapes))
+        self.runtime.clear(flat)
+        return views

@@ -1,0 +1,152 @@
+"""The storage buffer pool: buckets, free lists, deferred release, destruction.
+
+Buffers are keyed by (rounded size, usage). Free lists are min-heaps by uid: the buffer handed
+out depends only on which buffers are free, not on the order they were released in, so a
+repeated step gets the same buffers (and therefore the same cached bind groups) every time.
+Every pooled buffer not yet destroyed is held strongly (:attr:`BufferPool.live`): an array
+collected in a reference cycle must find its buffer intact.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from ...errors import DeviceError, DeviceLimitError
+from .arrays import Allocation, DeviceArray, PooledBuffer, new_device_array
+from .submission import Submission
+
+__all__ = ["BufferPool", "round_size", "MAX_FREE_BYTES"]
+
+#: pooled but unused bytes kept before destroying released buffers
+MAX_FREE_BYTES = 512 * 2**20
+
+
+def round_size(nbytes: int) -> int:
+    """Pool bucket of a request: >= 16 bytes, multiple of 256 up to 1 MiB, then of 64 KiB."""
+    n = max(16, nbytes)
+    step = 256 if n <= 2**20 else 65536
+    return -(-n // step) * step
+
+
+class BufferPool:
+    """Creates, recycles and destroys the buffers of one device.
+
+    Args:
+        device: the GPUDevice. submission: the pending :class:`Submission` (in-flight uids).
+        max_binding_size: the device's maxStorageBufferBindingSize. limits_mode: for messages.
+        storage_usage: the usage flags of storage buffers.
+        emit_created: ``f(pooled, kind)``, called for every buffer created.
+    """
+
+    def __init__(self, device: Any, submission: Submission, max_binding_size: int, limits_mode: str,
+                 storage_usage: int, emit_created: Callable[[Any, str], None]) -> None:
+        self.device = device
+        self.submission = submission
+        self.max_binding_size = max_binding_size
+        self.limits_mode = limits_mode
+        self.storage_usage = storage_usage
+        self.emit_created = emit_created
+        self.live: dict[int, PooledBuffer] = {}
+        self.free: dict[tuple[int, int], list[tuple[int, PooledBuffer]]] = collections.defaultdict(list)
+        self.free_bytes = 0
+        #: called with a uid when its buffer is destroyed (caches that name buffers by uid)
+        self.on_destroy: list[Callable[[int], None]] = []
+        self._uid = 0
+        self._buckets: dict[int, int] = {}  # nbytes -> pool bucket size (sizes within limits)
+        self._dummy: PooledBuffer | None = None
+
+    def check_size(self, nbytes: int, what: str) -> None:
+        """Refuse (never split) an array larger than maxStorageBufferBindingSize."""
+        limit = self.max_binding_size
+        if nbytes > limit:
+            raise DeviceLimitError(
+                f"{what} needs {nbytes} bytes, over the device's maxStorageBufferBindingSize = {limit} bytes "
+                f"({self.limits_mode} limits); arrays are not split across buffers: use a smaller batch or graph"
+            )
+
+    def new_buffer(self, size: int, usage: int, kind: str = "storage") -> PooledBuffer:
+        """A new buffer (not from the free lists), live until destroyed."""
+        try:
+            buf = self.device.create_buffer(size=size, usage=usage)
+        except Exception as exc:
+            raise DeviceError(f"could not create a buffer of {size} bytes: {type(exc).__name__}: {exc}") from exc
+        self._uid += 1
+        pooled = PooledBuffer(buf, size, usage, self._uid)
+        self.live[pooled.uid] = pooled
+        self.emit_created(pooled, kind)
+        return pooled
+
+    def new_array(self, backend: Any, shape: tuple[int, ...], dtype: Any, what: str = "array") -> DeviceArray:
+        """An uninitialized device array of ``shape`` (4 bytes per element).
+
+        The hot path of every op output: the pool bucket of a byte count is cached (sizes
+        that passed :meth:`check_size`), and the array is built without re-normalizing."""
+        dt = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
+        shape = tuple(map(int, shape))
+        nbytes = math.prod(shape) * 4
+        size = self._buckets.get(nbytes)
+        if size is None:
+            self.check_size(nbytes, f"{what} of shape {shape} ({dt.name})")
+            size = min(round_size(nbytes), max(16, -(-self.max_binding_size // 4) * 4))
+            if len(self._buckets) > 4096:
+                self._buckets.clear()
+            self._buckets[nbytes] = size
+        lst = self.free.get((size, self.storage_usage))
+        if lst:
+            self.free_bytes -= size
+            pooled = heapq.heappop(lst)[1]
+        else:
+            pooled = self.new_buffer(size, self.storage_usage)
+        return new_device_array(backend, Allocation(self, pooled), shape, dt)
+
+    def dummy(self) -> PooledBuffer:
+        """A small buffer bound where an optional input is absent."""
+        if self._dummy is None:
+            self._dummy = self.new_buffer(256, self.storage_usage)
+        return self._dummy
+
+    def release(self, pooled: PooledBuffer) -> None:
+        """An allocation is gone: pool its buffer now, or after the submit if in flight."""
+        if pooled.uid in self.submission.in_flight:
+            self.submission.deferred.append(pooled)
+        else:
+            self._to_free(pooled)
+
+    def recycle(self, deferred: list[PooledBuffer]) -> None:
+        """After a submit: pool (or destroy, usage -1) the buffers deferred while in flight."""
+        for p in deferred:
+            if p.usage == -1:
+                self.destroy(p)
+            else:
+                self._to_free(p)
+
+    def _to_free(self, pooled: PooledBuffer) -> None:
+        if self.free_bytes + pooled.size > MAX_FREE_BYTES:
+            self.destroy(pooled)
+            return
+        heapq.heappush(self.free[(pooled.size, pooled.usage)], (pooled.uid, pooled))
+        self.free_bytes += pooled.size
+
+    def destroy(self, pooled: PooledBuffer) -> None:
+        """Destroy the buffer now; caches naming it are told (:attr:`on_destroy`)."""
+        uid = pooled.uid
+        self.live.pop(uid, None)
+        for forget in self.on_destroy:
+            forget(uid)
+        try:
+            pooled.buffer.destroy()
+        except Exception:  # pragma: no cover
+            pass
+
+    def trim(self) -> None:
+        """Destroy every pooled buffer that is not in use."""
+        for lst in self.free.values():
+            for _, p in lst:
+                self.destroy(p)
+        self.free.clear()
+        self.free_bytes = 0
