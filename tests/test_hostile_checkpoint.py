@@ -471,3 +471,29 @@ def test_checkpoint_permissions_follow_the_umask_like_other_outputs(tmp_path, gr
     assert oct(p.stat().st_mode & 0o777) == oct(0o666 & ~umask)
     assert p.stat().st_mode & 0o777 == (tmp_path / "config.yaml").stat().st_mode & 0o777
 
+
+
+@pytest.mark.parametrize(
+    "data_state, message",
+    [
+        ({"kind": "arrays", "epoch": 0, "pos": 0, "rng": {}}, "ValueError: state must be for a PCG64 RNG"),
+        ({"kind": "arrays", "epoch": 0}, "KeyError: 'pos'"),
+        ({"kind": "teacher", "seed": 1}, "InvalidArgumentError: cannot restore a 'teacher' data state into an Array"),
+    ],
+)
+def test_trainer_resume_with_a_data_state_that_does_not_fit(tmp_path, data_state, message):
+    from energetic_wgpu.config import load_config
+    from energetic_wgpu.tasks import ArrayDataset
+    from energetic_wgpu.trainer import Trainer
+
+    cfg = load_config(overrides=["graph.layers=2", "graph.nodes_per_layer=8", "graph.local_neighbors=2",
+                                 "graph.jump_neighbors=0", "router.dim=2", "train.steps=1", "backend.name=numpy"])
+    n = ew.build_lattice(cfg.graph.to_graph_config()).num_nodes
+    e = np.random.default_rng(0).random((4, n), dtype=np.float32)
+    make = lambda: Trainer(cfg, data=ArrayDataset(e, e, batch_size=2), out_dir=tmp_path, progress=False)  # noqa: E731
+    make().run()
+    header, arrays = _read(tmp_path / "checkpoint.npz")
+    header["data_state"] = data_state
+    _write(tmp_path / "checkpoint.npz", header, arrays)
+    with pytest.raises(CheckpointError, match="the checkpoint's data_state does not fit this data source: " + message):
+        make().resume(tmp_path)
