@@ -210,7 +210,12 @@ class Trainer:
             )
         self.router.set_params(ckpt.params)
         self.optimizer.load_state(ckpt.optimizer)
-        self.data.load_state(ckpt.data_state)
+        try:
+            self.data.load_state(ckpt.data_state)
+        except (KeyError, TypeError, ValueError) as exc:  # a data_state of another source or damaged
+            raise CheckpointError(
+                f"the checkpoint's data_state does not fit this data source: {type(exc).__name__}: {str(exc)[:200]}"
+            ) from None
         self.step = ckpt.step
         self.resumed_from = ckpt.step
         return ckpt.step
