@@ -181,8 +181,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = Path(config.train.out_dir) if config.train.out_dir else default_out_dir()
     config = config.replace({"train.out_dir": str(out)})
 
+    # the trainer checks the size and starts the backend before the folder is created or locked
+    trainer = Trainer(config, out_dir=out, progress=not args.no_progress, echo=print if args.no_progress else None)
     with RunLock(_out_dir(out)):  # held from before the resume to the end of the run
-        trainer = Trainer(config, out_dir=out, progress=not args.no_progress, echo=print if args.no_progress else None)
         if ckpt is not None:
             step = trainer.resume(ckpt)
             print(f"resumed from {ckpt_path} at step {step}")

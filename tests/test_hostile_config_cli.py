@@ -298,3 +298,12 @@ def test_resume_keeps_the_schedule_of_the_run(tmp_path, capsys):
     rows = _rows(out)
     assert [rows[s]["lr"] for s in (17, 18)] == pytest.approx([second(17), second(18)], rel=1e-12)
     assert rows[17]["lr"] > 0.002
+
+
+def test_cli_refusals_leave_no_folder_behind(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--set", "graph.nodes_per_layer=1000000000"]) == 2
+    monkeypatch.setenv("ENERGETIC_BACKEND", "cuda")
+    assert main(["train", "--set", "graph.layers=2", "--out", "r"]) == 2
+    capsys.readouterr()
+    assert list(tmp_path.iterdir()) == []
