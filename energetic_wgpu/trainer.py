@@ -306,6 +306,19 @@ class Trainer:
                 "optimizer.max_grad_norm"
             )
 
+    def _remove_stale_temp_files(self, out: Path) -> None:
+        """Delete checkpoint temporary files left by a process killed while saving (safe:
+        this run holds the folder's lock, so no other writer is saving here)."""
+        target = self.checkpoint_path
+        if target is None or target.parent != out:
+            return
+        for tmp in out.glob(f".{target.name}.*.tmp"):
+            try:
+                tmp.unlink()
+                log.info("removed %s, left by an interrupted save", tmp)
+            except OSError:
+                pass
+
     def _run(self, steps: int | None, out: Path | None) -> RunSummary:
         from tqdm import tqdm
 
@@ -313,6 +326,7 @@ class Trainer:
         total = tr.steps if steps is None else int(steps)
         self.interrupted_by = None
         if out is not None:
+            self._remove_stale_temp_files(out)
             (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
         events = EventLog(
             None if out is None else out / "metrics.jsonl",

@@ -160,3 +160,13 @@ def test_skipped_steps_checked_only_at_log_points(tmp_path, monkeypatch):
     assert calls == [0, 1, 4, 8, 12]  # run start, then the log points
     assert not [e for e in _events(tmp_path) if e["event"] == "train.skipped"]
     assert np.isfinite(t.collector.records[-1]["loss"])
+
+
+def test_temp_file_of_a_killed_save_is_removed_at_start(tmp_path, capsys):
+    stale = tmp_path / ".checkpoint.npz.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / "notes.tmp"
+    other.write_text("mine")
+    assert main(["train", *SMALL, "--steps", "1", "--out", str(tmp_path)]) == 0
+    assert not stale.exists() and other.read_text() == "mine"
+    assert load_checkpoint(tmp_path / "checkpoint.npz").step == 1
