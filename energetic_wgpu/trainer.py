@@ -1,5 +1,5 @@
-"""The training loop (the seed's "Training Loop": batch → forward → loss → backward → AdamW
-→ metrics every N steps → checkpoint every M steps).
+"""The training loop: batch → forward → loss → backward → AdamW → metrics every N steps
+→ checkpoint every M steps.
 
 Each step is one :meth:`Router.train_step`; on a GPU backend nothing is read back except
 every ``train.log_every`` steps (loss, gradient norm, forward metrics, skipped-step
