@@ -1,4 +1,4 @@
-// logits_backward.wgsl: grad_q and grad_k of edge_logits (SPEC §4), gathers only.
+// logits_backward.wgsl: grad_q and grad_k of edge_logits (docs/definitions.md §4), gathers only.
 //
 // One pair of entry points serves both gradients through an index "list":
 //   mode 0 (grad_q): node j's list is its CSR segment, entries e in [seg_ptr[j], seg_ptr[j+1]):

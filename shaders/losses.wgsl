@@ -1,4 +1,4 @@
-// losses.wgsl: mse, cross_entropy and entropy regularization (SPEC §5) with their gradients.
+// losses.wgsl: mse, cross_entropy and entropy regularization (docs/definitions.md §5) with their gradients.
 // Losses are fixed-order two-pass reductions: pass 1 (<loss>_partials) has workgroup w cover
 // elements [w*WG*ITEMS, (w+1)*WG*ITEMS), thread t summing t, t+WG, ... in order (compensated),
 // then a fixed tree; partials[2w] = sum, partials[2w+1] = count (u32 bits, mse only).

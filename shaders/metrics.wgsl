@@ -1,4 +1,4 @@
-// metrics.wgsl: the five step metrics (SPEC §2) by a fixed-order two-pass reduction.
+// metrics.wgsl: the five step metrics (docs/definitions.md §2) by a fixed-order two-pass reduction.
 // Pass 1 (metrics_partials) covers the index range [0, max(B*N, B*E, E)); each thread of
 // workgroup w takes indices w*WG*ITEMS + lid + r*WG and accumulates
 //   te: next[i]                          (i < B*N)

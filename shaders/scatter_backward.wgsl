@@ -1,4 +1,4 @@
-// scatter_backward.wgsl: gradients of energy_scatter (SPEC §4), gathers only (no atomics).
+// scatter_backward.wgsl: gradients of energy_scatter (docs/definitions.md §4), gathers only (no atomics).
 //
 // grad_energies[b, j] = (active[b, j] ? alpha * sum_{e in segment j} pi[e] * g[b, col[e]] : 0)
 //                       + (retain_sinks && sink[j] ? g[b, j] : 0)

@@ -1,4 +1,4 @@
-// segment_softmax.wgsl: per-segment softmax fused with top-k (SPEC §2), and the top-k mask.
+// segment_softmax.wgsl: per-segment softmax fused with top-k (docs/definitions.md §2), and the top-k mask.
 //
 // z[e] = clamp(logits[e] / tau, -f32max, f32max)
 // kept[e] = top_k == 0 || deg <= top_k || rank(e) < top_k, rank by (z descending, edge ascending)

@@ -1,5 +1,5 @@
 // softmax_backward.wgsl: grad_logits[e] = pi[e] * (gpi[e] - dot_j) / tau with
-// dot_j = sum_{e' in segment j} pi[e'] * gpi[e'] (SPEC §4; 0 on dropped edges since pi = 0).
+// dot_j = sum_{e' in segment j} pi[e'] * gpi[e'] (docs/definitions.md §4; 0 on dropped edges since pi = 0).
 //
 // * softmax_bwd_small: thread per segment of degree 1..small_max; compensated serial dot.
 // * softmax_bwd_large: workgroup of 256 per segment in `large_nodes` (degree > small_max);

@@ -172,6 +172,10 @@ class WgpuBackend(PackedArrays, Backend):
     def is_array(self, x: Any) -> bool:
         return isinstance(x, DeviceArray) and x.backend is self
 
+    def write(self, x: DeviceArray, data: Any) -> None:
+        host, _ = self._host(np.asarray(data).reshape(x.shape), x.dtype)
+        self.runtime.write(x, host)
+
     def zeros(self, shape: Any, dtype: Any = None) -> DeviceArray:
         if isinstance(shape, (int, np.integer)):
             shape = (int(shape),)
@@ -383,7 +387,9 @@ class WgpuBackend(PackedArrays, Backend):
     def entropy_regularization(self, graph, pi, lam):  # type: ignore[no-untyped-def]
         return ops_train.entropy_regularization(self, graph, pi, lam)
 
-    def adamw_step(self, params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, max_grad_norm):  # type: ignore[no-untyped-def]
+    def adamw_step(self, params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, max_grad_norm,  # type: ignore[no-untyped-def]
+                   loss=None, return_skipped=False):
         return ops_train.adamw_step(
-            self, params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, max_grad_norm
+            self, params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, max_grad_norm,
+            loss, return_skipped,
         )
