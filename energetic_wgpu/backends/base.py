@@ -23,10 +23,13 @@ import numpy as np
 
 from ..graph import Graph
 
-__all__ = ["Backend", "METRIC_NAMES"]
+__all__ = ["Backend", "METRIC_NAMES", "COUNTER_NAMES"]
 
 #: The order of the values in the array returned by :meth:`Backend.step_metrics`.
 METRIC_NAMES = ("total_energy", "active_nodes", "active_edges", "max_edge_flow", "avg_entropy")
+
+#: The work counters every backend's :meth:`Backend.counters` reports (a GPU backend may add more).
+COUNTER_NAMES = ("submits", "dispatches", "buffers_created", "bytes_uploaded", "bytes_read_back")
 
 
 class Backend(ABC):
@@ -36,6 +39,14 @@ class Backend(ABC):
     name: str = "abstract"
     #: numpy dtype of float arrays on this backend (float32 or float64)
     dtype: np.dtype = np.dtype(np.float32)
+
+    # ------------------------------------------------------------------ counters
+    def counters(self) -> dict[str, int]:
+        """Work done so far on this backend, as {name: int} with at least :data:`COUNTER_NAMES`:
+        queue submits, compute dispatches, device buffers created, bytes written to and read
+        back from the device. Cumulative since the backend was made; the difference of two
+        calls is what the code between them cost. All 0 on a host backend (NumPy)."""
+        return dict.fromkeys(COUNTER_NAMES, 0)
 
     # ------------------------------------------------------------------ arrays
     @abstractmethod

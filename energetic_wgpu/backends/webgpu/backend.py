@@ -88,7 +88,11 @@ class WgpuBackend(PackedArrays, Backend):
         return self.runtime.limits
 
     @property
-    def counters(self) -> Any:
+    def counters(self) -> Any:  # type: ignore[override]
+        """The runtime's work counters (events.Counters): call it, ``backend.counters()``, for
+        a dict {name: int} (submits, dispatches, buffers_created, bytes_uploaded,
+        bytes_read_back, and bind groups, pipelines, shader modules, uniform buffers,
+        readbacks and compute passes created/run); its attributes are the live values."""
         return self.runtime.counters
 
     @property

@@ -92,6 +92,10 @@ class Counters(Listener):
     def __getitem__(self, key: str) -> int:
         return getattr(self, key)
 
+    def __call__(self) -> dict[str, int]:
+        """The counters as a dict (``backend.counters()``, the same as :meth:`snapshot`)."""
+        return self.snapshot()
+
     # ------------------------------------------------------------------ events
     def created(self, pooled: Any, kind: str) -> None:
         self.buffers_created += 1
