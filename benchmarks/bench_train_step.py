@@ -107,7 +107,7 @@ def main() -> None:
         timing = time_fn(name, step, repeats=args.repeats, warmup=3, synchronize=be.synchronize)
         host: dict[str, float] = {}
         per_step: dict[str, float] = {}
-        if hasattr(be, "counters"):
+        if hasattr(be, "runtime"):  # a wgpu backend
             host = _host_overhead(be, step, args.host_repeats)
             be.synchronize()
             before = be.counters.snapshot()

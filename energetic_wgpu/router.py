@@ -188,7 +188,8 @@ class Gradients:
     """Gradients of a loss with respect to the router's parameters and its input energies.
 
     Attributes:
-        q, k: float [N, d]; bias: float [E]; energies: float, the shape of the forward input.
+        q, k: float [N, d]; bias: float [E]; energies: float, the shape of the forward input
+            (None when ``backward`` ran with ``energies_grad=False``, as ``train_step`` does).
         norm: sqrt(|q|^2 + |k|^2 + |bias|^2) as a Python float (read back on access).
         norm_sq: the same squared, as a float [1] backend array, computed on first access
             (a training step does not pay for it: the optimizer computes its own norm).
@@ -453,14 +454,19 @@ class Router:
     __call__ = forward
 
     # ----------------------------------------------------------------- backward
-    def backward(self, out: RouterOutput, grad_next: Any, grad_pi: Any = None) -> Gradients:
+    def backward(self, out: RouterOutput, grad_next: Any, grad_pi: Any = None, energies_grad: bool = True) -> Gradients:
         """Gradients of a loss L through all steps of ``out``.
 
         Args:
             out: the output of :meth:`forward` on this router.
             grad_next: dL/dnext_energies, the shape of ``out.next_energies``.
             grad_pi: optional extra dL/dpi [E] (e.g. from entropy regularization).
+            energies_grad: compute ``Gradients.energies`` (dL/d the input energies, the shape
+                of the input). False leaves it None and skips its kernels in the last
+                backward step (``train_step`` does not need it).
         """
+        if not isinstance(energies_grad, (bool, np.bool_)):
+            raise InvalidArgumentError(f"energies_grad must be True or False, got {energies_grad!r}")
         if not isinstance(out, RouterOutput) or out.router is not self:
             raise InvalidArgumentError("out must be the RouterOutput of this router's forward()")
         if not out.keep_history:
@@ -477,7 +483,8 @@ class Router:
         extra = None if grad_pi is None else self._grad_array(grad_pi, "grad_pi", (g.num_edges,))
         gpi_total = extra
         for t in reversed(range(out.steps)):
-            gn, gpi = be.energy_scatter_backward(g, out.history[t], out.edge_pi, gn, self.alpha, out.active, out.retain_sinks)
+            gn, gpi = be.energy_scatter_backward(g, out.history[t], out.edge_pi, gn, self.alpha, out.active,
+                                                 out.retain_sinks, grad_energies=t > 0 or bool(energies_grad))
             gpi_total = gpi if gpi_total is None else be.add(gpi_total, gpi)
         glogits = be.segment_softmax_backward(g, out.edge_pi, gpi_total, self.tau)
         q, k, _ = out.params_used
@@ -486,7 +493,7 @@ class Router:
             q=gq,
             k=gk,
             bias=gb,
-            energies=gn if out.batched else be.reshape(gn, (n,)),
+            energies=gn if out.batched or gn is None else be.reshape(gn, (n,)),
             backend=be,
         )
 
@@ -555,7 +562,7 @@ class Router:
         if lam != 0.0:
             ent_loss, grad_pi = be.entropy_regularization(self.graph, out.edge_pi, lam)
             loss_arr = be.add(loss_arr, ent_loss)
-        grads = self.backward(out, grad, grad_pi)
+        grads = self.backward(out, grad, grad_pi, energies_grad=False)
         norm = optimizer.step(grads, loss=loss_arr)
         return TrainStepResult(
             backend=be, output=out, loss_array=loss_arr, grad_norm_array=norm, grads=grads,

@@ -216,9 +216,9 @@ class _RouterFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_next: torch.Tensor):
         q, k, bias = ctx.saved_tensors
         router, out = ctx.router, ctx.out
-        grads = router.backward(out, _numpy(grad_next))
-        be = router.backend
         need = ctx.needs_input_grad
+        grads = router.backward(out, _numpy(grad_next), energies_grad=bool(need[1]))
+        be = router.backend
         ge = _tensor(be, grads.energies, grad_next) if need[1] else None
         gq = _tensor(be, grads.q, q) if need[3] else None
         gk = _tensor(be, grads.k, k) if need[4] else None

@@ -17,7 +17,7 @@ from energetic_wgpu.backends.base import COUNTER_NAMES
 GRAPH = build_lattice(GraphConfig(layers=3, nodes_per_layer=32, local_neighbors=6, jump_neighbors=2, seed=4))
 
 #: dispatches of a steady-state mse train step, by (steps, masked)
-STEP_DISPATCHES = {(1, False): 18, (2, False): 23, (3, False): 28, (1, True): 18}
+STEP_DISPATCHES = {(1, False): 17, (2, False): 22, (3, False): 27, (1, True): 17}
 
 
 def _setup(be, batch=5):
@@ -73,3 +73,38 @@ def test_train_step_budget(gpu_backend, steps, masked):
     assert d["buffers_created"] == 0
     assert d["bytes_uploaded"] == 0
     assert d["bytes_read_back"] == 0
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_backward_without_energies_grad(backend, steps):
+    """energies_grad=False: Gradients.energies is None, the parameter gradients are the same
+    bits as with it, and they match NumPy."""
+    from energetic_wgpu.backends.numpy_backend import NumpyBackend
+
+    be = backend
+    r, _, e, _, _ = _setup(be)
+    rng = np.random.default_rng(5)
+    gn = be.asarray(rng.standard_normal((5, GRAPH.num_nodes)).astype(np.float32))
+    out = r.forward(e, steps=steps)
+    full = r.backward(out, gn)
+    lean = r.backward(out, gn, energies_grad=False)
+    assert lean.energies is None
+    assert be.to_numpy(full.energies).shape == (5, GRAPH.num_nodes)
+    for a, b in zip(full.as_list(), lean.as_list()):
+        np.testing.assert_array_equal(be.to_numpy(a), be.to_numpy(b))
+    ref_be = NumpyBackend()
+    rr, _, re_, _, _ = _setup(ref_be)
+    ref = rr.backward(rr.forward(re_, steps=steps), be.to_numpy(gn), energies_grad=False)
+    assert ref.energies is None
+    for a, b in zip(ref.as_list(), lean.as_list()):
+        a = np.asarray(a)
+        assert np.max(np.abs(a - be.to_numpy(b))) <= 1e-5 * max(1.0, float(np.max(np.abs(a))))
+
+
+def test_backward_energies_grad_must_be_bool(backend):
+    from energetic_wgpu.errors import InvalidArgumentError
+
+    r, _, e, _, _ = _setup(backend)
+    out = r.forward(e)
+    with pytest.raises(InvalidArgumentError, match="energies_grad must be True or False, got 'no'"):
+        r.backward(out, np.zeros((5, GRAPH.num_nodes), np.float32), energies_grad="no")

@@ -248,10 +248,10 @@ def _adam_run(be, n_steps, max_norm, betas=(0.8, 0.95), eps=1e-6, wd=0.05, lr=la
         v = [backend.zeros(s) for s in shapes]
         t = backend.zeros((1,))
         dev_grads = [[backend.asarray(x) for x in gs] for gs in grads]
-        submits = getattr(backend, "counters", {"submits": 0})["submits"]
+        submits = backend.counters()["submits"]
         norms = [backend.adamw_step(p, dev_grads[i], m, v, t, lr(i + 1), betas[0], betas[1], eps, wd, max_norm)
                  for i in range(n_steps)]
-        submits = getattr(backend, "counters", {"submits": 0})["submits"] - submits
+        submits = backend.counters()["submits"] - submits
         out.append(([backend.to_numpy(x) for x in p + m + v + [t]], [float(backend.to_numpy(x)[0]) for x in norms]))
     out.append(submits)
     return out

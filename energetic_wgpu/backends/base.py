@@ -159,9 +159,11 @@ class Backend(ABC):
         alpha: float = 1.0,
         active: Any = None,
         retain_sinks: bool = False,
+        grad_energies: bool = True,
     ) -> tuple[Any, Any]:
         """(grad_energies [B, N], grad_pi [E]) of :meth:`energy_scatter` given
-        grad_next = dL/dnext [B, N]:
+        grad_next = dL/dnext [B, N] (grad_energies is None, and not computed, when the
+        ``grad_energies`` argument is False):
 
         grad_energies[b, j] = alpha * active[b, j] * sum_{e in segment j} pi[e] * grad_next[b, col_idx[e]]
                               (+ grad_next[b, j] if retain_sinks and j is a sink)

@@ -355,17 +355,20 @@ class NumpyBackend(Backend):
         alpha: float = 1.0,
         active: np.ndarray | None = None,
         retain_sinks: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray]:
+        grad_energies: bool = True,
+    ) -> tuple[np.ndarray | None, np.ndarray]:
         c = self._cache(graph)
         a = self.dtype.type(alpha)
         g = self._node_major(grad_next)  # [N, B]
-        # dL/denergies[b, j] = alpha * active[b, j] * sum_{e in segment j} pi[e] * g[b, col[e]]
-        m = self._matrix(graph, pi if a == 1 else pi * a)
-        grad_energies = np.ascontiguousarray(m.dot(g).astype(self.dtype, copy=False).T)
-        if active is not None:
-            np.copyto(grad_energies, 0, where=~active)
-        if retain_sinks:
-            grad_energies += np.where(graph.sink_mask, grad_next, self.dtype.type(0))
+        ge = None
+        if grad_energies:
+            # dL/denergies[b, j] = alpha * active[b, j] * sum_{e in segment j} pi[e] * g[b, col[e]]
+            m = self._matrix(graph, pi if a == 1 else pi * a)
+            ge = np.ascontiguousarray(m.dot(g).astype(self.dtype, copy=False).T)
+            if active is not None:
+                np.copyto(ge, 0, where=~active)
+            if retain_sinks:
+                ge += np.where(graph.sink_mask, grad_next, self.dtype.type(0))
         # dL/dpi[e] = alpha * sum_b active[b, src[e]] * energies[b, src[e]] * g[b, col[e]]:
         # dots of gathered node-major rows
         x = self._node_major(energies, active)
@@ -373,7 +376,7 @@ class NumpyBackend(Backend):
         if a != 1:
             grad_pi *= a
         return (
-            np.ascontiguousarray(grad_energies, dtype=self.dtype),
+            None if ge is None else np.ascontiguousarray(ge, dtype=self.dtype),
             np.ascontiguousarray(grad_pi, dtype=self.dtype),
         )
 

@@ -37,6 +37,7 @@ def energy_scatter_backward(
     alpha: float = 1.0,
     active: Any = None,
     retain_sinks: bool = False,
+    grad_energies: bool = True,
 ) -> tuple[Any, Any]:
     be, rt = backend, backend.runtime
     gd = be.graph_data(graph)
@@ -45,16 +46,18 @@ def energy_scatter_backward(
     batch = 1 if grad_next.ndim == 1 else int(grad_next.shape[0])
     act = be._opt(active)
     flags = (1 if active is not None else 0) | (2 if retain_sinks else 0)
-    grad_e = be.empty(grad_next.shape)
     grad_pi = be.empty((e,))
     u = dict(batch=batch, n_nodes=n, flags=flags, n_large=gd.n_large_out, alpha=np.float32(alpha),
              small_max=SMALL_DEGREE_MAX, n_edges=e)
-    common = dict(row_ptr=gd.row_ptr, col_idx=gd.col_idx, pi=pi, grad_next=grad_next, act_mask=act, sink=gd.sink,
-                  out=grad_e)
-    rt.dispatch("scatter_bwd_small", threads=batch * n, uniform=u, **common)
-    if gd.n_large_out and batch:
-        rt.dispatch("scatter_bwd_large", workgroups=gd.n_large_out * batch, uniform=u, large_nodes=gd.large_out,
-                    **common)
+    grad_e = None
+    if grad_energies:  # the input-energy gradient: skipped when nothing reads it
+        grad_e = be.empty(grad_next.shape)
+        common = dict(row_ptr=gd.row_ptr, col_idx=gd.col_idx, pi=pi, grad_next=grad_next, act_mask=act, sink=gd.sink,
+                      out=grad_e)
+        rt.dispatch("scatter_bwd_small", threads=batch * n, uniform=u, **common)
+        if gd.n_large_out and batch:
+            rt.dispatch("scatter_bwd_large", workgroups=gd.n_large_out * batch, uniform=u, large_nodes=gd.large_out,
+                        **common)
     # B = 0: the kernel writes zeros (an empty sum) for every edge
     rt.dispatch("scatter_bwd_pi", threads=e, uniform=u, col_idx=gd.col_idx, grad_next=grad_next, act_mask=act,
                 out=grad_pi, src=gd.src, energies=energies)
