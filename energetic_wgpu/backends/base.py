@@ -180,7 +180,8 @@ class Backend(ABC):
         """(grad_q [N, d], grad_k [N, d], grad_bias [E]) of :meth:`edge_logits`:
         grad_q[j] = sum_{e in segment j} grad_logits[e] * k[col_idx[e]];
         grad_k[n] = sum_{e : col_idx[e] = n} grad_logits[e] * q[src[e]] (over the reverse index);
-        grad_bias = grad_logits (a copy)."""
+        grad_bias = grad_logits (equal values; a backend may return the grad_logits array itself,
+        so neither may be written in place afterwards)."""
 
     # ------------------------------------------------------ elementwise / misc
     @abstractmethod

@@ -13,8 +13,8 @@ bit-identical from run to run.
   (workgroup per (b, j) for large segments); grad_pi thread per edge over b = 0..B-1 in order.
 * ``segment_softmax_backward``: per segment dot = sum pi * gpi, then pi * (gpi - dot) / tau.
 * ``edge_logits_backward``: grad_q thread per (j, c) over j's segment, grad_k thread per
-  (n, c) over n's reverse-index range (workgroup per (node, c) for large ones); grad_bias is a
-  copy (the vec4 copy kernel, so the step stays in one compute pass).
+  (n, c) over n's reverse-index range (workgroup per (node, c) for large ones); grad_bias is
+  grad_logits itself (the same array: no copy).
 """
 
 from __future__ import annotations
@@ -95,9 +95,6 @@ def edge_logits_backward(backend: Any, graph: Any, q: Any, k: Any, grad_logits: 
         rt.dispatch("logits_bwd_small", threads=n * dim, uniform=u, **common)
         if n_large:
             rt.dispatch("logits_bwd_large", workgroups=n_large * dim, uniform=u, large_nodes=large, **common)
-    # a copy dispatch rather than copy_buffer: the step's dispatches stay in one compute pass
-    # (a buffer copy ends the pass and costs a new one)
-    grad_bias = be.empty((gd.num_edges,))
-    n_vec = -(-gd.num_edges // 4)
-    rt.dispatch("copy_vec4", threads=n_vec, uniform=dict(n=gd.num_edges, n_vec=n_vec), src=gl, dst=grad_bias)
-    return grad_q, grad_k, grad_bias
+    # grad_bias IS grad_logits (no copy dispatch): no op writes into its inputs, so the two
+    # names can share one buffer
+    return grad_q, grad_k, gl
