@@ -6,13 +6,15 @@
 //   mode 0 (mse): loss = sum / count (0 when count = 0) and partials[2*n_parts] = 2 / count
 //                 (0 when count = 0), the gradient scale read by mse_grad;
 //   mode 1:       loss = sum * mul / div.
-// Gradients: mse_grad (after loss_final); ce_partials and ent_partials write theirs directly.
+// Gradients: without a mask the mse count is n, so mse_partials writes the gradient
+// (pred - target) * (2 / n) itself (flags bit 1); with a mask mse_grad runs after loss_final;
+// ce_partials and ent_partials write theirs directly.
 // The trees are workgroup_reduce.wgsl's tree_sum (and count_sum below for the mse count).
 // WG must be 256 (LWG) for the reductions.
 
 struct LossParams {
     n: u32,
-    flags: u32,     // bit 0: mask given (mse)
+    flags: u32,     // bit 0: mask given (mse); bit 1: mse_partials writes the gradient (no mask)
     n_parts: u32,
     mode: u32,
     mul: f32,       // ce: -1; entropy: -lam
@@ -64,12 +66,17 @@ fn mse_partials(
     }
     var acc = vec2<f32>(0.0, 0.0);
     var cnt = 0u;
+    let fused = (P.flags & 2u) != 0u;
+    let scale = 2.0 / f32(P.n);  // the count when there is no mask: loss_final's 2 / count
     for (var r = 0u; r < ITEMS; r = r + 1u) {
         let i = base + lid + r * LWG;
         if (i < P.n && masked(i)) {
             let d = pred[i] - target_[i];
             acc = kahan_add(acc, d * d);
             cnt = cnt + 1u;
+            if (fused) {
+                grad[i] = d * scale;
+            }
         }
     }
     let total = tree_sum(lid, acc);

@@ -352,7 +352,7 @@ KERNELS: dict[str, KernelSpec] = {
         KernelSpec("logits_bwd_small", "logits_backward.wgsl", LOGITS_BWD, _LOGITS_BWD),
         KernelSpec("logits_bwd_large", "logits_backward.wgsl", LOGITS_BWD, _LOGITS_BWD + ("large_nodes",), 256),
         # losses and AdamW (ops_train.py)
-        KernelSpec("mse_partials", "losses.wgsl", LOSS, ("pred", "target_", "mask", "partials"), 256),
+        KernelSpec("mse_partials", "losses.wgsl", LOSS, ("pred", "target_", "mask", "partials", "grad"), 256),
         KernelSpec("loss_final", "losses.wgsl", LOSS, ("partials", "loss"), 256),
         KernelSpec("mse_grad", "losses.wgsl", LOSS, ("pred", "target_", "mask", "partials", "grad")),
         KernelSpec("ce_partials", "losses.wgsl", LOSS, ("pred", "target_", "partials", "grad"), 256),

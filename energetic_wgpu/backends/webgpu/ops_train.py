@@ -73,10 +73,13 @@ def mse(backend: Any, pred: Any, target: Any, mask: Any = None) -> tuple[Any, An
     parts = _parts(n)
     partials = be.empty((2 * parts + 1,))
     m = be._opt(mask)
-    u = dict(n=n, flags=0 if mask is None else 1, n_parts=parts, mode=0, mul=0.0, div=0.0, eps=0.0, lam=0.0)
-    rt.dispatch("mse_partials", workgroups=parts, uniform=u, pred=pred, target_=target, mask=m, partials=partials)
+    # no mask: the count is n, and mse_partials writes the gradient too (flags bit 1)
+    u = dict(n=n, flags=2 if mask is None else 1, n_parts=parts, mode=0, mul=0.0, div=0.0, eps=0.0, lam=0.0)
+    rt.dispatch("mse_partials", workgroups=parts, uniform=u, pred=pred, target_=target, mask=m, partials=partials,
+                grad=grad)
     rt.dispatch("loss_final", workgroups=1, uniform=u, partials=partials, loss=loss)
-    rt.dispatch("mse_grad", threads=n, uniform=u, pred=pred, target_=target, mask=m, partials=partials, grad=grad)
+    if mask is not None:
+        rt.dispatch("mse_grad", threads=n, uniform=u, pred=pred, target_=target, mask=m, partials=partials, grad=grad)
     return loss, grad
 
 
