@@ -363,12 +363,9 @@ class WgpuBackend(PackedArrays, Backend):
         total = sum(counts)
         out = self.empty((1,))
         partials = self.empty((max(1, total),))
-        offset = 0
-        for a, c in zip(arrs, counts):
-            self.runtime.dispatch("sumsq_partials", workgroups=c, uniform=dict(n=a.size, out_offset=offset), x=a,
-                                  result=partials)
-            offset += c
-        self.runtime.dispatch("sum_final", workgroups=1, uniform=dict(n=total, out_offset=0), x=partials, result=out)
+        ops_train.sumsq_partials(self.runtime, arrs, partials)
+        self.runtime.dispatch("sum_final", workgroups=1, uniform=dict(n=total, out_offset=0, n1=0, n2=0), x=partials,
+                              result=out)
         return out
 
     # ------------------------------------------------------------------ backward (ops_backward.py)

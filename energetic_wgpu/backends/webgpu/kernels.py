@@ -302,7 +302,7 @@ FLOW = Uniform("FlowParams", batch=U32, n_nodes=U32, n_edges=U32, has_active=U32
                _pad2=U32)
 METRICS = Uniform("MetricParams", batch=U32, n_nodes=U32, n_edges=U32, has_active=U32, alpha=F32, n_total=U32,
                   n_nonempty=U32, _pad0=U32)
-REDUCE = Uniform("ReduceParams", n=U32, out_offset=U32, _pad0=U32, _pad1=U32)
+REDUCE = Uniform("ReduceParams", n=U32, out_offset=U32, n1=U32, n2=U32)
 SCATTER_BWD = Uniform("ScatterBwdParams", batch=U32, n_nodes=U32, flags=U32, n_large=U32, alpha=F32, small_max=U32,
                       n_edges=U32, _pad0=U32)
 SOFTMAX_BWD = Uniform("SoftmaxBwdParams", n_nodes=U32, n_large=U32, small_max=U32, _pad0=U32, tau=F32, _pad1=U32,
@@ -339,7 +339,7 @@ KERNELS: dict[str, KernelSpec] = {
         KernelSpec("metrics_partials", "metrics.wgsl", METRICS,
                    ("src", "pi", "energies", "next_e", "act_mask", "partials"), 256),
         KernelSpec("metrics_final", "metrics.wgsl", METRICS, ("partials", "metrics_out"), 256),
-        KernelSpec("sumsq_partials", "reduce.wgsl", REDUCE, ("x", "result"), 256),
+        KernelSpec("sumsq_partials", "reduce.wgsl", REDUCE, ("x", "x1", "x2", "result"), 256),
         KernelSpec("sum_final", "reduce.wgsl", REDUCE, ("x", "result"), 256),
         # backward (ops_backward.py)
         KernelSpec("scatter_bwd_small", "scatter_backward.wgsl", SCATTER_BWD, _SCATTER_BWD),

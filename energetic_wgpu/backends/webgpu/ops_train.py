@@ -6,7 +6,8 @@ docstring of the matching method of :class:`energetic_wgpu.backends.base.Backend
 Losses are fixed-order two-pass reductions (``losses.wgsl``); the mse count comes from the
 mask on the device. ``adamw_step`` never reads back:
 
-1. ``sumsq_partials`` (reduce.wgsl) of every gradient into one persistent partials buffer;
+1. ``sumsq_partials`` (reduce.wgsl) of every gradient into one persistent partials buffer
+   (one dispatch covers up to three gradients: :func:`sumsq_partials`);
 2. ``adamw_prepare`` (one workgroup): the global norm, the clip coefficient
    min(1, max_norm / (norm + 1e-6)), t += 1 in the device step buffer, the bias corrections
    1 - beta^t from t — written to a persistent scalar buffer, the norm also to a new [1]
@@ -51,6 +52,7 @@ __all__ = [
     "entropy_regularization",
     "adamw_step",
     "set_steps_per_submit",
+    "sumsq_partials",
     "RING",
 ]
 
@@ -62,6 +64,23 @@ RING = 16
 # ------------------------------------------------------------------ losses
 def _parts(n: int) -> int:
     return -(-n // _SPAN)
+
+
+def sumsq_partials(rt: Any, arrays: Sequence[Any], partials: Any) -> int:
+    """Per-workgroup sums of squares of ``arrays`` (float32 device arrays) into ``partials``
+    [>= the returned count], in order: one ``sumsq_partials`` dispatch per three arrays.
+    Returns the number of partials written."""
+    offset = 0
+    for i in range(0, len(arrays), 3):
+        group = list(arrays[i:i + 3])
+        sizes = [a.size for a in group] + [0] * (3 - len(group))
+        count = sum(_parts(s) for s in sizes)
+        x0, x1, x2 = group + [rt.dummy()] * (3 - len(group))
+        if count:
+            rt.dispatch("sumsq_partials", workgroups=count, uniform=dict(n=sizes[0], out_offset=offset, n1=sizes[1],
+                        n2=sizes[2]), x=x0, x1=x1, x2=x2, result=partials)
+        offset += count
+    return offset
 
 
 def mse(backend: Any, pred: Any, target: Any, mask: Any = None) -> tuple[Any, Any]:
@@ -254,10 +273,7 @@ def adamw_step(
     if scratch is None:
         scratch = st.scratch[key] = (be.empty((max(1, sum(counts)),)), be.empty((8,)))
     partials, scal = scratch
-    offset = 0
-    for g, c in zip(grads, counts):
-        rt.dispatch("sumsq_partials", workgroups=c, uniform=dict(n=g.size, out_offset=offset), x=g, result=partials)
-        offset += c
+    offset = sumsq_partials(rt, grads, partials)
     norm = be.empty((1,))
     skipped = be.empty((1,))
     has_loss = 0 if loss is None else 1
