@@ -482,10 +482,10 @@ class Router:
             gn = be.reshape(gn, (1, n))
         extra = None if grad_pi is None else self._grad_array(grad_pi, "grad_pi", (g.num_edges,))
         gpi_total = extra
-        for t in reversed(range(out.steps)):
-            gn, gpi = be.energy_scatter_backward(g, out.history[t], out.edge_pi, gn, self.alpha, out.active,
-                                                 out.retain_sinks, grad_energies=t > 0 or bool(energies_grad))
-            gpi_total = gpi if gpi_total is None else be.add(gpi_total, gpi)
+        for t in reversed(range(out.steps)):  # each step's dL/dpi is added to the total in its kernel
+            gn, gpi_total = be.energy_scatter_backward(g, out.history[t], out.edge_pi, gn, self.alpha, out.active,
+                                                       out.retain_sinks, grad_energies=t > 0 or bool(energies_grad),
+                                                       grad_pi_acc=gpi_total)
         glogits = be.segment_softmax_backward(g, out.edge_pi, gpi_total, self.tau)
         q, k, _ = out.params_used
         gq, gk, gb = be.edge_logits_backward(g, q, k, glogits)

@@ -7,12 +7,13 @@
 //   * scatter_bwd_large: workgroup of 256 per (b, j) for the nodes in `large_nodes`
 //     (out-degree > small_max); strided compensated partials and a fixed-order tree.
 // grad_pi[e] = sum_b alpha * active[b, src[e]] * energies[b, src[e]] * g[b, col[e]]
-//   * scatter_bwd_pi: thread per edge, compensated serial sum over b = 0, 1, ... in order.
+//   * scatter_bwd_pi: thread per edge, compensated serial sum over b = 0, 1, ... in order;
+//     with flags bit 2 the result is acc_in[e] + that sum (the gradient of earlier steps).
 
 struct ScatterBwdParams {
     batch: u32,
     n_nodes: u32,
-    flags: u32,      // bit 0: act_mask given; bit 1: retain_sinks
+    flags: u32,      // bit 0: act_mask given; bit 1: retain_sinks; bit 2: scatter_bwd_pi adds acc_in
     n_large: u32,
     alpha: f32,
     small_max: u32,
@@ -31,6 +32,7 @@ struct ScatterBwdParams {
 @group(0) @binding(8) var<storage, read> large_nodes: array<u32>;
 @group(0) @binding(9) var<storage, read> src: array<u32>;
 @group(0) @binding(10) var<storage, read> energies: array<f32>;
+@group(0) @binding(11) var<storage, read> acc_in: array<f32>;
 
 fn is_active(i: u32) -> bool {
     return (P.flags & 1u) == 0u || act_mask[i] != 0u;
@@ -112,5 +114,9 @@ fn scatter_bwd_pi(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
         }
         acc = kahan_add(acc, x * grad_next[row + ck]);
     }
-    out[e] = acc.x - acc.y;
+    var total = acc.x - acc.y;
+    if ((P.flags & 4u) != 0u) {
+        total = acc_in[e] + total;
+    }
+    out[e] = total;
 }

@@ -160,10 +160,12 @@ class Backend(ABC):
         active: Any = None,
         retain_sinks: bool = False,
         grad_energies: bool = True,
+        grad_pi_acc: Any = None,
     ) -> tuple[Any, Any]:
         """(grad_energies [B, N], grad_pi [E]) of :meth:`energy_scatter` given
         grad_next = dL/dnext [B, N] (grad_energies is None, and not computed, when the
-        ``grad_energies`` argument is False):
+        ``grad_energies`` argument is False; with ``grad_pi_acc`` [E], the gradient of other
+        uses of pi, the returned grad_pi is grad_pi_acc + the sum below, a new array):
 
         grad_energies[b, j] = alpha * active[b, j] * sum_{e in segment j} pi[e] * grad_next[b, col_idx[e]]
                               (+ grad_next[b, j] if retain_sinks and j is a sink)

@@ -356,6 +356,7 @@ class NumpyBackend(Backend):
         active: np.ndarray | None = None,
         retain_sinks: bool = False,
         grad_energies: bool = True,
+        grad_pi_acc: np.ndarray | None = None,
     ) -> tuple[np.ndarray | None, np.ndarray]:
         c = self._cache(graph)
         a = self.dtype.type(alpha)
@@ -375,6 +376,8 @@ class NumpyBackend(Backend):
         grad_pi = self._gather_row_dots(g, c.col, x, c.src)
         if a != 1:
             grad_pi *= a
+        if grad_pi_acc is not None:
+            grad_pi = grad_pi_acc + grad_pi
         return (
             None if ge is None else np.ascontiguousarray(ge, dtype=self.dtype),
             np.ascontiguousarray(grad_pi, dtype=self.dtype),

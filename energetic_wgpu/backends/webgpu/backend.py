@@ -370,9 +370,9 @@ class WgpuBackend(PackedArrays, Backend):
 
     # ------------------------------------------------------------------ backward (ops_backward.py)
     def energy_scatter_backward(self, graph, energies, pi, grad_next, alpha=1.0, active=None, retain_sinks=False,  # type: ignore[no-untyped-def]
-                                grad_energies=True):
+                                grad_energies=True, grad_pi_acc=None):
         return ops_backward.energy_scatter_backward(self, graph, energies, pi, grad_next, alpha, active, retain_sinks,
-                                                    grad_energies)
+                                                    grad_energies, grad_pi_acc)
 
     def segment_softmax_backward(self, graph, pi, grad_pi, tau=1.0):  # type: ignore[no-untyped-def]
         return ops_backward.segment_softmax_backward(self, graph, pi, grad_pi, tau)

@@ -345,7 +345,7 @@ KERNELS: dict[str, KernelSpec] = {
         KernelSpec("scatter_bwd_small", "scatter_backward.wgsl", SCATTER_BWD, _SCATTER_BWD),
         KernelSpec("scatter_bwd_large", "scatter_backward.wgsl", SCATTER_BWD, _SCATTER_BWD + ("large_nodes",), 256),
         KernelSpec("scatter_bwd_pi", "scatter_backward.wgsl", SCATTER_BWD,
-                   ("col_idx", "grad_next", "act_mask", "out", "src", "energies")),
+                   ("col_idx", "grad_next", "act_mask", "out", "src", "energies", "acc_in")),
         KernelSpec("softmax_bwd_small", "softmax_backward.wgsl", SOFTMAX_BWD, ("row_ptr", "pi", "gpi", "out")),
         KernelSpec("softmax_bwd_large", "softmax_backward.wgsl", SOFTMAX_BWD,
                    ("row_ptr", "pi", "gpi", "out", "large_nodes"), 256),

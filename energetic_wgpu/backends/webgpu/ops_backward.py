@@ -10,7 +10,8 @@ one huge segment never serializes a launch. Every sum runs in one fixed order: r
 bit-identical from run to run.
 
 * ``energy_scatter_backward``: grad_energies thread per (b, j) over j's CSR segment
-  (workgroup per (b, j) for large segments); grad_pi thread per edge over b = 0..B-1 in order.
+  (workgroup per (b, j) for large segments); grad_pi thread per edge over b = 0..B-1 in order,
+  plus ``grad_pi_acc`` in the same kernel when given.
 * ``segment_softmax_backward``: per segment dot = sum pi * gpi, then pi * (gpi - dot) / tau.
 * ``edge_logits_backward``: grad_q thread per (j, c) over j's segment, grad_k thread per
   (n, c) over n's reverse-index range (workgroup per (node, c) for large ones); grad_bias is
@@ -38,6 +39,7 @@ def energy_scatter_backward(
     active: Any = None,
     retain_sinks: bool = False,
     grad_energies: bool = True,
+    grad_pi_acc: Any = None,
 ) -> tuple[Any, Any]:
     be, rt = backend, backend.runtime
     gd = be.graph_data(graph)
@@ -45,7 +47,7 @@ def energy_scatter_backward(
     n, e = gd.num_nodes, gd.num_edges
     batch = 1 if grad_next.ndim == 1 else int(grad_next.shape[0])
     act = be._opt(active)
-    flags = (1 if active is not None else 0) | (2 if retain_sinks else 0)
+    flags = (1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if grad_pi_acc is not None else 0)
     grad_pi = be.empty((e,))
     u = dict(batch=batch, n_nodes=n, flags=flags, n_large=gd.n_large_out, alpha=np.float32(alpha),
              small_max=SMALL_DEGREE_MAX, n_edges=e)
@@ -60,7 +62,7 @@ def energy_scatter_backward(
                         **common)
     # B = 0: the kernel writes zeros (an empty sum) for every edge
     rt.dispatch("scatter_bwd_pi", threads=e, uniform=u, col_idx=gd.col_idx, grad_next=grad_next, act_mask=act,
-                out=grad_pi, src=gd.src, energies=energies)
+                out=grad_pi, src=gd.src, energies=energies, acc_in=be._opt(grad_pi_acc))
     return grad_e, grad_pi
 
 
