@@ -260,7 +260,9 @@ class AdamW:
         glist = [g if be.is_array(g) else be.asarray(g) for g in arrays]
         lr = self.lr_at(self.t + 1)
         wdf = 1.0 - lr * self.weight_decay
-        if not (math.isfinite(lr) and lr >= 0 and np.isfinite(np.float32(lr)) and np.isfinite(np.float32(wdf))):
+        with np.errstate(over="ignore"):
+            ok = math.isfinite(lr) and lr >= 0 and np.isfinite(np.float32(lr)) and np.isfinite(np.float32(wdf))
+        if not ok:
             raise InvalidArgumentError(
                 f"lr of update {self.t + 1} (from the schedule) must be >= 0 and finite in float32 "
                 f"(also 1 - lr * weight_decay), got {lr}"

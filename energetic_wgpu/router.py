@@ -21,6 +21,10 @@ from .validation import memory_budget
 
 __all__ = ["RouterParams", "Router", "RouterOutput", "Gradients", "TrainStepResult"]
 
+#: a forward with keep_history=False submits its commands every this many steps, so that the
+#: buffers of dropped states return to the pool (memory independent of ``steps``)
+_FLUSH_EVERY = 128
+
 
 def _device_array(be: Backend, value: Any) -> bool:
     """True for a backend array that is not a plain numpy array. numpy inputs (which are also
@@ -433,11 +437,13 @@ class Router:
         logits = be.edge_logits(g, self.q, self.k, self.bias)
         pi = be.segment_softmax(g, logits, self.tau, self.top_k)
         history = [x]
-        for _ in range(steps):
+        for i in range(steps):
             x = be.energy_scatter(g, x, pi, self.alpha, act, bool(retain_sinks))
             history.append(x)
             if not keep_history and len(history) > 2:
                 del history[0]  # only the previous and the last state are kept
+                if i % _FLUSH_EVERY == _FLUSH_EVERY - 1:
+                    be.flush()  # dropped states are reused only once their commands are submitted
         return RouterOutput(
             router=self,
             edge_pi=pi,

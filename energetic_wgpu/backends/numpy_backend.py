@@ -398,7 +398,8 @@ class NumpyBackend(Backend):
 
     def sum_squares(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         total = sum((self._sum_squares64(a) for a in arrays), 0.0)
-        return np.array([total], dtype=self.dtype)
+        with np.errstate(over="ignore"):  # beyond the dtype's range: inf, as on the device
+            return np.array([total], dtype=self.dtype)
 
     @staticmethod
     def _sum_squares64(a: np.ndarray) -> float:
@@ -417,7 +418,8 @@ class NumpyBackend(Backend):
             count = diff.size
         if count == 0:
             return np.zeros(1, dtype=self.dtype), np.zeros_like(pred)
-        loss = np.array([self._sum_squares64(diff) / count], dtype=self.dtype)
+        with np.errstate(over="ignore"):  # beyond the dtype's range: inf, as on the device
+            loss = np.array([self._sum_squares64(diff) / count], dtype=self.dtype)
         diff *= self.dtype.type(2.0 / count)  # diff is a fresh array: it becomes the gradient
         return loss, diff.astype(self.dtype, copy=False)
 
