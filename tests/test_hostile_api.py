@@ -383,6 +383,27 @@ def test_smallest_accepted_tau_matches_numpy(backend):
     assert flags[0] == flags[1]
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e30, 3e38])
+def test_softmax_op_at_the_smallest_tau_matches_numpy_on_every_path(backend, scale):
+    """segment_softmax at tau = float32 tiny (z = logit / tau overflows to +-inf and is clamped
+    to the float32 range on both backends): segments of degree 2 (one-pass online), 20 (the
+    serial loop) and 300 (a workgroup per segment), with and without top-k, ties included."""
+    degs = (2, 20, 300)
+    src = np.repeat(np.arange(len(degs)), degs)
+    g = ew.Graph.from_edges(src, (np.arange(src.size) % 5) + len(degs), len(degs) + 5)
+    rng = np.random.default_rng(int(scale) % 97)
+    with np.errstate(over="ignore"):
+        logits = (rng.standard_normal(g.num_edges) * scale).astype(np.float32)
+    logits[np.isinf(logits)] = np.float32(3e38)
+    logits[[0, 1, 2, 3, 22, 23]] = logits.max()  # ties at the top of each segment
+    dev = backend.asarray(logits)
+    for k in (0, 1, 3, 7):
+        ref = NP.segment_softmax(g, logits, TINY, k)
+        got = backend.to_numpy(backend.segment_softmax(g, dev, TINY, k))
+        assert np.isfinite(got).all()
+        assert_parity(got, ref, f"pi (top_k={k})")
+
+
 # ----------------------------------------------------------------- 14. foreign arrays, ragged, top_k
 
 
