@@ -93,7 +93,10 @@ class RouterParams:
         rng = np.random.default_rng(seed)
         q = feats + noise * rng.standard_normal((n, dim))
         k = feats + noise * rng.standard_normal((n, dim))
-        bias = np.zeros(graph.num_edges) if graph.weights is None else graph.weights.copy()
+        if graph.weights is None:
+            bias = np.zeros(graph.num_edges)
+        else:
+            bias = float_array(graph.weights, "graph.weights", None, np.float32)
         return cls(
             q.astype(np.float32), k.astype(np.float32), bias.astype(np.float32), tau=tau, alpha=alpha, top_k=top_k
         )

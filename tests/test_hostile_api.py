@@ -256,6 +256,9 @@ def test_float32_overflow_of_parameters_is_refused(backend):
         setattr(p, name, arr)
         with pytest.raises(InvalidArgumentError, match=rf"^params\.{name} must be finite in float32"):
             Router(GRAPH, p, backend)
+    heavy = ew.Graph.from_edges([0, 1], [1, 0], 2, weights=[1.0, 1e39])  # bias starts at the weights
+    with pytest.raises(InvalidArgumentError, match=r"^graph\.weights must be finite in float32"):
+        RouterParams.init(heavy, 2)
     for kw, match in ((dict(alpha=1e39), r"^alpha must be finite in float32"),
                       (dict(noise=1e39), r"^noise must be finite in float32")):
         with pytest.raises(InvalidArgumentError, match=match):
