@@ -7,7 +7,6 @@ its backend, so a bad call raises a clear error and leaves the backend usable.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +15,7 @@ import numpy as np
 from .backends import Backend, METRIC_NAMES, get_backend
 from .errors import InvalidArgumentError, ShapeError
 from .graph import Graph
+from .shortrepr import short_repr
 from .validation import U32_MAX, check_float, check_int, check_not_foreign, check_tau, float_array, mask_array
 from .validation import memory_budget
 
@@ -430,9 +430,9 @@ class Router:
         """
         steps = check_int(steps, "steps", 1)
         if not isinstance(retain_sinks, (bool, np.bool_)):
-            raise InvalidArgumentError(f"retain_sinks must be a bool, got {retain_sinks!r}")
+            raise InvalidArgumentError(f"retain_sinks must be a bool, got {short_repr(retain_sinks)}")
         if not isinstance(keep_history, (bool, np.bool_)):
-            raise InvalidArgumentError(f"keep_history must be a bool, got {keep_history!r}")
+            raise InvalidArgumentError(f"keep_history must be a bool, got {short_repr(keep_history)}")
         x, batched = self._energies(energies)
         self._check_history(steps, int(x.shape[0]), bool(keep_history))
         act = self._active(active, int(x.shape[0]))
@@ -544,7 +544,7 @@ class Router:
         non-finite guard, decided on the device): ``result.skipped`` is then True.
         """
         if loss not in ("mse", "cross_entropy"):
-            raise InvalidArgumentError(f"loss must be 'mse' or 'cross_entropy', got {loss!r}")
+            raise InvalidArgumentError(f"loss must be 'mse' or 'cross_entropy', got {short_repr(loss)}")
         if getattr(optimizer, "router", None) is not self:
             raise InvalidArgumentError("optimizer must be an optimizer built over this router")
         lam = check_float(entropy_lambda, "entropy_lambda")
@@ -568,7 +568,7 @@ class Router:
         norm = optimizer.step(grads, loss=loss_arr)
         return TrainStepResult(
             backend=be, output=out, loss_array=loss_arr, grad_norm_array=norm, grads=grads,
-            skipped_array=optimizer.last_skipped,
+            skipped_array=getattr(optimizer, "last_skipped", None),
         )
 
     def __repr__(self) -> str:

@@ -21,7 +21,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import energetic_wgpu as ew
-from energetic_wgpu import losses
 from energetic_wgpu.backends.numpy_backend import NumpyBackend
 from energetic_wgpu.errors import EnergeticError
 from energetic_wgpu.optim import AdamW

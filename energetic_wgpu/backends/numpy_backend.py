@@ -381,10 +381,12 @@ class NumpyBackend(Backend):
         self, graph: Graph, pi: np.ndarray, grad_pi: np.ndarray, tau: float = 1.0
     ) -> np.ndarray:
         c = self._cache(graph)
-        dot = c.segment_reduce(np.add, (pi * grad_pi).astype(np.float64), 0.0).astype(self.dtype)
-        gz = grad_pi - np.take(dot, c.src)
-        gz *= pi
-        gz /= self.dtype.type(tau)
+        # inf/NaN gradients propagate quietly: the optimizer's non-finite guard skips them
+        with np.errstate(over="ignore", invalid="ignore"):
+            dot = c.segment_reduce(np.add, (pi * grad_pi).astype(np.float64), 0.0).astype(self.dtype)
+            gz = grad_pi - np.take(dot, c.src)
+            gz *= pi
+            gz /= self.dtype.type(tau)
         return gz.astype(self.dtype, copy=False)
 
     def edge_logits_backward(
