@@ -407,12 +407,15 @@ _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | 
 
 
 def _lock(fd: int, blocking: bool) -> bool:
+    """Take an exclusive flock on ``fd``; False when another process holds it."""
     if fcntl is None:  # pragma: no cover - Windows: an open file cannot be removed anyway
         return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    except OSError:  # a file system without locks: a writer goes on, a cleaner keeps the file
+        return blocking
     return True
 
 
@@ -446,7 +449,7 @@ def clean_stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
     kept. Returns the removed paths; a missing folder has none."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # missing, not a folder, not readable: nothing to clean
         return []
     removed = []
     for entry in entries:
