@@ -102,11 +102,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         feats = sorted(a.get("features") or [])
         if feats:
             print(f"      features ({len(feats)}): " + ", ".join(feats))
-    env = os.environ.get("ENERGETIC_BACKEND")
-    default = next((n for n in ("wgpu", "numpy") if status.get(n, (False, ""))[0]), "none")
-    if env:
-        default = f"{env} (from $ENERGETIC_BACKEND)"
-    print(f"default backend (auto): {default}")
+    print(f"default backend (auto): {ew.explain_auto()}")
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     return 0 if any(ok for ok, _ in status.values()) else EXIT_FAIL
