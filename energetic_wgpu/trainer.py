@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -36,7 +35,7 @@ from .metrics import EventLog, MetricsCollector, RunSummary, plot_metrics
 from .optim import AdamW, Schedule
 from .resume import config_changes, describe_change, resumed_schedule, resolve_schedule, schedule_from_spec
 from .router import Router, RouterParams
-from .rundir import RunLock, file_mode
+from .rundir import RunLock
 from .sizing import check_train_fits
 from .tasks import DataSource, make_task
 
@@ -206,7 +205,7 @@ class Trainer:
         )
         from . import __version__
 
-        path = save_checkpoint(
+        return save_checkpoint(  # written with 0o666 & ~umask, like the run's other outputs
             target,
             step=self.step,
             params=self.router.params(),
@@ -216,10 +215,6 @@ class Trainer:
             config=self.config.to_dict(),
             extra={"backend": self.backend.describe(), "library_version": __version__},
         )
-        mode = file_mode()
-        if path.stat().st_mode & 0o777 != mode:  # the same permissions as the run's other outputs
-            os.chmod(path, mode)
-        return path
 
     def resume(self, source: str | Path | Checkpoint) -> int:
         """Restore a checkpoint (a file, a run folder holding ``checkpoint.npz`` or a loaded
