@@ -29,8 +29,10 @@ from .errors import (
     DeviceLimitError,
     EnergeticError,
     InvalidArgumentError,
+    RunLockedError,
     ShaderCompileError,
     ShapeError,
+    TrainingError,
 )
 from .graph import Graph, GraphConfig, build_lattice, build_lattice_3d
 from .optim import AdamW, ConstantLR, CosineLR, StepLR, WarmupLR, make_schedule
@@ -56,9 +58,11 @@ __all__ = [
     "Router",
     "RouterOutput",
     "RouterParams",
+    "RunLockedError",
     "ShaderCompileError",
     "ShapeError",
     "StepLR",
+    "TrainingError",
     "WarmupLR",
     "available_backends",
     "backend_status",
