@@ -112,6 +112,26 @@ def test_edge_pi_in_the_callers_edge_order():
         assert float(pi.numpy()[src == j].sum()) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_deepcopy_and_torch_save_round_trip(tmp_path):
+    import copy
+
+    mod = EnergeticRouter(_edge_index(), num_nodes=7, dim=4, backend="numpy", seed=5)
+    x = _energies(2, 7)
+    y = mod(x)
+    twin = copy.deepcopy(mod)
+    torch.testing.assert_close(twin(x), y)
+    with torch.no_grad():
+        twin.bias.add_(torch.arange(float(twin.bias.numel())))  # the copy has its own parameters
+    assert not torch.equal(twin(x), y)
+    torch.testing.assert_close(mod(x), y)
+    path = tmp_path / "router.pt"
+    torch.save(mod, path)
+    loaded = torch.load(path, weights_only=False)
+    assert loaded.backend is mod.backend  # the registry's cached NumPy backend
+    torch.testing.assert_close(loaded(x), y)
+    assert loaded.graph.edge_perm.tolist() == mod.graph.edge_perm.tolist()
+
+
 # --------------------------------------------------------------------------- training
 
 
