@@ -60,6 +60,7 @@ def _steps(value: Any, name: str) -> int:
 
 @dataclass(frozen=True)
 class ConstantLR(Schedule):
+    """The same learning rate ``lr`` at every step."""
     lr: float
 
     def __call__(self, t: int) -> float:

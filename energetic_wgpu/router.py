@@ -103,6 +103,7 @@ class RouterParams:
 
     @property
     def dim(self) -> int:
+        """d, the feature dimension (columns of ``q``)."""
         return int(np.shape(self.q)[1])
 
     def validate(self, graph: Graph, dtype: Any = np.float32) -> "RouterParams":
@@ -154,10 +155,12 @@ class RouterOutput:
 
     @property
     def next_energies(self) -> Any:
+        """float [B, N] (or [N] for an unbatched input): the energies after the last step."""
         return self._unbatch(self.history[-1])
 
     @property
     def batch_size(self) -> int:
+        """B, the number of rows routed (1 for an unbatched input)."""
         return int(self.history[-1].shape[0])
 
     def _unbatch(self, x: Any) -> Any:
@@ -167,6 +170,7 @@ class RouterOutput:
 
     @property
     def edge_flow(self) -> Any:
+        """float [B, E] (or [E]): the energy each edge carried in the last step."""
         if self._flow is None:
             r = self.router
             self._flow = r.backend.edge_flow(r.graph, self.history[-2], self.edge_pi, r.alpha, self.active)
@@ -184,6 +188,7 @@ class RouterOutput:
 
     @property
     def metrics(self) -> dict[str, float]:
+        """The last step's metrics by name (``METRIC_NAMES``), read back on first access."""
         if self._metrics is None:
             values = self.router.backend.to_numpy(self.metrics_array)
             self._metrics = {name: float(v) for name, v in zip(METRIC_NAMES, values)}
@@ -210,12 +215,14 @@ class Gradients:
 
     @property
     def norm_sq(self) -> Any:
+        """float [1] backend array: |q|^2 + |k|^2 + |bias|^2 (computed on first access)."""
         if self._norm_sq is None:
             self._norm_sq = self.backend.sum_squares([self.q, self.k, self.bias])
         return self._norm_sq
 
     @property
     def norm(self) -> float:
+        """sqrt(``norm_sq``) as a Python float (reads back)."""
         return float(np.sqrt(float(self.backend.to_numpy(self.norm_sq)[0])))
 
     def as_list(self) -> list[Any]:
