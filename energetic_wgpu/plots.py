@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["plot_metrics", "plot_title", "PANELS"]
+__all__ = ["metrics_figure", "plot_metrics", "plot_title", "PANELS"]
 
 log = logging.getLogger("energetic_wgpu")
 
@@ -40,28 +40,23 @@ def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], lis
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def plot_metrics(records: Sequence[dict[str, Any]], path: str | Path, title: str | None = None) -> Path | None:
-    """Plot the records of a run into a PNG: loss (train and, where logged, val), learning
-    rate, gradient norm, entropy and energy over steps.
+def metrics_figure(records: Sequence[dict[str, Any]], title: str | None = None) -> Any:
+    """A :class:`matplotlib.figure.Figure` (Agg canvas, no pyplot) with one panel per entry of
+    :data:`PANELS`: loss (train and, where logged, val), learning rate, gradient norm, entropy
+    and energy over steps.
 
     Args:
         records: metrics rows (dicts with step and the keys of :data:`PANELS`; missing or
             None values are left out).
-        path: the PNG to write.
         title: the figure title (see :func:`plot_title`); default "energetic_wgpu training".
 
-    Returns:
-        ``path``, or None when matplotlib is not installed (one logged note) or there is no record.
+    Raises:
+        ImportError: matplotlib is not installed.
     """
-    try:
-        import matplotlib  # noqa: F401  (first: a missing or blocked package fails here)
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        log.info("matplotlib is not installed: skipping the metrics plot (pip install 'energetic_wgpu[plot]')")
-        return None
-    if not records:
-        return None
+    import matplotlib  # noqa: F401  (first: a missing or blocked package fails here)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(8, 11))
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(PANELS), 1, sharex=True)
@@ -81,6 +76,22 @@ def plot_metrics(records: Sequence[dict[str, Any]], path: str | Path, title: str
     axes[-1].set_xlabel("step")
     fig.suptitle(title or "energetic_wgpu training", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_metrics(records: Sequence[dict[str, Any]], path: str | Path, title: str | None = None) -> Path | None:
+    """Write :func:`metrics_figure` of ``records`` to the PNG ``path``.
+
+    Returns:
+        ``path``, or None when matplotlib is not installed (one logged note) or there is no record.
+    """
+    if not records:
+        return None
+    try:
+        fig = metrics_figure(records, title)
+    except ImportError:
+        log.info("matplotlib is not installed: skipping the metrics plot (pip install 'energetic_wgpu[plot]')")
+        return None
     p = Path(path)
     fig.savefig(p, dpi=100)
     return p

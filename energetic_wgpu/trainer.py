@@ -170,6 +170,10 @@ class Trainer:
             validation = held if validation is None else validation
         self.data: DataSource = data
         self.validation = validation
+        log.debug(
+            "graph %r (%s); data %s; held-out rows: %s", self.graph, config.graph.path or "lattice",
+            type(data).__name__, "none" if validation is None else validation.num_samples,
+        )
         self.step = 0
         self.resumed_from: int | None = None
         self.write_files = write_files
