@@ -21,8 +21,10 @@ from .errors import (
     DeviceLimitError,
     EnergeticError,
     InvalidArgumentError,
+    RunLockedError,
     ShaderCompileError,
     ShapeError,
+    TrainingError,
 )
 from .graph import Graph, GraphConfig, build_lattice, build_lattice_3d
 from .optim import AdamW, ConstantLR, CosineLR, StepLR, WarmupLR, make_schedule
@@ -48,9 +50,11 @@ __all__ = [
     "Router",
     "RouterOutput",
     "RouterParams",
+    "RunLockedError",
     "ShaderCompileError",
     "ShapeError",
     "StepLR",
+    "TrainingError",
     "WarmupLR",
     "available_backends",
     "backend_status",

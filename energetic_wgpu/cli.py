@@ -9,7 +9,10 @@ Subcommands:
 * ``check`` — the CPU↔GPU parity suite on every adapter (exit code 1 on any failure).
 * ``bench`` — the benchmark suite on every backend and adapter (markdown, JSON, PNG).
 
-Errors in the configuration exit with code 2 and one message naming the key (no traceback).
+Every failure prints one line naming its cause (``--debug`` adds the traceback). Exit
+codes: 0 done, 1 runtime failure (backend, checkpoint, training, a folder locked by another
+run), 2 usage or configuration error, 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM,
+141 when stdout is a closed pipe (``train | head -1``: the run ends quietly).
 ``-q/--quiet`` shows only warnings and errors, ``-v/--verbose`` adds debug messages: they set
 the level of the ``energetic_wgpu`` logger, through which the library reports. The progress
 bar only appears when stderr is a terminal.
@@ -21,7 +24,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,10 +35,13 @@ __all__ = ["main", "build_parser"]
 EXIT_CONFIG = 2
 EXIT_FAIL = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+EXIT_BROKEN_PIPE = 141
 
 
 def _err(msg: str) -> None:
-    print(f"energetic-wgpu: error: {msg}", file=sys.stderr)
+    one_line = "; ".join(part.strip() for part in str(msg).splitlines() if part.strip())
+    print(f"energetic-wgpu: error: {one_line}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------- logging
@@ -193,10 +201,28 @@ def _latest_run(root: Path = Path("runs")) -> Path | None:
     return max(runs, key=lambda p: (p / "checkpoint.npz").stat().st_mtime) if runs else None
 
 
+def _out_dir(out: Path) -> Path:
+    """``out`` as a usable output folder (created); ConfigError naming ``--out`` otherwise."""
+    from .errors import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} exists and is not a folder; pass a folder (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".energetic-wgpu.write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out {str(out)!r} cannot be used as the output folder: {exc.strerror or exc}") from None
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import find_checkpoint, load_checkpoint
     from .config import from_dict, load_config
     from .errors import CheckpointError, ConfigError
+    from .resume import check_resumable, config_changes
+    from .rundir import RunLock
     from .trainer import Trainer, default_out_dir
 
     overrides = list(args.set or [])
@@ -225,14 +251,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         if ckpt_path is None:
             raise CheckpointError(f"no checkpoint at {str(where)!r} (expected a file or a folder with checkpoint.npz)")
 
-    if ckpt_path is not None and args.config is None:
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    if ckpt is not None and args.config is None:
         # continue with the configuration the run was started with (plus any overrides)
-        saved = load_checkpoint(ckpt_path).config
-        config = from_dict(saved).replace(overrides) if saved else load_config(None, overrides)
+        config = from_dict(ckpt.config).replace(overrides) if ckpt.config else load_config(None, overrides)
     else:
         config = load_config(args.config, overrides)
     if files:
         config = config.replace(files)
+    if ckpt is not None:  # graph.* and router.dim cannot change; refused before any allocation
+        check_resumable(config_changes(ckpt.config, config))
     if args.adapter is not None:
         _check_adapter(args.adapter)
 
@@ -247,11 +275,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     quiet = bool(args.quiet)
     progress = not (args.no_progress or quiet) and sys.stderr.isatty()
     say = (lambda text: None) if quiet else print
+    # the trainer checks the size and starts the backend before the folder is created or locked
     trainer = Trainer(config, out_dir=out, progress=progress, echo=None if progress else say)
-    if ckpt_path is not None:
-        step = trainer.resume(ckpt_path)
-        say(f"resumed from {ckpt_path} at step {step}")
-    summary = trainer.run()
+    with RunLock(_out_dir(out)):  # held from before the resume to the end of the run
+        if ckpt is not None:
+            step = trainer.resume(ckpt)
+            say(f"resumed from {ckpt_path} at step {step}")
+        summary = trainer.run()
     s = summary
     val = "" if s.final_val_loss is None else f", val_loss {s.final_val_loss:.6g} (best {s.best_val_loss:.6g} at step {s.best_val_step})"
     say(
@@ -261,7 +291,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         else f"done: {s.steps} steps on {s.backend}"
     )
     say(f"outputs in {out}/: " + ", ".join(Path(p).name for p in s.files.values()))
-    return EXIT_INTERRUPTED if s.interrupted else 0
+    if not s.interrupted:
+        return 0
+    return EXIT_TERMINATED if trainer.interrupted_by == "SIGTERM" else EXIT_INTERRUPTED
 
 
 def _user_files(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
@@ -380,6 +412,7 @@ def _sub(sub: Any, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=short, description=description, epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _verbosity(p, top=False)
+    p.add_argument("--debug", action="store_true", help="on failure, also print the Python traceback")
     return p
 
 
@@ -455,6 +488,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_stdout() -> None:
+    """After a closed pipe: point stdout at /dev/null so that the interpreter's final flush
+    does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout without a descriptor (captured)
+        pass
+
+
 _GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose")
 
 
@@ -470,11 +514,12 @@ def _with_command(argv: list[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 1 failure, 2 bad config/usage, 130 interrupted)."""
+    """Run the command line; returns the exit code (0 ok, 1 runtime failure, 2 bad config or
+    usage, 130 SIGINT, 141 closed stdout pipe, 143 SIGTERM). Failures print one line."""
     from .environment import ensure_xdg_runtime_dir
 
     ensure_xdg_runtime_dir()  # before wgpu loads the drivers: Mesa complains otherwise
-    from .errors import BackendUnavailable, CheckpointError, ConfigError, EnergeticError
+    from .errors import BackendUnavailable, CheckpointError, ConfigError, EnergeticError, RunLockedError
 
     argv = _with_command(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
@@ -484,22 +529,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     restore_logging = setup_logging(_log_level(args))
     try:
-        return int(args.func(args))
-    except ConfigError as exc:
-        _err(str(exc))
-        return EXIT_CONFIG
-    except (CheckpointError, BackendUnavailable) as exc:
-        _err(str(exc))
-        return EXIT_FAIL
-    except EnergeticError as exc:
-        _err(f"{type(exc).__name__}: {exc}")
-        return EXIT_FAIL
-    except NotImplementedError as exc:
-        _err(f"not implemented on this backend: {exc} (try --backend numpy)")
-        return EXIT_FAIL
-    except KeyboardInterrupt:
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here when the output was still buffered
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt as exc:
         _err("interrupted")
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if getattr(exc, "signum", None) == signal.SIGTERM else EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line (--debug: traceback)
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        if isinstance(exc, ConfigError):
+            _err(str(exc))
+            return EXIT_CONFIG
+        if isinstance(exc, (CheckpointError, BackendUnavailable, RunLockedError)):
+            _err(str(exc))
+        elif isinstance(exc, NotImplementedError):
+            _err(f"not implemented on this backend: {exc} (try --backend numpy)")
+        elif isinstance(exc, EnergeticError):
+            _err(f"{type(exc).__name__}: {exc}")
+        elif isinstance(exc, MemoryError):
+            _err("out of memory (MemoryError); lower graph.nodes_per_layer, graph.layers or train.batch_size")
+        elif isinstance(exc, OSError):
+            where = f" ({exc.filename})" if exc.filename else ""
+            _err(f"{type(exc).__name__}{where}: {exc.strerror or exc}")
+        else:
+            _err(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        return EXIT_FAIL
     finally:
         restore_logging()
 

@@ -12,7 +12,7 @@ state, so that a resumed run sees exactly the batches an uninterrupted run would
 
 :func:`make_data` builds what a config's ``train.task`` says: the teacher task, or the rows
 of the ``train.task.path`` file split into an :class:`ArrayDataset` and a held-out
-:class:`~energetic_wgpu.validation.HeldOut` set.
+:class:`~energetic_wgpu.heldout.HeldOut` set.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def make_data(config: Any, graph: Graph, backend: Backend) -> tuple[DataSource, 
     :func:`energetic_wgpu.userdata.load_arrays`) split by
     :func:`~energetic_wgpu.userdata.split_holdout` with ``train.task.val_fraction`` and
     ``train.seed``: an :class:`ArrayDataset` of the training rows (``train.batch_size``,
-    seeded by ``train.seed``) and a :class:`~energetic_wgpu.validation.HeldOut` of the others
+    seeded by ``train.seed``) and a :class:`~energetic_wgpu.heldout.HeldOut` of the others
     (None when ``val_fraction`` is 0).
 
     Raises:
@@ -240,7 +240,7 @@ def make_data(config: Any, graph: Graph, backend: Backend) -> tuple[DataSource, 
     """
     from .errors import DataError
     from .userdata import load_arrays, split_holdout
-    from .validation import HeldOut
+    from .heldout import HeldOut
 
     task, tr = config.train.task, config.train
     if task.name != "arrays":

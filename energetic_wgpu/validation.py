@@ -1,108 +1,158 @@
-"""The held-out set of a training run and its ``val_loss``.
+"""Checks of user input shared by the router, the losses and the optimizer.
 
-:class:`HeldOut` keeps held-out rows on the backend (uploaded once, in chunks of at most
-``chunk`` rows) and evaluates the training objective on them without any update: a forward,
-the loss of ``train.loss`` and, when ``entropy_lambda`` != 0, the same entropy term as the
-training loss, so ``val_loss`` and ``loss`` are on one scale. The trainer calls it every
-``train.log_every`` steps, when it reads the training loss back anyway.
-
-The chunks' losses are combined on the host with the weights that make the result the loss
-of one forward over all rows: the counted elements for mse (the masked ones, or rows x N),
-the rows for cross-entropy.
+Every check raises the library's error (:class:`ShapeError` for a wrong type, shape or
+dtype, :class:`InvalidArgumentError` for a wrong value) naming the argument, before any
+backend work. Values are checked *after* conversion to the dtype they will have on the
+backend: ``1e39`` is finite as a Python float but inf in float32, and is refused.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
 import numpy as np
 
-from .backends import Backend
 from .errors import InvalidArgumentError, ShapeError
 
-__all__ = ["HeldOut"]
+__all__ = [
+    "F32_TINY",
+    "U32_MAX",
+    "check_float",
+    "check_int",
+    "check_tau",
+    "float_array",
+    "mask_array",
+    "check_not_foreign",
+    "memory_budget",
+]
+
+#: the smallest normal positive float32 (1.1754944e-38): the smallest accepted tau
+F32_TINY = float(np.finfo(np.float32).tiny)
+#: the largest value of a u32 uniform (top_k reaches the shaders as one)
+U32_MAX = 2**32 - 1
 
 
-class HeldOut:
-    """Held-out rows on a backend.
+def _short(value: Any) -> str:
+    """repr(value), at most ~200 characters (a message never renders a huge value)."""
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
 
-    Args:
-        backend: where the rows live and the evaluation runs.
-        energies: float [S, N] inputs (S >= 1).
-        targets: float [S, N] targets.
-        mask: bool [S, N] or None: the target elements the mse loss counts.
-        chunk: rows per forward (bounds the evaluation's memory).
-    """
 
-    def __init__(self, backend: Backend, energies: Any, targets: Any, mask: Any = None, chunk: int = 64) -> None:
-        e = np.asarray(energies, dtype=np.float32)
-        t = np.asarray(targets, dtype=np.float32)
-        if e.ndim != 2 or e.shape[0] == 0:
-            raise ShapeError(f"energies must be [S, N] with S >= 1, got shape {e.shape}")
-        if t.shape != e.shape:
-            raise ShapeError(f"targets must have the shape of energies {e.shape}, got {t.shape}")
-        m = None if mask is None else np.asarray(mask)
-        if m is not None and (m.dtype != np.bool_ or m.shape != e.shape):
-            raise ShapeError(f"mask must be bool {e.shape}, got {m.dtype} {m.shape}")
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise InvalidArgumentError(f"chunk must be an int >= 1, got {chunk!r}")
-        self.backend = backend
-        self.num_samples = e.shape[0]
-        self.has_mask = m is not None
-        self.chunks: list[tuple[Any, Any, Any, int, int]] = []  # energies, targets, mask, rows, counted
-        for lo in range(0, e.shape[0], chunk):
-            sl = slice(lo, lo + chunk)
-            mc = None if m is None else m[sl]
-            counted = int(e[sl].size if mc is None else np.count_nonzero(mc))
-            self.chunks.append((
-                backend.asarray(np.ascontiguousarray(e[sl])),
-                backend.asarray(np.ascontiguousarray(t[sl])),
-                None if mc is None else backend.asarray(np.ascontiguousarray(mc)),
-                e[sl].shape[0],
-                counted,
-            ))
+def check_float(value: Any, name: str, *, positive: bool = False, dtype: Any = np.float32) -> float:
+    """``value`` as a Python float: a real number, finite in ``dtype`` (float32 by default:
+    the scalars reach float32 uniforms), and > 0 there when ``positive``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidArgumentError(f"{name} must be a real number, got {_short(value)}")
+    try:
+        v = float(value)
+    except OverflowError:  # an int too large for a float
+        raise InvalidArgumentError(f"{name} must be finite, got an int of {int(value).bit_length()} bits") from None
+    with np.errstate(over="ignore"):
+        cast = np.dtype(dtype).type(v)
+    if not math.isfinite(v) or not np.isfinite(cast):
+        raise InvalidArgumentError(
+            f"{name} must be finite in {np.dtype(dtype).name} (|x| <= {float(np.finfo(dtype).max):.4g}), got {v}"
+        )
+    if positive and not v > 0:
+        raise InvalidArgumentError(f"{name} must be > 0, got {v}")
+    if positive and not cast > 0:
+        raise InvalidArgumentError(f"{name} must be > 0, got {v} (0 in {np.dtype(dtype).name})")
+    return v
 
-    def evaluate(
-        self,
-        router: Any,
-        loss: str = "mse",
-        steps: int = 1,
-        retain_sinks: bool = False,
-        entropy_lambda: float = 0.0,
-        eps: float = 1e-12,
-    ) -> float:
-        """The objective of ``Router.train_step`` over every held-out row, with no update
-        (reads back one float per chunk).
 
-        Args:
-            router: a :class:`~energetic_wgpu.Router` on this object's backend.
-            loss: "mse" or "cross_entropy" (a mask needs "mse").
-            steps, retain_sinks: the forward's propagation, as in training.
-            entropy_lambda: weight of the entropy term (added once, as in training).
-        """
-        if loss not in ("mse", "cross_entropy"):
-            raise InvalidArgumentError(f"loss must be 'mse' or 'cross_entropy', got {loss!r}")
-        if loss != "mse" and self.has_mask:
-            raise InvalidArgumentError("a held-out mask is only supported with loss='mse'")
-        be = self.backend
-        parts: list[tuple[Any, int]] = []
-        pi = None
-        for energies, targets, mask, rows, counted in self.chunks:
-            out = router.forward(energies, steps=steps, retain_sinks=retain_sinks)
-            pi = out.edge_pi
-            if loss == "mse":
-                value, _ = be.mse(out.next_energies, targets, mask)
-                parts.append((value, counted))
-            else:
-                value, _ = be.cross_entropy(out.next_energies, targets, float(eps))
-                parts.append((value, rows))
-        total_weight = sum(w for _, w in parts)
-        values = [float(be.to_numpy(v)[0]) for v, _ in parts]
-        if len(parts) == 1 or not total_weight:
-            result = values[0] if total_weight else 0.0
-        else:
-            result = sum(v * w for v, (_, w) in zip(values, parts)) / total_weight
-        if entropy_lambda != 0.0 and pi is not None:
-            ent, _ = be.entropy_regularization(router.graph, pi, float(entropy_lambda))
-            result += float(be.to_numpy(ent)[0])
-        return float(result)
+def check_tau(value: Any, name: str = "tau") -> float:
+    """A softmax temperature: a float whose float32 is a normal positive number
+    (``F32_TINY`` <= tau <= float32 max), so that ``logit / tau`` and the backward's division by
+    tau are well defined in float32 on every backend."""
+    v = check_float(value, name, positive=True)
+    if v < F32_TINY:
+        raise InvalidArgumentError(
+            f"{name} must be >= {F32_TINY:.8g} (the smallest normal float32; smaller values round to 0 "
+            f"or a subnormal that GPUs flush to 0), got {v}"
+        )
+    return v
+
+
+def check_int(value: Any, name: str, minimum: int, maximum: int | None = None) -> int:
+    """``value`` as an int in [minimum, maximum]."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        upto = "" if maximum is None else f" and <= {maximum}"
+        raise InvalidArgumentError(f"{name} must be an int >= {minimum}{upto}, got {_short(value)}")
+    if value < minimum:
+        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {int(value)}")
+    if maximum is not None and value > maximum:
+        raise InvalidArgumentError(f"{name} must be an int <= {maximum}, got {int(value)}")
+    return int(value)
+
+
+def _as_array(value: Any, name: str) -> np.ndarray:
+    """np.asarray with a library error for ragged nested lists and other unconvertible input."""
+    if hasattr(value, "backend") and not isinstance(value, np.ndarray):
+        raise InvalidArgumentError(
+            f"{name} is an array of another backend ({value.backend.describe()}); move it with to_numpy() first"
+        )
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise ShapeError(f"{name} must be a rectangular numeric array, got {type(value).__name__} ({exc})") from None
+    if arr.dtype == object:
+        raise ShapeError(f"{name} must be a rectangular numeric array (not ragged), got dtype object")
+    return arr
+
+
+def float_array(value: Any, name: str, shape: tuple[int, ...] | None, dtype: Any) -> np.ndarray:
+    """``value`` as a numpy array of ``dtype``: float or integer input (integers are values
+    here, never indices), shape ``shape`` (any when None), every element finite in ``dtype``."""
+    arr = _as_array(value, name)
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ShapeError(f"{name} must be a float array, got dtype {arr.dtype}")
+    if shape is not None and arr.shape != shape:
+        raise ShapeError(f"{name} must have shape {shape}, got {arr.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(dtype)
+    if not np.all(np.isfinite(out)):
+        if np.all(np.isfinite(arr)):
+            raise InvalidArgumentError(
+                f"{name} must be finite in {np.dtype(dtype).name}: values beyond +-{float(np.finfo(dtype).max):.4g} "
+                f"overflow to inf"
+            )
+        raise InvalidArgumentError(f"{name} must be finite (no NaN or inf)")
+    return out
+
+
+def mask_array(value: Any, name: str) -> np.ndarray:
+    """``value`` as a bool numpy array: a bool array, or a numeric array whose values are all
+    0 or 1 (any other value, NaN included, is refused)."""
+    arr = _as_array(value, name)
+    if arr.dtype == np.bool_:
+        return arr
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ShapeError(f"{name} must be a bool array or a numeric array of 0 and 1, got dtype {arr.dtype}")
+    ok = (arr == 0) | (arr == 1)
+    if not np.all(ok):
+        bad = arr[~ok].reshape(-1)[0]
+        raise InvalidArgumentError(f"{name} must hold only 0 and 1 (or be a bool array), got the value {bad!r}")
+    return arr != 0
+
+
+def check_not_foreign(backend: Any, value: Any, name: str) -> None:
+    """Refuse an array of another backend or adapter (it cannot be bound here)."""
+    other = getattr(value, "backend", None)
+    if other is not None and other is not backend and not isinstance(value, np.ndarray):
+        where = other.describe() if hasattr(other, "describe") else type(other).__name__
+        raise InvalidArgumentError(
+            f"{name} is an array of another backend ({where}), not of this router's ({backend.describe()}); "
+            "move it with to_numpy() or asarray() on this backend first"
+        )
+
+
+def memory_budget() -> int:
+    """Bytes one forward's history may take: half the machine's physical memory (a software
+    adapter's device memory is host memory; wgpu does not report a GPU's memory size)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        total = 8 * 2**30
+    return int(total) // 2

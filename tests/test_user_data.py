@@ -23,7 +23,7 @@ from energetic_wgpu.config import from_dict, load_config
 from energetic_wgpu.errors import ConfigError, DataError
 from energetic_wgpu.trainer import Trainer
 from energetic_wgpu.userdata import load_arrays, load_graph, split_holdout
-from energetic_wgpu.validation import HeldOut
+from energetic_wgpu.heldout import HeldOut
 
 N = 12
 # src, dst, weight: every node links to i+1 and i+5; node 11 is a sink; node 4 has 3 out-edges
@@ -171,8 +171,10 @@ def test_config_graph_path_and_arrays_task(tmp_path):
     assert from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match=r"graph\.path and the lattice keys \(graph\.layers\) are exclusive"):
         from_dict({"graph": {"path": "g.txt", "layers": 3}})
-    with pytest.raises(ConfigError, match=r"graph\.path and the lattice keys .* are exclusive"):
-        load_config(None, ["graph.path=g.txt"])  # the baseline names the lattice
+    assert load_config(None, ["graph.path=g.txt"]).graph.path == "g.txt"  # the defaults name no lattice key
+    (tmp_path / "lattice.yaml").write_text("graph:\n  layers: 4\n  nodes_per_layer: 8\n")
+    with pytest.raises(ConfigError, match=r"graph\.path and the lattice keys \(graph\.layers, graph\.nodes_per_layer\)"):
+        load_config(tmp_path / "lattice.yaml", ["graph.path=g.txt"])
     with pytest.raises(ConfigError, match=r"train\.task\.path must name a \.npz file"):
         from_dict({"train": {"task": {"name": "arrays"}}})
     with pytest.raises(ConfigError, match=r"train\.task\.path is only read when train\.task\.name is 'arrays'"):

@@ -206,13 +206,24 @@ class Backend(ABC):
         eps: float,
         weight_decay: float,
         max_grad_norm: float | None,
+        loss: Any = None,
+        return_skipped: bool = False,
     ) -> Any:
         """One clipped AdamW update, **in place** on params, exp_avg, exp_avg_sq and step.
 
-        ``step`` is a backend array float [1] holding t (number of updates done); it is
-        incremented first. Clipping (torch.nn.utils.clip_grad_norm_): total = sqrt(sum of
+        ``step`` is a backend array float [1] holding t (number of updates done), or float
+        [3] holding [t, consecutive skipped steps, total skipped steps]; t is incremented
+        first. Clipping (torch.nn.utils.clip_grad_norm_): total = sqrt(sum of
         squares of all grads); coef = min(1, max_grad_norm / (total + 1e-6)) if
         max_grad_norm is not None else 1; g = grad * coef. Then for each parameter p:
         p *= 1 - lr * weight_decay; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
         p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps).
-        Returns float [1]: the total gradient norm before clipping."""
+
+        Non-finite guard (torch GradScaler's ``found_inf``), decided on the device with no
+        readback: if the sum of squares of the grads (in ``self.dtype``: it overflows to inf
+        where a float32 square would) or ``loss`` (optional float [1]) is NaN or +-inf, nothing
+        is updated: params, m, v and t keep their values, and with a [3] ``step`` both skip
+        counts grow by 1 (an applied update resets the consecutive count to 0).
+
+        Returns float [1]: the total gradient norm before clipping; with ``return_skipped``
+        ``(norm, skipped)`` where skipped is float [1], 1.0 if the update was skipped else 0.0."""
