@@ -12,7 +12,15 @@ Quick start::
 from __future__ import annotations
 
 from . import losses
-from .backends import Backend, available_backends, backend_status, get_backend, to_numpy
+from .backends import (
+    Backend,
+    available_backends,
+    backend_status,
+    explain_auto,
+    get_backend,
+    list_adapters,
+    to_numpy,
+)
 from .errors import (
     BackendUnavailable,
     CheckpointError,
@@ -60,7 +68,9 @@ __all__ = [
     "backend_status",
     "build_lattice",
     "build_lattice_3d",
+    "explain_auto",
     "get_backend",
+    "list_adapters",
     "losses",
     "make_schedule",
     "to_numpy",

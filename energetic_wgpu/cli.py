@@ -143,18 +143,11 @@ def _info_report() -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001
             ok, why = False, f"{type(exc).__name__}: {exc}"
         report["adapters"].append({**a, "ok": ok, "detail": why})
-    env = os.environ.get("ENERGETIC_BACKEND")
-    default = next((n for n in ("wgpu", "numpy") if status.get(n, (False, ""))[0]), "none")
-    reason = "the first backend that starts (wgpu, then numpy)"
-    explain = getattr(backends, "explain_auto", None)
-    if explain is not None:  # the auto-selection's own account of its choice
-        try:
-            explained = explain()
-            default, reason = (explained if isinstance(explained, tuple) else (default, str(explained)))[:2]
-        except Exception as exc:  # noqa: BLE001
-            reason = f"explain_auto failed: {type(exc).__name__}: {exc}"
-    if env:
-        default, reason = env, "from $ENERGETIC_BACKEND"
+    try:  # "numpy, since every wgpu adapter is a CPU/software one ..." and the like
+        reason = backends.explain_auto()
+        default = reason.split(",", 1)[0].strip()
+    except Exception as exc:  # noqa: BLE001
+        default, reason = "numpy", f"the auto choice could not be explained: {type(exc).__name__}: {exc}"
     report["auto"] = {"backend": default, "reason": reason}
     return report
 
@@ -181,7 +174,7 @@ def _print_info(report: dict[str, Any]) -> None:
         if feats:
             print(f"      features ({len(feats)}): " + ", ".join(feats))
     auto = report["auto"]
-    print(f"default backend (auto): {auto['backend']} ({auto['reason']})")
+    print(f"default backend (auto): {auto['reason']}")
 
 
 def cmd_info(args: argparse.Namespace) -> int:

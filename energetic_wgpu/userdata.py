@@ -5,7 +5,8 @@ Graph files (:func:`load_graph`), chosen by content and extension:
 * a ``.npz`` with ``row_ptr`` int [N+1] and ``col_idx`` int [E] (CSR over source nodes, as
   :meth:`Graph.from_csr`) and optionally ``weights`` float [E];
 * a ``.npz`` written by ``scipy.sparse.save_npz``: entry (i, j) of the square [N, N] matrix is
-  an edge i -> j and its value the edge's weight;
+  an edge i -> j and its value the edge's weight (as :meth:`Graph.from_scipy`: every stored
+  entry is an edge);
 * any other file: a text edge list, one edge per line ``src dst`` or ``src dst weight``
   (separated by spaces, tabs or commas; node ids are ints from 0; ``#`` and ``%`` start a
   comment; N = the largest id + 1). Edges are grouped by source, keeping the file's order
@@ -35,7 +36,7 @@ import numpy as np
 from .errors import DataError, EnergeticError
 from .graph import Graph
 
-__all__ = ["load_graph", "load_arrays", "split_holdout", "graph_from_scipy"]
+__all__ = ["load_graph", "load_arrays", "split_holdout"]
 
 _SCIPY_KEYS = {"format", "shape"}
 _SPLIT = re.compile(r"[\s,]+")
@@ -69,25 +70,6 @@ def _is_npz(path: Path) -> bool:
 
 
 # ------------------------------------------------------------------------ graphs
-def graph_from_scipy(matrix: Any) -> Graph:
-    """A :class:`Graph` from a square scipy.sparse matrix: entry (i, j) is an edge i -> j with
-    weight ``matrix[i, j]`` (explicitly stored zeros are edges of weight 0; duplicate entries
-    are summed)."""
-    import scipy.sparse as sp
-
-    if not sp.issparse(matrix):
-        raise DataError(f"expected a scipy.sparse matrix, got {type(matrix).__name__}")
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise DataError(f"the adjacency matrix must be square [N, N], got shape {matrix.shape}")
-    from_scipy = getattr(Graph, "from_scipy", None)
-    if from_scipy is not None:  # the library's own converter, when it has one
-        return from_scipy(matrix)
-    csr = sp.csr_matrix(matrix)
-    csr.sum_duplicates()
-    data = csr.data.astype(np.float64) if csr.data.dtype == np.bool_ else csr.data
-    return Graph.from_csr(csr.indptr.astype(np.int64), csr.indices.astype(np.int64), weights=data)
-
-
 def _graph_from_npz(path: Path) -> Graph:
     arrays = _open_npz(path, "graph")
     if "row_ptr" in arrays or "col_idx" in arrays:
@@ -105,7 +87,7 @@ def _graph_from_npz(path: Path) -> Graph:
             matrix = sp.load_npz(path)
         except Exception as exc:  # scipy raises ValueError/KeyError/... on a damaged file
             raise DataError(f"{_name(path)}: not a readable scipy.sparse .npz ({type(exc).__name__}: {exc})") from None
-        return graph_from_scipy(matrix)
+        return Graph.from_scipy(matrix)
     found = ", ".join(sorted(arrays)) or "none"
     raise DataError(
         f"{_name(path)}: missing arrays: a graph .npz needs row_ptr and col_idx (optional weights), "

@@ -114,7 +114,7 @@ def test_bad_graph_npz(tmp_path):
     with pytest.raises(DataError, match=r"d\.npz: weights must be finite"):
         load_graph(tmp_path / "d.npz")
     sp.save_npz(tmp_path / "e.npz", sp.csr_matrix(np.ones((2, 3))))
-    with pytest.raises(DataError, match=r"must be square \[N, N\], got shape \(2, 3\)"):
+    with pytest.raises(DataError, match=r"must be square \[N, N\].*got shape \(2, 3\)"):
         load_graph(tmp_path / "e.npz")
     with pytest.raises(DataError, match=r"nope\.txt: no such graph file"):
         load_graph(tmp_path / "nope.txt")

@@ -56,6 +56,11 @@ class Backend(ABC):
     def zeros(self, shape: tuple[int, ...], dtype: Any = None) -> Any:
         """A new zero-filled backend array (float ``self.dtype`` unless ``dtype`` is given)."""
 
+    @abstractmethod
+    def write(self, x: Any, data: Any) -> None:
+        """Copy host ``data`` (numpy-like, ``x``'s shape) into the backend array ``x`` **in
+        place** (an upload on a GPU backend; no allocation)."""
+
     def reshape(self, x: Any, shape: tuple[int, ...]) -> Any:
         """A backend array with the same data and a new shape (same element count); may alias ``x``."""
         return x.reshape(shape)

@@ -164,6 +164,9 @@ class NumpyBackend(Backend):
     def is_array(self, x: Any) -> bool:
         return isinstance(x, np.ndarray)
 
+    def write(self, x: np.ndarray, data: Any) -> None:
+        np.copyto(x, np.asarray(data).reshape(x.shape), casting="same_kind")
+
     def zeros(self, shape: tuple[int, ...], dtype: Any = None) -> np.ndarray:
         return np.zeros(shape, dtype=self.dtype if dtype is None else dtype)
 

@@ -250,6 +250,10 @@ class WgpuBackend(Backend):
     def is_array(self, x: Any) -> bool:
         return isinstance(x, DeviceArray) and x.backend is self
 
+    def write(self, x: DeviceArray, data: Any) -> None:
+        host, _ = self._host(np.asarray(data).reshape(x.shape), x.dtype)
+        self.runtime.write(x, host)
+
     def zeros(self, shape: Any, dtype: Any = None) -> DeviceArray:
         if isinstance(shape, (int, np.integer)):
             shape = (int(shape),)
