@@ -6,7 +6,7 @@ AdamW (plain and packed) and a multi-step Router forward/backward, on a small gr
 out-degrees 0, 1, k, k+1, 64, 65 and 300, self-loops and batches 0, 1 and 33. Each case runs
 once with the NumPy reference and twice on each target (every wgpu adapter), and the report
 gives per case and target: the largest error against NumPy, the tolerance
-``1e-5 * max(1, max|ref|)`` (SPEC §6, per output array; bool/int outputs and the case's
+``1e-5 * max(1, max|ref|)`` (per output array; bool/int outputs and the case's
 ``exact`` outputs must match exactly), whether the two runs were bit-identical, and
 PASS/FAIL. A case that raises is a FAIL with the reason.
 

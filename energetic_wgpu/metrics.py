@@ -1,6 +1,5 @@
 """Training metrics: a collector, a JSON-lines event log, CSV/JSON export, a run summary
-and an optional plot (:func:`~energetic_wgpu.plots.plot_metrics`, re-exported here) (the seed's §2.4 ``RouterLogger`` → ``MetricsCollector`` →
-``MetricsExporter`` → ``PipelineSnapshot``).
+and an optional plot (:func:`~energetic_wgpu.plots.plot_metrics`, re-exported here).
 
 Events (one JSON object per line of ``metrics.jsonl``)::
 
@@ -25,11 +24,14 @@ from typing import IO, Any, Iterable
 
 from .plots import plot_metrics
 
-__all__ = ["FIELDS", "FORWARD_FIELDS", "BACKWARD_FIELDS", "VALIDATION_FIELDS", "MetricsCollector", "EventLog", "RunSummary", "plot_metrics"]
+__all__ = [
+    "FIELDS", "FORWARD_FIELDS", "BACKWARD_FIELDS", "VALIDATION_FIELDS", "MetricsCollector", "EventLog", "RunSummary",
+    "plot_metrics",
+]
 
 log = logging.getLogger("energetic_wgpu")
 
-#: fields of the router.forward event (the seed's RouterLogger.logForward)
+#: fields of the router.forward event
 FORWARD_FIELDS = ("total_energy", "active_nodes", "active_edges", "avg_entropy", "max_edge_flow")
 #: fields of the router.backward event
 BACKWARD_FIELDS = ("loss", "grad_norm", "lr")
@@ -163,7 +165,7 @@ class MetricsCollector:
 
 @dataclass
 class RunSummary:
-    """The seed's ``PipelineSnapshot`` router fields for one run."""
+    """What a run did: steps, final and best loss (and val_loss), speed, backend, graph size, final metrics."""
 
     steps: int
     final_loss: float | None
@@ -194,7 +196,8 @@ class RunSummary:
         losses = [(r["loss"], r["step"]) for r in records if math.isfinite(r["loss"])]
         best = min(losses) if losses else (None, None)
         last = records[-1] if records else {}
-        vals = [(r["val_loss"], r["step"]) for r in records if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
+        vals = [(r["val_loss"], r["step"]) for r in records
+                if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
         best_val = min(vals) if vals else (None, None)
         return cls(
             final_loss=last.get("loss"),

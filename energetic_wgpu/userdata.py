@@ -10,7 +10,8 @@ Graph files (:func:`load_graph`), chosen by content and extension:
 * any other file: a text edge list, one edge per line ``src dst`` or ``src dst weight``
   (separated by spaces, tabs or commas; node ids are ints from 0; ``#`` and ``%`` start a
   comment; N = the largest id + 1). Edges are grouped by source, keeping the file's order
-  within a source.
+  within a source; ``graph.edge_perm`` / ``graph.to_input_order`` map per-edge results back
+  to the file's edge order (input edge ``k`` is the ``k``-th edge line).
 
 Edge weights are the static prior of each edge: the router's initial ``bias`` (its logit
 before the learned Q/K term).

@@ -61,6 +61,8 @@ def test_graph_formats_agree(tmp_path):
     np.testing.assert_array_equal(from_text.col_idx, np.array([e[1] for e in EDGES])[order])
     np.testing.assert_array_equal(from_text.weights, np.array([e[2] for e in EDGES])[order])
     assert from_text.out_degree[4] == 3 and from_text.out_degree[N - 1] == 0
+    # per-edge results go back to the file's edge order
+    np.testing.assert_array_equal(from_text.to_input_order(from_text.weights), [e[2] for e in EDGES])
 
     np.savez(tmp_path / "csr.npz", row_ptr=from_text.row_ptr, col_idx=from_text.col_idx, weights=from_text.weights)
     from_csr = load_graph(tmp_path / "csr.npz")
@@ -337,3 +339,22 @@ def test_readme_train_on_your_data_example_runs(tmp_path, capsys, monkeypatch):
     records = json.loads((out / "metrics.json").read_text())
     # the routing in the example's targets is learnable: the held-out loss falls 100-fold
     assert records[-1]["val_loss"] < 0.01 * records[0]["val_loss"]
+
+
+def test_trainer_api_with_a_graph_data_and_held_out_set(tmp_path):
+    """From Python: Trainer(graph=..., data=ArrayDataset(...), validation=HeldOut(...))."""
+    from energetic_wgpu.config import load_config
+    from energetic_wgpu.tasks import ArrayDataset
+
+    g = load_graph(write_edges(tmp_path / "g.txt"))
+    e, y, _ = load_arrays(write_data(tmp_path / "d.npz"), N)
+    be = get_backend("numpy")
+    cfg = load_config(None, ["router.dim=4", "train.steps=4", "train.log_every=2", "backend.name=numpy"])
+    t = Trainer(cfg, graph=g, data=ArrayDataset(e[:24], y[:24], batch_size=4), validation=HeldOut(be, e[24:], y[24:]),
+                write_files=False, progress=False)
+    s = t.run()
+    assert t.graph is g and s.num_nodes == N and s.num_edges == len(EDGES)
+    assert [r["step"] for r in t.collector.records] == [1, 2, 4]
+    assert all(r["val_loss"] > 0 for r in t.collector.records) and s.final_val_loss == t.collector.records[-1]["val_loss"]
+    with pytest.raises(Exception, match="graph must be an energetic_wgpu.Graph"):
+        Trainer(cfg, graph="g.txt", write_files=False, progress=False)
