@@ -43,7 +43,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 from .backends import Backend, get_backend
 from .errors import InvalidArgumentError, ShapeError
 from .graph import Graph
-from .router import Router, RouterParams, _check_int
+from .router import Router, RouterParams
+from .validation import check_int
 
 __all__ = ["EnergeticRouter"]
 
@@ -97,15 +98,15 @@ class EnergeticRouter(nn.Module):
         if not isinstance(retain_sinks, (bool, np.bool_)):
             raise InvalidArgumentError(f"retain_sinks must be a bool, got {retain_sinks!r}")
         self.graph = graph
-        self.steps = _check_int(steps, "steps", 1)
+        self.steps = check_int(steps, "steps", 1)
         self.retain_sinks = bool(retain_sinks)
         p = RouterParams.init(graph, dim=dim, tau=tau, alpha=alpha, top_k=top_k, seed=seed)
         self.tau, self.alpha, self.top_k = p.tau, p.alpha, p.top_k
         self.q = nn.Parameter(torch.from_numpy(p.q))
         self.k = nn.Parameter(torch.from_numpy(p.k))
         self.bias = nn.Parameter(torch.from_numpy(p.bias))
-        self._backend_name = backend
-        self.backend = get_backend(backend)  # float32 backend: fail early on a bad name
+        self._backend_name = "auto" if backend is None else backend
+        self.backend = get_backend(self._backend_name)  # float32 backend: fail early on a bad name
         self._routers: dict[torch.dtype, Router] = {}
         self._uploaded: dict[torch.dtype, list[tuple[int, int]]] = {}
 
@@ -139,6 +140,20 @@ class EnergeticRouter(nn.Module):
                     router.backend.write(dst, p.detach().cpu().numpy())
             self._uploaded[dtype] = versions
         return router
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling (``torch.save(module)``, ``copy.deepcopy``) keeps the parameters and the
+        backend's name; the library routers are rebuilt on first use."""
+        state = dict(self.__dict__)
+        name = self._backend_name
+        state["_backend_name"] = name if isinstance(name, str) else self.backend.name
+        state["backend"] = None
+        state["_routers"], state["_uploaded"] = {}, {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.backend = get_backend(self._backend_name)
 
     def _versions(self) -> list[tuple[int, int]]:
         return [(p._version, p.data_ptr()) for p in (self.q, self.k, self.bias)]
