@@ -9,7 +9,8 @@ Graph files (:func:`load_graph`), chosen by content and extension:
   entry is an edge);
 * any other file: a text edge list, one edge per line ``src dst`` or ``src dst weight``
   (separated by spaces, tabs or commas; node ids are ints from 0; ``#`` and ``%`` start a
-  comment; N = the largest id + 1). Edges are grouped by source, keeping the file's order
+  comment; N = the largest id + 1, or the N of a ``# nodes: N`` comment, e.g. for nodes
+  without edges after the last one used). Edges are grouped by source, keeping the file's order
   within a source; ``graph.edge_perm`` / ``graph.to_input_order`` map per-edge results back
   to the file's edge order (input edge ``k`` is the ``k``-th edge line).
 
@@ -41,6 +42,9 @@ __all__ = ["load_graph", "load_arrays", "split_holdout"]
 
 _SCIPY_KEYS = {"format", "shape"}
 _SPLIT = re.compile(r"[\s,]+")
+#: a comment declaring the node count, e.g. "# nodes: 100" or SNAP's "# Nodes: 100 Edges: 250"
+_NODES = re.compile(r"\s*nodes\s*:?\s*(\d+)", re.I)
+_COMMENT = re.compile(r"[#%]")
 
 
 def _name(path: str | Path) -> str:
@@ -106,6 +110,16 @@ def _parse_id(token: str, path: Path, lineno: int, what: str) -> int:
     return value
 
 
+def _weight(token: str, path: Path, lineno: int) -> float:
+    try:
+        w = float(token)
+    except ValueError:
+        raise DataError(f"{_name(path)}, line {lineno}: the weight must be a number, got {token!r}") from None
+    if not math.isfinite(w):
+        raise DataError(f"{_name(path)}, line {lineno}: the weight must be finite, got {token!r}")
+    return w
+
+
 def _graph_from_edge_list(path: Path) -> Graph:
     try:
         text = path.read_text(encoding="utf-8")
@@ -117,8 +131,14 @@ def _graph_from_edge_list(path: Path) -> Graph:
     dst: list[int] = []
     weights: list[float] = []
     weighted: bool | None = None
+    declared: tuple[int, int] | None = None  # (N, line) of a "# nodes: N" comment
     for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = re.split(r"[#%]", raw, maxsplit=1)[0].strip()
+        mark = _COMMENT.search(raw)
+        line, comment = (raw, "") if mark is None else (raw[: mark.start()], raw[mark.end():])
+        m = _NODES.match(comment)
+        if m:
+            declared = (int(m.group(1)), lineno)
+        line = line.strip()
         if not line:
             continue
         tokens = _SPLIT.split(line)
@@ -136,16 +156,18 @@ def _graph_from_edge_list(path: Path) -> Graph:
         src.append(_parse_id(tokens[0], path, lineno, "src"))
         dst.append(_parse_id(tokens[1], path, lineno, "dst"))
         if weighted:
-            try:
-                w = float(tokens[2])
-            except ValueError:
-                raise DataError(f"{_name(path)}, line {lineno}: the weight must be a number, got {tokens[2]!r}") from None
-            if not math.isfinite(w):
-                raise DataError(f"{_name(path)}, line {lineno}: the weight must be finite, got {tokens[2]!r}")
-            weights.append(w)
-    if not src:
-        raise DataError(f"{_name(path)}: the edge list holds no edges (expected lines 'src dst [weight]')")
-    n = max(max(src), max(dst)) + 1
+            weights.append(_weight(tokens[2], path, lineno))
+    used = max(max(src), max(dst)) + 1 if src else 0
+    if declared is None and not src:
+        raise DataError(
+            f"{_name(path)}: the edge list holds no edges (expected lines 'src dst [weight]', "
+            "or a '# nodes: N' line for a graph without edges)"
+        )
+    n = used if declared is None else declared[0]
+    if n < used:
+        raise DataError(
+            f"{_name(path)}, line {declared[1]}: '# nodes: {n}' but the edges use node id {used - 1}"  # type: ignore[index]
+        )
     return Graph.from_edges(
         np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64), n,
         weights=np.asarray(weights) if weighted else None,

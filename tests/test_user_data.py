@@ -358,3 +358,19 @@ def test_trainer_api_with_a_graph_data_and_held_out_set(tmp_path):
     assert all(r["val_loss"] > 0 for r in t.collector.records) and s.final_val_loss == t.collector.records[-1]["val_loss"]
     with pytest.raises(Exception, match="graph must be an energetic_wgpu.Graph"):
         Trainer(cfg, graph="g.txt", write_files=False, progress=False)
+
+
+def test_edge_list_node_count_comment(tmp_path):
+    """'# nodes: N' (SNAP writes '# Nodes: N Edges: E') adds nodes after the last id used, and
+    allows a graph without edges."""
+    path = tmp_path / "g.txt"
+    path.write_text("# Nodes: 6 Edges: 2\n0 1\n1 2\n")
+    g = load_graph(path)
+    assert g.num_nodes == 6 and g.num_edges == 2 and g.sink_mask.tolist() == [False, False, True, True, True, True]
+    path.write_text("# nodes: 3\n")
+    assert load_graph(path).num_nodes == 3 and load_graph(path).num_edges == 0
+    path.write_text("0 1\n# nodes: 2\n1 5\n")
+    with pytest.raises(DataError, match=r"g\.txt, line 2: '# nodes: 2' but the edges use node id 5"):
+        load_graph(path)
+    path.write_text("0 1 # nodes in a comment that says nothing\n")
+    assert load_graph(path).num_nodes == 2
