@@ -163,12 +163,14 @@ class Trainer:
         if not isinstance(config, Config):
             raise InvalidArgumentError(f"config must be an energetic_wgpu.config.Config, got {type(config).__name__}")
         self.config = config
-        if config.graph.path is None:  # a lattice: an impossible size is refused before anything is allocated
+        if graph is None and config.graph.path is None:  # an impossible lattice is refused before it is built
             check_train_fits(config)
         self.backend = make_backend(config) if backend is None else get_backend(backend)
         if graph is not None and not isinstance(graph, Graph):
             raise InvalidArgumentError(f"graph must be an energetic_wgpu.Graph or None, got {type(graph).__name__}")
         self.graph = make_graph(config) if graph is None else graph
+        if graph is not None or config.graph.path is not None:  # a given graph: refused before any backend work
+            check_train_fits(config, graph=self.graph)
         r = config.router
         params = RouterParams.init(
             self.graph, dim=r.dim, tau=r.tau, alpha=r.alpha, top_k=r.top_k, seed=config.train.seed

@@ -374,3 +374,16 @@ def test_edge_list_node_count_comment(tmp_path):
         load_graph(path)
     path.write_text("0 1 # nodes in a comment that says nothing\n")
     assert load_graph(path).num_nodes == 2
+
+
+def test_size_check_uses_the_loaded_graph(tmp_path):
+    from energetic_wgpu.sizing import check_train_fits, estimate_train_bytes
+
+    path = write_edges(tmp_path / "g.txt")
+    g, cfg = load_graph(path), from_dict({"graph": {"path": str(path)}})
+    need = estimate_train_bytes(cfg, g)
+    assert 0 < need < estimate_train_bytes(cfg) / 100  # 12 nodes, not the default lattice's 10,240
+    assert check_train_fits(cfg, available=need, graph=g) == need
+    with pytest.raises(ConfigError, match=rf"graph\.path {re.escape(str(path))} \(12 nodes, 23 edges\) with "
+                                          r"train\.batch_size 64 needs about .* lower train\.batch_size"):
+        check_train_fits(cfg, available=need - 1, graph=g)
