@@ -18,7 +18,8 @@ from energetic_wgpu.errors import InvalidArgumentError, ShapeError
 from energetic_wgpu.optim import AdamW
 from energetic_wgpu.router import Gradients, Router, RouterParams
 
-from conftest import ADAPTERS, assert_parity, wgpu_backend_for
+from conftest import ADAPTERS, wgpu_backend_for
+from parity import assert_parity
 
 TINY = float(np.finfo(np.float32).tiny)
 NP = NumpyBackend()

@@ -15,7 +15,7 @@ import energetic_wgpu as ew  # noqa: E402
 from energetic_wgpu.errors import InvalidArgumentError, ShapeError  # noqa: E402
 from energetic_wgpu.torch import EnergeticRouter  # noqa: E402
 
-from conftest import assert_parity  # noqa: E402
+from parity import assert_parity  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

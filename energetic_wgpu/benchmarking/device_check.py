@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -157,7 +158,12 @@ def _adapters(dry_run: bool) -> list[dict[str, Any]]:
     return [a for a in adapters if a.get("adapter_type") in HARDWARE]
 
 
-def run(dry_run: bool = False, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def run(dry_run: bool = False, echo: Callable[[str], None] = _say) -> dict[str, Any]:
     """The whole check as a JSON-able dict: machine, adapters (each with its parity check and
     train-step figures), torch; ``ok`` is False when a parity check failed or no adapter ran."""
     from energetic_wgpu.backends import get_backend
@@ -213,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out or f"device-check-{platform.node() or 'host'}.json"
     with open(path, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
-    print(f"wrote {path}")
+    _say(f"wrote {path}")
     return 0 if report["ok"] else 1
 
 
