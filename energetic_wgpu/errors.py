@@ -17,6 +17,7 @@ __all__ = [
     "DeviceError",
     "DeviceLimitError",
     "CheckpointError",
+    "DistributedError",
 ]
 
 
@@ -54,3 +55,8 @@ class DeviceLimitError(EnergeticError, ValueError):
 
 class CheckpointError(EnergeticError):
     """A checkpoint file is corrupt, truncated, of another graph or of an unsupported format version."""
+
+
+class DistributedError(EnergeticError, RuntimeError):
+    """Data-parallel training failed across ranks: a rank died or timed out, could not open its
+    adapter, or the replicas' parameters diverged; the message names the rank or the step."""

@@ -17,7 +17,7 @@ from .backends import Backend, METRIC_NAMES, get_backend
 from .errors import InvalidArgumentError, ShapeError
 from .graph import Graph
 
-__all__ = ["RouterParams", "Router", "RouterOutput", "Gradients", "TrainStepResult"]
+__all__ = ["RouterParams", "Router", "RouterOutput", "Gradients", "LossAndGrads", "TrainStepResult"]
 
 
 def _check_float(value: Any, name: str, *, positive: bool = False) -> float:
@@ -239,6 +239,21 @@ class Gradients:
 
 
 @dataclass
+class LossAndGrads:
+    """The result of :meth:`Router.loss_and_grads`: the forward output, the loss as a float
+    [1] backend array (``loss`` reads it back) and the :class:`Gradients`."""
+
+    backend: Backend
+    output: RouterOutput
+    loss_array: Any
+    grads: Gradients
+
+    @property
+    def loss(self) -> float:
+        return float(self.backend.to_numpy(self.loss_array)[0])
+
+
+@dataclass
 class TrainStepResult:
     """The handle returned by :meth:`Router.train_step`; values are read back on access.
 
@@ -452,7 +467,7 @@ class Router:
         eps: float = 1e-12,
     ) -> "TrainStepResult":
         """One training step on this router's backend: forward, loss and its gradient,
-        backward through all steps, clipped AdamW (``optimizer``).
+        backward through all steps (:meth:`loss_and_grads`), clipped AdamW (``optimizer``).
 
         Nothing is read back: on a GPU backend the whole step is encoded on the device, and
         the returned :class:`TrainStepResult` reads the loss, gradient norm and metrics only
@@ -465,10 +480,36 @@ class Router:
             mask: bool, the shape of target, for "mse" only (None: every element).
             entropy_lambda: adds ``-lambda * sum pi log pi`` (entropy regularization) when != 0.
         """
-        if loss not in ("mse", "cross_entropy"):
-            raise InvalidArgumentError(f"loss must be 'mse' or 'cross_entropy', got {loss!r}")
         if getattr(optimizer, "router", None) is not self:
             raise InvalidArgumentError("optimizer must be an optimizer built over this router")
+        lg = self.loss_and_grads(
+            energies, target, loss=loss, mask=mask, active=active, steps=steps, retain_sinks=retain_sinks,
+            entropy_lambda=entropy_lambda, eps=eps,
+        )
+        norm = optimizer.step(lg.grads)
+        return TrainStepResult(
+            backend=self.backend, output=lg.output, loss_array=lg.loss_array, grad_norm_array=norm, grads=lg.grads
+        )
+
+    def loss_and_grads(
+        self,
+        energies: Any,
+        target: Any,
+        loss: str = "mse",
+        mask: Any = None,
+        active: Any = None,
+        steps: int = 1,
+        retain_sinks: bool = False,
+        entropy_lambda: float = 0.0,
+        eps: float = 1e-12,
+    ) -> "LossAndGrads":
+        """The first half of :meth:`train_step` (same arguments, no optimizer): forward, loss
+        and its gradient, backward. The parameters are not changed, so the gradients can be
+        combined with others (e.g. all-reduced across data-parallel ranks by
+        :mod:`energetic_wgpu.distributed`) before ``optimizer.step(result.grads)``.
+        Nothing is read back."""
+        if loss not in ("mse", "cross_entropy"):
+            raise InvalidArgumentError(f"loss must be 'mse' or 'cross_entropy', got {loss!r}")
         lam = _check_float(entropy_lambda, "entropy_lambda")
         be = self.backend
         out = self.forward(energies, active=active, steps=steps, retain_sinks=retain_sinks)
@@ -496,8 +537,7 @@ class Router:
             ent_loss, grad_pi = be.entropy_regularization(self.graph, out.edge_pi, lam)
             loss_arr = be.add(loss_arr, ent_loss)
         grads = self.backward(out, grad, grad_pi)
-        norm = optimizer.step(grads)
-        return TrainStepResult(backend=be, output=out, loss_array=loss_arr, grad_norm_array=norm, grads=grads)
+        return LossAndGrads(backend=be, output=out, loss_array=loss_arr, grads=grads)
 
     def __repr__(self) -> str:
         return (

@@ -243,6 +243,24 @@ class WgpuBackend(Backend):
             arr = arr.astype(self.dtype)
         return arr
 
+    def read_packed(self, arrays: Sequence[Any]) -> np.ndarray:
+        """float32 1-D: the float ``arrays`` raveled and concatenated, in ONE readback (each
+        array is copied into the reused staging buffer; one submit, one map)."""
+        devs = [self._dev(a) for a in arrays]
+        for a in devs:
+            if a.dtype != np.float32:
+                raise ShapeError(f"read_packed: arrays must be float32, got {a.dtype}")
+        return self.runtime.read_many(devs).view(np.float32)
+
+    def write_packed(self, flat: np.ndarray, arrays: Sequence[Any]) -> None:
+        """In place: upload consecutive segments of the 1-D ``flat`` into the device ``arrays``
+        (one ``queue.write_buffer`` each, no allocation)."""
+        host = np.ascontiguousarray(flat, dtype=np.float32).reshape(-1)
+        offset = 0
+        for a in arrays:
+            self.runtime.write(a, host[offset : offset + a.size])
+            offset += a.size
+
     def read_async(self, x: DeviceArray) -> Any:
         """Start reading ``x`` back; returns a handle whose ``result()`` gives the numpy array."""
         return self.runtime.read_async(x)

@@ -1,0 +1,219 @@
+"""Gradients and checks across the ranks of a torch.distributed process group.
+
+:class:`DataParallel` wraps an existing process group (gloo: CPU, TCP). Per step it reads a
+router's gradients back as ONE packed array (a single readback on wgpu), sums them across
+ranks with ONE ``all_reduce`` — weighted, so that the result is the full-batch gradient —
+and uploads the result into the same backend arrays; every rank then runs the same optimizer
+update, so the replicas stay identical (:meth:`DataParallel.check_replicas` asserts it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..backends import Backend
+from ..errors import DistributedError, InvalidArgumentError, ShapeError
+from ._torch import require_torch
+
+__all__ = ["DataParallel", "ReduceResult"]
+
+
+@dataclass
+class ReduceResult:
+    """What :meth:`DataParallel.all_reduce_gradients` returns.
+
+    Attributes:
+        total_weight: the sum of the ranks' weights.
+        loss: the weight-averaged loss over the ranks (the full-batch loss), or None when no
+            loss was passed.
+        flags: the ranks' ``flags`` summed, element by element (floats).
+        gradient_values: how many gradient values went through the all-reduce.
+        seconds: wall time of {"readback", "all_reduce", "upload"} on this rank.
+    """
+
+    total_weight: float
+    loss: float | None
+    flags: tuple[float, ...]
+    gradient_values: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _as_list(grads: Any) -> tuple[list[Any], Backend]:
+    if hasattr(grads, "as_list") and isinstance(getattr(grads, "backend", None), Backend):
+        return list(grads.as_list()), grads.backend
+    raise InvalidArgumentError(
+        f"grads must be the Gradients of Router.backward / Router.loss_and_grads, got {type(grads).__name__}"
+    )
+
+
+def _weight(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidArgumentError(f"weight must be a finite number >= 0, got {value!r:.200}")
+    w = float(value)
+    if not np.isfinite(w) or w < 0:
+        raise InvalidArgumentError(f"weight must be a finite number >= 0, got {w}")
+    return w
+
+
+class DataParallel:
+    """Data-parallel helpers over an initialized torch.distributed process group.
+
+    Args:
+        group: a process group (default: the world group). Initialize it first, e.g. with
+            ``torch.distributed.init_process_group("gloo")`` or
+            :func:`energetic_wgpu.distributed.init_from_env`.
+
+    Attributes:
+        rank, world_size: this process's rank in ``group`` and the group's size.
+
+    Raises:
+        BackendUnavailable: torch is not installed (names the ``distributed`` extra).
+        DistributedError: no process group is initialized.
+    """
+
+    def __init__(self, group: Any = None) -> None:
+        torch = require_torch()
+        self._torch = torch
+        self._dist = torch.distributed
+        if not self._dist.is_initialized():
+            raise DistributedError(
+                "torch.distributed is not initialized: call torch.distributed.init_process_group('gloo', ...) "
+                "or energetic_wgpu.distributed.init_from_env() first"
+            )
+        self.group = group
+        self.rank = int(self._dist.get_rank(group))
+        self.world_size = int(self._dist.get_world_size(group))
+
+    def _collective(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a torch.distributed collective; a dead, crashed or silent peer (gloo reports a
+        closed connection at once, a hang after the group's timeout) becomes DistributedError."""
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeError as exc:  # gloo errors are RuntimeError subclasses (DistBackendError ...)
+            text = " ".join(str(exc).split())[:300]
+            raise DistributedError(
+                f"rank {self.rank}: {what} failed, another rank died, crashed or timed out: {type(exc).__name__}: {text}"
+            ) from None
+
+    # ------------------------------------------------------------------ gradients
+    def all_reduce_gradients(
+        self,
+        grads: Any,
+        weight: float = 1.0,
+        *,
+        loss: Any = None,
+        flags: Sequence[float] = (),
+    ) -> ReduceResult:
+        """Replace ``grads`` (a router's :class:`~energetic_wgpu.router.Gradients`; q, k, bias)
+        **in place** with ``sum_r weight_r * grads_r / sum_r weight_r`` over the ranks.
+
+        With each rank's gradient being that of the *mean* loss over its shard and
+        ``weight`` the shard's share of the mean (its element count for "mse", counting a
+        mask's True elements; its row count for "cross_entropy"; see
+        :func:`~energetic_wgpu.distributed.shard_weight`), the result is the gradient of the
+        full-batch loss on every rank. A term that does not depend on the batch (entropy
+        regularization of pi) is kept once, since the weights are normalized. When every
+        weight is 0, the local gradients are kept.
+
+        Args:
+            grads: float gradients on the router's backend; read back as ONE packed array (one
+                readback on wgpu), summed with ONE all_reduce in the backend's dtype, uploaded.
+            weight: this rank's weight (>= 0).
+            loss: this rank's loss (a float [1] backend array or a number), averaged with the
+                same weights in the same all_reduce.
+            flags: numbers summed across ranks in the same all_reduce (e.g. a stop request).
+
+        On a world of one rank the gradients are left untouched (no scaling, no upload).
+        """
+        glist, be = _as_list(grads)
+        w = _weight(weight)
+        flags = [float(f) for f in flags]
+        loss_dev = loss is not None and be.is_array(loss) and not isinstance(loss, (int, float))
+        arrays = glist + ([loss] if loss_dev else [])
+        t0 = time.perf_counter()
+        flat = be.read_packed(arrays)
+        t1 = time.perf_counter()
+        ng = int(sum(int(np.prod(g.shape)) for g in glist))
+        if flat.size != ng + (1 if loss_dev else 0):
+            raise ShapeError(f"read_packed gave {flat.size} values, expected {ng + (1 if loss_dev else 0)}")
+        local_loss = None if loss is None else float(flat[ng] if loss_dev else loss)
+        buf = np.empty(ng + 2 + len(flags), dtype=flat.dtype)
+        if self.world_size == 1:
+            buf[:ng] = flat[:ng]
+        else:
+            np.multiply(flat[:ng], w, out=buf[:ng])
+        buf[ng] = 0.0 if local_loss is None else w * local_loss
+        buf[ng + 1] = w
+        buf[ng + 2 :] = flags
+        self._collective("the gradient all-reduce", self._dist.all_reduce, self._torch.from_numpy(buf),
+                         op=self._dist.ReduceOp.SUM, group=self.group)
+        t2 = time.perf_counter()
+        total = float(buf[ng + 1])
+        if self.world_size > 1:
+            if total > 0:
+                np.divide(buf[:ng], buf[ng + 1], out=buf[:ng])
+                be.write_packed(buf[:ng], glist)
+            # total == 0: every shard is empty; the local gradients (batch-independent terms only) stay
+        t3 = time.perf_counter()
+        if local_loss is None:
+            mean_loss = None
+        elif self.world_size == 1 or total <= 0:
+            mean_loss = local_loss
+        else:
+            mean_loss = float(buf[ng]) / total
+        return ReduceResult(
+            total_weight=total,
+            loss=mean_loss,
+            flags=tuple(float(x) for x in buf[ng + 2 :]),
+            gradient_values=ng,
+            seconds={"readback": t1 - t0, "all_reduce": t2 - t1, "upload": t3 - t2},
+        )
+
+    # ------------------------------------------------------------------ agreement
+    def any_flag(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is True on any rank (one small all_reduce)."""
+        t = self._torch.tensor([1.0 if flag else 0.0], dtype=self._torch.float64)
+        self._collective("the stop-flag all-reduce", self._dist.all_reduce, t, op=self._dist.ReduceOp.SUM,
+                         group=self.group)
+        return bool(t.item() > 0)
+
+    def raise_if_any_failed(self, error: str | None, what: str) -> None:
+        """Collective: every rank passes its error text (None: fine); if any rank failed,
+        raise :class:`DistributedError` on every rank naming each failed rank and its reason."""
+        gathered: list[Any] = [None] * self.world_size
+        self._collective("the start-up check", self._dist.all_gather_object, gathered, error,
+                         group=self.group)
+        failed = [(r, e) for r, e in enumerate(gathered) if e is not None]
+        if failed:
+            raise DistributedError("; ".join(f"rank {r} {what}: {e}" for r, e in failed))
+
+    def check_replicas(self, router: Any, step: int) -> str:
+        """Collective: compare a checksum of ``router``'s parameters (and tau, alpha, top_k)
+        across the ranks; returns it, or raises :class:`DistributedError` naming ``step``
+        when the replicas differ. Costs one parameter readback and one small all_reduce."""
+        be = router.backend
+        flat = be.read_packed(router.parameters())
+        h = hashlib.blake2b(flat.tobytes(), digest_size=7)
+        h.update(repr((float(router.tau), float(router.alpha), int(router.top_k))).encode())
+        value = int.from_bytes(h.digest(), "little")  # 56 bits: +-value fits in int64
+        t = self._torch.tensor([value, -value], dtype=self._torch.int64)
+        self._collective(f"the replica check of step {step}", self._dist.all_reduce, t,
+                         op=self._dist.ReduceOp.MAX, group=self.group)
+        hi, lo = int(t[0]), -int(t[1])
+        if hi != lo:
+            raise DistributedError(
+                f"the replicas diverged at step {step}: the parameters differ across ranks (checksums "
+                f"{lo:014x} .. {hi:014x}; this rank {self.rank} has {value:014x}); the last checkpoint is kept"
+            )
+        return f"{value:014x}"
+
+    def broadcast_bytes(self, data: bytes | None, src: int = 0) -> bytes:
+        """Collective: ``src``'s ``data`` on every rank (other ranks pass None)."""
+        obj = [data if self.rank == src else None]
+        self._collective("a broadcast", self._dist.broadcast_object_list, obj, src=src, group=self.group)
+        return obj[0]

@@ -1,0 +1,97 @@
+"""A data-parallel rank for tests/test_distributed.py: trains a small router with
+energetic_wgpu.distributed on its shard and writes its parameters to OUT/rank<R>.npz.
+
+Launched by the tests with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set; ``problem`` is
+imported by the tests to build the single-process reference on the same data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+import numpy as np
+
+import energetic_wgpu as ew
+
+GRAPH = ew.GraphConfig(layers=3, nodes_per_layer=16, local_neighbors=3, jump_neighbors=1, seed=0)
+BATCH = 7  # odd: shards of 4 and 3 rows on 2 ranks
+
+
+def problem():
+    """(graph, initial params) shared by the workers and the reference."""
+    graph = ew.build_lattice(GRAPH)
+    return graph, ew.RouterParams.init(graph, dim=4, top_k=2, seed=0, noise=0.3)
+
+
+def batch(step: int, n: int, loss: str, masked: bool):
+    """The global batch of ``step``: energies, target [BATCH, n] float64, mask or None."""
+    rng = np.random.default_rng([7, step])
+    x = rng.random((BATCH, n))
+    if loss == "cross_entropy":
+        t = rng.random((BATCH, n))
+        t /= t.sum(axis=1, keepdims=True)
+    else:
+        t = rng.random((BATCH, n)) * 0.5
+    mask = rng.random((BATCH, n)) < 0.6 if masked else None
+    return x, t, mask
+
+
+def step_kwargs(loss: str) -> dict:
+    return {"loss": loss, "entropy_lambda": 0.01, "steps": 2}
+
+
+def make_optimizer(router):
+    return ew.AdamW(router, lr=0.05, weight_decay=0.01, max_grad_norm=0.5)
+
+
+def backend_for(spec: str, rank: int):
+    """"numpy64", "numpy32" or "wgpu:A,B" (rank r on adapter index [A, B][r % 2])."""
+    if spec == "numpy64":
+        return ew.get_backend("numpy", dtype="float64")
+    if spec == "numpy32":
+        return ew.get_backend("numpy")
+    adapters = [int(a) for a in spec.split(":", 1)[1].split(",")]
+    return ew.get_backend("wgpu", adapter=adapters[rank % len(adapters)])
+
+
+def main() -> int:
+    from energetic_wgpu import distributed as ewd
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backend", default="numpy64")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--loss", default="mse")
+    ap.add_argument("--mask", action="store_true")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--die-at", type=int, default=0, help="rank 1 kills itself (SIGKILL) before this step")
+    ap.add_argument("--timeout", type=float, default=30.0)
+    args = ap.parse_args()
+    world = ewd.init_from_env(timeout=args.timeout)
+    dp = ewd.DataParallel()
+    graph, params = problem()
+    router = ew.Router(graph, params, backend_for(args.backend, dp.rank))
+    opt = make_optimizer(router)
+    lo, hi = ewd.shard_bounds(BATCH, dp.rank, dp.world_size)
+    losses = []
+    for step in range(1, args.steps + 1):
+        if args.die_at and step == args.die_at and dp.rank == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        x, t, mask = batch(step, graph.num_nodes, args.loss, args.mask)
+        res = ewd.data_parallel_step(
+            dp, router, opt, x[lo:hi], t[lo:hi], mask=None if mask is None else mask[lo:hi], **step_kwargs(args.loss)
+        )
+        losses.append(res.loss)
+    checksum = dp.check_replicas(router, args.steps)
+    p = router.params()
+    np.savez(
+        os.path.join(args.out, f"rank{world.rank}.npz"), q=p.q, k=p.k, bias=p.bias, losses=np.array(losses),
+        checksum=np.array(checksum),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
