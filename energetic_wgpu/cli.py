@@ -115,6 +115,7 @@ def _latest_run(root: Path = Path("runs")) -> Path | None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import find_checkpoint, load_checkpoint
     from .config import from_dict, load_config
+    from .distributed.launch import launch_local, launch_plan, run_rank
     from .errors import CheckpointError
     from .trainer import Trainer, default_out_dir
 
@@ -125,6 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"backend.adapter={args.adapter}")
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
+    if args.nproc is not None:
+        overrides.append(f"distributed.nproc={args.nproc}")
 
     ckpt_path: Path | None = None
     if args.resume is not None:
@@ -153,12 +156,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = Path(config.train.out_dir) if config.train.out_dir else default_out_dir()
     config = config.replace({"train.out_dir": str(out)})
 
-    trainer = Trainer(config, out_dir=out, progress=not args.no_progress, echo=print if args.no_progress else None)
+    progress, echo = not args.no_progress, print if args.no_progress else None
+    plan, world = launch_plan(config)
+    if plan == "launch":  # start distributed.nproc ranks of this same command
+        pinned = ["--out", str(out), *(["--resume", str(ckpt_path)] if ckpt_path is not None else [])]
+        return launch_local(config.distributed.nproc, [*args.argv, *pinned], config.distributed.timeout)
+    if plan == "rank":
+        summary, lead, code = run_rank(world, config, out, ckpt_path, progress=progress, echo=echo)
+        if lead:
+            _report(summary, out)
+        return code
+    trainer = Trainer(config, out_dir=out, progress=progress, echo=echo)
     if ckpt_path is not None:
         step = trainer.resume(ckpt_path)
         print(f"resumed from {ckpt_path} at step {step}")
     summary = trainer.run()
-    s = summary
+    _report(summary, out)
+    return EXIT_INTERRUPTED if summary.interrupted else 0
+
+
+def _report(s: Any, out: Path) -> None:
+    """The closing lines of a training run."""
     print(
         f"done: {s.steps} steps on {s.backend}, {s.steps_per_second:.2f} steps/s; loss "
         f"{s.final_loss:.6g} (best {s.best_loss:.6g} at step {s.best_step})"
@@ -166,7 +184,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         else f"done: {s.steps} steps on {s.backend}"
     )
     print(f"outputs in {out}/: " + ", ".join(Path(p).name for p in s.files.values()))
-    return EXIT_INTERRUPTED if s.interrupted else 0
 
 
 # ------------------------------------------------------------------ check/bench
@@ -232,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="PATH|auto",
                    help="continue from a checkpoint file or run folder ('auto': the latest run under runs/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
-    p.set_defaults(func=cmd_train)
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="data-parallel training on N local worker processes (override distributed.nproc; "
+                        "needs the 'distributed' extra); train.batch_size is the global batch")
+    p.set_defaults(func=cmd_train, argv=[])
 
     p = sub.add_parser("check", help="CPU<->GPU parity of every op on every wgpu adapter")
     p.add_argument("--adapter", metavar="X", help="only adapters whose index or name matches X")
@@ -277,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
+    args.argv = argv  # the data-parallel launcher starts its workers with the same arguments
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -1,7 +1,7 @@
 """Configuration (SPEC §7; the seed's ``ConfigCenter`` and ``Configs/baseline.yaml``).
 
 A run is described by one YAML file with the sections ``graph``, ``router``,
-``optimizer``, ``train`` and ``backend``. :func:`load_config` reads it (the packaged
+``optimizer``, ``train``, ``backend`` and ``distributed``. :func:`load_config` reads it (the packaged
 baseline when no path is given), applies ``key.path=value`` overrides and validates every
 key: an unknown key, a wrong type or an out-of-range value raises
 :class:`~energetic_wgpu.errors.ConfigError` whose message names the key path and the
@@ -34,6 +34,7 @@ __all__ = [
     "TaskSection",
     "TrainSection",
     "BackendSection",
+    "DistributedSection",
     "load_config",
     "from_dict",
     "parse_override",
@@ -264,6 +265,18 @@ class BackendSection:
 
 
 @dataclass(frozen=True)
+class DistributedSection:
+    """``distributed``: data-parallel training on torch.distributed (see
+    :mod:`energetic_wgpu.distributed`); ``train.batch_size`` is the global batch."""
+
+    backend: str = _f("gloo", choice("gloo"))
+    nproc: int = _f(1, int_range(1))
+    adapter_per_rank: str = _f("round_robin", choice("round_robin", "same", "numpy"))
+    timeout: float = _f(120.0, float_range(0.0, lo_open=True))
+    check_every: int = _f(100, int_range(0))
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run configuration. Build with :func:`load_config` or :func:`from_dict`."""
 
@@ -272,6 +285,7 @@ class Config:
     optimizer: OptimizerSection = _section(OptimizerSection)
     train: TrainSection = _section(TrainSection)
     backend: BackendSection = _section(BackendSection)
+    distributed: DistributedSection = _section(DistributedSection)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict (lists for tuples) that :func:`from_dict` turns back into this config."""

@@ -57,40 +57,56 @@ def backend_for(spec: str, rank: int):
     return ew.get_backend("wgpu", adapter=adapters[rank % len(adapters)])
 
 
+def run_scenario(dp, backend_spec: str, loss: str, masked: bool, steps: int, die_at: int = 0):
+    """Train ``steps`` data-parallel steps; returns (router, losses)."""
+    from energetic_wgpu import distributed as ewd
+
+    graph, params = problem()
+    router = ew.Router(graph, params, backend_for(backend_spec, dp.rank))
+    opt = make_optimizer(router)
+    lo, hi = ewd.shard_bounds(BATCH, dp.rank, dp.world_size)
+    losses = []
+    for step in range(1, steps + 1):
+        if die_at and step == die_at and dp.rank == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        x, t, mask = batch(step, graph.num_nodes, loss, masked)
+        res = ewd.data_parallel_step(
+            dp, router, opt, x[lo:hi], t[lo:hi], mask=None if mask is None else mask[lo:hi], **step_kwargs(loss)
+        )
+        losses.append(res.loss)
+    return router, losses
+
+
 def main() -> int:
     from energetic_wgpu import distributed as ewd
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--backend", default="numpy64")
+    ap.add_argument("--scenarios", default="numpy64:mse:mask",
+                    help="comma list of BACKEND:LOSS[:mask] (BACKEND as backend_for)")
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--loss", default="mse")
-    ap.add_argument("--mask", action="store_true")
     ap.add_argument("--out", required=True)
     ap.add_argument("--die-at", type=int, default=0, help="rank 1 kills itself (SIGKILL) before this step")
     ap.add_argument("--timeout", type=float, default=30.0)
     args = ap.parse_args()
     world = ewd.init_from_env(timeout=args.timeout)
     dp = ewd.DataParallel()
-    graph, params = problem()
-    router = ew.Router(graph, params, backend_for(args.backend, dp.rank))
-    opt = make_optimizer(router)
-    lo, hi = ewd.shard_bounds(BATCH, dp.rank, dp.world_size)
-    losses = []
-    for step in range(1, args.steps + 1):
-        if args.die_at and step == args.die_at and dp.rank == 1:
-            os.kill(os.getpid(), signal.SIGKILL)
-        x, t, mask = batch(step, graph.num_nodes, args.loss, args.mask)
-        res = ewd.data_parallel_step(
-            dp, router, opt, x[lo:hi], t[lo:hi], mask=None if mask is None else mask[lo:hi], **step_kwargs(args.loss)
+    for spec in args.scenarios.split(","):
+        backend_spec, loss, *flag = spec.split(":") if not spec.startswith("wgpu") else _split_wgpu(spec)
+        router, losses = run_scenario(dp, backend_spec, loss, flag == ["mask"], args.steps, args.die_at)
+        checksum = dp.check_replicas(router, args.steps)
+        p = router.params()
+        name = spec.replace(":", "-").replace(";", "_")
+        np.savez(
+            os.path.join(args.out, f"{name}-rank{world.rank}.npz"), q=p.q, k=p.k, bias=p.bias,
+            losses=np.array(losses), checksum=np.array(checksum),
         )
-        losses.append(res.loss)
-    checksum = dp.check_replicas(router, args.steps)
-    p = router.params()
-    np.savez(
-        os.path.join(args.out, f"rank{world.rank}.npz"), q=p.q, k=p.k, bias=p.bias, losses=np.array(losses),
-        checksum=np.array(checksum),
-    )
     return 0
+
+
+def _split_wgpu(spec: str) -> list[str]:
+    """"wgpu:0;1:mse" -> ["wgpu:0,1", "mse"] (adapters separated by ';' inside a scenario)."""
+    _, adapters, *rest = spec.split(":")
+    return ["wgpu:" + adapters.replace(";", ","), *rest]
 
 
 if __name__ == "__main__":

@@ -211,9 +211,3 @@ class DataParallel:
                 f"{lo:014x} .. {hi:014x}; this rank {self.rank} has {value:014x}); the last checkpoint is kept"
             )
         return f"{value:014x}"
-
-    def broadcast_bytes(self, data: bytes | None, src: int = 0) -> bytes:
-        """Collective: ``src``'s ``data`` on every rank (other ranks pass None)."""
-        obj = [data if self.rank == src else None]
-        self._collective("a broadcast", self._dist.broadcast_object_list, obj, src=src, group=self.group)
-        return obj[0]

@@ -1,0 +1,204 @@
+"""Starting data-parallel training from the command line.
+
+* ``energetic-wgpu train --nproc N`` (or ``distributed.nproc: N``) runs :func:`launch_local`:
+  N worker processes of the same command on this machine, with the variables ``torchrun``
+  sets (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR=127.0.0.1, a free MASTER_PORT).
+* A process started with those variables (by this launcher, by ``torchrun`` or by any other
+  launcher, on one machine or several) is a rank: :func:`run_rank`.
+
+The launcher imports no torch. It forwards SIGINT/SIGTERM to the workers once (they agree
+to stop after the same step and rank 0 writes one checkpoint); when a worker fails, the
+others fail too within ``distributed.timeout`` (gloo reports a dead peer at once), and any
+worker still running after that is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..config import Config
+from ..errors import BackendUnavailable
+from ..metrics import RunSummary
+from ._torch import EXTRA_HINT, torch_available
+from .env import WorldEnv, free_port, init_from_env, world_from_env
+
+__all__ = ["launch_plan", "launch_local", "run_rank", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
+
+EXIT_INTERRUPTED = 130  # SIGINT
+EXIT_TERMINATED = 143  # SIGTERM
+
+
+def launch_plan(config: Config) -> tuple[str, WorldEnv | None]:
+    """("rank", world) when this process was launched as a rank; ("launch", None) when it
+    should start ``distributed.nproc`` > 1 local workers; ("single", None) otherwise."""
+    world = world_from_env()
+    if world is not None:
+        return "rank", world
+    if config.distributed.nproc > 1:
+        if not torch_available():
+            raise BackendUnavailable(
+                f"--nproc {config.distributed.nproc} (data-parallel training) needs torch.distributed; {EXTRA_HINT}"
+            )
+        return "launch", None
+    return "single", None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the worker gets SIGTERM when the launcher dies (no orphaned ranks)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def launch_local(
+    nproc: int,
+    argv: Sequence[str],
+    timeout: float,
+    *,
+    err: Callable[[str], None] = lambda s: print(f"energetic-wgpu: error: {s}", file=sys.stderr),
+) -> int:
+    """Run ``python -m energetic_wgpu *argv`` as ``nproc`` ranks on this machine and wait.
+
+    Returns 0 when every rank succeeded; 130/143 when the run was interrupted by
+    SIGINT/SIGTERM (and checkpointed); 2 when every failed rank reported a usage/config error;
+    1 for any other failure (a rank that died, crashed or could not start), after a line
+    naming each failed rank."""
+    port = free_port()
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    procs: list[subprocess.Popen[bytes]] = []
+    for rank in range(nproc):
+        env = dict(os.environ)
+        env.update(
+            RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        )
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+        env.setdefault("OPENBLAS_NUM_THREADS", str(threads))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "energetic_wgpu", *argv], env=env, start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        )
+
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        for p in procs:
+            if p.poll() is None:
+                try:
+                    p.send_signal(signum)
+                except OSError:
+                    pass
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        deadline = None
+        while any(p.poll() is None for p in procs):
+            failed = [p for p in procs if p.returncode not in (None, 0, EXIT_INTERRUPTED, EXIT_TERMINATED)]
+            if failed and deadline is None:
+                deadline = time.monotonic() + timeout + 10.0
+            if deadline is not None and time.monotonic() > deadline:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                break
+            time.sleep(0.05)
+        codes = [p.wait() for p in procs]
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    failures = [(r, c) for r, c in enumerate(codes) if c not in (0, EXIT_INTERRUPTED, EXIT_TERMINATED)]
+    if failures:
+        err(f"data-parallel run failed ({nproc} ranks): " + "; ".join(f"rank {r} {_describe_exit(c)}" for r, c in failures))
+        return 2 if all(c == 2 for _, c in failures) else 1
+    interrupted = [c for c in codes if c in (EXIT_INTERRUPTED, EXIT_TERMINATED)]
+    if interrupted:
+        return EXIT_TERMINATED if signal.SIGTERM in received or EXIT_TERMINATED in interrupted else EXIT_INTERRUPTED
+    return 0
+
+
+class _TermAsInterrupt:
+    """SIGTERM is handled like SIGINT (finish the step, agree to stop, checkpoint); remembers
+    that it came, for the exit code 143."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._old: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.received = True
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def __enter__(self) -> "_TermAsInterrupt":
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def run_rank(
+    world: WorldEnv,
+    config: Config,
+    out: Path,
+    ckpt_path: Path | None,
+    *,
+    progress: bool,
+    echo: Callable[[str], None] | None,
+) -> tuple[RunSummary, bool, int]:
+    """Train as ``world.rank``: join the process group (``distributed.backend``, with
+    ``distributed.timeout``), open this rank's backend (any rank failing stops every rank
+    before step 1, naming it), resume from ``ckpt_path`` when given, train.
+
+    Returns (summary, is rank 0, exit code: 0, or 130/143 when interrupted)."""
+    from .comm import DataParallel
+    from .trainer import DistributedTrainer, open_rank_backend
+
+    say = echo or print
+    d = config.distributed
+    with _TermAsInterrupt() as term:
+        init_from_env(world, backend=d.backend, timeout=d.timeout)
+        dp = DataParallel()
+        backend = open_rank_backend(dp, config, world)
+        trainer = DistributedTrainer(config, dp, backend=backend, out_dir=out, progress=progress, echo=echo)
+        lead = dp.rank == 0
+        if ckpt_path is not None:
+            step = trainer.resume_all(ckpt_path)
+            if lead:
+                say(f"resumed from {ckpt_path} at step {step}")
+        shards = trainer.shard_rows
+        if lead:
+            say(
+                f"data-parallel: {dp.world_size} ranks ({d.backend}), global batch {config.train.batch_size} "
+                f"= shards {'+'.join(map(str, shards))}, adapters per rank: {d.adapter_per_rank}"
+            )
+        summary = trainer.run()
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    code = (EXIT_TERMINATED if term.received else EXIT_INTERRUPTED) if summary.interrupted else 0
+    return summary, lead, code
