@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 
 import numpy as np
@@ -57,7 +56,7 @@ def backend_for(spec: str, rank: int):
     return ew.get_backend("wgpu", adapter=adapters[rank % len(adapters)])
 
 
-def run_scenario(dp, backend_spec: str, loss: str, masked: bool, steps: int, die_at: int = 0):
+def run_scenario(dp, backend_spec: str, loss: str, masked: bool, steps: int):
     """Train ``steps`` data-parallel steps; returns (router, losses)."""
     from energetic_wgpu import distributed as ewd
 
@@ -67,8 +66,6 @@ def run_scenario(dp, backend_spec: str, loss: str, masked: bool, steps: int, die
     lo, hi = ewd.shard_bounds(BATCH, dp.rank, dp.world_size)
     losses = []
     for step in range(1, steps + 1):
-        if die_at and step == die_at and dp.rank == 1:
-            os.kill(os.getpid(), signal.SIGKILL)
         x, t, mask = batch(step, graph.num_nodes, loss, masked)
         res = ewd.data_parallel_step(
             dp, router, opt, x[lo:hi], t[lo:hi], mask=None if mask is None else mask[lo:hi], **step_kwargs(loss)
@@ -85,14 +82,13 @@ def main() -> int:
                     help="comma list of BACKEND:LOSS[:mask] (BACKEND as backend_for)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--die-at", type=int, default=0, help="rank 1 kills itself (SIGKILL) before this step")
     ap.add_argument("--timeout", type=float, default=30.0)
     args = ap.parse_args()
     world = ewd.init_from_env(timeout=args.timeout)
     dp = ewd.DataParallel()
     for spec in args.scenarios.split(","):
         backend_spec, loss, *flag = spec.split(":") if not spec.startswith("wgpu") else _split_wgpu(spec)
-        router, losses = run_scenario(dp, backend_spec, loss, flag == ["mask"], args.steps, args.die_at)
+        router, losses = run_scenario(dp, backend_spec, loss, flag == ["mask"], args.steps)
         checksum = dp.check_replicas(router, args.steps)
         p = router.params()
         name = spec.replace(":", "-").replace(";", "_")
