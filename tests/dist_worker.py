@@ -64,14 +64,23 @@ def run_scenario(dp, backend_spec: str, loss: str, masked: bool, steps: int):
     router = ew.Router(graph, params, backend_for(backend_spec, dp.rank))
     opt = make_optimizer(router)
     lo, hi = ewd.shard_bounds(BATCH, dp.rank, dp.world_size)
-    losses = []
+    losses, counts = [], []
+    counters = getattr(router.backend, "counters", None)
     for step in range(1, steps + 1):
         x, t, mask = batch(step, graph.num_nodes, loss, masked)
+        before = None if counters is None else counters.snapshot()
         res = ewd.data_parallel_step(
             dp, router, opt, x[lo:hi], t[lo:hi], mask=None if mask is None else mask[lo:hi], **step_kwargs(loss)
         )
         losses.append(res.loss)
-    return router, losses
+        if counters is not None:  # what this step cost on the device (the next step submits its AdamW)
+            after = counters.snapshot()
+            counts.append([after[k] - before[k] for k in COUNTED])
+    return router, losses, counts
+
+
+#: wgpu counters recorded per data-parallel step
+COUNTED = ("readbacks", "submits", "buffers_created")
 
 
 def main() -> int:
@@ -88,13 +97,13 @@ def main() -> int:
     dp = ewd.DataParallel()
     for spec in args.scenarios.split(","):
         backend_spec, loss, *flag = spec.split(":") if not spec.startswith("wgpu") else _split_wgpu(spec)
-        router, losses = run_scenario(dp, backend_spec, loss, flag == ["mask"], args.steps)
+        router, losses, counts = run_scenario(dp, backend_spec, loss, flag == ["mask"], args.steps)
         checksum = dp.check_replicas(router, args.steps)
         p = router.params()
         name = spec.replace(":", "-").replace(";", "_")
         np.savez(
             os.path.join(args.out, f"{name}-rank{world.rank}.npz"), q=p.q, k=p.k, bias=p.bias,
-            losses=np.array(losses), checksum=np.array(checksum),
+            losses=np.array(losses), checksum=np.array(checksum), counts=np.array(counts, dtype=np.int64),
         )
     return 0
 

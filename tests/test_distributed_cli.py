@@ -75,7 +75,8 @@ def test_nproc_2_equals_one_process_and_resumes_with_another_world_size(tmp_path
     proc, log, err = _start(out, "--nproc", "2", "--steps", "8")
     assert proc.wait(timeout=180) == 0, err.read_text()[-3000:]
     text = log.read_text()
-    assert "data-parallel: 2 ranks (gloo), global batch 7 = shards 4+3" in text
+    assert ("data-parallel: 2 ranks (gloo), global batch 7 = shards 4+3; adapter_per_rank round_robin: "
+            "rank 0 on numpy (float32), rank 1 on numpy (float32)") in text
     assert text.count("done: 8 steps") == 1  # rank 0 reports; the other rank prints nothing
     ckpt = load_checkpoint(out / "checkpoint.npz")
     assert ckpt.step == 8

@@ -124,12 +124,20 @@ def test_two_wgpu_ranks_equal_one_process(tmp_path):
     """Rank 0 on adapter 0 (lavapipe, Vulkan), rank 1 on the last adapter (llvmpipe, OpenGL,
     where there is one): the same parameters as one process on adapter 0."""
     adapters = f"{ADAPTERS[0]['index']};{ADAPTERS[-1]['index']}"
-    results, _ = launch(["--scenarios", f"wgpu:{adapters}:mse:mask", "--steps", "4"], tmp_path)
+    results, _ = launch(["--scenarios", f"wgpu:{adapters}:mse:mask", "--steps", "5"], tmp_path)
     _check_ok(results)
     name = f"wgpu-{adapters.replace(';', '_')}-mse-mask"
     ranks = [_load(tmp_path, name, r) for r in range(2)]
-    ref, ref_losses = reference(ew.get_backend("wgpu", adapter=ADAPTERS[0]["index"]), "mse", True, steps=4)
+    ref, ref_losses = reference(ew.get_backend("wgpu", adapter=ADAPTERS[0]["index"]), "mse", True, steps=5)
     for key in ("q", "k", "bias"):
         np.testing.assert_array_equal(ranks[0][key], ranks[1][key])
         assert_parity(ranks[0][key], getattr(ref, key), f"wgpu {key}")
     np.testing.assert_allclose(ranks[0]["losses"], ref_losses, rtol=1e-5, atol=1e-6)
+    for rank in range(2):
+        # steps 3..5: the pool holds two steps' arrays (the previous result lives while the next step runs)
+        counts = dict(zip(w.COUNTED, ranks[rank]["counts"][2:].T))
+        assert list(counts["readbacks"]) == [1, 1, 1], f"rank {rank}: one packed readback per step"
+        # two submits: forward..backward ending in the packed readback, and the AdamW update
+        # (flushed when the next step uploads its batch); never more
+        assert list(counts["submits"]) == [2, 2, 2], f"rank {rank}: submits per step"
+        assert list(counts["buffers_created"]) == [0, 0, 0], f"rank {rank}: no new buffer in steady state"

@@ -182,12 +182,17 @@ class DataParallel:
                          group=self.group)
         return bool(t.item() > 0)
 
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Collective: every rank's ``obj`` (picklable, small), in rank order."""
+        gathered: list[Any] = [None] * self.world_size
+        self._collective("an exchange between the ranks", self._dist.all_gather_object, gathered, obj,
+                         group=self.group)
+        return gathered
+
     def raise_if_any_failed(self, error: str | None, what: str) -> None:
         """Collective: every rank passes its error text (None: fine); if any rank failed,
         raise :class:`DistributedError` on every rank naming each failed rank and its reason."""
-        gathered: list[Any] = [None] * self.world_size
-        self._collective("the start-up check", self._dist.all_gather_object, gathered, error,
-                         group=self.group)
+        gathered = self.all_gather(error)
         failed = [(r, e) for r, e in enumerate(gathered) if e is not None]
         if failed:
             raise DistributedError("; ".join(f"rank {r} {what}: {e}" for r, e in failed))

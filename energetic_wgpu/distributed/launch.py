@@ -190,11 +190,12 @@ def run_rank(
             step = trainer.resume_all(ckpt_path)
             if lead:
                 say(f"resumed from {ckpt_path} at step {step}")
-        shards = trainer.shard_rows
+        backends = dp.all_gather(backend.describe())
         if lead:
             say(
                 f"data-parallel: {dp.world_size} ranks ({d.backend}), global batch {config.train.batch_size} "
-                f"= shards {'+'.join(map(str, shards))}, adapters per rank: {d.adapter_per_rank}"
+                f"= shards {'+'.join(map(str, trainer.shard_rows))}; adapter_per_rank {d.adapter_per_rank}: "
+                + ", ".join(f"rank {r} on {b}" for r, b in enumerate(backends))
             )
         summary = trainer.run()
         import torch.distributed as dist
