@@ -12,7 +12,15 @@ Quick start::
 from __future__ import annotations
 
 from . import losses
-from .backends import Backend, available_backends, backend_status, get_backend, to_numpy
+from .backends import (
+    Backend,
+    available_backends,
+    backend_status,
+    explain_auto,
+    get_backend,
+    list_adapters,
+    to_numpy,
+)
 from .errors import (
     BackendUnavailable,
     CheckpointError,
@@ -21,8 +29,10 @@ from .errors import (
     DeviceLimitError,
     EnergeticError,
     InvalidArgumentError,
+    RunLockedError,
     ShaderCompileError,
     ShapeError,
+    TrainingError,
 )
 from .graph import Graph, GraphConfig, build_lattice, build_lattice_3d
 from .optim import AdamW, ConstantLR, CosineLR, StepLR, WarmupLR, make_schedule
@@ -48,15 +58,19 @@ __all__ = [
     "Router",
     "RouterOutput",
     "RouterParams",
+    "RunLockedError",
     "ShaderCompileError",
     "ShapeError",
     "StepLR",
+    "TrainingError",
     "WarmupLR",
     "available_backends",
     "backend_status",
     "build_lattice",
     "build_lattice_3d",
+    "explain_auto",
     "get_backend",
+    "list_adapters",
     "losses",
     "make_schedule",
     "to_numpy",

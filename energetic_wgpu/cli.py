@@ -9,7 +9,10 @@ Subcommands:
 * ``check`` — the CPU↔GPU parity suite on every adapter (exit code 1 on any failure).
 * ``bench`` — the benchmark suite on every backend and adapter (markdown, JSON, PNG).
 
-Errors in the configuration exit with code 2 and one message naming the key (no traceback).
+Every failure prints one line naming its cause (``--debug`` adds the traceback). Exit
+codes: 0 done, 1 runtime failure (backend, checkpoint, training, a folder locked by another
+run), 2 usage or configuration error, 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM,
+141 when stdout is a closed pipe (``train | head -1``: the run ends quietly).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,10 +32,13 @@ __all__ = ["main", "build_parser"]
 EXIT_CONFIG = 2
 EXIT_FAIL = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+EXIT_BROKEN_PIPE = 141
 
 
 def _err(msg: str) -> None:
-    print(f"energetic-wgpu: error: {msg}", file=sys.stderr)
+    one_line = "; ".join(part.strip() for part in str(msg).splitlines() if part.strip())
+    print(f"energetic-wgpu: error: {one_line}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------ info
@@ -94,11 +102,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         feats = sorted(a.get("features") or [])
         if feats:
             print(f"      features ({len(feats)}): " + ", ".join(feats))
-    env = os.environ.get("ENERGETIC_BACKEND")
-    default = next((n for n in ("wgpu", "numpy") if status.get(n, (False, ""))[0]), "none")
-    if env:
-        default = f"{env} (from $ENERGETIC_BACKEND)"
-    print(f"default backend (auto): {default}")
+    print(f"default backend (auto): {ew.explain_auto()}")
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     return 0 if any(ok for ok, _ in status.values()) else EXIT_FAIL
@@ -112,11 +116,29 @@ def _latest_run(root: Path = Path("runs")) -> Path | None:
     return max(runs, key=lambda p: (p / "checkpoint.npz").stat().st_mtime) if runs else None
 
 
+def _out_dir(out: Path) -> Path:
+    """``out`` as a usable output folder (created); ConfigError naming ``--out`` otherwise."""
+    from .errors import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} exists and is not a folder; pass a folder (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".energetic-wgpu.write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out {str(out)!r} cannot be used as the output folder: {exc.strerror or exc}") from None
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import find_checkpoint, load_checkpoint
     from .config import from_dict, load_config
     from .distributed.launch import launch_local, launch_plan, run_rank
     from .errors import CheckpointError
+    from .resume import check_resumable, config_changes
+    from .rundir import RunLock
     from .trainer import Trainer, default_out_dir
 
     overrides = list(args.set or [])
@@ -141,12 +163,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if ckpt_path is None:
             raise CheckpointError(f"no checkpoint at {str(where)!r} (expected a file or a folder with checkpoint.npz)")
 
-    if ckpt_path is not None and args.config is None:
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    if ckpt is not None and args.config is None:
         # continue with the configuration the run was started with (plus any overrides)
-        saved = load_checkpoint(ckpt_path).config
-        config = from_dict(saved).replace(overrides) if saved else load_config(None, overrides)
+        config = from_dict(ckpt.config).replace(overrides) if ckpt.config else load_config(None, overrides)
     else:
         config = load_config(args.config, overrides)
+    if ckpt is not None:  # graph.* and router.dim cannot change; refused before any allocation
+        check_resumable(config_changes(ckpt.config, config))
 
     if args.out:
         out = Path(args.out)
@@ -158,21 +182,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     progress, echo = not args.no_progress, print if args.no_progress else None
     plan, world = launch_plan(config)
-    if plan == "launch":  # start distributed.nproc ranks of this same command
-        pinned = ["--out", str(out), *(["--resume", str(ckpt_path)] if ckpt_path is not None else [])]
+    if plan == "launch":  # start distributed.nproc ranks of this same command (rank 0 locks the folder)
+        pinned = ["--out", str(_out_dir(out)), *(["--resume", str(ckpt_path)] if ckpt_path is not None else [])]
         return launch_local(config.distributed.nproc, [*args.argv, *pinned], config.distributed.timeout)
     if plan == "rank":
-        summary, lead, code = run_rank(world, config, out, ckpt_path, progress=progress, echo=echo)
+        summary, lead, code = run_rank(
+            world, config, out, ckpt, checkpoint_path=ckpt_path, progress=progress, echo=echo,
+            lock=lambda: RunLock(_out_dir(out)),
+        )
         if lead:
             _report(summary, out)
         return code
+    # the trainer checks the size and starts the backend before the folder is created or locked
     trainer = Trainer(config, out_dir=out, progress=progress, echo=echo)
-    if ckpt_path is not None:
-        step = trainer.resume(ckpt_path)
-        print(f"resumed from {ckpt_path} at step {step}")
-    summary = trainer.run()
+    with RunLock(_out_dir(out)):  # held from before the resume to the end of the run
+        if ckpt is not None:
+            step = trainer.resume(ckpt)
+            print(f"resumed from {ckpt_path} at step {step}")
+        summary = trainer.run()
     _report(summary, out)
-    return EXIT_INTERRUPTED if summary.interrupted else 0
+    if not summary.interrupted:
+        return 0
+    return EXIT_TERMINATED if trainer.interrupted_by == "SIGTERM" else EXIT_INTERRUPTED
 
 
 def _report(s: Any, out: Path) -> None:
@@ -232,13 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"energetic_wgpu {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="on failure, also print the Python traceback")
     sub = parser.add_subparsers(dest="command", metavar="{info,train,check,bench}")
 
-    p = sub.add_parser("info", help="list backends and wgpu adapters with PASS/FAIL, limits and features")
+    p = sub.add_parser("info", parents=[common],
+                       help="list backends and wgpu adapters with PASS/FAIL, limits and features")
     p.add_argument("--json", action="store_true", help="also print the report as JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("train", help="train the router (default: the packaged baseline config)")
+    p = sub.add_parser("train", parents=[common], help="train the router (default: the packaged baseline config)")
     p.add_argument("--config", metavar="FILE", help="YAML config file (default: the packaged baseline.yaml)")
     p.add_argument("--backend", choices=("auto", "numpy", "wgpu"), help="override backend.name")
     p.add_argument("--adapter", metavar="X", help="override backend.adapter (index or name substring)")
@@ -254,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "needs the 'distributed' extra); train.batch_size is the global batch")
     p.set_defaults(func=cmd_train, argv=[])
 
-    p = sub.add_parser("check", help="CPU<->GPU parity of every op on every wgpu adapter")
+    p = sub.add_parser("check", parents=[common], help="CPU<->GPU parity of every op on every wgpu adapter")
     p.add_argument("--adapter", metavar="X", help="only adapters whose index or name matches X")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--numpy", action="store_true", help="also check the NumPy float32 backend against float64")
@@ -262,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the same kernels under headless Chromium (Dawn/Tint) instead of wgpu-native")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("bench", help="benchmark suite: phases, ops, size sweep, 3-D lattices, PyTorch comparison")
+    p = sub.add_parser("bench", parents=[common],
+                       help="benchmark suite: phases, ops, size sweep, 3-D lattices, PyTorch comparison")
     p.add_argument("--config", metavar="FILE", help="config giving the phases' lattice and router (default: baseline)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help="override a config key")
     p.add_argument("--backend", choices=("numpy", "wgpu", "all"), default=None, help="only this backend")
@@ -283,11 +318,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_stdout() -> None:
+    """After a closed pipe: point stdout at /dev/null so that the interpreter's final flush
+    does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout without a descriptor (captured)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 1 failure, 2 bad config/usage, 130 interrupted)."""
+    """Run the command line; returns the exit code (0 ok, 1 runtime failure, 2 bad config or
+    usage, 130 SIGINT, 141 closed stdout pipe, 143 SIGTERM). Failures print one line."""
     if not os.environ.get("XDG_RUNTIME_DIR"):
         os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="xdg-")  # Mesa complains otherwise
-    from .errors import BackendUnavailable, CheckpointError, ConfigError, EnergeticError
+    from .errors import BackendUnavailable, CheckpointError, ConfigError, EnergeticError, RunLockedError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -299,22 +346,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     args.argv = argv  # the data-parallel launcher starts its workers with the same arguments
     try:
-        return int(args.func(args))
-    except ConfigError as exc:
-        _err(str(exc))
-        return EXIT_CONFIG
-    except (CheckpointError, BackendUnavailable) as exc:
-        _err(str(exc))
-        return EXIT_FAIL
-    except EnergeticError as exc:
-        _err(f"{type(exc).__name__}: {exc}")
-        return EXIT_FAIL
-    except NotImplementedError as exc:
-        _err(f"not implemented on this backend: {exc} (try --backend numpy)")
-        return EXIT_FAIL
-    except KeyboardInterrupt:
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here when the output was still buffered
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt as exc:
         _err("interrupted")
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if getattr(exc, "signum", None) == signal.SIGTERM else EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line (--debug: traceback)
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        if isinstance(exc, ConfigError):
+            _err(str(exc))
+            return EXIT_CONFIG
+        if isinstance(exc, (CheckpointError, BackendUnavailable, RunLockedError)):
+            _err(str(exc))
+        elif isinstance(exc, NotImplementedError):
+            _err(f"not implemented on this backend: {exc} (try --backend numpy)")
+        elif isinstance(exc, EnergeticError):
+            _err(f"{type(exc).__name__}: {exc}")
+        elif isinstance(exc, MemoryError):
+            _err("out of memory (MemoryError); lower graph.nodes_per_layer, graph.layers or train.batch_size")
+        elif isinstance(exc, OSError):
+            where = f" ({exc.filename})" if exc.filename else ""
+            _err(f"{type(exc).__name__}{where}: {exc.strerror or exc}")
+        else:
+            _err(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        return EXIT_FAIL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,9 +1,10 @@
-"""Configuration (SPEC §7; the seed's ``ConfigCenter`` and ``Configs/baseline.yaml``).
+"""Configuration: one YAML file with the sections ``graph``, ``router``, ``optimizer``,
+``train``, ``backend`` and ``distributed``.
 
-A run is described by one YAML file with the sections ``graph``, ``router``,
-``optimizer``, ``train``, ``backend`` and ``distributed``. :func:`load_config` reads it (the packaged
-baseline when no path is given), applies ``key.path=value`` overrides and validates every
-key: an unknown key, a wrong type or an out-of-range value raises
+The defaults live in one place, the dataclasses below; the packaged ``baseline.yaml``
+spells them out as a commented example (a test keeps the two equal). A file that sets some
+keys means "the defaults plus these keys". :func:`load_config` reads a file (or none),
+applies ``key.path=value`` overrides and validates every key: an unknown key, a wrong type or an out-of-range value raises
 :class:`~energetic_wgpu.errors.ConfigError` whose message names the key path and the
 allowed values, e.g. ``router.top_k must be an int >= 0, got -1``.
 
@@ -23,6 +24,7 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 
 from .errors import ConfigError
+from .shortrepr import short_repr
 from .graph import GraphConfig
 
 __all__ = [
@@ -42,8 +44,30 @@ __all__ = [
 ]
 
 
+#: most nodes a YAML document may expand to (aliases counted at every use); a real config
+#: has a few hundred, an "alias bomb" of 344 bytes has 9**9
+MAX_YAML_NODES = 100_000
+
+
 class _Loader(yaml.SafeLoader):
-    """yaml.SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+    """yaml.SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``) and
+    refuses a mapping that repeats a key."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.setdefault(key, line)
+                except TypeError:  # unhashable: the base class says so
+                    continue
+                if first != line:
+                    raise ConfigError(f"duplicate key {short_repr(key)} on line {line} (first on line {first})")
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -58,6 +82,61 @@ _Loader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
+
+
+def _expanded_nodes(root: yaml.Node, budget: int) -> int:
+    """How many nodes ``root`` has with every alias expanded, or ``budget + 1`` as soon as
+    that is exceeded (shared nodes are counted once per use, in time linear in the graph)."""
+    memo: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in memo:
+            return memo[key]
+        if key in active:  # a recursive alias expands forever
+            return budget + 1
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            children: Iterable[yaml.Node] = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = (n for pair in node.value for n in pair)
+        else:
+            children = ()
+        for child in children:
+            total += size(child)
+            if total > budget:
+                break
+        active.discard(key)
+        memo[key] = total = min(total, budget + 1)
+        return total
+
+    return size(root)
+
+
+def _load_yaml(text: str, where: str) -> Any:
+    """Parse one YAML document safely: no duplicate keys, at most :data:`MAX_YAML_NODES`
+    nodes after alias expansion. Raises ConfigError naming ``where``."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_nodes(node, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise ConfigError(
+                f"{where} expands to more than {MAX_YAML_NODES:,} YAML nodes (aliases counted at every use); "
+                "a configuration is far smaller, refusing it"
+            )
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {short_repr(str(exc), 400)}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}" if not str(exc).startswith(where) else str(exc)) from None
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply to be a configuration") from None
+    finally:
+        loader.dispose()
 
 
 # ------------------------------------------------------------------ validators
@@ -83,7 +162,7 @@ def int_range(lo: int | None = None, hi: int | None = None) -> Check:
 
     def check(v: Any, path: str) -> int:
         if not _is_int(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise ConfigError(f"{path} must be {desc}, got {v!r}")
+            raise ConfigError(f"{path} must be {desc}, got {short_repr(v)}")
         return int(v)
 
     check.desc = desc  # type: ignore[attr-defined]
@@ -99,13 +178,16 @@ def float_range(lo: float | None = None, *, lo_open: bool = False, hi: float | N
     desc = "a finite number" + (" " + " and ".join(parts) if parts else "")
 
     def check(v: Any, path: str) -> float:
-        if not _is_num(v) or not math.isfinite(float(v)):
-            raise ConfigError(f"{path} must be {desc}, got {v!r}")
-        x = float(v)
+        try:
+            x = float(v) if _is_num(v) else math.nan
+        except OverflowError:  # an int beyond the float range
+            x = math.inf
+        if not math.isfinite(x):
+            raise ConfigError(f"{path} must be {desc}, got {short_repr(v)}")
         if lo is not None and (x < lo or (lo_open and x == lo)):
-            raise ConfigError(f"{path} must be {desc}, got {v!r}")
+            raise ConfigError(f"{path} must be {desc}, got {short_repr(v)}")
         if hi is not None and (x > hi or (hi_open and x == hi)):
-            raise ConfigError(f"{path} must be {desc}, got {v!r}")
+            raise ConfigError(f"{path} must be {desc}, got {short_repr(v)}")
         return x
 
     check.desc = desc  # type: ignore[attr-defined]
@@ -127,7 +209,7 @@ def optional(inner: Check) -> Check:
 def choice(*options: str) -> Check:
     def check(v: Any, path: str) -> str:
         if not isinstance(v, str) or v not in options:
-            raise ConfigError(f"{path} must be one of {', '.join(repr(o) for o in options)}, got {v!r}")
+            raise ConfigError(f"{path} must be one of {', '.join(repr(o) for o in options)}, got {short_repr(v)}")
         return v
 
     return check
@@ -135,7 +217,7 @@ def choice(*options: str) -> Check:
 
 def boolean(v: Any, path: str) -> bool:
     if not isinstance(v, bool):
-        raise ConfigError(f"{path} must be true or false, got {v!r}")
+        raise ConfigError(f"{path} must be true or false, got {short_repr(v)}")
     return v
 
 
@@ -143,7 +225,7 @@ def opt_str(v: Any, path: str) -> str | None:
     if v is None:
         return None
     if not isinstance(v, str) or not v:
-        raise ConfigError(f"{path} must be a non-empty string or null, got {v!r}")
+        raise ConfigError(f"{path} must be a non-empty string or null, got {short_repr(v)}")
     return v
 
 
@@ -154,12 +236,12 @@ def adapter_value(v: Any, path: str) -> int | str | None:
         return int(v)
     if isinstance(v, str) and v:
         return v
-    raise ConfigError(f"{path} must be an adapter index (int >= 0), a name substring or null, got {v!r}")
+    raise ConfigError(f"{path} must be an adapter index (int >= 0), a name substring or null, got {short_repr(v)}")
 
 
 def betas_value(v: Any, path: str) -> tuple[float, float]:
     if not isinstance(v, (list, tuple)) or len(v) != 2:
-        raise ConfigError(f"{path} must be a list of two numbers in [0, 1), got {v!r}")
+        raise ConfigError(f"{path} must be a list of two numbers in [0, 1), got {short_repr(v)}")
     check = float_range(0.0, hi=1.0, hi_open=True)
     return (check(v[0], f"{path}[0]"), check(v[1], f"{path}[1]"))
 
@@ -211,8 +293,8 @@ class RouterSection:
 class ScheduleSection:
     """``optimizer.schedule``: the learning-rate schedule (``energetic_wgpu.make_schedule``)."""
 
-    name: str = _f("constant", choice("constant", "step", "cosine"))
-    warmup_steps: int = _f(0, int_range(0))
+    name: str = _f("cosine", choice("constant", "step", "cosine"))
+    warmup_steps: int = _f(10, int_range(0))
     total_steps: int | None = _f(None, optional(int_range(1)))
     min_lr: float = _f(0.0, float_range(0.0))
     step_size: int = _f(100, int_range(1))
@@ -253,6 +335,7 @@ class TrainSection:
     seed: int = _f(0, int_range(0))
     loss: str = _f("mse", choice("mse", "cross_entropy"))
     entropy_lambda: float = _f(0.0, float_range())
+    max_skipped_steps: int = _f(10, int_range(1))
     task: TaskSection = _section(TaskSection)
 
 
@@ -316,12 +399,12 @@ def _build(cls: type, data: Any, path: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path or 'the configuration'} must be a mapping of keys to values, got {data!r}")
+        raise ConfigError(f"{path or 'the configuration'} must be a mapping of keys to values, got {short_repr(data)}")
     known = {f.name: f for f in fields(cls)}
     for key in data:
         if key not in known:
             where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"unknown key {where!r}; allowed keys {'in ' + path if path else 'at the top level'}: "
+            raise ConfigError(f"unknown key {short_repr(where)}; allowed keys {'in ' + path if path else 'at the top level'}: "
                               f"{', '.join(known)}")
     kwargs = {}
     for name, f in known.items():
@@ -348,15 +431,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     """Parse ``"router.top_k=4"`` into ``("router.top_k", 4)``; the value is read with
     a YAML safe loader (so ``null``, ``true``, ``[0.9, 0.99]`` and ``1e-3`` work)."""
     if not isinstance(text, str) or "=" not in text:
-        raise ConfigError(f"an override must look like key.path=value (e.g. router.top_k=4), got {text!r}")
+        raise ConfigError(f"an override must look like key.path=value (e.g. router.top_k=4), got {short_repr(text)}")
     key, _, raw = text.partition("=")
     key = key.strip()
     if not key:
-        raise ConfigError(f"an override must name a key before '=', got {text!r}")
-    try:
-        value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse the value of override {key}: {raw!r} ({exc})") from None
+        raise ConfigError(f"an override must name a key before '=', got {short_repr(text)}")
+    value = _load_yaml(raw, f"the value of override {short_repr(key)}") if raw.strip() else None
     return key, value
 
 
@@ -369,7 +449,7 @@ def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
         where = ".".join(parts[: i + 1])
         if part not in known:
             parent = ".".join(parts[:i]) or "the top level"
-            raise ConfigError(f"unknown key {where!r}; allowed keys in {parent}: {', '.join(known)}")
+            raise ConfigError(f"unknown key {short_repr(where)}; allowed keys in {parent}: {', '.join(known)}")
         f = known[part]
         if i == len(parts) - 1:
             if "section" in f.metadata and not isinstance(value, Mapping):
@@ -377,7 +457,7 @@ def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
             node[part] = value
             return
         if "section" not in f.metadata:
-            raise ConfigError(f"{where} is a value, not a section; cannot set {path!r}")
+            raise ConfigError(f"{where} is a value, not a section; cannot set {short_repr(path)}")
         if not isinstance(node.get(part), dict):
             node[part] = {}
         node = node[part]
@@ -385,31 +465,37 @@ def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
 
 
 def default_config_path() -> Any:
-    """The packaged ``baseline.yaml`` (an importlib.resources Traversable)."""
+    """The packaged ``baseline.yaml`` (an importlib.resources Traversable): every key with
+    its default value and a comment; loading it gives the same config as no file."""
     return resources.files("energetic_wgpu") / "configs" / "baseline.yaml"
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Config:
-    """Read a YAML config (the packaged baseline when ``path`` is None), apply
-    ``overrides`` ("key.path=value" strings, or a {path: value} mapping) and validate.
+    """Read a YAML config (the defaults when ``path`` is None), apply ``overrides``
+    ("key.path=value" strings, or a {path: value} mapping) and validate.
+
+    The defaults are the dataclass defaults of :class:`Config` (the packaged
+    ``baseline.yaml`` spells them out); a file that omits a key gets its default.
 
     Raises:
-        ConfigError: unreadable file, bad YAML, unknown key or invalid value (the message
-            names the key path and what is allowed).
+        ConfigError: unreadable or non-UTF-8 file, bad YAML, a repeated key, an alias
+            expansion beyond :data:`MAX_YAML_NODES`, unknown key or invalid value (the
+            message names the key path and what is allowed).
     """
     if path is None:
-        text = default_config_path().read_text(encoding="utf-8")
-        where = "the packaged baseline.yaml"
+        data: Any = {}
+        where = "the defaults"
     else:
+        where = str(path)
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
-        where = str(path)
-    try:
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where} is not valid YAML: {exc}") from None
+            raise ConfigError(f"cannot read config file {where!r}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {where!r} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+            ) from None
+        data = _load_yaml(text, where)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -17,6 +17,8 @@ __all__ = [
     "DeviceError",
     "DeviceLimitError",
     "CheckpointError",
+    "RunLockedError",
+    "TrainingError",
     "DistributedError",
 ]
 
@@ -55,6 +57,14 @@ class DeviceLimitError(EnergeticError, ValueError):
 
 class CheckpointError(EnergeticError):
     """A checkpoint file is corrupt, truncated, of another graph or of an unsupported format version."""
+
+
+class RunLockedError(EnergeticError, RuntimeError):
+    """Another process is training into the same output folder; names the folder and its PID."""
+
+
+class TrainingError(EnergeticError, RuntimeError):
+    """The training loop stopped because it cannot make progress (e.g. too many skipped steps)."""
 
 
 class DistributedError(EnergeticError, RuntimeError):

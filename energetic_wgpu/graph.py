@@ -69,6 +69,20 @@ class Graph:
         rev_ptr: int64 [N+1], pointers of the reverse (by-target) index.
         rev_perm: int64 [E], edge ids grouped by target, ascending within a target.
         positions: float64 [N, 2] node coordinates (layer, index) used to initialize Q and K.
+        edge_perm: int64 [E] or None. Constructors that take edges in the caller's order
+            (:meth:`from_edges`, :meth:`from_edge_index`, :meth:`from_scipy`,
+            :meth:`from_networkx`) sort them by source; CSR edge ``e`` is then the caller's
+            edge ``edge_perm[e]``. None for graphs built from CSR arrays or by the lattice
+            builders, whose input order *is* the CSR order. :meth:`to_input_order` uses it.
+        node_ids: tuple of the caller's node labels (``node_ids[j]`` is node ``j``), set by
+            :meth:`from_networkx`; None otherwise.
+
+    Edge weights: ``weights[e]`` is edge ``e``'s *initial bias*, the additive logit offset
+    that :meth:`RouterParams.init <energetic_wgpu.RouterParams.init>` copies into ``bias``
+    (training then changes the bias; the graph keeps the weights). The routing probabilities
+    are a softmax over each source's edges, so adding one constant to every weight of a
+    source changes nothing; a weight ``w`` makes an edge ``exp(w / tau)`` times as likely as
+    a weight-0 edge at the start. Weights are not multipliers of the routed energy.
     """
 
     def __init__(
@@ -79,6 +93,8 @@ class Graph:
         positions: np.ndarray | None = None,
         layers: int | None = None,
         *,
+        edge_perm: np.ndarray | None = None,
+        node_ids: tuple[Any, ...] | None = None,
         _validated: bool = False,
     ) -> None:
         if not _validated:
@@ -94,8 +110,12 @@ class Graph:
         self.positions = positions
         #: number of lattice layers when built by a lattice builder, else None
         self.layers = layers
+        self.edge_perm = edge_perm
+        self.node_ids = node_ids
         for arr in (self.row_ptr, self.col_idx, self.positions):
             arr.setflags(write=False)
+        if self.edge_perm is not None:
+            self.edge_perm.setflags(write=False)
         if self.weights is not None:
             self.weights.setflags(write=False)
 
@@ -153,8 +173,13 @@ class Graph:
         weights: Any = None,
         positions: Any = None,
     ) -> "Graph":
-        """Build from an edge list in any order. Edges are stably sorted by source, so edges
-        of one source keep their given relative order (and ``weights`` follow them)."""
+        """Build from an edge list in any order: ``src``, ``dst`` int [E] (edge ``i`` goes
+        from ``src[i]`` to ``dst[i]``), ``weights`` float [E] or None (the initial bias).
+
+        Edges are stably sorted by source, so edges of one source keep their given relative
+        order (duplicates included) and ``weights`` follow them; ``graph.edge_perm`` records
+        the sort (CSR edge ``e`` is input edge ``edge_perm[e]``) and
+        :meth:`to_input_order` undoes it for per-edge results."""
         n = _check_count(num_nodes, "num_nodes")
         s = _as_index_array(src, "src")
         d = _as_index_array(dst, "dst")
@@ -171,7 +196,107 @@ class Graph:
         row_ptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(s, minlength=n), out=row_ptr[1:])
         pos = _as_positions(positions, n)
-        return cls(row_ptr, d[order], None if w is None else w[order], pos, _validated=True)
+        return cls(
+            row_ptr, d[order], None if w is None else w[order], pos, edge_perm=order.astype(np.int64), _validated=True
+        )
+
+    @classmethod
+    def from_edge_index(cls, edge_index: Any, num_nodes: Any = None, weights: Any = None) -> "Graph":
+        """Build from a PyTorch Geometric style ``edge_index``: int [2, E], row 0 the sources,
+        row 1 the targets (a numpy array, a list, or a torch tensor on any device).
+
+        Args:
+            edge_index: int [2, E].
+            num_nodes: N (an int or a 0-d integer tensor/array); None means
+                ``edge_index.max() + 1`` (0 without edges), as PyG infers it.
+            weights: float [E] or None, the initial bias of each edge (e.g. PyG's ``edge_weight``).
+
+        The edges are stably sorted by source (see :meth:`from_edges`): ``graph.edge_perm``
+        maps CSR edges to columns of ``edge_index``.
+        """
+        from .graph_convert import edge_index_arrays
+
+        src, dst, n = edge_index_arrays(edge_index, num_nodes)
+        return cls.from_edges(src, dst, n, weights=_plain(weights, "weights"))
+
+    @classmethod
+    def from_scipy(cls, matrix: Any) -> "Graph":
+        """Build from a square scipy.sparse matrix or array (any format): the stored entry
+        ``(i, j)`` with value ``v`` is an edge ``i -> j`` with weight (initial bias) ``v``.
+
+        Every *stored* entry is an edge: explicit zeros become edges of weight 0 (call
+        ``matrix.eliminate_zeros()`` first to drop them) and duplicate entries of a COO
+        matrix become parallel edges (``matrix.sum_duplicates()`` merges them). A boolean
+        matrix gives a graph without weights. Input edge ``i`` is the ``i``-th entry of
+        ``matrix.tocoo()`` (the order of ``matrix.data`` for COO and CSR); ``graph.edge_perm``
+        maps CSR edges to it.
+        """
+        from .graph_convert import scipy_arrays
+
+        src, dst, n, w = scipy_arrays(matrix)
+        return cls.from_edges(src, dst, n, weights=w)
+
+    @classmethod
+    def from_networkx(cls, G: Any, weight: str | None = None) -> "Graph":
+        """Build from a networkx graph (``networkx`` must be installed; it is not a dependency).
+
+        Node ``j`` is ``list(G.nodes)[j]``, kept as ``graph.node_ids``. A directed graph
+        gives one edge per entry of ``G.edges`` (parallel edges of a multigraph included);
+        an undirected graph becomes directed first (``G.to_directed()``: both directions,
+        as PyTorch Geometric does). ``weight`` names the edge attribute holding the initial
+        bias (every edge must have it); None gives a graph without weights. Input edge ``i``
+        is the ``i``-th edge of ``G.edges`` (of ``G.to_directed().edges`` when undirected).
+        """
+        from .graph_convert import networkx_arrays
+
+        src, dst, n, w, ids = networkx_arrays(G, weight)
+        g = cls.from_edges(src, dst, n, weights=w)
+        return cls(g.row_ptr, g.col_idx, g.weights, None, edge_perm=g.edge_perm, node_ids=ids, _validated=True)
+
+    # ---------------------------------------------------------------- export
+    def to_scipy(self) -> Any:
+        """The graph as a ``scipy.sparse.csr_array`` [N, N] in CSR edge order: entry
+        ``(src[e], col_idx[e])`` holds ``weights[e]`` (1.0 when the graph has no weights).
+        Duplicate edges stay separate stored entries."""
+        import scipy.sparse as sp
+
+        data = np.ones(self.num_edges) if self.weights is None else np.array(self.weights)
+        return sp.csr_array(
+            (data, np.array(self.col_idx), np.array(self.row_ptr)), shape=(self.num_nodes, self.num_nodes)
+        )
+
+    def to_input_order(self, values: Any) -> np.ndarray:
+        """Put a per-edge array from CSR order back into the caller's edge order.
+
+        Args:
+            values: [..., E] in CSR order (pi, bias, a gradient, a flow [B, E]): numpy,
+                a backend array or a torch tensor.
+
+        Returns:
+            numpy [..., E] with ``out[..., edge_perm[e]] = values[..., e]`` (a copy; the
+            values unchanged when ``edge_perm`` is None).
+        """
+        v = self._per_edge(values, "values")
+        if self.edge_perm is None:
+            return v.copy()
+        out = np.empty_like(v)
+        out[..., self.edge_perm] = v
+        return out
+
+    def from_input_order(self, values: Any) -> np.ndarray:
+        """The inverse of :meth:`to_input_order`: a per-edge array [..., E] in the caller's
+        edge order, returned in CSR order (``out[..., e] = values[..., edge_perm[e]]``), e.g.
+        to set a bias the caller computed per input edge."""
+        v = self._per_edge(values, "values")
+        return v.copy() if self.edge_perm is None else v[..., self.edge_perm]
+
+    def _per_edge(self, values: Any, name: str) -> np.ndarray:
+        from .backends import to_numpy
+
+        v = to_numpy(_plain(values, name))
+        if v.ndim < 1 or v.shape[-1] != self.num_edges:
+            raise ShapeError(f"{name} must have shape [..., E] with E = {self.num_edges} edges, got {v.shape}")
+        return v
 
     # ------------------------------------------------------------- derived data
     @cached_property
@@ -234,6 +359,19 @@ class Graph:
             f"Graph(num_nodes={self.num_nodes}, num_edges={self.num_edges}, "
             f"max_out_degree={self.max_out_degree}, sinks={int(self.sink_mask.sum())})"
         )
+
+
+def _plain(value: Any, name: str) -> Any:
+    """``value`` with a torch tensor (anything with ``.detach().cpu().numpy()``) turned into
+    numpy; the core never imports torch."""
+    if value is None or isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        try:
+            return value.detach().cpu().numpy()
+        except Exception as exc:  # e.g. a dtype numpy has no equivalent for
+            raise ShapeError(f"{name} could not be converted to numpy: {type(exc).__name__}: {exc}") from exc
+    return value
 
 
 def _check_count(value: Any, name: str) -> int:

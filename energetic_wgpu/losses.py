@@ -15,6 +15,7 @@ import numpy as np
 from .backends import Backend
 from .errors import InvalidArgumentError, ShapeError
 from .graph import Graph
+from .validation import check_float, check_not_foreign, float_array, mask_array
 
 __all__ = ["mse", "cross_entropy", "entropy_regularization", "LOSSES"]
 
@@ -29,19 +30,35 @@ def _backend_of(*arrays: Any) -> Backend:
             return be
     from .backends.numpy_backend import NumpyBackend
 
-    dt = np.result_type(*[np.asarray(a).dtype for a in arrays if a is not None and not isinstance(a, (bool, np.bool_))])
+    dtypes = []
+    for a in arrays:
+        if a is not None and not isinstance(a, (bool, np.bool_)):
+            try:
+                dtypes.append(np.asarray(a).dtype)
+            except (ValueError, TypeError):  # ragged: refused with its name by _float
+                pass
+    dt = np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
     return NumpyBackend("float64" if dt == np.float64 else "float32")
 
 
 def _float(be: Backend, value: Any, name: str) -> Any:
+    """``value`` as a float array of ``be``: finite in the backend's dtype, named on error."""
     if be.is_array(value) and be.name != "numpy":
+        if np.dtype(value.dtype) != be.dtype:
+            raise ShapeError(f"{name} must have dtype {be.dtype}, got {value.dtype}")
         return value
-    arr = np.asarray(value)
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ShapeError(f"{name} must be a float array, got dtype {arr.dtype}")
-    if not np.all(np.isfinite(arr)):
-        raise InvalidArgumentError(f"{name} must be finite (no NaN or inf)")
-    return be.asarray(arr)
+    check_not_foreign(be, value, name)
+    return be.asarray(float_array(value, name, None, be.dtype))
+
+
+def _mask(be: Backend, mask: Any) -> Any:
+    """A bool mask of ``be``: bool, or numbers that are all 0 or 1."""
+    if be.is_array(mask) and be.name != "numpy":
+        if np.dtype(mask.dtype) != np.bool_:
+            raise ShapeError(f"mask must be a bool array on the device, got dtype {mask.dtype}")
+        return mask
+    check_not_foreign(be, mask, "mask")
+    return be.asarray(mask_array(mask, "mask"))
 
 
 def _same_shape(a: Any, b: Any, name_a: str, name_b: str) -> None:
@@ -52,6 +69,7 @@ def _same_shape(a: Any, b: Any, name_a: str, name_b: str) -> None:
 def mse(pred: Any, target: Any, mask: Any = None) -> tuple[float, Any]:
     """Mean squared error over the elements where ``mask`` is True (all when None).
 
+    ``mask``: bool, or a numeric array whose values are all 0 or 1 (the shape of ``pred``).
     Returns ``(loss, grad)`` with grad = 2 (pred - target) / count on masked elements and 0
     elsewhere; an all-False mask gives loss 0 and grad 0.
     """
@@ -60,13 +78,7 @@ def mse(pred: Any, target: Any, mask: Any = None) -> tuple[float, Any]:
     _same_shape(p, t, "pred", "target")
     m = None
     if mask is not None:
-        if be.is_array(mask) and be.name != "numpy":
-            m = mask
-        else:
-            mask_np = np.asarray(mask)
-            if mask_np.dtype != np.bool_:
-                raise ShapeError(f"mask must be a bool array, got dtype {mask_np.dtype}")
-            m = be.asarray(mask_np)
+        m = _mask(be, mask)
         _same_shape(p, m, "pred", "mask")
     loss, grad = be.mse(p, t, m)
     return float(be.to_numpy(loss)[0]), grad
@@ -75,9 +87,8 @@ def mse(pred: Any, target: Any, mask: Any = None) -> tuple[float, Any]:
 def cross_entropy(pred: Any, target: Any, eps: float = 1e-12) -> tuple[float, Any]:
     """``-sum target * log(max(pred, eps))`` averaged over the batch (rows of a [B, N]
     input; an [N] input is one row). grad = -target / max(pred, eps) / B, 0 where clamped.
-    Finite for pred = 0."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps > 0 and np.isfinite(eps)):
-        raise InvalidArgumentError(f"eps must be a positive finite float, got {eps!r}")
+    Finite for pred = 0. ``eps``: > 0 and finite, also in float32."""
+    eps = check_float(eps, "eps", positive=True)
     be = _backend_of(pred, target)
     p, t = _float(be, pred, "pred"), _float(be, target, "target")
     _same_shape(p, t, "pred", "target")
@@ -92,8 +103,7 @@ def entropy_regularization(pi: Any, lam: float, graph: Graph) -> tuple[float, An
     0 elsewhere. pi: float [E] of ``graph``."""
     if not isinstance(graph, Graph):
         raise InvalidArgumentError(f"graph must be a Graph, got {type(graph).__name__}")
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not np.isfinite(lam):
-        raise InvalidArgumentError(f"lam must be a finite float, got {lam!r}")
+    lam = check_float(lam, "lam")
     be = _backend_of(pi)
     p = _float(be, pi, "pi")
     if tuple(p.shape) != (graph.num_edges,):

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import InvalidArgumentError, ShapeError
+from .validation import check_float, float_array
 
 __all__ = [
     "AdamW",
@@ -35,12 +36,14 @@ class Schedule:
 
 
 def _positive(value: Any, name: str, *, allow_zero: bool = False) -> float:
+    """A hyper-parameter: a number, finite in float32 (it reaches float32 uniforms), >= 0
+    (> 0, also in float32, unless ``allow_zero``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidArgumentError(f"{name} must be a number, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be a number, got {value!r:.200}")
     v = float(value)
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         raise InvalidArgumentError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value!r}")
-    return v
+    return check_float(v, name, positive=not allow_zero)  # finite (and > 0) in float32 too
 
 
 def _steps(value: Any, name: str) -> int:
@@ -138,6 +141,9 @@ def make_schedule(
 class AdamW:
     """AdamW over a router's parameters ``q``, ``k``, ``bias``.
 
+    The defaults are ``torch.optim.AdamW``'s: lr 1e-3, betas (0.9, 0.999), eps 1e-8,
+    weight_decay 0.01. Every value must be finite in float32 (they reach float32 uniforms).
+
     Args:
         router: the :class:`~energetic_wgpu.Router` whose parameters are updated in place.
         lr: learning rate (>= 0), or use ``schedule``.
@@ -146,6 +152,16 @@ class AdamW:
         weight_decay: >= 0 (decoupled, torch convention ``p *= 1 - lr * wd``).
         max_grad_norm: clip the global gradient norm to this value before the update (None: off).
         schedule: a :class:`Schedule` or callable ``t -> lr``; overrides ``lr``.
+
+    Non-finite guard (as torch's ``GradScaler`` skips ``optimizer.step()`` on ``found_inf``):
+    when the gradients' sum of squares (in float32 on a float32 backend) or the ``loss`` passed
+    to :meth:`step` is NaN or inf, the update is skipped on the device, with no readback:
+    parameters, moments and the device step count (the ``t`` of the bias corrections) keep
+    their values, and two device counters (consecutive and total skipped steps,
+    :meth:`skip_counts`) grow. The host's ``t`` counts :meth:`step` calls, applied or
+    skipped, and indexes the schedule: like a torch lr scheduler stepped every iteration, the
+    learning rate moves on over a skipped step, and ``state()`` stores what a resume needs to
+    continue both counts.
     """
 
     NAMES = ("q", "k", "bias")
@@ -156,7 +172,7 @@ class AdamW:
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        weight_decay: float = 0.0,
+        weight_decay: float = 0.01,
         max_grad_norm: float | None = None,
         schedule: Schedule | Callable[[int], float] | None = None,
     ) -> None:
@@ -184,8 +200,10 @@ class AdamW:
         # the parameters' layout (one flat buffer on wgpu: the fused update applies)
         self.exp_avg = be.zeros_like_packed(params)
         self.exp_avg_sq = be.zeros_like_packed(params)
-        self.step_count = be.zeros((1,))
+        # [t (applied updates), consecutive skipped steps, total skipped steps]
+        self.step_count = be.zeros((3,))
         self.last_grad_norm: Any = None
+        self.last_skipped: Any = None
 
     def lr_at(self, t: int) -> float:
         """The learning rate of update number ``t`` (1-based)."""
@@ -198,65 +216,113 @@ class AdamW:
             self._init_state()
             self.load_state(state)
 
-    def step(self, grads: Any) -> Any:
-        """Apply one update. ``grads``: a :class:`~energetic_wgpu.router.Gradients` or a list
-        [q, k, bias] of backend arrays. Returns the pre-clip global gradient norm as a float [1]
-        backend array (``float(to_numpy(x)[0])`` reads it)."""
+    def step(self, grads: Any, loss: Any = None) -> Any:
+        """Apply one update (or skip it: see the class docstring).
+
+        Args:
+            grads: a :class:`~energetic_wgpu.router.Gradients` (from ``Router.backward``: the
+                device guard decides) or a list [q, k, bias] of arrays with the parameters'
+                shapes. Host (numpy) arrays in the list must be finite in the backend's dtype
+                (else :class:`InvalidArgumentError` naming the array, e.g. ``grads.bias``, and
+                nothing changes); arrays of this backend go through the device guard.
+            loss: optional float [1] backend array of the step's loss; a NaN/inf loss skips
+                the update too.
+
+        Returns the pre-clip global gradient norm as a float [1] backend array
+        (``float(to_numpy(x)[0])`` reads it); ``last_skipped`` is a float [1] backend array,
+        1.0 when the update was skipped (no readback)."""
         self._follow_backend()
         be = self.backend
-        glist = grads.as_list() if hasattr(grads, "as_list") else list(grads)
+        from_backward = hasattr(grads, "as_list")
+        glist = grads.as_list() if from_backward else list(grads)
         params = self.router.parameters()
         if len(glist) != len(params):
             raise ShapeError(f"grads must hold {len(params)} arrays (q, k, bias), got {len(glist)}")
+        arrays = []
         for name, g, p in zip(self.NAMES, glist, params):
-            if tuple(g.shape) != tuple(p.shape):
-                raise ShapeError(f"grads.{name} must have shape {tuple(p.shape)}, got {tuple(g.shape)}")
-        glist = [g if be.is_array(g) else be.asarray(g) for g in glist]
+            label = f"grads.{name}"
+            other = getattr(g, "backend", None)
+            if other is not None and other is not be and not isinstance(g, np.ndarray):
+                raise InvalidArgumentError(
+                    f"{label} is an array of another backend ({other.describe()}), not of the optimizer's "
+                    f"({be.describe()})"
+                )
+            if tuple(np.shape(g)) != tuple(p.shape):
+                raise ShapeError(f"{label} must have shape {tuple(p.shape)}, got {tuple(np.shape(g))}")
+            if from_backward and be.is_array(g):
+                arrays.append(g)
+            elif be.is_array(g) and not isinstance(g, np.ndarray):
+                arrays.append(g)  # a device array: the device guard decides
+            else:
+                arrays.append(float_array(g, label, tuple(p.shape), be.dtype))
+        if loss is not None and not be.is_array(loss):
+            raise InvalidArgumentError(f"loss must be a float [1] array of the optimizer's backend, got {type(loss).__name__}")
+        glist = [g if be.is_array(g) else be.asarray(g) for g in arrays]
         lr = self.lr_at(self.t + 1)
+        wdf = 1.0 - lr * self.weight_decay
+        if not (math.isfinite(lr) and lr >= 0 and np.isfinite(np.float32(lr)) and np.isfinite(np.float32(wdf))):
+            raise InvalidArgumentError(
+                f"lr of update {self.t + 1} (from the schedule) must be >= 0 and finite in float32 "
+                f"(also 1 - lr * weight_decay), got {lr}"
+            )
         b1, b2 = self.betas
-        norm = be.adamw_step(
+        norm, skipped = be.adamw_step(
             params, glist, self.exp_avg, self.exp_avg_sq, self.step_count, lr, b1, b2, self.eps,
-            self.weight_decay, self.max_grad_norm,
+            self.weight_decay, self.max_grad_norm, loss=loss, return_skipped=True,
         )
         self.t += 1
         self.last_grad_norm = norm
+        self.last_skipped = skipped
         return norm
 
+    def skip_counts(self) -> tuple[int, int]:
+        """(consecutive, total) steps skipped by the non-finite guard (reads back the device
+        counters; an applied update resets the consecutive count to 0)."""
+        c = self.backend.to_numpy(self.step_count)
+        return int(round(float(c[1]))), int(round(float(c[2])))
+
     def state(self) -> dict[str, Any]:
-        """{"t": int, "m": {name: array}, "v": {name: array}} as numpy (reads back from a GPU)."""
+        """{"t", "skipped_consecutive", "skipped_total": int, "m": {name: array}, "v": {name:
+        array}} as numpy (reads back from a GPU). ``t`` is the device's count of applied updates
+        (the bias corrections' t); ``t + skipped_total`` is the number of :meth:`step` calls
+        (the schedule's position)."""
         be = self.backend
-        t = int(round(float(be.to_numpy(self.step_count)[0])))
+        c = be.to_numpy(self.step_count)
         return {
-            "t": t,
+            "t": int(round(float(c[0]))),
+            "skipped_consecutive": int(round(float(c[1]))),
+            "skipped_total": int(round(float(c[2]))),
             "m": {n: be.to_numpy(a) for n, a in zip(self.NAMES, self.exp_avg)},
             "v": {n: be.to_numpy(a) for n, a in zip(self.NAMES, self.exp_avg_sq)},
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state` dict (shapes must match the router's parameters)."""
+        """Restore a :meth:`state` dict (shapes must match the router's parameters; the skip
+        counts are optional, 0 when absent)."""
         be = self.backend
         try:
             t = int(state["t"])
             ms, vs = state["m"], state["v"]
-        except (KeyError, TypeError, ValueError) as exc:
+            counts = [int(state.get(k, 0)) for k in ("skipped_consecutive", "skipped_total")]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidArgumentError(f"state must be a dict with 't', 'm' and 'v', got {state!r:.200}") from exc
         if t < 0:
             raise InvalidArgumentError(f"state['t'] must be >= 0, got {t}")
+        if min(counts) < 0 or counts[0] > counts[1]:
+            raise InvalidArgumentError(
+                f"state's skip counts must satisfy 0 <= skipped_consecutive <= skipped_total, got {counts}"
+            )
         new_m, new_v = [], []
         params = self.router.parameters()
         for name, p in zip(self.NAMES, params):
-            for key, store in (("m", ms), ("v", vs)):
+            for key, store, out in (("m", ms, new_m), ("v", vs, new_v)):
                 if name not in store:
                     raise InvalidArgumentError(f"state['{key}'] has no entry {name!r}")
-                arr = np.asarray(store[name])
-                if arr.shape != tuple(p.shape):
-                    raise ShapeError(f"state['{key}']['{name}'] must have shape {tuple(p.shape)}, got {arr.shape}")
-            new_m.append(np.asarray(ms[name], dtype=be.dtype))
-            new_v.append(np.asarray(vs[name], dtype=be.dtype))
+                out.append(float_array(store[name], f"state['{key}']['{name}']", tuple(p.shape), be.dtype))
         # pack: the layout depends only on the sizes, so it matches packed parameters
         self.exp_avg, self.exp_avg_sq = be.pack(new_m), be.pack(new_v)
-        self.step_count = be.asarray(np.array([t], dtype=be.dtype))
-        self.t = t
+        self.step_count = be.asarray(np.array([t, *counts], dtype=be.dtype))
+        self.t = t + counts[1]
 
     def __repr__(self) -> str:
         return (

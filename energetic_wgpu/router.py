@@ -16,46 +16,16 @@ import numpy as np
 from .backends import Backend, METRIC_NAMES, get_backend
 from .errors import InvalidArgumentError, ShapeError
 from .graph import Graph
+from .validation import U32_MAX, check_float, check_int, check_not_foreign, check_tau, float_array, mask_array
+from .validation import memory_budget
 
 __all__ = ["RouterParams", "Router", "RouterOutput", "Gradients", "LossAndGrads", "TrainStepResult"]
-
-
-def _check_float(value: Any, name: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidArgumentError(f"{name} must be a real number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise InvalidArgumentError(f"{name} must be finite, got {v}")
-    if positive and v <= 0:
-        raise InvalidArgumentError(f"{name} must be > 0, got {v}")
-    return v
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
 
 
 def _device_array(be: Backend, value: Any) -> bool:
     """True for a backend array that is not a plain numpy array. numpy inputs (which are also
     the NumPy backend's arrays) always go through the full dtype/shape/finiteness checks."""
     return be.is_array(value) and not isinstance(value, np.ndarray)
-
-
-def _float_array(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    arr = np.asarray(value)
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)) or arr.dtype == np.bool_:
-        raise ShapeError(f"{name} must be a float array, got dtype {arr.dtype}")
-    if arr.shape != shape:
-        raise ShapeError(f"{name} must have shape {shape}, got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise InvalidArgumentError(f"{name} must be finite (no NaN or inf)")
-    if np.issubdtype(arr.dtype, np.integer):
-        arr = arr.astype(np.float64)  # integers are values here, never indices: make them floats
-    return arr
 
 
 @dataclass
@@ -65,9 +35,11 @@ class RouterParams:
     Attributes:
         q, k: float [N, d] query and key projections.
         bias: float [E] per-edge bias.
-        tau: softmax temperature (> 0).
-        alpha: energy distribution coefficient.
-        top_k: 0 = keep every edge; else keep the top_k most probable edges of each segment.
+        tau: softmax temperature: a float whose float32 is a normal positive number
+            (>= 1.1754944e-38, the smallest normal float32).
+        alpha: energy distribution coefficient (finite in float32).
+        top_k: 0 = keep every edge; else keep the top_k most probable edges of each segment
+            (at most 2**32 - 1: it reaches the shaders as a u32).
     """
 
     q: np.ndarray
@@ -99,12 +71,12 @@ class RouterParams:
         """
         if not isinstance(graph, Graph):
             raise InvalidArgumentError(f"graph must be a Graph, got {type(graph).__name__}")
-        dim = _check_int(dim, "dim", 1)
-        tau = _check_float(tau, "tau", positive=True)
-        alpha = _check_float(alpha, "alpha")
-        top_k = _check_int(top_k, "top_k", 0)
-        seed = _check_int(seed, "seed", 0)
-        noise = _check_float(noise, "noise")
+        dim = check_int(dim, "dim", 1)
+        tau = check_tau(tau, "tau")
+        alpha = check_float(alpha, "alpha")
+        top_k = check_int(top_k, "top_k", 0, U32_MAX)
+        seed = check_int(seed, "seed", 0)
+        noise = check_float(noise, "noise")
         n = graph.num_nodes
         pos = graph.positions
         period = max(float(pos[:, 1].max() + 1), 1.0) if n else 1.0
@@ -126,21 +98,25 @@ class RouterParams:
     def dim(self) -> int:
         return int(np.shape(self.q)[1])
 
-    def validate(self, graph: Graph) -> "RouterParams":
-        """Check shapes and values against ``graph``; return a copy with numpy arrays."""
-        q = np.asarray(self.q)
+    def validate(self, graph: Graph, dtype: Any = np.float32) -> "RouterParams":
+        """Check shapes and values against ``graph``; return a copy with numpy arrays of
+        ``dtype`` (the backend's float dtype; every value must be finite in it)."""
+        def host(x: Any) -> Any:  # a backend array (any backend) is read back: params are copied anyway
+            return x.backend.to_numpy(x) if hasattr(x, "backend") and not isinstance(x, np.ndarray) else x
+
+        q = float_array(host(self.q), "params.q", None, dtype)
         if q.ndim != 2:
             raise ShapeError(f"params.q must be 2-D [N, d], got shape {q.shape}")
         n, d = graph.num_nodes, q.shape[1]
         if d < 1:
             raise ShapeError(f"params.q must have d >= 1 columns, got shape {q.shape}")
         return RouterParams(
-            q=_float_array(self.q, "params.q", (n, d)),
-            k=_float_array(self.k, "params.k", (n, d)),
-            bias=_float_array(self.bias, "params.bias", (graph.num_edges,)),
-            tau=_check_float(self.tau, "params.tau", positive=True),
-            alpha=_check_float(self.alpha, "params.alpha"),
-            top_k=_check_int(self.top_k, "params.top_k", 0),
+            q=float_array(q, "params.q", (n, d), dtype),
+            k=float_array(host(self.k), "params.k", (n, d), dtype),
+            bias=float_array(host(self.bias), "params.bias", (graph.num_edges,), dtype),
+            tau=check_tau(self.tau, "params.tau"),
+            alpha=check_float(self.alpha, "params.alpha"),
+            top_k=check_int(self.top_k, "params.top_k", 0, U32_MAX),
         )
 
 
@@ -158,11 +134,13 @@ class RouterOutput:
     router: "Router"
     edge_pi: Any
     history: list[Any]  # energies before each step and after the last: steps + 1 arrays [B, N]
+    # (with keep_history=False only the last two)
     active: Any
     batched: bool
     steps: int
     retain_sinks: bool
     params_used: tuple[Any, Any, Any]
+    keep_history: bool = True
     _flow: Any = field(default=None, repr=False)
     _metrics: dict[str, float] | None = field(default=None, repr=False)
     _metrics_array: Any = field(default=None, repr=False)
@@ -260,8 +238,12 @@ class TrainStepResult:
     Attributes:
         loss: the step's loss (float, read back on first access).
         grad_norm: the global gradient norm before clipping (float, read back on access).
+        skipped: True when the non-finite guard skipped the update (the loss or the gradient
+            norm was NaN or inf: parameters, optimizer moments and step count unchanged);
+            read back on access.
         metrics: the forward's metrics dict (read back on access).
         loss_array, grad_norm_array: float [1] backend arrays (no readback).
+        skipped_array: float [1] backend array, 1.0 when skipped (no readback).
     """
 
     backend: Backend
@@ -269,6 +251,7 @@ class TrainStepResult:
     loss_array: Any
     grad_norm_array: Any
     grads: Gradients
+    skipped_array: Any = None
 
     @property
     def loss(self) -> float:
@@ -277,6 +260,12 @@ class TrainStepResult:
     @property
     def grad_norm(self) -> float:
         return float(self.backend.to_numpy(self.grad_norm_array)[0])
+
+    @property
+    def skipped(self) -> bool:
+        if self.skipped_array is None:
+            return False
+        return bool(self.backend.to_numpy(self.skipped_array)[0] != 0)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -306,13 +295,41 @@ class Router:
     # -------------------------------------------------------------- parameters
     def set_params(self, params: RouterParams) -> None:
         """Validate ``params`` against the graph and upload them to the backend."""
-        p = params.validate(self.graph)
         be = self.backend
+        p = params.validate(self.graph, be.dtype)
         # one allocation on backends that pack (wgpu: views into one flat buffer, so that the
         # optimizer updates every parameter in one dispatch)
         self.q, self.k, self.bias = be.pack([p.q, p.k, p.bias])
         self.tau, self.alpha, self.top_k = p.tau, p.alpha, p.top_k
         self.dim = p.q.shape[1]
+
+    # tau, alpha and top_k are checked on every assignment (they reach float32 / u32 uniforms)
+    @property
+    def tau(self) -> float:
+        """Softmax temperature (float32 normal positive: >= 1.1754944e-38)."""
+        return self._tau
+
+    @tau.setter
+    def tau(self, value: Any) -> None:
+        self._tau = check_tau(value, "tau")
+
+    @property
+    def alpha(self) -> float:
+        """Energy distribution coefficient (finite in float32)."""
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value: Any) -> None:
+        self._alpha = check_float(value, "alpha")
+
+    @property
+    def top_k(self) -> int:
+        """0 = keep every edge, else the top_k most probable edges of each segment (<= 2**32 - 1)."""
+        return self._top_k
+
+    @top_k.setter
+    def top_k(self, value: Any) -> None:
+        self._top_k = check_int(value, "top_k", 0, U32_MAX)
 
     def params(self) -> RouterParams:
         """A copy of the current parameters as numpy arrays (reads back from a GPU backend)."""
@@ -341,14 +358,9 @@ class Router:
                 raise ShapeError(f"energies must have dtype {be.dtype}, got {energies.dtype}")
             arr = energies
         else:
-            arr_np = np.asarray(energies)
-            if arr_np.dtype == np.bool_ or not (
-                np.issubdtype(arr_np.dtype, np.floating) or np.issubdtype(arr_np.dtype, np.integer)
-            ):
-                raise ShapeError(f"energies must be a float array, got dtype {arr_np.dtype}")
+            check_not_foreign(be, energies, "energies")
+            arr_np = float_array(energies, "energies", None, be.dtype)
             shape = arr_np.shape
-            if arr_np.ndim in (1, 2) and shape[-1] == n and not np.all(np.isfinite(arr_np)):
-                raise InvalidArgumentError("energies must be finite (no NaN or inf)")
             arr = None
         if len(shape) not in (1, 2) or shape[-1] != n:
             raise ShapeError(f"energies must have shape [N] or [B, N] with N = {n}, got {shape}")
@@ -367,17 +379,48 @@ class Router:
             if np.dtype(active.dtype) != np.bool_ or tuple(active.shape) != (batch, n):
                 raise ShapeError(f"active must be bool [{batch}, {n}], got {active.dtype} {tuple(active.shape)}")
             return active
-        a = np.asarray(active)
-        if a.dtype != np.bool_:
-            raise ShapeError(f"active must be a bool array, got dtype {a.dtype}")
+        check_not_foreign(be, active, "active")
+        a = mask_array(active, "active")
         if a.shape == (n,):
             a = np.broadcast_to(a, (batch, n))
         elif a.shape != (batch, n):
             raise ShapeError(f"active must have shape [N] = ({n},) or [B, N] = ({batch}, {n}), got {a.shape}")
         return be.asarray(np.ascontiguousarray(a))
 
+    def _mask(self, mask: Any, shape: tuple[int, ...]) -> Any:
+        be = self.backend
+        if _device_array(be, mask):
+            if tuple(mask.shape) != shape or np.dtype(mask.dtype) != np.bool_:
+                raise ShapeError(f"mask must be bool {shape}, got {mask.dtype} {tuple(mask.shape)}")
+            return mask
+        check_not_foreign(be, mask, "mask")
+        m = mask_array(mask, "mask")
+        if m.shape != shape:
+            raise ShapeError(f"mask must have shape {shape} (the target's), got {m.shape}")
+        return be.asarray(m)
+
+    def _check_history(self, steps: int, batch: int, keep_history: bool) -> None:
+        """Refuse a forward whose energies history cannot fit in memory, before any work."""
+        per_state = batch * self.graph.num_nodes * np.dtype(self.backend.dtype).itemsize
+        states = steps + 1 if keep_history else 3  # without history: input, previous, last
+        need = states * per_state
+        budget = memory_budget()
+        if need > budget:
+            hint = "" if not keep_history else " (keep_history=False keeps only the last states)"
+            raise InvalidArgumentError(
+                f"steps = {steps} needs {need} bytes of energies history ({states} states of [{batch}, "
+                f"{self.graph.num_nodes}]), over the memory budget of {budget} bytes{hint}"
+            )
+
     # ------------------------------------------------------------------ forward
-    def forward(self, energies: Any, active: Any = None, steps: int = 1, retain_sinks: bool = False) -> RouterOutput:
+    def forward(
+        self,
+        energies: Any,
+        active: Any = None,
+        steps: int = 1,
+        retain_sinks: bool = False,
+        keep_history: bool = True,
+    ) -> RouterOutput:
         """Route ``energies`` ([N] or [B, N] float) along the graph ``steps`` times.
 
         Args:
@@ -385,11 +428,21 @@ class Router:
             active: bool [N] or [B, N]; inactive nodes send nothing (default: all active).
             steps: T >= 1 applications of the step.
             retain_sinks: out-degree-0 nodes keep their energy from step to step.
+            keep_history: keep the energies before every step (steps + 1 arrays [B, N]), which
+                :meth:`backward` needs. False keeps only the last two states (memory independent
+                of ``steps``; ``edge_flow`` and ``metrics`` still work, ``backward`` refuses).
+
+        Raises:
+            InvalidArgumentError: naming ``steps`` when the history would not fit in memory
+                (estimate (steps + 1) * B * N * itemsize bytes, against half the physical memory).
         """
-        steps = _check_int(steps, "steps", 1)
+        steps = check_int(steps, "steps", 1)
         if not isinstance(retain_sinks, (bool, np.bool_)):
             raise InvalidArgumentError(f"retain_sinks must be a bool, got {retain_sinks!r}")
+        if not isinstance(keep_history, (bool, np.bool_)):
+            raise InvalidArgumentError(f"keep_history must be a bool, got {keep_history!r}")
         x, batched = self._energies(energies)
+        self._check_history(steps, int(x.shape[0]), bool(keep_history))
         act = self._active(active, int(x.shape[0]))
         be, g = self.backend, self.graph
         logits = be.edge_logits(g, self.q, self.k, self.bias)
@@ -398,6 +451,8 @@ class Router:
         for _ in range(steps):
             x = be.energy_scatter(g, x, pi, self.alpha, act, bool(retain_sinks))
             history.append(x)
+            if not keep_history and len(history) > 2:
+                del history[0]  # only the previous and the last state are kept
         return RouterOutput(
             router=self,
             edge_pi=pi,
@@ -407,6 +462,7 @@ class Router:
             steps=steps,
             retain_sinks=bool(retain_sinks),
             params_used=(self.q, self.k, self.bias),
+            keep_history=bool(keep_history),
         )
 
     __call__ = forward
@@ -422,6 +478,11 @@ class Router:
         """
         if not isinstance(out, RouterOutput) or out.router is not self:
             raise InvalidArgumentError("out must be the RouterOutput of this router's forward()")
+        if not out.keep_history:
+            raise InvalidArgumentError(
+                "out was computed by forward(..., keep_history=False): it has no history to backpropagate "
+                "through; run forward with keep_history=True (the default) before backward"
+            )
         be, g = self.backend, self.graph
         n, b = g.num_nodes, out.batch_size
         expected = (b, n) if out.batched else (n,)
@@ -449,8 +510,11 @@ class Router:
         if _device_array(be, value):
             if tuple(value.shape) != shape:
                 raise ShapeError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
+            if np.dtype(value.dtype) != be.dtype:
+                raise ShapeError(f"{name} must have dtype {be.dtype}, got {value.dtype}")
             return value
-        return be.asarray(_float_array(value, name, shape), dtype=be.dtype)
+        check_not_foreign(be, value, name)
+        return be.asarray(float_array(value, name, shape, be.dtype), dtype=be.dtype)
 
     # --------------------------------------------------------------- training
     def train_step(
@@ -477,8 +541,13 @@ class Router:
             energies: float [N] or [B, N]; target: the same shape.
             optimizer: an :class:`~energetic_wgpu.AdamW` over this router.
             loss: "mse" or "cross_entropy".
-            mask: bool, the shape of target, for "mse" only (None: every element).
+            mask: the shape of target, for "mse" only (None: every element): bool, or numbers
+                that are all 0 or 1.
             entropy_lambda: adds ``-lambda * sum pi log pi`` (entropy regularization) when != 0.
+            eps: cross-entropy clamp (finite, > 0 in float32), as :func:`energetic_wgpu.losses.cross_entropy`.
+
+        A step whose loss or gradient norm is not finite changes nothing (the optimizer's
+        non-finite guard, decided on the device): ``result.skipped`` is then True.
         """
         if getattr(optimizer, "router", None) is not self:
             raise InvalidArgumentError("optimizer must be an optimizer built over this router")
@@ -486,9 +555,10 @@ class Router:
             energies, target, loss=loss, mask=mask, active=active, steps=steps, retain_sinks=retain_sinks,
             entropy_lambda=entropy_lambda, eps=eps,
         )
-        norm = optimizer.step(lg.grads)
+        norm = optimizer.step(lg.grads, loss=lg.loss_array)
         return TrainStepResult(
-            backend=self.backend, output=lg.output, loss_array=lg.loss_array, grad_norm_array=norm, grads=lg.grads
+            backend=self.backend, output=lg.output, loss_array=lg.loss_array, grad_norm_array=norm, grads=lg.grads,
+            skipped_array=optimizer.last_skipped,
         )
 
     def loss_and_grads(
@@ -506,32 +576,23 @@ class Router:
         """The first half of :meth:`train_step` (same arguments, no optimizer): forward, loss
         and its gradient, backward. The parameters are not changed, so the gradients can be
         combined with others (e.g. all-reduced across data-parallel ranks by
-        :mod:`energetic_wgpu.distributed`) before ``optimizer.step(result.grads)``.
+        :mod:`energetic_wgpu.distributed`) before ``optimizer.step(result.grads, loss=result.loss_array)``.
         Nothing is read back."""
         if loss not in ("mse", "cross_entropy"):
             raise InvalidArgumentError(f"loss must be 'mse' or 'cross_entropy', got {loss!r}")
-        lam = _check_float(entropy_lambda, "entropy_lambda")
+        lam = check_float(entropy_lambda, "entropy_lambda")
+        eps_v = check_float(eps, "eps", positive=True)
+        if mask is not None and loss != "mse":
+            raise InvalidArgumentError("mask is only supported with loss='mse'")
         be = self.backend
         out = self.forward(energies, active=active, steps=steps, retain_sinks=retain_sinks)
         shape = tuple(out.next_energies.shape)
         tgt = self._grad_array(target, "target", shape)
         if loss == "mse":
-            m = None
-            if mask is not None:
-                if be.is_array(mask):
-                    if tuple(mask.shape) != shape or np.dtype(mask.dtype) != np.bool_:
-                        raise ShapeError(f"mask must be bool {shape}, got {mask.dtype} {tuple(mask.shape)}")
-                    m = mask
-                else:
-                    mask_np = np.asarray(mask)
-                    if mask_np.dtype != np.bool_ or mask_np.shape != shape:
-                        raise ShapeError(f"mask must be bool {shape}, got {mask_np.dtype} {mask_np.shape}")
-                    m = be.asarray(mask_np)
+            m = None if mask is None else self._mask(mask, shape)
             loss_arr, grad = be.mse(out.next_energies, tgt, m)
         else:
-            if mask is not None:
-                raise InvalidArgumentError("mask is only supported with loss='mse'")
-            loss_arr, grad = be.cross_entropy(out.next_energies, tgt, float(eps))
+            loss_arr, grad = be.cross_entropy(out.next_energies, tgt, eps_v)
         grad_pi = None
         if lam != 0.0:
             ent_loss, grad_pi = be.entropy_regularization(self.graph, out.edge_pi, lam)

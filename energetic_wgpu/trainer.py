@@ -1,11 +1,14 @@
-"""The training loop (the seed's "Training Loop": batch → forward → loss → backward → AdamW
-→ metrics every N steps → checkpoint every M steps).
+"""The training loop: batch → forward → loss → backward → AdamW → metrics every N steps
+→ checkpoint every M steps.
 
 Each step is one :meth:`Router.train_step`; on a GPU backend nothing is read back except
-every ``train.log_every`` steps (loss, gradient norm and forward metrics) and at
-checkpoints. Ctrl-C finishes the current step, writes a checkpoint and returns cleanly;
+every ``train.log_every`` steps (loss, gradient norm, forward metrics, skipped-step
+counters) and at checkpoints. Ctrl-C (SIGINT) or SIGTERM finishes the current step,
+writes a checkpoint and returns cleanly (:attr:`Trainer.interrupted_by` says which);
 :meth:`Trainer.resume` continues bit-identically to an uninterrupted run on the same
-backend (parameters, optimizer state, step and data state are all restored).
+backend (parameters, optimizer state, step, data state and learning-rate schedule are all
+restored; see :mod:`energetic_wgpu.resume` for the values a resumed run may change).
+While it runs, the output folder is locked (:class:`~energetic_wgpu.rundir.RunLock`).
 
 Example::
 
@@ -17,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -26,11 +30,14 @@ from typing import Any, Callable
 from .backends import Backend, get_backend
 from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config
-from .errors import CheckpointError, InvalidArgumentError
+from .errors import CheckpointError, ConfigError, InvalidArgumentError, TrainingError
 from .graph import build_lattice
 from .metrics import EventLog, MetricsCollector, RunSummary, plot_metrics
-from .optim import AdamW, Schedule, make_schedule
+from .optim import AdamW, Schedule
+from .resume import config_changes, describe_change, resumed_schedule, resolve_schedule, schedule_from_spec
 from .router import Router, RouterParams
+from .rundir import RunLock, file_mode
+from .sizing import check_train_fits
 from .tasks import DataSource, make_task
 
 __all__ = ["Trainer", "make_backend", "make_optimizer_schedule", "default_out_dir"]
@@ -39,25 +46,24 @@ log = logging.getLogger("energetic_wgpu")
 
 
 def make_backend(config: Config) -> Backend:
-    """The backend of ``config.backend`` (the adapter option only where it means something)."""
+    """The backend of ``config.backend`` (the adapter option only where it means something).
+
+    Raises:
+        ConfigError: ``backend.name`` is auto and ``$ENERGETIC_BACKEND`` names no backend.
+        BackendUnavailable: the backend cannot start here.
+    """
     name, adapter = config.backend.name, config.backend.adapter
-    if name == "numpy" or adapter is None:
-        return get_backend(name)
-    return get_backend(name, adapter=adapter)
+    try:
+        if name == "numpy" or adapter is None:
+            return get_backend(name)
+        return get_backend(name, adapter=adapter)
+    except InvalidArgumentError as exc:  # only a bad $ENERGETIC_BACKEND gets here (names are validated)
+        raise ConfigError(str(exc)) from None
 
 
 def make_optimizer_schedule(config: Config) -> Schedule:
-    """The learning-rate schedule of ``config.optimizer.schedule``."""
-    s = config.optimizer.schedule
-    return make_schedule(
-        s.name,
-        config.optimizer.lr,
-        total_steps=s.total_steps or config.train.steps,
-        step_size=s.step_size,
-        gamma=s.gamma,
-        min_lr=s.min_lr,
-        warmup_steps=s.warmup_steps,
-    )
+    """The learning-rate schedule of ``config.optimizer.schedule`` (``total_steps`` null: ``train.steps``)."""
+    return schedule_from_spec(resolve_schedule(config))
 
 
 def default_out_dir() -> Path:
@@ -66,31 +72,43 @@ def default_out_dir() -> Path:
 
 
 class _DeferredInterrupt:
-    """While active (main thread only), the first Ctrl-C sets a flag that the loop checks
-    between steps, so a step is never cut in half; a second Ctrl-C interrupts at once."""
+    """While active (main thread only), the first SIGINT (Ctrl-C) or SIGTERM sets a flag
+    that the loop checks between steps, so a step is never cut in half; a second one
+    interrupts at once (KeyboardInterrupt carrying ``signum``)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, notify: Callable[[str], None]) -> None:
         self.requested = False
+        self.signum: int | None = None
         self._notify = notify
-        self._old: Any = None
+        self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            exc = KeyboardInterrupt()
+            exc.signum = signum  # type: ignore[attr-defined]
+            raise exc
         self.requested = True
-        self._notify("interrupt: finishing the current step, then saving a checkpoint (Ctrl-C again to abort)")
+        self.signum = signum
+        self._notify(
+            f"{signal.Signals(signum).name}: finishing the current step, then saving a checkpoint "
+            "(send it again to abort)"
+        )
 
     def __enter__(self) -> "_DeferredInterrupt":
         if threading.current_thread() is threading.main_thread():
-            try:
-                self._old = signal.signal(signal.SIGINT, self._handler)
-            except ValueError:  # not allowed here (embedded interpreter)
-                self._old = None
+            for sig in self.SIGNALS:
+                try:
+                    self._old[sig] = signal.signal(sig, self._handler)
+                except ValueError:  # not allowed here (embedded interpreter)
+                    pass
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
 
 class Trainer:
@@ -124,6 +142,7 @@ class Trainer:
         if not isinstance(config, Config):
             raise InvalidArgumentError(f"config must be an energetic_wgpu.config.Config, got {type(config).__name__}")
         self.config = config
+        check_train_fits(config)  # an impossible size is refused before anything is allocated
         self.backend = make_backend(config) if backend is None else get_backend(backend)
         self.graph = build_lattice(config.graph.to_graph_config())
         r = config.router
@@ -132,6 +151,8 @@ class Trainer:
         )
         self.router = Router(self.graph, params, self.backend)
         o = config.optimizer
+        #: the learning-rate schedule resolved at the start of the run (stored in checkpoints)
+        self.schedule_spec = resolve_schedule(config)
         self.optimizer = AdamW(
             self.router,
             lr=o.lr,
@@ -139,11 +160,16 @@ class Trainer:
             eps=o.eps,
             weight_decay=o.weight_decay,
             max_grad_norm=o.max_grad_norm,
-            schedule=make_optimizer_schedule(config),
+            schedule=schedule_from_spec(self.schedule_spec),
         )
         self.data: DataSource = data if data is not None else make_task(config, self.graph, self.backend)
         self.step = 0
         self.resumed_from: int | None = None
+        #: [(key, checkpoint value, new value)] applied by :meth:`resume`
+        self.resume_changes: list[tuple[str, Any, Any]] = []
+        #: "SIGINT" or "SIGTERM" when the last :meth:`run` stopped on a signal, else None
+        self.interrupted_by: str | None = None
+        self._skips_seen = 0
         self.write_files = write_files
         if out_dir is None and write_files:
             out_dir = config.train.out_dir or default_out_dir()
@@ -176,11 +202,11 @@ class Trainer:
         opt_state = o.state()
         opt_state.update(
             lr=o.lr, betas=list(o.betas), eps=o.eps, weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm,
-            schedule=repr(o.schedule),
+            schedule=dict(self.schedule_spec),
         )
         from . import __version__
 
-        return save_checkpoint(
+        path = save_checkpoint(
             target,
             step=self.step,
             params=self.router.params(),
@@ -190,6 +216,10 @@ class Trainer:
             config=self.config.to_dict(),
             extra={"backend": self.backend.describe(), "library_version": __version__, **self._checkpoint_extra()},
         )
+        mode = file_mode()
+        if path.stat().st_mode & 0o777 != mode:  # the same permissions as the run's other outputs
+            os.chmod(path, mode)
+        return path
 
     def _checkpoint_extra(self) -> dict[str, Any]:
         """More JSON fields for the checkpoint header (a data-parallel trainer records its world)."""
@@ -198,7 +228,14 @@ class Trainer:
     def resume(self, source: str | Path | Checkpoint) -> int:
         """Restore a checkpoint (a file, a run folder holding ``checkpoint.npz`` or a loaded
         :class:`Checkpoint`); returns its step. Raises CheckpointError if it is missing,
-        corrupt, of another graph or of an unsupported version."""
+        corrupt, of another graph or of an unsupported version.
+
+        Parameters, optimizer moments, step and data state come from the checkpoint; the
+        hyper-parameters (``router.tau``, ``alpha``, ``top_k``, ``steps``, ``retain_sinks``,
+        ``optimizer.*``, ``train.*``) from this trainer's config. Each value that differs
+        from the checkpoint's config is echoed once (``router.tau: 1.0 (checkpoint) -> 0.5``)
+        and listed in :attr:`resume_changes`. The stored learning-rate schedule is kept
+        unless the config changes one of its keys (:func:`energetic_wgpu.resume.resumed_schedule`)."""
         if isinstance(source, Checkpoint):
             ckpt = source
             if ckpt.graph_fingerprint != self.graph.fingerprint:
@@ -212,11 +249,28 @@ class Trainer:
             raise CheckpointError(
                 f"the checkpoint has router dim {ckpt.params.dim}, the config says router.dim = {self.router.dim}"
             )
-        self.router.set_params(ckpt.params)
+        changes = config_changes(ckpt.config, self.config)
+        spec = resumed_schedule(ckpt.optimizer.get("schedule"), changes, self.config)
+        try:
+            schedule = schedule_from_spec(spec)
+        except (InvalidArgumentError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"the checkpoint's optimizer.schedule is invalid: {exc}") from None
+        r, p = self.config.router, ckpt.params
+        self.router.set_params(RouterParams(p.q, p.k, p.bias, r.tau, r.alpha, r.top_k))
         self.optimizer.load_state(ckpt.optimizer)
-        self.data.load_state(ckpt.data_state)
+        self.optimizer.schedule = schedule
+        self.schedule_spec = spec
+        try:
+            self.data.load_state(ckpt.data_state)
+        except (KeyError, TypeError, ValueError) as exc:  # a data_state of another source or damaged
+            raise CheckpointError(
+                f"the checkpoint's data_state does not fit this data source: {type(exc).__name__}: {str(exc)[:200]}"
+            ) from None
         self.step = ckpt.step
         self.resumed_from = ckpt.step
+        self.resume_changes = changes
+        for change in changes:
+            self.echo(describe_change(*change))
         return ckpt.step
 
     # -------------------------------------------------------------------- loop
@@ -238,14 +292,65 @@ class Trainer:
     def run(self, steps: int | None = None) -> RunSummary:
         """Train until ``steps`` completed steps (default ``config.train.steps``) and return
         the run summary. Writes into ``out_dir``: metrics.jsonl (events), metrics.csv,
-        metrics.json, summary.json, metrics.png (with matplotlib), config.yaml, checkpoint.npz."""
+        metrics.json, summary.json, metrics.png (with matplotlib), config.yaml, checkpoint.npz.
+
+        Raises:
+            RunLockedError: another process is running into the same ``out_dir``.
+            TrainingError: ``train.max_skipped_steps`` consecutive steps were skipped
+                (non-finite loss or gradient norm); the parameters are left as they were.
+        """
+        out = self.out_dir if self.write_files else None
+        if out is None:
+            return self._run(steps, None)
+        with RunLock(out):
+            return self._run(steps, out)
+
+    def _check_skipped(self, step: int, events: EventLog) -> None:
+        """Log the steps skipped since the last check; raise TrainingError after
+        ``train.max_skipped_steps`` in a row. One tiny readback (the optimizer's counters)."""
+        counts = getattr(self.optimizer, "skip_counts", None)
+        if counts is None:
+            return
+        consecutive, total = (int(x) for x in counts())
+        new = total - self._skips_seen
+        self._skips_seen = total
+        if new > 0:
+            events.emit("train.skipped", step, skipped=new, consecutive=consecutive, total=total)
+            self.echo(
+                f"warning: {new} step(s) up to step {step} skipped (non-finite loss or gradient norm; "
+                f"parameters unchanged), {consecutive} in a row"
+            )
+        limit = self.config.train.max_skipped_steps
+        if consecutive >= limit:
+            events.emit("train.stopped", step, reason="skipped_steps", consecutive=consecutive)
+            raise TrainingError(
+                f"training stopped at step {step}: the last {consecutive} steps were skipped because the loss or "
+                f"the gradient norm was not finite (train.max_skipped_steps = {limit}); the parameters are those "
+                f"before step {step - consecutive + 1}. Check the data for inf/NaN, lower optimizer.lr or set "
+                "optimizer.max_grad_norm"
+            )
+
+    def _remove_stale_temp_files(self, out: Path) -> None:
+        """Delete checkpoint temporary files left by a process killed while saving (safe:
+        this run holds the folder's lock, so no other writer is saving here)."""
+        target = self.checkpoint_path
+        if target is None or target.parent != out:
+            return
+        for tmp in out.glob(f".{target.name}.*.tmp"):
+            try:
+                tmp.unlink()
+                log.info("removed %s, left by an interrupted save", tmp)
+            except OSError:
+                pass
+
+    def _run(self, steps: int | None, out: Path | None) -> RunSummary:
         from tqdm import tqdm
 
         cfg, tr = self.config, self.config.train
         total = tr.steps if steps is None else int(steps)
-        out = self.out_dir if self.write_files else None
+        self.interrupted_by = None
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temp_files(out)
             (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
         events = EventLog(
             None if out is None else out / "metrics.jsonl",
@@ -258,7 +363,10 @@ class Trainer:
         events.emit(
             "train.start", self.step, backend=self.backend.describe(), num_nodes=g.num_nodes,
             num_edges=g.num_edges, total_steps=total, resumed=self.resumed_from is not None,
+            **({"changed": {k: [old, new] for k, old, new in self.resume_changes}} if self.resume_changes else {}),
         )
+        counts = getattr(self.optimizer, "skip_counts", None)
+        self._skips_seen = int(counts()[1]) if counts is not None else 0
         self.echo(
             f"training on {self.backend.describe()}: {g.num_nodes:,} nodes, {g.num_edges:,} edges, "
             f"batch {tr.batch_size}, steps {self.step + 1}..{total}" + (f" -> {out}" if out is not None else "")
@@ -279,6 +387,7 @@ class Trainer:
                     self.step = step
                     self.last_result = res
                     if step % tr.log_every == 0 or step == total or step == 1:
+                        self._check_skipped(step, events)
                         row = self.collector.record(
                             step, res.metrics, res.loss, res.grad_norm, self.optimizer.lr_at(step)
                         )
@@ -289,17 +398,23 @@ class Trainer:
                         )
                     bar.update(1)
                     if out is not None and tr.checkpoint_every and step % tr.checkpoint_every == 0 and step < total:
+                        self._check_skipped(step, events)
                         path = self.save()
                         events.emit("train.checkpoint", step, path=str(path))
                     if self._stop_now(res, intr.requested):
                         interrupted = True
+                        self.interrupted_by = signal.Signals(intr.signum or signal.SIGINT).name
                         break
-        except KeyboardInterrupt:
+        except TrainingError:
+            events.close()
+            raise
+        except KeyboardInterrupt as exc:
             interrupted = True
+            self.interrupted_by = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
             if in_step:
                 # cut inside a step: parameters may be half-updated; keep the last checkpoint
                 bar.close()
-                events.emit("train.interrupted", self.step, saved=False)
+                events.emit("train.interrupted", self.step, saved=False, signal=self.interrupted_by)
                 events.close()
                 self.echo(f"interrupted inside step {self.step + 1}; the last checkpoint on disk is kept")
                 raise
@@ -314,9 +429,9 @@ class Trainer:
             files["checkpoint"] = str(path)
             events.emit("train.checkpoint", self.step, path=str(path))
             if interrupted:
-                events.emit("train.interrupted", self.step, saved=True)
+                events.emit("train.interrupted", self.step, saved=True, signal=self.interrupted_by)
                 self.echo(
-                    f"interrupted at step {self.step}: checkpoint saved to {path}; "
+                    f"interrupted ({self.interrupted_by}) at step {self.step}: checkpoint saved to {path}; "
                     f"continue with: energetic-wgpu train --resume {out}"
                 )
             files["metrics_csv"] = str(self.collector.export_csv(out / "metrics.csv"))

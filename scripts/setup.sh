@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up energetic_wgpu on a fresh machine: system GPU drivers (Mesa's software Vulkan and
 # OpenGL, so the wgpu backend runs even without a GPU), a virtual environment in .venv and
-# the package with its test extra. Safe to run again.
+# the package with its test and torch extras. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,5 +24,11 @@ fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
-echo "setup: done ($(.venv/bin/python --version), $(.venv/bin/python -c 'import wgpu; print("wgpu", wgpu.__version__)'))"
+# PyTorch first, pinned, for the optional torch extra (energetic_wgpu.torch) and its tests: on
+# the project's machines pip takes the CPU build from the local wheel directory ($PIP_FIND_LINKS);
+# it adds 1-4 minutes (34 s of CPU) to a fresh setup. Elsewhere, install the CPU build with
+# --index-url https://download.pytorch.org/whl/cpu first, or PyPI's default build (CUDA,
+# several GB) comes down.
+.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,torch]"
+echo "setup: done ($(.venv/bin/python --version), $(.venv/bin/python -c 'import wgpu; print("wgpu", wgpu.__version__)'), $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)' 2>/dev/null || echo "no torch"))"

@@ -5,7 +5,13 @@
 //   coef = min(1, max_norm / (norm + 1e-6)) when clipping (else 1); t = step[0] + 1 is stored
 //   back; bias corrections bc = 1 - beta^t = -expm1(t * ln beta) (expm1 by its series for
 //   |x| < 0.5: 1 - beta^t for t = 1, beta2 = 0.999 keeps full relative precision).
-//   scal = [norm, coef, bc1, bc2]; norm_out[0] = norm.
+//   scal = [norm, coef, bc1, bc2, skip]; norm_out[0] = norm.
+//   Non-finite guard (torch GradScaler's found_inf): when the sum of squares (hence the norm)
+//   or, with has_loss, loss_in[0] is NaN or +-inf, the step is skipped: t is not advanced,
+//   scal[4] = 1 makes both update kernels return without writing, skip_out[0] = 1. With
+//   `counters`, step_count = [t, consecutive skips, total skips]: a skip adds 1 to both, an
+//   applied update resets the consecutive count. Finiteness is tested on the bits (exponent
+//   all ones), which no compiler rewrites away.
 // adamw_update (thread per element of one parameter array):
 //   g = grad * coef; p *= 1 - lr*wd; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g g;
 //   p -= lr * (m / bc1) / (sqrt(v / bc2) + eps)
@@ -15,8 +21,8 @@
 struct PrepareParams {
     n_parts: u32,
     clip: u32,       // 1: clip to max_norm
-    _pad0: u32,
-    _pad1: u32,
+    has_loss: u32,   // 1: loss_in[0] is checked by the guard too
+    counters: u32,   // 1: step_count also holds [consecutive skips, total skips]
     max_norm: f32,
     log_b1: f32,     // ln(beta1) (a large negative number for beta1 = 0)
     log_b2: f32,
@@ -43,6 +49,13 @@ struct UpdateParams {
 @group(0) @binding(2) var<storage, read_write> step_count: array<f32>;
 @group(0) @binding(3) var<storage, read_write> scal_w: array<f32>;
 @group(0) @binding(4) var<storage, read_write> norm_out: array<f32>;
+@group(0) @binding(21) var<storage, read> loss_in: array<f32>;
+@group(0) @binding(22) var<storage, read_write> skip_out: array<f32>;
+
+// false for NaN and +-inf: the exponent bits are all ones
+fn is_finite_(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
 
 fn expm1_(x: f32) -> f32 {
     if (abs(x) < 0.5) {
@@ -64,18 +77,40 @@ fn adamw_prepare(@builtin(local_invocation_index) lid: u32) {
     }
     let total = tree_sum(lid, acc);
     if (lid == 0u) {
-        let norm = sqrt(max(total, 0.0));
+        var bad = !is_finite_(total);
+        if (PP.has_loss != 0u) {
+            bad = bad || !is_finite_(loss_in[0]);
+        }
+        // a non-finite total is reported as it is (max(NaN, 0) may drop the NaN)
+        let norm = select(sqrt(max(total, 0.0)), total, !is_finite_(total));
+        scal_w[0] = norm;
+        norm_out[0] = norm;
+        if (bad) {
+            if (PP.counters != 0u) {
+                step_count[1] = step_count[1] + 1.0;
+                step_count[2] = step_count[2] + 1.0;
+            }
+            scal_w[1] = 0.0;
+            scal_w[2] = 1.0;
+            scal_w[3] = 1.0;
+            scal_w[4] = 1.0;
+            skip_out[0] = 1.0;
+            return;
+        }
         var coef = 1.0;
         if (PP.clip != 0u) {
             coef = min(1.0, PP.max_norm / (norm + 1e-6));
         }
         let t = step_count[0] + 1.0;
         step_count[0] = t;
-        scal_w[0] = norm;
+        if (PP.counters != 0u) {
+            step_count[1] = 0.0;
+        }
         scal_w[1] = coef;
         scal_w[2] = -expm1_(t * PP.log_b1);
         scal_w[3] = -expm1_(t * PP.log_b2);
-        norm_out[0] = norm;
+        scal_w[4] = 0.0;
+        skip_out[0] = 0.0;
     }
 }
 
@@ -102,8 +137,8 @@ fn adamw_element(p0: f32, g0: f32, m0: f32, v0: f32, coef: f32, wdf: f32, lr: f3
 @compute @workgroup_size(WG)
 fn adamw_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = thread_index(gid, nwg);
-    if (i >= UP.n) {
-        return;
+    if (i >= UP.n || scal[4] != 0.0) {
+        return;  // past the end, or a step skipped by the guard
     }
     let r = adamw_element(param[i], grad[i], exp_avg[i], exp_avg_sq[i], scal[1], hyper[2u * UP.slot + 1u],
                           hyper[2u * UP.slot], UP.b1, UP.omb1, UP.b2, UP.omb2, UP.eps, scal[2], scal[3]);
@@ -147,8 +182,8 @@ struct PackedParams {
 @compute @workgroup_size(WG)
 fn adamw_update_packed(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = thread_index(gid, nwg);
-    if (i >= FP.n) {
-        return;
+    if (i >= FP.n || scal_p[4] != 0.0) {
+        return;  // past the end, or a step skipped by the guard
     }
     var r = 0u;
     if (i >= FP.off.z) {

@@ -108,12 +108,13 @@ def test_sigterm_stops_every_rank_after_the_same_step_with_one_checkpoint(tmp_pa
     assert proc.wait(timeout=60) == 143, err.read_text()[-3000:]
     ckpt = load_checkpoint(out / "checkpoint.npz")
     text = log.read_text()
-    assert f"interrupted at step {ckpt.step}: checkpoint saved" in text
+    assert f"interrupted (SIGTERM) at step {ckpt.step}: checkpoint saved" in text
     assert 2 <= ckpt.step < 100000
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     saved = [e for e in events if e["event"] == "train.checkpoint"]
     assert [e["step"] for e in saved] == [ckpt.step]  # exactly one checkpoint, at the agreed step
-    assert any(e["event"] == "train.interrupted" and e["step"] == ckpt.step for e in events)
+    (stop,) = [e for e in events if e["event"] == "train.interrupted"]
+    assert stop["step"] == ckpt.step and stop["saved"] is True and stop["signal"] == "SIGTERM"
 
 
 @needs_torch

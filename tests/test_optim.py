@@ -105,7 +105,7 @@ def test_adamw_accepts_gradients_object():
     out = r.forward(np.ones(5), steps=2)
     g = r.backward(out, np.ones(5))
     p0 = [np.array(p) for p in r.parameters()]
-    opt = AdamW(r, lr=0.01)
+    opt = AdamW(r, lr=0.01, weight_decay=0.0)
     norm = float(opt.step(g)[0])
     assert abs(norm - g.norm) < 1e-12
     ref_p, *_ = ref_adamw(p0, [[np.asarray(x) for x in g.as_list()]], lambda t: 0.01, 0.9, 0.999, 1e-8, 0.0, None)

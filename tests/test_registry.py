@@ -93,20 +93,123 @@ def test_backend_whose_constructor_fails_raises_with_reason(monkeypatch):
     monkeypatch.delitem(reg._failures, "exploding", raising=False)
 
 
-def test_auto_falls_back_to_numpy_with_one_warning(monkeypatch):
+def _fresh_auto(monkeypatch, adapters):
+    """Reset auto mode's remembered state and make ``list_adapters`` report ``adapters``
+    (a list of adapter dicts, or an exception to raise)."""
+
+    def fake_list():
+        if isinstance(adapters, Exception):
+            raise adapters
+        return adapters
+
     monkeypatch.delenv(reg.ENV_VAR, raising=False)
-    monkeypatch.setitem(reg._REGISTRY, "wgpu", ("energetic_wgpu.backends.does_not_exist", "WgpuBackend"))
+    monkeypatch.setattr(reg, "list_adapters", fake_list)
     monkeypatch.setattr(reg, "_instances", {})
     monkeypatch.setattr(reg, "_failures", {})
     monkeypatch.setattr(reg, "_warned_fallback", False)
-    with pytest.warns(RuntimeWarning, match=r"falling back to the NumPy backend \(backend 'wgpu' cannot be imported"):
+    monkeypatch.setattr(reg, "_auto_choice", None)
+
+
+LAVAPIPE = {"index": 0, "name": "llvmpipe (LLVM 15.0.6, 256 bits)", "description": "Mesa 22.3.6",
+            "backend_type": "Vulkan", "adapter_type": "CPU", "vendor": "llvmpipe"}
+LLVMPIPE_GL = {"index": 1, "name": "llvmpipe (LLVM 15.0.6, 256 bits)", "description": "4.5 (Core Profile) Mesa",
+               "backend_type": "OpenGL", "adapter_type": "Unknown", "vendor": ""}
+IGPU = {"index": 2, "name": "Intel(R) UHD Graphics 630", "description": "", "backend_type": "Vulkan",
+        "adapter_type": "IntegratedGPU", "vendor": "intel"}
+DGPU = {"index": 3, "name": "NVIDIA GeForce RTX 4090", "description": "", "backend_type": "Vulkan",
+        "adapter_type": "DiscreteGPU", "vendor": "nvidia"}
+
+
+class FakeWgpu(NumpyBackend):
+    """Stands in for WgpuBackend: records the adapter auto mode asked for."""
+
+    name = "wgpu"
+
+    def __init__(self, adapter=None, **kw):
+        super().__init__(**kw)
+        self.adapter = adapter
+
+
+@pytest.fixture
+def fake_wgpu(monkeypatch):
+    import energetic_wgpu.backends.numpy_backend as nb
+
+    monkeypatch.setattr(nb, "FakeWgpu", FakeWgpu, raising=False)
+    monkeypatch.setitem(reg._REGISTRY, "wgpu", ("energetic_wgpu.backends.numpy_backend", "FakeWgpu"))
+
+
+def test_auto_picks_numpy_when_every_adapter_is_software(monkeypatch, fake_wgpu, caplog):
+    _fresh_auto(monkeypatch, [LAVAPIPE, LLVMPIPE_GL])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a choice, not a failure: no warning
+        with caplog.at_level("INFO", logger="energetic_wgpu"):
+            be = ew.get_backend("auto")
+    assert type(be) is NumpyBackend and be.dtype == np.float32
+    why = ew.explain_auto()
+    assert why.startswith("numpy, since every wgpu adapter is a CPU/software one ([0] llvmpipe")
+    assert "[1] llvmpipe (LLVM 15.0.6, 256 bits) (OpenGL, Unknown)" in why and "ENERGETIC_BACKEND=wgpu" in why
+    assert [r.getMessage() for r in caplog.records] == [f"energetic_wgpu: backend auto -> {why}"]
+    assert ew.get_backend("auto", dtype="float64").dtype == np.float64
+
+
+def test_auto_picks_a_hardware_adapter_discrete_first(monkeypatch, fake_wgpu):
+    _fresh_auto(monkeypatch, [LAVAPIPE, IGPU, DGPU])
+    be = ew.get_backend("auto")
+    assert isinstance(be, FakeWgpu) and be.adapter == 3
+    assert ew.explain_auto() == "wgpu on the hardware adapter [3] NVIDIA GeForce RTX 4090 (Vulkan, DiscreteGPU)"
+    _fresh_auto(monkeypatch, [LAVAPIPE, IGPU])
+    assert ew.get_backend("auto").adapter == 2
+
+
+def test_env_var_wgpu_forces_wgpu_on_software_adapters(monkeypatch, fake_wgpu):
+    _fresh_auto(monkeypatch, [LAVAPIPE])
+    monkeypatch.setenv(reg.ENV_VAR, "wgpu")
+    assert isinstance(ew.get_backend("auto"), FakeWgpu)
+    assert ew.explain_auto() == "wgpu, since $ENERGETIC_BACKEND=wgpu"
+
+
+def test_auto_with_no_adapter_or_without_wgpu(monkeypatch, fake_wgpu):
+    _fresh_auto(monkeypatch, [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert type(ew.get_backend("auto")) is NumpyBackend
+    assert ew.explain_auto() == "numpy, since wgpu found no adapter"
+    _fresh_auto(monkeypatch, BackendUnavailable("wgpu cannot be imported: ImportError: nope"))
+    with pytest.warns(RuntimeWarning, match=r"backend auto -> numpy, since wgpu is unavailable: wgpu cannot be imported"):
+        assert type(ew.get_backend("auto")) is NumpyBackend
+
+
+def test_auto_falls_back_to_numpy_with_one_warning(monkeypatch):
+    _fresh_auto(monkeypatch, [DGPU])
+    monkeypatch.setitem(reg._REGISTRY, "wgpu", ("energetic_wgpu.backends.does_not_exist", "WgpuBackend"))
+    with pytest.warns(RuntimeWarning, match=r"backend auto -> numpy, since wgpu failed: backend 'wgpu' cannot be imported"):
         be = ew.get_backend("auto", adapter="whatever")
     assert isinstance(be, NumpyBackend)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert ew.get_backend("auto") is be  # warned once only
+        assert ew.get_backend("auto") is be  # warned once only (the hardware adapter fails too)
+    assert ew.explain_auto().startswith("numpy, since wgpu failed: backend 'wgpu' cannot be imported")
     with pytest.raises(BackendUnavailable, match="backend 'wgpu' cannot be imported"):
         ew.get_backend("wgpu")
+
+
+def test_software_adapter_detection():
+    from energetic_wgpu.backends.auto import is_software_adapter
+
+    assert is_software_adapter(LAVAPIPE) and is_software_adapter(LLVMPIPE_GL)
+    assert is_software_adapter({"adapter_type": "Unknown", "name": "SwiftShader Device (Subzero)"})
+    assert not is_software_adapter(IGPU) and not is_software_adapter(DGPU)
+    assert not is_software_adapter({"adapter_type": "Unknown", "name": "Apple M2"})
+
+
+def test_top_level_list_adapters_is_the_wgpu_one():
+    assert ew.list_adapters is reg.list_adapters
+    try:
+        adapters = ew.list_adapters()
+    except BackendUnavailable as exc:
+        pytest.skip(f"wgpu unavailable: {exc}")
+    assert [a["index"] for a in adapters] == list(range(len(adapters)))
+    assert all({"name", "backend_type", "adapter_type", "limits"} <= set(a) for a in adapters)
 
 
 def test_to_numpy():

@@ -1,13 +1,16 @@
 """Backend registry: lazy imports, remembered failure reasons, an environment default.
 
-``get_backend("auto")`` honours ``ENERGETIC_BACKEND``; otherwise it prefers wgpu when an
-adapter works and falls back to NumPy with one warning. An explicitly requested backend
-that cannot start raises :class:`BackendUnavailable` with the reason.
+``get_backend("auto")`` honours ``ENERGETIC_BACKEND``; otherwise it uses wgpu on a hardware
+adapter when there is one and the NumPy backend when every adapter is a CPU/software one
+(``backends/auto.py``), saying which in one log line; it falls back to NumPy with one
+warning when wgpu fails. An explicitly requested backend that cannot start raises
+:class:`BackendUnavailable` with the reason.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import threading
 import warnings
@@ -16,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailable, InvalidArgumentError
+from .auto import AutoChoice, choose
 from .base import METRIC_NAMES, Backend
 
 __all__ = [
@@ -23,7 +27,9 @@ __all__ = [
     "METRIC_NAMES",
     "available_backends",
     "backend_status",
+    "explain_auto",
     "get_backend",
+    "list_adapters",
     "to_numpy",
     "ENV_VAR",
 ]
@@ -36,12 +42,14 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "wgpu": ("energetic_wgpu.backends.webgpu", "WgpuBackend"),
     "numpy": ("energetic_wgpu.backends.numpy_backend", "NumpyBackend"),
 }
-_AUTO_ORDER = ("wgpu", "numpy")
+
+log = logging.getLogger("energetic_wgpu")
 
 _lock = threading.Lock()
 _instances: dict[tuple[str, tuple[tuple[str, Any], ...]], Backend] = {}
 _failures: dict[str, str] = {}
 _warned_fallback = False
+_auto_choice: AutoChoice | None = None  # auto mode's decision, made once per process
 
 
 def _backend_class(name: str) -> type[Backend]:
@@ -90,8 +98,11 @@ def get_backend(name: str = "auto", **options: Any) -> Backend:
     """Return a backend object (cached per name and options).
 
     Args:
-        name: "numpy", "wgpu" or "auto". "auto" uses ``$ENERGETIC_BACKEND`` when set, else
-            wgpu when an adapter works, else numpy (with one warning saying why).
+        name: "numpy", "wgpu" or "auto". "auto" uses ``$ENERGETIC_BACKEND`` when set; else
+            wgpu on a hardware adapter when there is one, and numpy when every adapter is a
+            CPU/software one (logged once at INFO; :func:`explain_auto` says why) or when
+            wgpu fails (one ``RuntimeWarning`` with the reason). Passing ``adapter=`` with
+            "auto" asks for wgpu on that adapter (numpy, with the warning, if it fails).
         **options: passed to the backend's constructor, e.g. ``dtype="float64"`` for numpy,
             ``adapter="opengl"`` for wgpu.
 
@@ -102,7 +113,6 @@ def get_backend(name: str = "auto", **options: Any) -> Backend:
 
     To get several independent instances of one backend, construct its class directly.
     """
-    global _warned_fallback
     if isinstance(name, Backend):
         return name
     if not isinstance(name, str):
@@ -116,25 +126,69 @@ def get_backend(name: str = "auto", **options: Any) -> Backend:
                     f"${ENV_VAR}={env!r} is not a backend; choose one of {sorted(_REGISTRY)} or 'auto'"
                 )
             return _create(env, options)
-        reasons = []
-        for candidate in _AUTO_ORDER:
-            try:
-                return _create(candidate, options if candidate != "numpy" else _numpy_options(options))
-            except BackendUnavailable as exc:
-                reasons.append(str(exc))
-        raise BackendUnavailable("no backend could start: " + "; ".join(reasons))  # pragma: no cover
+        if options.get("adapter") is not None:
+            return _wgpu_or_fallback(options)
+        choice = _choose_auto()
+        if choice.name == "wgpu":
+            return _wgpu_or_fallback({**options, "adapter": choice.adapter})
+        if choice.error:
+            _warn_fallback(choice.reason)
+        return _create("numpy", _numpy_options(options))
     if name not in _REGISTRY:
         raise InvalidArgumentError(f"unknown backend {name!r}; choose one of {sorted(_REGISTRY)} or 'auto'")
     return _create(name, options)
 
 
-def _numpy_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Options that make sense for the NumPy fallback of an auto request (drop GPU ones)."""
+def _choose_auto() -> AutoChoice:
+    global _auto_choice
+    if _auto_choice is None:
+        _auto_choice = choose(list_adapters)
+        log.info("energetic_wgpu: backend auto -> %s", _auto_choice.reason)
+    return _auto_choice
+
+
+def _wgpu_or_fallback(options: dict[str, Any]) -> Backend:
+    try:
+        return _create("wgpu", options)
+    except BackendUnavailable as exc:
+        _warn_fallback(f"numpy, since wgpu failed: {exc}")
+        return _create("numpy", _numpy_options(options))
+
+
+def _warn_fallback(reason: str) -> None:
     global _warned_fallback
     if not _warned_fallback:
         _warned_fallback = True
-        why = _failures.get("wgpu", "wgpu unavailable")
-        warnings.warn(f"energetic_wgpu: falling back to the NumPy backend ({why})", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"energetic_wgpu: backend auto -> {reason}", RuntimeWarning, stacklevel=4)
+
+
+def explain_auto() -> str:
+    """One line saying which backend ``get_backend("auto")`` picks here and why (lists the
+    wgpu adapters once per process; does not start a backend)."""
+    env = os.environ.get(ENV_VAR, "").strip().lower()
+    if env and env != "auto":
+        return f"{env}, since ${ENV_VAR}={env}"
+    if "wgpu" in _failures and _auto_choice is not None and _auto_choice.name == "wgpu":
+        return f"numpy, since wgpu failed: {_failures['wgpu']}"
+    return _choose_auto().reason
+
+
+def list_adapters() -> list[dict[str, Any]]:
+    """Every wgpu adapter here: dicts with index, name, description, backend_type,
+    adapter_type ("DiscreteGPU", "IntegratedGPU", "CPU", ...), vendor, limits and features.
+
+    Raises:
+        BackendUnavailable: wgpu cannot be imported or cannot enumerate adapters.
+    """
+    try:
+        from .webgpu import list_adapters as _list
+    except Exception as exc:  # ImportError, or a broken native library
+        raise BackendUnavailable(f"wgpu cannot be imported: {type(exc).__name__}: {exc}") from exc
+    return _list()
+
+
+def _numpy_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Options that make sense for the NumPy backend of an auto request (drop GPU ones)."""
     return {k: v for k, v in options.items() if k in ("dtype",)}
 
 

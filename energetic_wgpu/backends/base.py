@@ -56,6 +56,11 @@ class Backend(ABC):
     def zeros(self, shape: tuple[int, ...], dtype: Any = None) -> Any:
         """A new zero-filled backend array (float ``self.dtype`` unless ``dtype`` is given)."""
 
+    @abstractmethod
+    def write(self, x: Any, data: Any) -> None:
+        """Copy host ``data`` (numpy-like, ``x``'s shape) into the backend array ``x`` **in
+        place** (an upload on a GPU backend; no allocation)."""
+
     def reshape(self, x: Any, shape: tuple[int, ...]) -> Any:
         """A backend array with the same data and a new shape (same element count); may alias ``x``."""
         return x.reshape(shape)
@@ -83,11 +88,11 @@ class Backend(ABC):
     def write_packed(self, flat: np.ndarray, arrays: Sequence[Any]) -> None:
         """**In place**: fill the float ``arrays`` (backend arrays) with consecutive segments of
         the 1-D numpy array ``flat`` (the layout of :meth:`read_packed`; ``flat.size`` must be
-        the arrays' total size). Default: numpy arrays, written with ``np.copyto``."""
+        the arrays' total size), one :meth:`write` each (no allocation)."""
         offset = 0
         for a in arrays:
             n = int(np.prod(a.shape))
-            np.copyto(a, np.reshape(flat[offset : offset + n], a.shape), casting="unsafe")
+            self.write(a, np.reshape(flat[offset : offset + n], a.shape))
             offset += n
 
     def synchronize(self) -> None:
@@ -223,13 +228,24 @@ class Backend(ABC):
         eps: float,
         weight_decay: float,
         max_grad_norm: float | None,
+        loss: Any = None,
+        return_skipped: bool = False,
     ) -> Any:
         """One clipped AdamW update, **in place** on params, exp_avg, exp_avg_sq and step.
 
-        ``step`` is a backend array float [1] holding t (number of updates done); it is
-        incremented first. Clipping (torch.nn.utils.clip_grad_norm_): total = sqrt(sum of
+        ``step`` is a backend array float [1] holding t (number of updates done), or float
+        [3] holding [t, consecutive skipped steps, total skipped steps]; t is incremented
+        first. Clipping (torch.nn.utils.clip_grad_norm_): total = sqrt(sum of
         squares of all grads); coef = min(1, max_grad_norm / (total + 1e-6)) if
         max_grad_norm is not None else 1; g = grad * coef. Then for each parameter p:
         p *= 1 - lr * weight_decay; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
         p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps).
-        Returns float [1]: the total gradient norm before clipping."""
+
+        Non-finite guard (torch GradScaler's ``found_inf``), decided on the device with no
+        readback: if the sum of squares of the grads (in ``self.dtype``: it overflows to inf
+        where a float32 square would) or ``loss`` (optional float [1]) is NaN or +-inf, nothing
+        is updated: params, m, v and t keep their values, and with a [3] ``step`` both skip
+        counts grow by 1 (an applied update resets the consecutive count to 0).
+
+        Returns float [1]: the total gradient norm before clipping; with ``return_skipped``
+        ``(norm, skipped)`` where skipped is float [1], 1.0 if the update was skipped else 0.0."""

@@ -164,6 +164,9 @@ class NumpyBackend(Backend):
     def is_array(self, x: Any) -> bool:
         return isinstance(x, np.ndarray)
 
+    def write(self, x: np.ndarray, data: Any) -> None:
+        np.copyto(x, np.asarray(data).reshape(x.shape), casting="same_kind")
+
     def zeros(self, shape: tuple[int, ...], dtype: Any = None) -> np.ndarray:
         return np.zeros(shape, dtype=self.dtype if dtype is None else dtype)
 
@@ -453,11 +456,26 @@ class NumpyBackend(Backend):
         eps: float,
         weight_decay: float,
         max_grad_norm: float | None,
-    ) -> np.ndarray:
+        loss: np.ndarray | None = None,
+        return_skipped: bool = False,
+    ) -> Any:
         t = self.dtype.type
-        step += t(1)
+        # the sum of squares in this dtype (as the device's float32 reduction: it overflows
+        # to inf where a float32 gradient's square would)
+        total = self.sum_squares(grads)[0]
+        with np.errstate(invalid="ignore"):
+            norm = float(np.sqrt(total))
+        bad = not np.isfinite(total) or (loss is not None and not np.all(np.isfinite(loss)))
+        norm_out = np.array([norm], dtype=self.dtype)
+        skipped = np.array([1.0 if bad else 0.0], dtype=self.dtype)
+        if bad:  # the non-finite guard: nothing is updated, t stays
+            if step.size >= 3:
+                step[1:3] += t(1)
+            return (norm_out, skipped) if return_skipped else norm_out
+        step[0] += t(1)
+        if step.size >= 3:
+            step[1] = t(0)
         n = float(step[0])
-        norm = float(np.sqrt(self.sum_squares(grads)[0]))
         coef = 1.0 if max_grad_norm is None else min(1.0, max_grad_norm / (norm + 1e-6))
         bc1 = 1.0 - beta1**n
         bc2 = 1.0 - beta2**n
@@ -478,4 +496,4 @@ class NumpyBackend(Backend):
             den += t(eps)
             upd /= den
             p -= upd
-        return np.array([norm], dtype=self.dtype)
+        return (norm_out, skipped) if return_skipped else norm_out

@@ -125,7 +125,8 @@ class DataParallel:
                 readback on wgpu), summed with ONE all_reduce in the backend's dtype, uploaded.
             weight: this rank's weight (>= 0).
             loss: this rank's loss (a float [1] backend array or a number), averaged with the
-                same weights in the same all_reduce.
+                same weights in the same all_reduce; a backend array is overwritten with the
+                average (so an optimizer's non-finite guard decides the same on every rank).
             flags: numbers summed across ranks in the same all_reduce (e.g. a stop request).
 
         On a world of one rank the gradients are left untouched (no scaling, no upload).
@@ -154,18 +155,19 @@ class DataParallel:
                          op=self._dist.ReduceOp.SUM, group=self.group)
         t2 = time.perf_counter()
         total = float(buf[ng + 1])
-        if self.world_size > 1:
-            if total > 0:
-                np.divide(buf[:ng], buf[ng + 1], out=buf[:ng])
-                be.write_packed(buf[:ng], glist)
-            # total == 0: every shard is empty; the local gradients (batch-independent terms only) stay
-        t3 = time.perf_counter()
         if local_loss is None:
             mean_loss = None
         elif self.world_size == 1 or total <= 0:
             mean_loss = local_loss
         else:
             mean_loss = float(buf[ng]) / total
+        if self.world_size > 1 and total > 0:
+            np.divide(buf[:ng], buf[ng + 1], out=buf[:ng])
+            if loss_dev:  # the full-batch loss replaces the local one (the same on every rank)
+                buf[ng] = mean_loss
+            be.write_packed(buf[: ng + (1 if loss_dev else 0)], arrays)
+        # total == 0: every shard is empty; the local gradients (batch-independent terms only) stay
+        t3 = time.perf_counter()
         return ReduceResult(
             total_weight=total,
             loss=mean_loss,

@@ -14,16 +14,17 @@ worker still running after that is killed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 from ..config import Config
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, EnergeticError
 from ..metrics import RunSummary
 from ._torch import EXTRA_HINT, torch_available
 from .env import WorldEnv, free_port, init_from_env, world_from_env
@@ -138,8 +139,8 @@ def launch_local(
 
 
 class _TermAsInterrupt:
-    """SIGTERM is handled like SIGINT (finish the step, agree to stop, checkpoint); remembers
-    that it came, for the exit code 143."""
+    """Outside the training loop (joining the group, opening the backend, resuming) SIGTERM is
+    handled like SIGINT; inside it the trainer handles both. Remembers that SIGTERM came."""
 
     def __init__(self) -> None:
         self.received = False
@@ -165,31 +166,41 @@ def run_rank(
     world: WorldEnv,
     config: Config,
     out: Path,
-    ckpt_path: Path | None,
+    checkpoint: Any,
     *,
+    checkpoint_path: Path | None = None,
     progress: bool,
     echo: Callable[[str], None] | None,
+    lock: Callable[[], ContextManager[Any]] | None = None,
 ) -> tuple[RunSummary, bool, int]:
     """Train as ``world.rank``: join the process group (``distributed.backend``, with
-    ``distributed.timeout``), open this rank's backend (any rank failing stops every rank
-    before step 1, naming it), resume from ``ckpt_path`` when given, train.
+    ``distributed.timeout``), open this rank's backend, let rank 0 take ``lock()`` (the run
+    folder's lock), resume from ``checkpoint`` (a path or a loaded Checkpoint) when given,
+    train. A rank that fails in any of these stops every rank before step 1, naming it.
 
-    Returns (summary, is rank 0, exit code: 0, or 130/143 when interrupted)."""
+    Returns (summary, is rank 0, exit code: 0, or 130/143 when interrupted by SIGINT/SIGTERM)."""
     from .comm import DataParallel
     from .trainer import DistributedTrainer, open_rank_backend
 
     say = echo or print
     d = config.distributed
-    with _TermAsInterrupt() as term:
+    with _TermAsInterrupt() as term, contextlib.ExitStack() as stack:
         init_from_env(world, backend=d.backend, timeout=d.timeout)
         dp = DataParallel()
         backend = open_rank_backend(dp, config, world)
         trainer = DistributedTrainer(config, dp, backend=backend, out_dir=out, progress=progress, echo=echo)
         lead = dp.rank == 0
-        if ckpt_path is not None:
-            step = trainer.resume_all(ckpt_path)
+        error = None
+        if lead and lock is not None:
+            try:
+                stack.enter_context(lock())
+            except EnergeticError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        dp.raise_if_any_failed(error, "cannot lock the run folder")
+        if checkpoint is not None:
+            step = trainer.resume_all(checkpoint)
             if lead:
-                say(f"resumed from {ckpt_path} at step {step}")
+                say(f"resumed from {checkpoint_path or checkpoint} at step {step}")
         backends = dp.all_gather(backend.describe())
         if lead:
             say(
@@ -201,5 +212,7 @@ def run_rank(
         import torch.distributed as dist
 
         dist.destroy_process_group()
-    code = (EXIT_TERMINATED if term.received else EXIT_INTERRUPTED) if summary.interrupted else 0
-    return summary, lead, code
+    if not summary.interrupted:
+        return summary, lead, 0
+    sigterm = term.received or trainer.interrupted_by == "SIGTERM"
+    return summary, lead, EXIT_TERMINATED if sigterm else EXIT_INTERRUPTED

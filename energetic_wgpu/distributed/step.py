@@ -80,8 +80,9 @@ def data_parallel_step(
     lg = router.loss_and_grads(energies, target, loss=loss, mask=mask, **options)
     weight = shard_weight(loss, tuple(lg.output.next_energies.shape), mask)
     red = dp.all_reduce_gradients(lg.grads, weight, loss=lg.loss_array, flags=(1.0 if stop else 0.0,))
-    norm = optimizer.step(lg.grads)
+    norm = optimizer.step(lg.grads, loss=lg.loss_array)  # the full-batch loss: every rank skips alike
     return DataParallelStepResult(
         backend=router.backend, output=lg.output, loss_array=lg.loss_array, grad_norm_array=norm, grads=lg.grads,
-        global_loss=float(red.loss), stop_votes=int(round(red.flags[0])), reduce=red,
+        skipped_array=optimizer.last_skipped, global_loss=float(red.loss), stop_votes=int(round(red.flags[0])),
+        reduce=red,
     )

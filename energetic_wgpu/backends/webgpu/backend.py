@@ -252,21 +252,16 @@ class WgpuBackend(Backend):
                 raise ShapeError(f"read_packed: arrays must be float32, got {a.dtype}")
         return self.runtime.read_many(devs).view(np.float32)
 
-    def write_packed(self, flat: np.ndarray, arrays: Sequence[Any]) -> None:
-        """In place: upload consecutive segments of the 1-D ``flat`` into the device ``arrays``
-        (one ``queue.write_buffer`` each, no allocation)."""
-        host = np.ascontiguousarray(flat, dtype=np.float32).reshape(-1)
-        offset = 0
-        for a in arrays:
-            self.runtime.write(a, host[offset : offset + a.size])
-            offset += a.size
-
     def read_async(self, x: DeviceArray) -> Any:
         """Start reading ``x`` back; returns a handle whose ``result()`` gives the numpy array."""
         return self.runtime.read_async(x)
 
     def is_array(self, x: Any) -> bool:
         return isinstance(x, DeviceArray) and x.backend is self
+
+    def write(self, x: DeviceArray, data: Any) -> None:
+        host, _ = self._host(np.asarray(data).reshape(x.shape), x.dtype)
+        self.runtime.write(x, host)
 
     def zeros(self, shape: Any, dtype: Any = None) -> DeviceArray:
         if isinstance(shape, (int, np.integer)):
@@ -501,7 +496,9 @@ class WgpuBackend(Backend):
     def entropy_regularization(self, graph, pi, lam):  # type: ignore[no-untyped-def]
         return ops_train.entropy_regularization(self, graph, pi, lam)
 
-    def adamw_step(self, params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, max_grad_norm):  # type: ignore[no-untyped-def]
+    def adamw_step(self, params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, max_grad_norm,  # type: ignore[no-untyped-def]
+                   loss=None, return_skipped=False):
         return ops_train.adamw_step(
-            self, params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, max_grad_norm
+            self, params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, max_grad_norm,
+            loss, return_skipped,
         )

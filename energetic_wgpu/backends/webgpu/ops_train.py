@@ -9,8 +9,10 @@ mask on the device. ``adamw_step`` never reads back:
 1. ``sumsq_partials`` (reduce.wgsl) of every gradient into one persistent partials buffer;
 2. ``adamw_prepare`` (one workgroup): the global norm, the clip coefficient
    min(1, max_norm / (norm + 1e-6)), t += 1 in the device step buffer, the bias corrections
-   1 - beta^t from t — written to a persistent 4-float scalar buffer, the norm also to a new
-   [1] array that is returned;
+   1 - beta^t from t — written to a persistent scalar buffer, the norm also to a new [1]
+   array that is returned. The non-finite guard lives here too: a NaN/inf sum of squares or
+   loss skips the step (t unchanged, the skip counters of a [3] step buffer advanced, a skip
+   flag in the scalar buffer that the update kernels obey, 1.0 in a new [1] skip array);
 3. the update. When the parameters, m and v are each views into one flat buffer with the
    same layout (``backend.pack`` / ``zeros_like_packed``: ``Router.set_params`` and ``AdamW``
    allocate them so) and there are at most 3 of them, ONE ``adamw_update_packed`` dispatch
@@ -67,7 +69,7 @@ _k("loss_final", "losses.wgsl", (U, None, None, None, W, W), 256)
 _k("mse_grad", "losses.wgsl", (U, R, R, R, W, None, W), 64)
 _k("ce_partials", "losses.wgsl", (U, R, R, None, W, None, W), 256)
 _k("ent_partials", "losses.wgsl", (U, R, None, None, W, None, W), 256)
-_k("adamw_prepare", "adamw.wgsl", (U, R, W, W, W), 256)
+_k("adamw_prepare", "adamw.wgsl", (U, R, W, W, W) + (None,) * 16 + (R, W), 256)
 _k("adamw_update", "adamw.wgsl", (None, None, None, None, None, U, W, R, W, W, R, R), 64)
 _k("adamw_update_packed", "adamw.wgsl", (None,) * 12 + (U, W, W, W, R, R, R, R, R), 64)
 
@@ -253,6 +255,8 @@ def adamw_step(
     eps: float,
     weight_decay: float,
     max_grad_norm: float | None,
+    loss: Any = None,
+    return_skipped: bool = False,
 ) -> Any:
     be, rt = backend, backend.runtime
     st = _state(be)
@@ -261,17 +265,20 @@ def adamw_step(
     key = tuple(g.size for g in grads)
     scratch = st.scratch.get(key)
     if scratch is None:
-        scratch = st.scratch[key] = (be.empty((max(1, sum(counts)),)), be.empty((4,)))
+        scratch = st.scratch[key] = (be.empty((max(1, sum(counts)),)), be.empty((8,)))
     partials, scal = scratch
     offset = 0
     for g, c in zip(grads, counts):
         rt.dispatch("sumsq_partials", [g, partials], workgroups=c, uniforms=(g.size, offset))
         offset += c
     norm = be.empty((1,))
+    skipped = be.empty((1,))
+    has_loss = 0 if loss is None else 1
+    counters = 1 if step.size >= 3 else 0
 
     # the uniform tuples depend only on the hyper-parameters (cached: the same values give the
     # same tuples, hence the same bytes)
-    hkey = (offset, beta1, beta2, eps, max_grad_norm)
+    hkey = (offset, beta1, beta2, eps, max_grad_norm, has_loss, counters)
     cached = st.uniforms.get(hkey)
     if cached is None:
 
@@ -279,17 +286,18 @@ def adamw_step(
             return np.float32(math.log(b)) if b > 0 else np.float32(-1e30)
 
         clip = max_grad_norm is not None
-        u_prep = (offset, 1 if clip else 0, 0, 0, np.float32(max_grad_norm if clip else 0.0), log_beta(beta1),
-                  log_beta(beta2), np.float32(0.0))
+        u_prep = (offset, 1 if clip else 0, has_loss, counters, np.float32(max_grad_norm if clip else 0.0),
+                  log_beta(beta1), log_beta(beta2), np.float32(0.0))
         hyper = (np.float32(beta1), np.float32(1.0 - beta1), np.float32(beta2), np.float32(1.0 - beta2),
                  np.float32(eps)) + (np.float32(0.0),) * 3
         cached = (u_prep, hyper)
         if len(st.uniforms) > 64:
             st.uniforms.clear()
-        if all(x is None or x != 0 for x in hkey):  # 0 == 0.0 == -0.0 as keys: not cached
+        if all(x is None or x != 0 for x in hkey[:5]):  # 0 == 0.0 == -0.0 as keys: not cached
             st.uniforms[hkey] = cached
     u_prep, hyper = cached
-    rt.dispatch("adamw_prepare", [partials, step, scal, norm], workgroups=1, uniforms=u_prep)
+    loss_buf = rt.dummy() if loss is None else be._dev(loss)
+    rt.dispatch("adamw_prepare", [partials, step, scal, norm, loss_buf, skipped], workgroups=1, uniforms=u_prep)
 
     slot = _lr_slot(be, st, np.float32(lr), np.float32(1.0 - lr * weight_decay))
     packed = _packed_layout(params, grads, exp_avg, exp_avg_sq)
@@ -311,4 +319,4 @@ def adamw_step(
         rt.flush()
         st.epoch_seen = rt.counters.submits
         st.unsubmitted_steps = 0
-    return norm
+    return (norm, skipped) if return_skipped else norm
