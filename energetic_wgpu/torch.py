@@ -43,7 +43,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 from .backends import Backend, get_backend
 from .errors import InvalidArgumentError, ShapeError
 from .graph import Graph
-from .router import Router, RouterParams, _check_int
+from .router import Router, RouterParams
+from .validation import check_int
 
 __all__ = ["EnergeticRouter"]
 
@@ -97,7 +98,7 @@ class EnergeticRouter(nn.Module):
         if not isinstance(retain_sinks, (bool, np.bool_)):
             raise InvalidArgumentError(f"retain_sinks must be a bool, got {retain_sinks!r}")
         self.graph = graph
-        self.steps = _check_int(steps, "steps", 1)
+        self.steps = check_int(steps, "steps", 1)
         self.retain_sinks = bool(retain_sinks)
         p = RouterParams.init(graph, dim=dim, tau=tau, alpha=alpha, top_k=top_k, seed=seed)
         self.tau, self.alpha, self.top_k = p.tau, p.alpha, p.top_k

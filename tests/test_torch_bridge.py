@@ -202,8 +202,8 @@ def test_bad_arguments_raise_library_errors():
         mod(torch.full((7,), float("nan")))
     with pytest.raises(InvalidArgumentError, match="energies must be a torch.Tensor, got ndarray"):
         mod(np.zeros(7, np.float32))
-    with pytest.raises(ShapeError, match="active must be a bool array, got dtype float32"):
-        mod(torch.zeros(7), torch.zeros(7))
+    with pytest.raises(InvalidArgumentError, match="active must hold only 0 and 1"):
+        mod(torch.zeros(7), torch.full((7,), 0.5))
     assert mod(torch.zeros(0, 7)).shape == (0, 7)  # and the module still works after the errors
 
 
