@@ -56,9 +56,52 @@ def backend_for(spec: str, rank: int):
     return ew.get_backend("wgpu", adapter=adapters[rank % len(adapters)])
 
 
-def run_scenario(dp, backend_spec: str, loss: str, masked: bool, steps: int):
-    """Train ``steps`` data-parallel steps; returns (router, losses)."""
+def torch_module():
+    """The problem as an energetic_wgpu.torch.EnergeticRouter in float64 (NumPy backend)."""
+    import torch
+    from energetic_wgpu.torch import EnergeticRouter
+
+    graph, params = problem()
+    module = EnergeticRouter(graph, dim=4, top_k=2, steps=2, backend="numpy").double()
+    with torch.no_grad():
+        for name in ("q", "k", "bias"):
+            getattr(module, name).copy_(torch.from_numpy(getattr(params, name)))
+    return module
+
+
+def torch_train(module, steps: int, dp=None):
+    """A plain torch loop (masked mse, torch.optim.AdamW, clip_grad_norm_) on the module; with
+    ``dp`` each rank trains on its shard and all-reduces the module's gradients. Returns the losses."""
+    import torch
     from energetic_wgpu import distributed as ewd
+
+    opt = torch.optim.AdamW(module.parameters(), lr=0.05, weight_decay=0.01)
+    n = module.graph.num_nodes
+    lo, hi = (0, BATCH) if dp is None else ewd.shard_bounds(BATCH, dp.rank, dp.world_size)
+    losses = []
+    for step in range(1, steps + 1):
+        x, t, mask = (torch.from_numpy(a[lo:hi]) for a in batch(step, n, "mse", True))
+        count = float(mask.sum())
+        loss = (((module(x) - t) ** 2) * mask).sum() / max(count, 1.0)
+        opt.zero_grad()
+        loss.backward()
+        value = float(loss.detach())
+        if dp is not None:
+            value = dp.all_reduce_gradients(module, weight=count, loss=value).loss
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 0.5)
+        opt.step()
+        losses.append(value)
+    return losses
+
+
+def run_scenario(dp, backend_spec: str, loss: str, masked: bool, steps: int):
+    """Train ``steps`` data-parallel steps; returns (router, losses, counters per step)."""
+    from energetic_wgpu import distributed as ewd
+
+    if backend_spec == "torch64":
+        module = torch_module()
+        losses = torch_train(module, steps, dp)
+        return module._router(module.q.dtype), losses, []
 
     graph, params = problem()
     router = ew.Router(graph, params, backend_for(backend_spec, dp.rank))

@@ -72,7 +72,7 @@ def _check_ok(results):
         assert code == 0, f"rank {rank} exited {code}:\n{err[-3000:]}"
 
 
-SCENARIOS = "numpy64:mse:mask,numpy64:cross_entropy,numpy32:mse"
+SCENARIOS = "numpy64:mse:mask,numpy64:cross_entropy,numpy32:mse,torch64:mse:mask"
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,21 @@ def test_two_ranks_equal_one_process(numpy_run, name, dtype, loss, masked):
     np.testing.assert_allclose(ranks[0]["losses"], ref_losses, rtol=tol, atol=tol)
     np.testing.assert_array_equal(ranks[0]["losses"], ranks[1]["losses"])
     # and the parameters moved: the test would notice a no-op update
+    assert float(np.max(np.abs(ranks[0]["bias"] - w.problem()[1].bias))) > 1e-3
+
+
+def test_torch_module_with_all_reduce_gradients_equals_one_process(numpy_run):
+    """A user's own torch loop over energetic_wgpu.torch.EnergeticRouter, data-parallel through
+    all_reduce_gradients(module, weight=mask count): the one-process parameters within 1e-12."""
+    module = w.torch_module()
+    ref_losses = w.torch_train(module, 5)
+    ranks = [_load(numpy_run, "torch64-mse-mask", r) for r in range(2)]
+    for key in ("q", "k", "bias"):
+        np.testing.assert_array_equal(ranks[0][key], ranks[1][key])
+        want = getattr(module, key).detach().numpy()
+        err = float(np.max(np.abs(ranks[0][key] - want)))
+        assert err <= 1e-12, f"torch {key}: max|2 ranks - 1 process| = {err:.3e}"
+    np.testing.assert_allclose(ranks[0]["losses"], ref_losses, rtol=1e-12, atol=1e-12)
     assert float(np.max(np.abs(ranks[0]["bias"] - w.problem()[1].bias))) > 1e-3
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -43,12 +43,55 @@ class ReduceResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _as_list(grads: Any) -> tuple[list[Any], Backend]:
-    if hasattr(grads, "as_list") and isinstance(getattr(grads, "backend", None), Backend):
-        return list(grads.as_list()), grads.backend
-    raise InvalidArgumentError(
-        f"grads must be the Gradients of Router.backward / Router.loss_and_grads, got {type(grads).__name__}"
-    )
+@dataclass
+class _Packed:
+    """How to read a set of gradients as one flat numpy array and to write it back."""
+
+    read: Callable[[], np.ndarray]  # -> [gradient values (+ the loss, when loss_inside)]
+    write: Callable[[np.ndarray], None]  # the same layout, written in place
+    size: int  # number of gradient values
+    loss_inside: bool  # the loss is the last value of read() / write()
+
+
+def _backend_packed(grads: Any, loss: Any) -> _Packed:
+    """A router's Gradients (and a loss array of its backend): one readback, one upload each."""
+    glist, be = list(grads.as_list()), grads.backend
+    loss_inside = loss is not None and be.is_array(loss)
+    arrays = glist + ([loss] if loss_inside else [])
+    size = int(sum(int(np.prod(g.shape)) for g in glist))
+    return _Packed(lambda: be.read_packed(arrays), lambda flat: be.write_packed(flat, arrays), size, loss_inside)
+
+
+def _torch_packed(torch: Any, grads: Any) -> _Packed:
+    """The ``.grad`` of a torch module's parameters, or a sequence of CPU torch tensors."""
+    if isinstance(grads, torch.nn.Module):
+        tensors = []
+        for name, p in grads.named_parameters():
+            if p.requires_grad:
+                if p.grad is None:
+                    raise InvalidArgumentError(f"grads: parameter {name!r} has no .grad (call backward() first)")
+                tensors.append(p.grad)
+    else:
+        tensors = list(grads)
+        bad = [i for i, t in enumerate(tensors) if not isinstance(t, torch.Tensor) or t.device.type != "cpu"]
+        if bad:
+            raise InvalidArgumentError(f"grads[{bad[0]}] must be a CPU torch tensor, got {type(tensors[bad[0]]).__name__}")
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) > 1:
+        raise InvalidArgumentError(f"grads must share one dtype, got {sorted(map(str, dtypes))}")
+    sizes = [t.numel() for t in tensors]
+
+    def read() -> np.ndarray:
+        parts = [t.detach().reshape(-1).numpy() for t in tensors]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    def write(flat: np.ndarray) -> None:
+        offset = 0
+        for t, n in zip(tensors, sizes):
+            t.copy_(torch.from_numpy(flat[offset : offset + n]).view_as(t))
+            offset += n
+
+    return _Packed(read, write, int(sum(sizes)), False)
 
 
 def _weight(value: Any) -> float:
@@ -109,8 +152,10 @@ class DataParallel:
         loss: Any = None,
         flags: Sequence[float] = (),
     ) -> ReduceResult:
-        """Replace ``grads`` (a router's :class:`~energetic_wgpu.router.Gradients`; q, k, bias)
-        **in place** with ``sum_r weight_r * grads_r / sum_r weight_r`` over the ranks.
+        """Replace ``grads`` **in place** with ``sum_r weight_r * grads_r / sum_r weight_r`` over
+        the ranks. ``grads``: a router's :class:`~energetic_wgpu.router.Gradients` (q, k, bias),
+        or for a torch model (e.g. :class:`energetic_wgpu.torch.EnergeticRouter`) the module
+        (the ``.grad`` of its trainable parameters) or a list of CPU tensors.
 
         With each rank's gradient being that of the *mean* loss over its shard and
         ``weight`` the shard's share of the mean (its element count for "mse", counting a
@@ -121,8 +166,8 @@ class DataParallel:
         weight is 0, the local gradients are kept.
 
         Args:
-            grads: float gradients on the router's backend; read back as ONE packed array (one
-                readback on wgpu), summed with ONE all_reduce in the backend's dtype, uploaded.
+            grads: read as ONE packed array (one readback on wgpu), summed with ONE all_reduce
+                in their dtype, written back.
             weight: this rank's weight (>= 0).
             loss: this rank's loss (a float [1] backend array or a number), averaged with the
                 same weights in the same all_reduce; a backend array is overwritten with the
@@ -131,17 +176,24 @@ class DataParallel:
 
         On a world of one rank the gradients are left untouched (no scaling, no upload).
         """
-        glist, be = _as_list(grads)
+        if hasattr(grads, "as_list") and isinstance(getattr(grads, "backend", None), Backend):
+            packed = _backend_packed(grads, loss)
+        elif isinstance(grads, (list, tuple)) or isinstance(grads, self._torch.nn.Module):
+            packed = _torch_packed(self._torch, grads)
+        else:
+            raise InvalidArgumentError(
+                "grads must be the Gradients of Router.backward / Router.loss_and_grads, a torch module or a list "
+                f"of torch tensors, got {type(grads).__name__}"
+            )
         w = _weight(weight)
         flags = [float(f) for f in flags]
-        loss_dev = loss is not None and be.is_array(loss) and not isinstance(loss, (int, float))
-        arrays = glist + ([loss] if loss_dev else [])
+        loss_dev = packed.loss_inside
         t0 = time.perf_counter()
-        flat = be.read_packed(arrays)
+        flat = packed.read()
         t1 = time.perf_counter()
-        ng = int(sum(int(np.prod(g.shape)) for g in glist))
+        ng = packed.size
         if flat.size != ng + (1 if loss_dev else 0):
-            raise ShapeError(f"read_packed gave {flat.size} values, expected {ng + (1 if loss_dev else 0)}")
+            raise ShapeError(f"the packed gradients hold {flat.size} values, expected {ng + (1 if loss_dev else 0)}")
         local_loss = None if loss is None else float(flat[ng] if loss_dev else loss)
         buf = np.empty(ng + 2 + len(flags), dtype=flat.dtype)
         if self.world_size == 1:
@@ -165,7 +217,7 @@ class DataParallel:
             np.divide(buf[:ng], buf[ng + 1], out=buf[:ng])
             if loss_dev:  # the full-batch loss replaces the local one (the same on every rank)
                 buf[ng] = mean_loss
-            be.write_packed(buf[: ng + (1 if loss_dev else 0)], arrays)
+            packed.write(buf[: ng + (1 if loss_dev else 0)])
         # total == 0: every shard is empty; the local gradients (batch-independent terms only) stay
         t3 = time.perf_counter()
         return ReduceResult(
