@@ -150,3 +150,67 @@ def test_world_from_env_reads_the_launcher_variables():
         ewd.world_from_env({"WORLD_SIZE": "2", "RANK": "0"})
     with pytest.raises(ew.ConfigError, match=r"\$WORLD_SIZE must be an int >= 1, got 'two'"):
         ewd.world_from_env({"WORLD_SIZE": "two", "RANK": "0"})
+
+
+# ------------------------------------------------------------ one-rank process group, in process
+@pytest.fixture(scope="module")
+def world1():
+    if not ewd.torch_available():
+        pytest.skip("no torch: pip install 'energetic_wgpu[distributed]'")
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialized in this process")
+    with pytest.raises(ew.errors.DistributedError, match="torch.distributed is not initialized"):
+        ewd.DataParallel()
+    ewd.init_from_env(ewd.WorldEnv(0, 1, 0, "127.0.0.1", ewd.free_port()), timeout=30)
+    yield ewd.DataParallel()
+    dist.destroy_process_group()
+
+
+def test_one_rank_all_reduce_leaves_gradients_bit_identical(world1, backend):
+    r = _router(backend)
+    x = np.random.default_rng(0).random((3, r.graph.num_nodes))
+    lg = r.loss_and_grads(x, x * 0.5)
+    before = [backend.to_numpy(g).copy() for g in lg.grads.as_list()]
+    res = world1.all_reduce_gradients(lg.grads, 7.0, loss=lg.loss_array, flags=(1.0, 0.0))
+    assert (world1.rank, world1.world_size) == (0, 1)
+    assert res.total_weight == 7.0 and res.flags == (1.0, 0.0) and res.loss == lg.loss
+    assert res.gradient_values == sum(b.size for b in before)
+    for b, g in zip(before, lg.grads.as_list()):
+        np.testing.assert_array_equal(backend.to_numpy(g), b)
+
+
+def test_all_reduce_argument_errors(world1, np_backend):
+    r = _router(np_backend)
+    lg = r.loss_and_grads(np.ones((2, r.graph.num_nodes)), np.zeros((2, r.graph.num_nodes)))
+    with pytest.raises(InvalidArgumentError, match="weight must be a finite number >= 0, got -1.0"):
+        world1.all_reduce_gradients(lg.grads, -1.0)
+    with pytest.raises(InvalidArgumentError, match="grads must be the Gradients of Router.backward"):
+        world1.all_reduce_gradients({"q": 1})
+    with pytest.raises(InvalidArgumentError, match=r"grads\[1\] must be a CPU torch tensor, got ndarray"):
+        import torch
+
+        world1.all_reduce_gradients([torch.zeros(2), np.zeros(2)])
+
+
+def test_torch_module_without_grad_names_the_parameter(world1):
+    import torch
+
+    module = torch.nn.Linear(2, 1)
+    with pytest.raises(InvalidArgumentError, match="parameter 'weight' has no .grad"):
+        world1.all_reduce_gradients(module)
+    module(torch.ones(1, 2)).sum().backward()
+    want = [p.grad.clone() for p in module.parameters()]
+    res = world1.all_reduce_gradients(module, weight=2.0, loss=torch.tensor(0.5))
+    assert res.loss == 0.5 and res.gradient_values == 3
+    for p, g in zip(module.parameters(), want):
+        assert torch.equal(p.grad, g)
+
+
+def test_replica_checksum_follows_the_parameters(world1, np_backend):
+    a, b = _router(np_backend), _router(np_backend)
+    ca = world1.check_replicas(a, 0)
+    assert len(ca) == 14 and ca == world1.check_replicas(b, 0)
+    b.bias[0] += 1e-7
+    assert world1.check_replicas(b, 1) != ca

@@ -21,7 +21,7 @@ import dist_worker as w
 from conftest import ADAPTERS, assert_parity
 
 pytestmark = [
-    pytest.mark.skipif(not ewd.torch_available(), reason="torch is not installed (pip install 'energetic_wgpu[distributed]')"),
+    pytest.mark.skipif(not ewd.torch_available(), reason="no torch: pip install 'energetic_wgpu[distributed]'"),
     pytest.mark.slow,
 ]
 

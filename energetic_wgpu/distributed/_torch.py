@@ -26,7 +26,9 @@ def require_torch(what: str = "data-parallel training") -> Any:
         import torch
         import torch.distributed as dist
     except ImportError as exc:
-        raise BackendUnavailable(f"{what} needs torch.distributed, which is not installed ({exc}); {EXTRA_HINT}") from None
+        raise BackendUnavailable(
+            f"{what} needs torch.distributed, which is not installed ({exc}); {EXTRA_HINT}"
+        ) from None
     if not dist.is_available():
         raise BackendUnavailable(f"{what} needs torch.distributed, but this torch build has no distributed support")
     return torch

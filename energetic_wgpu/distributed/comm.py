@@ -75,7 +75,8 @@ def _torch_packed(torch: Any, grads: Any) -> _Packed:
         tensors = list(grads)
         bad = [i for i, t in enumerate(tensors) if not isinstance(t, torch.Tensor) or t.device.type != "cpu"]
         if bad:
-            raise InvalidArgumentError(f"grads[{bad[0]}] must be a CPU torch tensor, got {type(tensors[bad[0]]).__name__}")
+            got = type(tensors[bad[0]]).__name__
+            raise InvalidArgumentError(f"grads[{bad[0]}] must be a CPU torch tensor, got {got}")
     dtypes = {t.dtype for t in tensors}
     if len(dtypes) > 1:
         raise InvalidArgumentError(f"grads must share one dtype, got {sorted(map(str, dtypes))}")
@@ -140,7 +141,8 @@ class DataParallel:
         except RuntimeError as exc:  # gloo errors are RuntimeError subclasses (DistBackendError ...)
             text = " ".join(str(exc).split())[:300]
             raise DistributedError(
-                f"rank {self.rank}: {what} failed, another rank died, crashed or timed out: {type(exc).__name__}: {text}"
+                f"rank {self.rank}: {what} failed, another rank died, crashed or timed out: "
+                f"{type(exc).__name__}: {text}"
             ) from None
 
     # ------------------------------------------------------------------ gradients

@@ -130,7 +130,8 @@ def launch_local(
             signal.signal(s, h)
     failures = [(r, c) for r, c in enumerate(codes) if c not in (0, EXIT_INTERRUPTED, EXIT_TERMINATED)]
     if failures:
-        err(f"data-parallel run failed ({nproc} ranks): " + "; ".join(f"rank {r} {_describe_exit(c)}" for r, c in failures))
+        ranks = "; ".join(f"rank {r} {_describe_exit(c)}" for r, c in failures)
+        err(f"data-parallel run failed ({nproc} ranks): {ranks}")
         return 2 if all(c == 2 for _, c in failures) else 1
     interrupted = [c for c in codes if c in (EXIT_INTERRUPTED, EXIT_TERMINATED)]
     if interrupted:

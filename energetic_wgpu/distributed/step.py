@@ -70,10 +70,12 @@ def data_parallel_step(
     """One training step of ``router`` on this rank's shard (``energies``, ``target``, ``mask``:
     its rows of the global batch), equal to a :meth:`Router.train_step` on the global batch:
     :meth:`~energetic_wgpu.Router.loss_and_grads`, one packed readback, one all-reduce
-    (weighted by :func:`shard_weight`), upload, then ``optimizer.step`` (the same clipped AdamW
-    on every rank). ``options`` are the other arguments of ``loss_and_grads`` (``active``,
-    ``steps``, ``retain_sinks``, ``entropy_lambda``, ``eps``). ``stop`` is this rank's vote to stop after this step; the result's
-    ``stop`` is True on every rank when any rank voted (so all stop after the same step).
+    (weighted by :func:`shard_weight`; the loss is averaged in the same all-reduce), upload,
+    then ``optimizer.step`` (the same clipped AdamW, and the same non-finite guard decision, on
+    every rank). ``options`` are the other arguments of ``loss_and_grads`` (``active``,
+    ``steps``, ``retain_sinks``, ``entropy_lambda``, ``eps``). ``stop`` is this rank's vote to
+    stop after this step; the result's ``stop`` is True on every rank when any rank voted (so
+    all stop after the same step).
     """
     if getattr(optimizer, "router", None) is not router:
         raise InvalidArgumentError("optimizer must be an optimizer built over this router")
