@@ -228,6 +228,7 @@ class LossAndGrads:
 
     @property
     def loss(self) -> float:
+        """The loss as a Python float (one readback on a GPU backend)."""
         return float(self.backend.to_numpy(self.loss_array)[0])
 
 

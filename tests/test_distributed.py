@@ -59,6 +59,17 @@ def test_loss_and_grads_then_step_is_train_step(backend):
         np.testing.assert_array_equal(backend.to_numpy(pa), backend.to_numpy(pb))
 
 
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_an_empty_shard_has_zero_loss_gradient_and_weight(backend, loss):
+    """A rank whose shard is empty (global batch < world size) contributes nothing."""
+    r = _router(backend)
+    empty = np.zeros((0, r.graph.num_nodes))
+    lg = r.loss_and_grads(empty, empty, loss=loss)
+    assert lg.loss == 0.0 and ewd.shard_weight(loss, tuple(lg.output.next_energies.shape)) == 0.0
+    for g in lg.grads.as_list():
+        np.testing.assert_array_equal(backend.to_numpy(g), 0.0)
+
+
 @pytest.mark.parametrize("world", [1, 2, 3, 5, 8])
 def test_shard_bounds_cover_the_batch_and_differ_by_at_most_one(world):
     for b in (0, 1, 2, 7, 64, 65):

@@ -231,13 +231,6 @@ class DataParallel:
         )
 
     # ------------------------------------------------------------------ agreement
-    def any_flag(self, flag: bool) -> bool:
-        """True on every rank when ``flag`` is True on any rank (one small all_reduce)."""
-        t = self._torch.tensor([1.0 if flag else 0.0], dtype=self._torch.float64)
-        self._collective("the stop-flag all-reduce", self._dist.all_reduce, t, op=self._dist.ReduceOp.SUM,
-                         group=self.group)
-        return bool(t.item() > 0)
-
     def all_gather(self, obj: Any) -> list[Any]:
         """Collective: every rank's ``obj`` (picklable, small), in rank order."""
         gathered: list[Any] = [None] * self.world_size

@@ -71,13 +71,16 @@ class ShardedData:
         self.start, self.stop = shard_bounds(self.batch_size, self.rank, self.world_size)
 
     def batch(self, step: int) -> Batch:
+        """This rank's rows of the global batch of ``step``."""
         rows = getattr(self.source, "batch_rows", None)
         if rows is not None:
             return rows(step, self.start, self.stop)
         return shard_batch(self.source.batch(step), self.rank, self.world_size)
 
     def state(self) -> dict[str, Any]:
+        """The source's state: the global data order, the same on every rank."""
         return self.source.state()
 
     def load_state(self, state: dict[str, Any] | None) -> None:
+        """Restore the source's state (from a checkpoint of any world size)."""
         self.source.load_state(state)

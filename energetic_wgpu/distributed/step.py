@@ -47,6 +47,7 @@ class DataParallelStepResult(TrainStepResult):
 
     @property
     def loss(self) -> float:  # type: ignore[override]
+        """The full-batch loss (the same on every rank)."""
         return self.global_loss
 
     @property
