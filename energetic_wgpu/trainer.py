@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .backends import Backend, get_backend
-from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, clean_stale_temp_files, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config
 from .errors import CheckpointError, ConfigError, InvalidArgumentError, TrainingError
 from .graph import build_lattice
@@ -36,7 +35,7 @@ from .metrics import EventLog, MetricsCollector, RunSummary, plot_metrics
 from .optim import AdamW, Schedule
 from .resume import config_changes, describe_change, resumed_schedule, resolve_schedule, schedule_from_spec
 from .router import Router, RouterParams
-from .rundir import RunLock, file_mode
+from .rundir import RunLock
 from .sizing import check_train_fits
 from .tasks import DataSource, make_task
 
@@ -206,7 +205,7 @@ class Trainer:
         )
         from . import __version__
 
-        path = save_checkpoint(
+        return save_checkpoint(  # written with 0o666 & ~umask, like the run's other outputs
             target,
             step=self.step,
             params=self.router.params(),
@@ -216,10 +215,6 @@ class Trainer:
             config=self.config.to_dict(),
             extra={"backend": self.backend.describe(), "library_version": __version__, **self._checkpoint_extra()},
         )
-        mode = file_mode()
-        if path.stat().st_mode & 0o777 != mode:  # the same permissions as the run's other outputs
-            os.chmod(path, mode)
-        return path
 
     def _checkpoint_extra(self) -> dict[str, Any]:
         """More JSON fields for the checkpoint header (a data-parallel trainer records its world)."""
@@ -308,10 +303,7 @@ class Trainer:
     def _check_skipped(self, step: int, events: EventLog) -> None:
         """Log the steps skipped since the last check; raise TrainingError after
         ``train.max_skipped_steps`` in a row. One tiny readback (the optimizer's counters)."""
-        counts = getattr(self.optimizer, "skip_counts", None)
-        if counts is None:
-            return
-        consecutive, total = (int(x) for x in counts())
+        consecutive, total = self.optimizer.skip_counts()
         new = total - self._skips_seen
         self._skips_seen = total
         if new > 0:
@@ -330,19 +322,6 @@ class Trainer:
                 "optimizer.max_grad_norm"
             )
 
-    def _remove_stale_temp_files(self, out: Path) -> None:
-        """Delete checkpoint temporary files left by a process killed while saving (safe:
-        this run holds the folder's lock, so no other writer is saving here)."""
-        target = self.checkpoint_path
-        if target is None or target.parent != out:
-            return
-        for tmp in out.glob(f".{target.name}.*.tmp"):
-            try:
-                tmp.unlink()
-                log.info("removed %s, left by an interrupted save", tmp)
-            except OSError:
-                pass
-
     def _run(self, steps: int | None, out: Path | None) -> RunSummary:
         from tqdm import tqdm
 
@@ -350,7 +329,7 @@ class Trainer:
         total = tr.steps if steps is None else int(steps)
         self.interrupted_by = None
         if out is not None:
-            self._remove_stale_temp_files(out)
+            clean_stale_temp_files(out)  # left by a process killed while saving (this run holds the lock)
             (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
         events = EventLog(
             None if out is None else out / "metrics.jsonl",
@@ -365,8 +344,7 @@ class Trainer:
             num_edges=g.num_edges, total_steps=total, resumed=self.resumed_from is not None,
             **({"changed": {k: [old, new] for k, old, new in self.resume_changes}} if self.resume_changes else {}),
         )
-        counts = getattr(self.optimizer, "skip_counts", None)
-        self._skips_seen = int(counts()[1]) if counts is not None else 0
+        self._skips_seen = self.optimizer.skip_counts()[1]
         self.echo(
             f"training on {self.backend.describe()}: {g.num_nodes:,} nodes, {g.num_edges:,} edges, "
             f"batch {tr.batch_size}, steps {self.step + 1}..{total}" + (f" -> {out}" if out is not None else "")

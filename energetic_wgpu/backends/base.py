@@ -98,6 +98,10 @@ class Backend(ABC):
     def synchronize(self) -> None:
         """Wait until every queued operation has finished (no-op on CPU backends)."""
 
+    def flush(self) -> None:
+        """Start the queued operations without waiting (no-op on CPU backends); a GPU backend
+        can then reuse the buffers of arrays dropped since."""
+
     def describe(self) -> str:
         """One line naming the backend (and adapter) for logs."""
         return self.name

@@ -86,6 +86,6 @@ def data_parallel_step(
     norm = optimizer.step(lg.grads, loss=lg.loss_array)  # the full-batch loss: every rank skips alike
     return DataParallelStepResult(
         backend=router.backend, output=lg.output, loss_array=lg.loss_array, grad_norm_array=norm, grads=lg.grads,
-        skipped_array=optimizer.last_skipped, global_loss=float(red.loss), stop_votes=int(round(red.flags[0])),
-        reduce=red,
+        skipped_array=getattr(optimizer, "last_skipped", None), global_loss=float(red.loss),
+        stop_votes=int(round(red.flags[0])), reduce=red,
     )

@@ -496,8 +496,10 @@ class WgpuBackend(Backend):
     def entropy_regularization(self, graph, pi, lam):  # type: ignore[no-untyped-def]
         return ops_train.entropy_regularization(self, graph, pi, lam)
 
-    def adamw_step(self, params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, max_grad_norm,  # type: ignore[no-untyped-def]
-                   loss=None, return_skipped=False):
+    def adamw_step(  # type: ignore[no-untyped-def]
+        self, params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, max_grad_norm,
+        loss=None, return_skipped=False,
+    ):
         return ops_train.adamw_step(
             self, params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, max_grad_norm,
             loss, return_skipped,
