@@ -270,20 +270,24 @@ class TrainStepResult:
 
     @property
     def loss(self) -> float:
+        """The step's loss (read back on access)."""
         return float(self.backend.to_numpy(self.loss_array)[0])
 
     @property
     def grad_norm(self) -> float:
+        """The global gradient norm before clipping (read back on access)."""
         return float(self.backend.to_numpy(self.grad_norm_array)[0])
 
     @property
     def skipped(self) -> bool:
+        """True when the non-finite guard skipped the update (read back on access)."""
         if self.skipped_array is None:
             return False
         return bool(self.backend.to_numpy(self.skipped_array)[0] != 0)
 
     @property
     def metrics(self) -> dict[str, float]:
+        """The forward's metrics (read back on access)."""
         return self.output.metrics
 
 
