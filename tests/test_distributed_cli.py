@@ -137,6 +137,25 @@ def test_a_killed_rank_fails_the_run_within_the_timeout_naming_it(tmp_path):
 
 @needs_torch
 @pytest.mark.slow
+def test_a_hung_rank_fails_the_run_after_the_timeout(tmp_path):
+    """A rank that stops answering (SIGSTOP) is noticed after distributed.timeout: the other
+    rank fails with the collective's timeout, the launcher kills the stuck one and exits 1."""
+    out = tmp_path / "dp"
+    proc, log, err = _start(out, "--nproc", "2", "--steps", "100000", "--set", "distributed.timeout=5")
+    _wait_for(lambda: "step     2/" in log.read_text(), 150, "step 2")
+    os.kill(_rank_pid(proc.pid, 1), signal.SIGSTOP)
+    t0 = time.monotonic()
+    code = proc.wait(timeout=90)
+    waited = time.monotonic() - t0
+    text = err.read_text()
+    assert code == 1, text
+    assert 5 <= waited < 60, waited  # the timeout (5 s), then 5 s of grace; never a hang
+    assert "DistributedError: rank 0: the gradient all-reduce failed" in text and "Timed out" in text
+    assert "rank 1 was still running 10 s after another rank failed and was killed" in text
+
+
+@needs_torch
+@pytest.mark.slow
 def test_a_rank_that_cannot_open_its_adapter_fails_the_launch_before_step_1(tmp_path):
     out = tmp_path / "dp"
     proc, log, err = _start(out, "--nproc", "2", "--steps", "5", "--set", "backend.name=wgpu", "--set",

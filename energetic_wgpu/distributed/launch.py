@@ -9,7 +9,7 @@
 The launcher imports no torch. It forwards SIGINT/SIGTERM to the workers once (they agree
 to stop after the same step and rank 0 writes one checkpoint); when a worker fails, the
 others fail too within ``distributed.timeout`` (gloo reports a dead peer at once), and any
-worker still running after that is killed.
+worker still running 5 s after that is killed.
 """
 
 from __future__ import annotations
@@ -112,15 +112,18 @@ def launch_local(
                     pass
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    grace = timeout + 5.0
+    hung: list[int] = []
     try:
         deadline = None
         while any(p.poll() is None for p in procs):
             failed = [p for p in procs if p.returncode not in (None, 0, EXIT_INTERRUPTED, EXIT_TERMINATED)]
             if failed and deadline is None:
-                deadline = time.monotonic() + timeout + 10.0
+                deadline = time.monotonic() + grace
             if deadline is not None and time.monotonic() > deadline:
-                for p in procs:
-                    if p.poll() is None:
+                for rank, p in enumerate(procs):
+                    if p.poll() is None:  # stuck (e.g. stopped or hung in a driver): the launcher ends it
+                        hung.append(rank)
                         p.kill()
                 break
             time.sleep(0.05)
@@ -130,7 +133,11 @@ def launch_local(
             signal.signal(s, h)
     failures = [(r, c) for r, c in enumerate(codes) if c not in (0, EXIT_INTERRUPTED, EXIT_TERMINATED)]
     if failures:
-        ranks = "; ".join(f"rank {r} {_describe_exit(c)}" for r, c in failures)
+        ranks = "; ".join(
+            f"rank {r} " + (f"was still running {grace:g} s after another rank failed and was killed"
+                            if r in hung else _describe_exit(c))
+            for r, c in failures
+        )
         err(f"data-parallel run failed ({nproc} ranks): {ranks}")
         return 2 if all(c == 2 for _, c in failures) else 1
     interrupted = [c for c in codes if c in (EXIT_INTERRUPTED, EXIT_TERMINATED)]
