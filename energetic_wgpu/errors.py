@@ -12,6 +12,7 @@ __all__ = [
     "ShapeError",
     "InvalidArgumentError",
     "ConfigError",
+    "DataError",
     "BackendUnavailable",
     "ShaderCompileError",
     "DeviceError",
@@ -37,6 +38,12 @@ class InvalidArgumentError(EnergeticError, ValueError):
 
 class ConfigError(EnergeticError, ValueError):
     """A configuration key is unknown or its value is out of range; the message names the key path."""
+
+
+class DataError(ConfigError):
+    """A user graph or data file (``graph.path``, ``train.task.path``) cannot be used: missing
+    arrays, a shape that does not fit the graph, non-finite values, a bad edge-list line. The
+    message starts with the file name (and the line number for text files)."""
 
 
 class BackendUnavailable(EnergeticError, RuntimeError):

@@ -77,9 +77,10 @@ def masks(draw: Any, shape: tuple[int, ...], good: bool) -> Any:
     """None, bool, or 0/1 numbers; when not ``good``: a value other than 0 and 1."""
     size = int(np.prod(shape))
     bits = np.array(draw(st.lists(st.booleans(), min_size=size, max_size=size)), dtype=bool).reshape(shape)
-    if not good:
-        out = bits.astype(np.float64)
-        out.reshape(-1)[0] = draw(st.sampled_from([0.5, 2.0, -1.0, np.nan]))
+    if not good:  # (an empty batch has no element to spoil: a mask of the wrong shape instead)
+        out = bits.astype(np.float64) if size else np.zeros(shape[:-1] + (shape[-1] + 1,))
+        if out.size:
+            out.reshape(-1)[0] = draw(st.sampled_from([0.5, 2.0, -1.0, np.nan]))
         return out
     kind = draw(st.sampled_from(["none", "bool", "float01", "int01"]))
     return {"none": None, "bool": bits, "float01": bits.astype(np.float32), "int01": bits.astype(np.int32)}[kind]

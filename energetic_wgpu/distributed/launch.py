@@ -212,7 +212,7 @@ def run_rank(
         backends = dp.all_gather(backend.describe())
         if lead:
             say(
-                f"data-parallel: {dp.world_size} ranks ({d.backend}), global batch {config.train.batch_size} "
+                f"data-parallel: {dp.world_size} ranks ({d.backend}), global batch {sum(trainer.shard_rows)} "
                 f"= shards {'+'.join(map(str, trainer.shard_rows))}; adapter_per_rank {d.adapter_per_rank}: "
                 + ", ".join(f"rank {r} on {b}" for r, b in enumerate(backends))
             )

@@ -103,10 +103,16 @@ class DistributedTrainer(Trainer):
     def _stop_now(self, result: Any, requested: bool) -> bool:
         return bool(result.stop)  # the vote of every rank, taken in the step's all-reduce
 
+    def val_loss(self) -> float | None:
+        """The held-out loss, evaluated on rank 0 only (the only rank that logs it; the
+        parameters are the same on every rank)."""
+        return super().val_loss() if self.dp.rank == 0 else None
+
     @property
     def shard_rows(self) -> list[int]:
-        """The rows of the global batch each rank trains on, in rank order."""
-        b = self.config.train.batch_size
+        """The rows of the global batch each rank trains on, in rank order (the batch size of
+        the data source: ``train.batch_size``, or fewer when the data has fewer samples)."""
+        b = int(getattr(self.data.source, "batch_size", self.config.train.batch_size))
         return [hi - lo for lo, hi in (shard_bounds(b, r, self.dp.world_size) for r in range(self.dp.world_size))]
 
     def _checkpoint_extra(self) -> dict[str, Any]:
@@ -114,7 +120,7 @@ class DistributedTrainer(Trainer):
             "distributed": {
                 "world_size": self.dp.world_size,
                 "backend": self.config.distributed.backend,
-                "global_batch": self.config.train.batch_size,
+                "global_batch": sum(self.shard_rows),
                 "shard_rows": self.shard_rows,
                 "sharding": SHARDING,
             }

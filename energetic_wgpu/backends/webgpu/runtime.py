@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ...environment import ensure_xdg_runtime_dir
 from ...errors import BackendUnavailable, DeviceError, DeviceLimitError, InvalidArgumentError, ShaderCompileError
 from ...shaders import shader_source
 from .kernels import KERNELS, KernelSpec, kernel
@@ -110,6 +111,7 @@ def _require_wgpu() -> Any:
 
 def _enumerate() -> list[Any]:
     w = _require_wgpu()
+    ensure_xdg_runtime_dir()  # before the drivers load: Mesa complains without it
     try:
         return list(w.gpu.enumerate_adapters_sync())
     except Exception as exc:
@@ -151,6 +153,7 @@ def _describe_adapters(adapters: list[Any]) -> str:
 
 def _select_adapter(selector: Any) -> Any:
     w = _require_wgpu()
+    ensure_xdg_runtime_dir()  # before the drivers load: Mesa complains without it
     if selector is None:
         try:
             adapter = w.gpu.request_adapter_sync(power_preference="high-performance")
