@@ -275,7 +275,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     plan, world = launch_plan(config)
     if plan == "launch":  # start distributed.nproc ranks of this same command (rank 0 locks the folder)
         pinned = ["--out", str(_out_dir(out)), *(["--resume", str(ckpt_path)] if ckpt_path is not None else [])]
-        return launch_local(config.distributed.nproc, [*args.argv, *pinned], config.distributed.timeout)
+        return launch_local(config.distributed.nproc, [*args.argv, *pinned], config.distributed.timeout, err=_err)
     if plan == "rank":
         summary, lead, code = run_rank(
             world, config, out, ckpt, checkpoint_path=ckpt_path, progress=progress, echo=echo,

@@ -15,6 +15,7 @@ worker still running 5 s after that is killed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -74,14 +75,16 @@ def launch_local(
     argv: Sequence[str],
     timeout: float,
     *,
-    err: Callable[[str], None] = lambda s: print(f"energetic-wgpu: error: {s}", file=sys.stderr),
+    err: Callable[[str], None] | None = None,
 ) -> int:
     """Run ``python -m energetic_wgpu *argv`` as ``nproc`` ranks on this machine and wait.
+    ``err`` reports a failure in one line (default: the library's logger).
 
     Returns 0 when every rank succeeded; 130/143 when the run was interrupted by
     SIGINT/SIGTERM (and checkpointed); 2 when every failed rank reported a usage/config error;
     1 for any other failure (a rank that died, crashed or could not start), after a line
     naming each failed rank."""
+    err = err or logging.getLogger("energetic_wgpu").error
     port = free_port()
     threads = max(1, (os.cpu_count() or 1) // nproc)
     procs: list[subprocess.Popen[bytes]] = []
@@ -190,7 +193,6 @@ def run_rank(
     from .comm import DataParallel
     from .trainer import DistributedTrainer, open_rank_backend
 
-    say = echo or print
     d = config.distributed
     with _TermAsInterrupt() as term, contextlib.ExitStack() as stack:
         init_from_env(world, backend=d.backend, timeout=d.timeout)
@@ -208,10 +210,10 @@ def run_rank(
         if checkpoint is not None:
             step = trainer.resume_all(checkpoint)
             if lead:
-                say(f"resumed from {checkpoint_path or checkpoint} at step {step}")
+                trainer.echo(f"resumed from {checkpoint_path or checkpoint} at step {step}")
         backends = dp.all_gather(backend.describe())
         if lead:
-            say(
+            trainer.echo(
                 f"data-parallel: {dp.world_size} ranks ({d.backend}), global batch {sum(trainer.shard_rows)} "
                 f"= shards {'+'.join(map(str, trainer.shard_rows))}; adapter_per_rank {d.adapter_per_rank}: "
                 + ", ".join(f"rank {r} on {b}" for r, b in enumerate(backends))
