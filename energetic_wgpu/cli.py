@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import traceback
 from pathlib import Path
 from typing import Any, Sequence
@@ -422,7 +423,7 @@ def _verbosity(parser: argparse.ArgumentParser, top: bool) -> None:
 
 def _sub(sub: Any, name: str) -> argparse.ArgumentParser:
     short, description, epilog = _COMMANDS[name]
-    p = sub.add_parser(name, help=short, description=description, epilog=epilog,
+    p = sub.add_parser(name, help=short, description=textwrap.fill(description, 79), epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _verbosity(p, top=False)
     p.add_argument("--debug", action="store_true", help="on failure, also print the Python traceback")

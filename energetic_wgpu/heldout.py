@@ -88,7 +88,7 @@ class HeldOut:
         parts: list[tuple[Any, int]] = []
         pi = None
         for energies, targets, mask, rows, counted in self.chunks:
-            out = router.forward(energies, steps=steps, retain_sinks=retain_sinks)
+            out = router.forward(energies, steps=steps, retain_sinks=retain_sinks, keep_history=False)
             pi = out.edge_pi
             if loss == "mse":
                 value, _ = be.mse(out.next_energies, targets, mask)
