@@ -214,6 +214,7 @@ def _out_dir(out: Path) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import find_checkpoint, load_checkpoint
     from .config import from_dict, load_config
+    from .distributed.launch import launch_local, launch_plan, run_rank
     from .errors import CheckpointError, ConfigError
     from .resume import check_resumable, config_changes
     from .rundir import RunLock
@@ -231,6 +232,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"backend.adapter={args.adapter}")
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
+    if args.nproc is not None:
+        overrides.append(f"distributed.nproc={args.nproc}")
     files = _user_files(args, overrides)
 
     ckpt_path: Path | None = None
@@ -269,14 +272,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     quiet = bool(args.quiet)
     progress = not (args.no_progress or quiet) and sys.stderr.isatty()
     say = (lambda text: None) if quiet else print
+    echo = None if progress else say
+    plan, world = launch_plan(config)
+    if plan == "launch":  # start distributed.nproc ranks of this same command (rank 0 locks the folder)
+        pinned = ["--out", str(_out_dir(out)), *(["--resume", str(ckpt_path)] if ckpt_path is not None else [])]
+        return launch_local(config.distributed.nproc, [*args.argv, *pinned], config.distributed.timeout, err=_err)
+    if plan == "rank":
+        summary, lead, code = run_rank(
+            world, config, out, ckpt, checkpoint_path=ckpt_path, progress=progress, echo=echo,
+            lock=lambda: RunLock(_out_dir(out)),
+        )
+        if lead:
+            _report(summary, out, say)
+        return code
     # the trainer checks the size and starts the backend before the folder is created or locked
-    trainer = Trainer(config, out_dir=out, progress=progress, echo=None if progress else say)
+    trainer = Trainer(config, out_dir=out, progress=progress, echo=echo)
     with RunLock(_out_dir(out)):  # held from before the resume to the end of the run
         if ckpt is not None:
             step = trainer.resume(ckpt)
             say(f"resumed from {ckpt_path} at step {step}")
         summary = trainer.run()
-    s = summary
+    _report(summary, out, say)
+    if not summary.interrupted:
+        return 0
+    return EXIT_TERMINATED if trainer.interrupted_by == "SIGTERM" else EXIT_INTERRUPTED
+
+
+def _report(s: Any, out: Path, say: Any) -> None:
+    """The closing lines of a training run."""
     val = "" if s.final_val_loss is None else f", val_loss {s.final_val_loss:.6g} (best {s.best_val_loss:.6g} at step {s.best_val_step})"
     say(
         f"done: {s.steps} steps on {s.backend}, {s.steps_per_second:.2f} steps/s; loss "
@@ -285,9 +308,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         else f"done: {s.steps} steps on {s.backend}"
     )
     say(f"outputs in {out}/: " + ", ".join(Path(p).name for p in s.files.values()))
-    if not s.interrupted:
-        return 0
-    return EXIT_TERMINATED if trainer.interrupted_by == "SIGTERM" else EXIT_INTERRUPTED
 
 
 def _user_files(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
@@ -450,7 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from a checkpoint file or run folder ('auto': the latest run under runs/)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar, log lines instead (the default when stderr is not a terminal)")
-    p.set_defaults(func=cmd_train)
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="data-parallel training on N local worker processes (override distributed.nproc; "
+                        "needs the 'distributed' extra); train.batch_size is the global batch")
+    p.set_defaults(func=cmd_train, argv=[])
 
     p = _sub(sub, "check")
     p.add_argument("--adapter", metavar="X", help="only adapters whose index or name matches X")
@@ -521,6 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
+    args.argv = argv  # the data-parallel launcher starts its workers with the same arguments
     restore_logging = setup_logging(_log_level(args))
     try:
         code = int(args.func(args))

@@ -1,5 +1,5 @@
 """Configuration: one YAML file with the sections ``graph``, ``router``, ``optimizer``,
-``train`` and ``backend``.
+``train``, ``backend`` and ``distributed``.
 
 The defaults live in one place, the dataclasses below; the packaged ``baseline.yaml``
 spells them out as a commented example (a test keeps the two equal). A file that sets some
@@ -36,6 +36,7 @@ __all__ = [
     "TaskSection",
     "TrainSection",
     "BackendSection",
+    "DistributedSection",
     "load_config",
     "from_dict",
     "parse_override",
@@ -375,6 +376,18 @@ class BackendSection:
 
 
 @dataclass(frozen=True)
+class DistributedSection:
+    """``distributed``: data-parallel training on torch.distributed (see
+    :mod:`energetic_wgpu.distributed`); ``train.batch_size`` is the global batch."""
+
+    backend: str = _f("gloo", choice("gloo"))
+    nproc: int = _f(1, int_range(1))
+    adapter_per_rank: str = _f("round_robin", choice("round_robin", "same", "numpy"))
+    timeout: float = _f(120.0, float_range(0.0, lo_open=True))
+    check_every: int = _f(100, int_range(0))
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run configuration. Build with :func:`load_config` or :func:`from_dict`."""
 
@@ -383,6 +396,7 @@ class Config:
     optimizer: OptimizerSection = _section(OptimizerSection)
     train: TrainSection = _section(TrainSection)
     backend: BackendSection = _section(BackendSection)
+    distributed: DistributedSection = _section(DistributedSection)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict (lists for tuples) that :func:`from_dict` turns back into this config."""

@@ -20,6 +20,7 @@ __all__ = [
     "CheckpointError",
     "RunLockedError",
     "TrainingError",
+    "DistributedError",
 ]
 
 
@@ -71,3 +72,8 @@ class RunLockedError(EnergeticError, RuntimeError):
 
 class TrainingError(EnergeticError, RuntimeError):
     """The training loop stopped because it cannot make progress (e.g. too many skipped steps)."""
+
+
+class DistributedError(EnergeticError, RuntimeError):
+    """Data-parallel training failed across ranks: a rank died or timed out, could not open its
+    adapter, or the replicas' parameters diverged; the message names the rank or the step."""

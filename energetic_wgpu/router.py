@@ -19,7 +19,7 @@ from .shortrepr import short_repr
 from .validation import U32_MAX, check_float, check_int, check_not_foreign, check_tau, float_array, mask_array
 from .validation import memory_budget
 
-__all__ = ["RouterParams", "Router", "RouterOutput", "Gradients", "TrainStepResult"]
+__all__ = ["RouterParams", "Router", "RouterOutput", "Gradients", "LossAndGrads", "TrainStepResult"]
 
 #: a forward with keep_history=False submits its commands every this many steps, so that the
 #: buffers of dropped states return to the pool (memory independent of ``steps``)
@@ -232,6 +232,22 @@ class Gradients:
 
 
 @dataclass
+class LossAndGrads:
+    """The result of :meth:`Router.loss_and_grads`: the forward output, the loss as a float
+    [1] backend array (``loss`` reads it back) and the :class:`Gradients`."""
+
+    backend: Backend
+    output: RouterOutput
+    loss_array: Any
+    grads: Gradients
+
+    @property
+    def loss(self) -> float:
+        """The loss as a Python float (one readback on a GPU backend)."""
+        return float(self.backend.to_numpy(self.loss_array)[0])
+
+
+@dataclass
 class TrainStepResult:
     """The handle returned by :meth:`Router.train_step`; values are read back on access.
 
@@ -255,20 +271,24 @@ class TrainStepResult:
 
     @property
     def loss(self) -> float:
+        """The step's loss (read back on access)."""
         return float(self.backend.to_numpy(self.loss_array)[0])
 
     @property
     def grad_norm(self) -> float:
+        """The global gradient norm before clipping (read back on access)."""
         return float(self.backend.to_numpy(self.grad_norm_array)[0])
 
     @property
     def skipped(self) -> bool:
+        """True when the non-finite guard skipped the update (read back on access)."""
         if self.skipped_array is None:
             return False
         return bool(self.backend.to_numpy(self.skipped_array)[0] != 0)
 
     @property
     def metrics(self) -> dict[str, float]:
+        """The forward's metrics (read back on access)."""
         return self.output.metrics
 
 
@@ -539,7 +559,7 @@ class Router:
         eps: float = 1e-12,
     ) -> "TrainStepResult":
         """One training step on this router's backend: forward, loss and its gradient,
-        backward through all steps, clipped AdamW (``optimizer``).
+        backward through all steps (:meth:`loss_and_grads`), clipped AdamW (``optimizer``).
 
         Nothing is read back: on a GPU backend the whole step is encoded on the device, and
         the returned :class:`TrainStepResult` reads the loss, gradient norm and metrics only
@@ -557,10 +577,38 @@ class Router:
         A step whose loss or gradient norm is not finite changes nothing (the optimizer's
         non-finite guard, decided on the device): ``result.skipped`` is then True.
         """
-        if loss not in ("mse", "cross_entropy"):
-            raise InvalidArgumentError(f"loss must be 'mse' or 'cross_entropy', got {short_repr(loss)}")
         if getattr(optimizer, "router", None) is not self:
             raise InvalidArgumentError("optimizer must be an optimizer built over this router")
+        lg = self.loss_and_grads(
+            energies, target, loss=loss, mask=mask, active=active, steps=steps, retain_sinks=retain_sinks,
+            entropy_lambda=entropy_lambda, eps=eps,
+        )
+        norm = optimizer.step(lg.grads, loss=lg.loss_array)
+        return TrainStepResult(
+            backend=self.backend, output=lg.output, loss_array=lg.loss_array, grad_norm_array=norm, grads=lg.grads,
+            skipped_array=getattr(optimizer, "last_skipped", None),
+        )
+
+    def loss_and_grads(
+        self,
+        energies: Any,
+        target: Any,
+        loss: str = "mse",
+        mask: Any = None,
+        active: Any = None,
+        steps: int = 1,
+        retain_sinks: bool = False,
+        entropy_lambda: float = 0.0,
+        eps: float = 1e-12,
+    ) -> "LossAndGrads":
+        """The first half of :meth:`train_step` (same arguments, no optimizer): forward, loss
+        and its gradient, backward. The parameters are not changed, so the gradients can be
+        combined with others (e.g. all-reduced across data-parallel ranks by
+        :mod:`energetic_wgpu.distributed`) before ``optimizer.step(result.grads, loss=result.loss_array)``.
+        Nothing is read back. ``result.grads.energies`` is None (the input-energy gradient is
+        not computed: :meth:`backward` with ``energies_grad=True`` gives it)."""
+        if loss not in ("mse", "cross_entropy"):
+            raise InvalidArgumentError(f"loss must be 'mse' or 'cross_entropy', got {short_repr(loss)}")
         lam = check_float(entropy_lambda, "entropy_lambda")
         eps_v = check_float(eps, "eps", positive=True)
         if mask is not None and loss != "mse":
@@ -579,11 +627,7 @@ class Router:
             ent_loss, grad_pi = be.entropy_regularization(self.graph, out.edge_pi, lam)
             loss_arr = be.add(loss_arr, ent_loss)
         grads = self.backward(out, grad, grad_pi, energies_grad=False)
-        norm = optimizer.step(grads, loss=loss_arr)
-        return TrainStepResult(
-            backend=be, output=out, loss_array=loss_arr, grad_norm_array=norm, grads=grads,
-            skipped_array=getattr(optimizer, "last_skipped", None),
-        )
+        return LossAndGrads(backend=be, output=out, loss_array=loss_arr, grads=grads)
 
     def __repr__(self) -> str:
         return (

@@ -113,7 +113,12 @@ class TeacherTask:
         return e
 
     def batch(self, step: int) -> Batch:
-        e = self.backend.asarray(self.energies(step))
+        return self.batch_rows(step, 0, self.batch_size)
+
+    def batch_rows(self, step: int, start: int, stop: int) -> Batch:
+        """Rows ``[start, stop)`` of the batch of ``step`` (the teacher routes only these; a
+        data-parallel rank asks for its shard)."""
+        e = self.backend.asarray(self.energies(step)[start:stop])
         target = self.teacher.forward(e, steps=self.steps, retain_sinks=self.retain_sinks).next_energies
         return Batch(e, target)
 

@@ -248,8 +248,12 @@ class Trainer:
             graph=self.graph,
             data_state=self.data.state(),
             config=self.config.to_dict(),
-            extra={"backend": self.backend.describe(), "library_version": __version__},
+            extra={"backend": self.backend.describe(), "library_version": __version__, **self._checkpoint_extra()},
         )
+
+    def _checkpoint_extra(self) -> dict[str, Any]:
+        """More JSON fields for the checkpoint header (a data-parallel trainer records its world)."""
+        return {}
 
     def resume(self, source: str | Path | Checkpoint) -> int:
         """Restore a checkpoint (a file, a run folder holding ``checkpoint.npz`` or a loaded
@@ -322,6 +326,21 @@ class Trainer:
         return plot_title(self.backend.describe(), self.graph.num_nodes, self.graph.num_edges, hyper)
 
     # -------------------------------------------------------------------- loop
+    def _train_step(self, step: int, batch: Any, stop_requested: bool) -> Any:
+        """One optimizer step on ``batch`` (step number ``step``); returns the step's result
+        (``loss``, ``grad_norm``, ``metrics``). A data-parallel trainer combines the gradients
+        of every rank here and votes ``stop_requested`` to the others."""
+        tr, r = self.config.train, self.config.router
+        return self.router.train_step(
+            batch.energies, batch.target, self.optimizer, loss=tr.loss, mask=batch.mask,
+            steps=r.steps, retain_sinks=r.retain_sinks, entropy_lambda=tr.entropy_lambda,
+        )
+
+    def _stop_now(self, result: Any, requested: bool) -> bool:
+        """Whether to stop (checkpoint and return) after the step of ``result``: when an
+        interrupt was requested (data-parallel: when any rank requested one)."""
+        return requested
+
     def run(self, steps: int | None = None) -> RunSummary:
         """Train until ``steps`` completed steps (default ``config.train.steps``) and return
         the run summary. Writes into ``out_dir``: metrics.jsonl (events), metrics.csv,
@@ -389,7 +408,6 @@ class Trainer:
         )
         start_step = self.step
         interrupted = False
-        r = cfg.router
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True, leave=True)
         t0 = time.perf_counter()
         in_step = False
@@ -399,10 +417,7 @@ class Trainer:
                     step = self.step + 1
                     batch = self.data.batch(step)
                     in_step = True
-                    res = self.router.train_step(
-                        batch.energies, batch.target, self.optimizer, loss=tr.loss, mask=batch.mask,
-                        steps=r.steps, retain_sinks=r.retain_sinks, entropy_lambda=tr.entropy_lambda,
-                    )
+                    res = self._train_step(step, batch, intr.requested)
                     in_step = False
                     self.step = step
                     self.last_result = res
@@ -423,7 +438,7 @@ class Trainer:
                         self._check_skipped(step, events)
                         path = self.save()
                         events.emit("train.checkpoint", step, path=str(path))
-                    if intr.requested:
+                    if self._stop_now(res, intr.requested):
                         interrupted = True
                         self.interrupted_by = signal.Signals(intr.signum or signal.SIGINT).name
                         break

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 PACKAGE = "energetic_wgpu"
-EXTRA_MODULES = ("energetic_wgpu.losses", "energetic_wgpu.torch")
+EXTRA_MODULES = ("energetic_wgpu.losses", "energetic_wgpu.torch", "energetic_wgpu.distributed")
 #: Sphinx-style cross-reference roles: :class:`~a.B`, :meth:`text <a.B.c>`
 ROLE = re.compile(r":(?:class|meth|func|attr|mod|exc|data|obj):`([^`]+)`")
 

@@ -29,6 +29,8 @@ def test_every_public_name_has_a_docstring_and_resolvable_references(api_docs):
             assert f"energetic_wgpu.{name}" in checked, name
     assert {"energetic_wgpu.Router.forward", "energetic_wgpu.Graph.to_input_order", "energetic_wgpu.losses.mse",
             "energetic_wgpu.Backend.write"} <= checked
+    assert {"energetic_wgpu.distributed.all_reduce_gradients", "energetic_wgpu.distributed.DataParallel.check_replicas",
+            "energetic_wgpu.distributed.data_parallel_step", "energetic_wgpu.distributed.shard_bounds"} <= checked
     if importlib.util.find_spec("torch") is not None:
         assert {"energetic_wgpu.torch.EnergeticRouter", "energetic_wgpu.torch.EnergeticRouter.edge_pi"} <= checked
 

@@ -169,6 +169,15 @@ class WgpuBackend(PackedArrays, Backend):
             arr = arr.astype(self.dtype)
         return arr
 
+    def read_packed(self, arrays: Sequence[Any]) -> np.ndarray:
+        """float32 1-D: the float ``arrays`` raveled and concatenated, in ONE readback (each
+        array is copied into the reused staging buffer; one submit, one map)."""
+        devs = [self._dev(a) for a in arrays]
+        for a in devs:
+            if a.dtype != np.float32:
+                raise ShapeError(f"read_packed: arrays must be float32, got {a.dtype}")
+        return self.runtime.read_many(devs).view(np.float32)
+
     def read_async(self, x: DeviceArray) -> Any:
         """Start reading ``x`` back; returns a handle whose ``result()`` gives the numpy array."""
         return self.runtime.read_async(x)

@@ -8,7 +8,7 @@ staging buffer; ``read_async`` takes its own from a free list and maps when the 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -116,6 +116,25 @@ class Readback:
         self.submission.in_flight.add(x.pooled.uid)
         self.flush()
         return decode(self.map_read(staging, nbytes), x.shape, dtype)
+
+    def read_many(self, arrays: Sequence[DeviceArray]) -> np.ndarray:
+        """uint8 bytes of ``arrays`` one after the other: each copied at its offset into the
+        reused staging buffer, one submit, one map (a single readback)."""
+        total = sum(x.size * 4 for x in arrays)
+        if total == 0:
+            return np.zeros(0, dtype=np.uint8)
+        staging = self.staging(total)
+        enc = self.submission.outside_pass()
+        pos = 0
+        for x in arrays:
+            if x.size:
+                for listener in self.listeners:
+                    listener.read(x)
+                enc.copy_buffer_to_buffer(x.buffer, x.offset, staging, pos, x.size * 4)
+                self.submission.in_flight.add(x.pooled.uid)
+                pos += x.size * 4
+        self.flush()
+        return self.map_read(staging, total)
 
     def read_raw(self, pooled: PooledBuffer, nbytes: int) -> np.ndarray:
         """uint8 copy of the first ``nbytes`` of a pooled buffer (tests: guard regions)."""
