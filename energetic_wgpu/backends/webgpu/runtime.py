@@ -56,7 +56,9 @@ class Runtime:
         self.uniforms = UniformCache(self.queue, self.pool.new_buffer, self.pool.destroy, self.submission,
                                      w.BufferUsage.UNIFORM | w.BufferUsage.COPY_DST)
         self.encoder = Encoder(self.device, self.submission, self.pipelines, self.uniforms, ev)
-        self.dispatch = self.encoder.dispatch  # type: ignore[method-assign]  (the hot path: no extra call)
+        # the hot paths, bound directly (no extra call layer)
+        self.dispatch = self.encoder.dispatch  # type: ignore[method-assign]
+        self.new_array = self.pool.new_array  # type: ignore[method-assign]
         self.pool.on_destroy.append(self.encoder.forget)
         self.readback = Readback(self.device, self.queue, self.submission, self.flush, ev, self.features)
 
