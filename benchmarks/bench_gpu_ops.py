@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     all_results = []
     for sel in selectors:
         print(f"adapter {sel!r}, size {args.size}, graph {args.graph}:", file=sys.stderr, flush=True)
-        res = bench_adapter(sel, args.size, args.repeats, args.warmup, only=args.only, graph_kind=args.graph)
+        res = bench_adapter(sel, args.size, args.repeats, args.warmup, only=args.only, graph_kind=args.graph,
+                            echo=lambda s: print(s, file=sys.stderr, flush=True))
         all_results.append(res)
         print(f"\n{res['adapter']}  graph={res['graph']} N={res['nodes']} E={res['edges']} B={res['batch']} "
               f"d={res['dim']}  "

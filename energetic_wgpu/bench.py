@@ -3,7 +3,7 @@ backend and wgpu adapter — train-step phases beside the router design's M4 fig
 with its effective bandwidth, a size sweep with log-log slopes, 3-D lattices beside
 vectorized-forward.md's table, and the PyTorch comparison when torch is installed.
 
-Progress goes to stderr; the markdown report to stdout (or ``--markdown FILE``); ``--json
+Progress goes to the ``energetic_wgpu.bench`` logger (stderr on the command line); the markdown report to stdout (or ``--markdown FILE``); ``--json
 FILE`` writes every sample and the machine description (``--json -``: JSON on stdout instead
 of the markdown); ``--plot FILE`` the size sweep as a PNG (needs matplotlib).
 """
@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
-import sys
 from typing import Any, Callable
 
 from .benchmarking.suite import SECTIONS, run_suite
 
 __all__ = ["run"]
+
+log = logging.getLogger("energetic_wgpu.bench")
 
 
 def _sections(value: str | None) -> list[str]:
@@ -33,10 +35,12 @@ def _sections(value: str | None) -> list[str]:
     return out
 
 
-def run(args: argparse.Namespace | None = None, echo: Callable[[str], None] = print) -> int:
+def run(args: argparse.Namespace | None = None, echo: Callable[[str], None] | None = None) -> int:
     """Entry point of ``energetic-wgpu bench``. ``args`` carries config, set, backend, adapter,
-    batch, repeats, warmup, quick, full, sections, json, markdown, plot. Returns 0 unless no
-    target could run."""
+    batch, repeats, warmup, quick, full, sections, json, markdown, plot. The report goes to
+    ``echo`` (default: the logger at INFO; the command line passes ``print``). Returns 0 unless
+    no target could run."""
+    echo = echo or log.info
     from .config import load_config
 
     a: dict[str, Any] = vars(args) if args is not None else {}
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace | None = None, echo: Callable[[str], None] = pr
     if a.get("plot"):
         reason = plot_sweep(payload, a["plot"])
         payload["notes"].append(f"plot skipped: {reason}" if reason else f"plot written to {a['plot']}")
-        print(payload["notes"][-1], file=sys.stderr)
+        log.info(payload["notes"][-1])
     md = to_markdown(payload)
     if a.get("markdown"):
         os.makedirs(os.path.dirname(os.path.abspath(a["markdown"])), exist_ok=True)

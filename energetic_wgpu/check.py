@@ -11,14 +11,17 @@ gives per case and target: the largest error against NumPy, the tolerance
 PASS/FAIL. A case that raises is a FAIL with the reason.
 
 Reusable pieces for other front ends: :func:`check_target`, :func:`list_targets` and
-:func:`format_table`.
+:func:`format_table`. ``check --json`` and ``check --dawn --json`` print the same report,
+``{"ok": bool, "notes": [str], "results": [row]}``, every row with the keys of
+:data:`ROW_KEYS` (:func:`json_report`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -26,9 +29,18 @@ import numpy as np
 from .backends import Backend
 from .parity_cases import CASES, Case
 
-__all__ = ["CASES", "CheckResult", "check_target", "list_targets", "format_table", "run"]
+__all__ = ["CASES", "CheckResult", "ROW_KEYS", "check_target", "list_targets", "format_table", "json_report", "run"]
 
 RTOL = 1e-5
+
+log = logging.getLogger("energetic_wgpu")
+
+#: keys of one JSON result row, the same for ``check --json`` and ``check --dawn --json``:
+#: op (case name), target (where it ran), status ("pass", "fail", or a reason it did not run,
+#: e.g. "not on wgpu yet"), ok (bool), max_error and tolerance (float or null), worst_output
+#: (the output array with the largest error relative to its tolerance, or null), bit_stable
+#: (two runs bit-identical; null where not measured), reason (why it failed, "" when it passed)
+ROW_KEYS = ("op", "target", "status", "ok", "max_error", "tolerance", "worst_output", "bit_stable", "reason")
 
 
 def _run_case(be: Backend, case: Case, seed: int) -> dict[str, np.ndarray]:
@@ -48,6 +60,15 @@ class CheckResult:
     worst_output: str | None = None
     bit_stable: bool | None = None
     reason: str = ""
+    status: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            self.status = "pass" if self.ok else "fail"
+
+    def to_row(self) -> dict[str, Any]:
+        """This result as a JSON row with the keys of :data:`ROW_KEYS`."""
+        return {k: getattr(self, k) for k in ROW_KEYS}
 
 
 def _compare(
@@ -175,10 +196,26 @@ def format_table(results: list[CheckResult]) -> str:
     return "\n".join(lines)
 
 
-def run(adapter: str | int | None = None, as_json: bool = False, include_numpy: bool = False, echo: Callable[[str], None] = print) -> int:
-    """Run the suite; print a table (or JSON); return 0 when every check passed, 1 otherwise
-    (also when there is no target at all)."""
+def json_report(rows: Iterable[CheckResult], notes: Iterable[str] = ()) -> str:
+    """The JSON report of ``check --json`` and ``check --dawn --json``: ``ok`` (every row
+    passed and there is at least one), ``notes`` and ``results`` (rows with :data:`ROW_KEYS`)."""
+    results = [r.to_row() for r in rows]
+    ok = bool(results) and all(r["ok"] for r in results)
+    return json.dumps({"ok": ok, "notes": list(notes), "results": results}, indent=1, default=str)
+
+
+def run(
+    adapter: str | int | None = None,
+    as_json: bool = False,
+    include_numpy: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> int:
+    """Run the suite; hand a table (or the JSON report) to ``echo`` (default: the
+    ``energetic_wgpu`` logger at INFO; the command line passes ``print``); return 0 when every
+    check passed, 1 otherwise (also when there is no target at all)."""
     from .backends.numpy_backend import NumpyBackend
+
+    echo = echo or log.info
 
     targets, notes = list_targets(adapter, include_numpy)
     results: list[CheckResult] = []
@@ -192,7 +229,7 @@ def run(adapter: str | int | None = None, as_json: bool = False, include_numpy: 
         results.extend(check_target(be, label, reference))
     ok = bool(results) and all(r.ok for r in results)
     if as_json:
-        echo(json.dumps({"ok": ok, "notes": notes, "results": [asdict(r) for r in results]}, indent=1))
+        echo(json_report(results, notes))
     else:
         for n in notes:
             echo(n)

@@ -36,7 +36,6 @@ import json
 import math
 import os
 import re
-import reprlib
 import secrets
 import struct
 import time
@@ -52,6 +51,7 @@ import numpy as np
 from .errors import CheckpointError, InvalidArgumentError
 from .graph import Graph
 from .router import RouterParams
+from .shortrepr import short_repr
 
 try:  # POSIX: temporary files are locked while written, so a cleaner never removes a live one
     import fcntl
@@ -125,13 +125,9 @@ class _Invalid(Exception):
     """A field has the wrong type or value; becomes a CheckpointError naming the file."""
 
 
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 2, 60, 60, 4, 4
-
-
 def _got(value: Any) -> str:
-    """``got <a short repr> (<type>)``: never more than ~100 characters of the value."""
-    return f"got {_REPR.repr(value)} ({type(value).__name__})"
+    """``got <a short repr> (<type>)``: never more than 80 characters of the value."""
+    return f"got {short_repr(value, 80)} ({type(value).__name__})"
 
 
 Check = Callable[[Any, str], None]
@@ -259,7 +255,7 @@ def _check_names(names: Collection[str]) -> None:
     unknown = sorted(set(names) - set(ARRAY_NAMES))
     if unknown:
         raise _Invalid(
-            f"unknown member(s) {_REPR.repr(unknown)}; a checkpoint holds only 'header' and {list(ARRAY_NAMES)}"
+            f"unknown member(s) {short_repr(unknown)}; a checkpoint holds only 'header' and {list(ARRAY_NAMES)}"
         )
     missing = [n for n in ARRAY_NAMES if n not in names]
     if missing:
@@ -318,7 +314,7 @@ def _members(zf: zipfile.ZipFile, p: Path) -> dict[str, zipfile.ZipInfo]:
     for info in zf.infolist():
         name = info.filename.removesuffix(".npy")
         if name in members:
-            raise CheckpointError(f"{p} is corrupt: member {name!r} appears twice")
+            raise CheckpointError(f"{p} is corrupt: member {short_repr(name)} appears twice")
         members[name] = info
     return members
 
@@ -351,7 +347,7 @@ def _declared(zf: zipfile.ZipFile, info: zipfile.ZipInfo, p: Path, size: int) ->
     nbytes = math.prod(shape) * dtype.itemsize
     if offset + nbytes != info.file_size:
         raise CheckpointError(
-            f"{p} is corrupt or truncated: member {name!r} declares {_REPR.repr(shape)} {_REPR.repr(str(dtype))} "
+            f"{p} is corrupt or truncated: member {name!r} declares {short_repr(shape)} {short_repr(str(dtype))} "
             f"({nbytes} bytes of data) but holds {info.file_size - offset} bytes"
         )
     return tuple(shape), dtype
@@ -368,7 +364,7 @@ def _read_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, declared: _Declared
     if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_HEADER_BYTES:
         raise CheckpointError(
             f"{p} is not a valid checkpoint: its header must be a uint8 array of at most {MAX_HEADER_BYTES} bytes, "
-            f"got {dtype} {_REPR.repr(shape)}"
+            f"got {dtype} {short_repr(shape)}"
         )
     raw = _read_array(zf, info)
     try:
@@ -384,18 +380,18 @@ def _check_format(header: Any, p: Path) -> int:
             f"{p} is not an energetic_wgpu checkpoint: its header must be a JSON object, {_got(header)}"
         )
     if header.get("format") != FORMAT:
-        raise CheckpointError(f"{p} is not an energetic_wgpu checkpoint (format {_REPR.repr(header.get('format'))})")
+        raise CheckpointError(f"{p} is not an energetic_wgpu checkpoint (format {short_repr(header.get('format'))})")
     version = header.get("version")
     if isinstance(version, bool) or not isinstance(version, int):
         raise CheckpointError(f"{p} has no valid format version ({_got(version)})")
     if version > VERSION:
         raise CheckpointError(
-            f"{p} has format version {_REPR.repr(version)}, newer than this energetic_wgpu reads (versions "
+            f"{p} has format version {short_repr(version)}, newer than this energetic_wgpu reads (versions "
             f"{READABLE[0]}..{VERSION}); upgrade energetic_wgpu to load it"
         )
     if version not in READABLE:
         raise CheckpointError(
-            f"{p} has format version {_REPR.repr(version)}, which is no longer supported (reads {READABLE})"
+            f"{p} has format version {short_repr(version)}, which is no longer supported (reads {READABLE})"
         )
     return version
 
@@ -407,12 +403,15 @@ _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | 
 
 
 def _lock(fd: int, blocking: bool) -> bool:
+    """Take an exclusive flock on ``fd``; False when another process holds it."""
     if fcntl is None:  # pragma: no cover - Windows: an open file cannot be removed anyway
         return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    except OSError:  # a file system without locks: a writer goes on, a cleaner keeps the file
+        return blocking
     return True
 
 
@@ -446,7 +445,7 @@ def clean_stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
     kept. Returns the removed paths; a missing folder has none."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # missing, not a folder, not readable: nothing to clean
         return []
     removed = []
     for entry in entries:

@@ -1,5 +1,5 @@
 """Configuration: one YAML file with the sections ``graph``, ``router``, ``optimizer``,
-``train`` and ``backend``.
+``train``, ``backend`` and ``distributed``.
 
 The defaults live in one place, the dataclasses below; the packaged ``baseline.yaml``
 spells them out as a commented example (a test keeps the two equal). A file that sets some
@@ -36,6 +36,7 @@ __all__ = [
     "TaskSection",
     "TrainSection",
     "BackendSection",
+    "DistributedSection",
     "load_config",
     "from_dict",
     "parse_override",
@@ -256,13 +257,30 @@ def _section(cls: type) -> Any:
 # -------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class GraphSection:
-    """``graph``: the layered lattice (see :class:`~energetic_wgpu.GraphConfig`)."""
+    """``graph``: the layered lattice (see :class:`~energetic_wgpu.GraphConfig`), or a graph
+    file of the user's (``path``, see :func:`energetic_wgpu.userdata.load_graph`) instead of
+    the lattice keys."""
 
     layers: int = _f(10, int_range(1))
     nodes_per_layer: int = _f(1024, int_range(1))
     local_neighbors: int = _f(8, int_range(0))
     jump_neighbors: int = _f(2, int_range(0))
     seed: int = _f(0, int_range(0))
+    path: str | None = _f(None, opt_str, "a graph file (.npz or edge list) instead of the lattice")
+
+    #: the keys that describe the lattice (not allowed together with ``path``)
+    LATTICE_KEYS = ("layers", "nodes_per_layer", "local_neighbors", "jump_neighbors", "seed")
+
+    def _check_given(self, given: set[str], path: str) -> None:
+        both = [k for k in self.LATTICE_KEYS if k in given]
+        if self.path is not None and both:
+            raise ConfigError(
+                f"{path}.path and the lattice keys ({', '.join(f'{path}.{k}' for k in both)}) are exclusive: "
+                f"give either a graph file or a lattice"
+            )
+
+    def _dict_keys(self) -> tuple[str, ...]:
+        return ("path",) if self.path is not None else self.LATTICE_KEYS
 
     def _cross_check(self, path: str) -> None:
         for key in ("local_neighbors", "jump_neighbors"):
@@ -314,12 +332,23 @@ class OptimizerSection:
 
 @dataclass(frozen=True)
 class TaskSection:
-    """``train.task``: the built-in synthetic routing task (see :mod:`energetic_wgpu.tasks`)."""
+    """``train.task``: the built-in synthetic routing task ("teacher") or the user's arrays
+    ("arrays": ``path`` to a .npz with energies/targets [S, N], see
+    :func:`energetic_wgpu.userdata.load_arrays`; ``val_fraction`` of the rows held out for
+    ``val_loss``). See :mod:`energetic_wgpu.tasks`."""
 
-    name: str = _f("teacher", choice("teacher"))
+    name: str = _f("teacher", choice("teacher", "arrays"))
     teacher_seed: int = _f(1, int_range(0))
     teacher_noise: float = _f(0.5, float_range(0.0))
     inject: str = _f("all", choice("all", "layer0"))
+    path: str | None = _f(None, opt_str)
+    val_fraction: float = _f(0.1, float_range(0.0, hi=1.0, hi_open=True))
+
+    def _cross_check(self, path: str) -> None:
+        if self.name == "arrays" and self.path is None:
+            raise ConfigError(f"{path}.path must name a .npz file with energies and targets when {path}.name is 'arrays'")
+        if self.name != "arrays" and self.path is not None:
+            raise ConfigError(f"{path}.path is only read when {path}.name is 'arrays' (got name {self.name!r})")
 
 
 @dataclass(frozen=True)
@@ -347,6 +376,18 @@ class BackendSection:
 
 
 @dataclass(frozen=True)
+class DistributedSection:
+    """``distributed``: data-parallel training on torch.distributed (see
+    :mod:`energetic_wgpu.distributed`); ``train.batch_size`` is the global batch."""
+
+    backend: str = _f("gloo", choice("gloo"))
+    nproc: int = _f(1, int_range(1))
+    adapter_per_rank: str = _f("round_robin", choice("round_robin", "same", "numpy"))
+    timeout: float = _f(120.0, float_range(0.0, lo_open=True))
+    check_every: int = _f(100, int_range(0))
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run configuration. Build with :func:`load_config` or :func:`from_dict`."""
 
@@ -355,6 +396,7 @@ class Config:
     optimizer: OptimizerSection = _section(OptimizerSection)
     train: TrainSection = _section(TrainSection)
     backend: BackendSection = _section(BackendSection)
+    distributed: DistributedSection = _section(DistributedSection)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict (lists for tuples) that :func:`from_dict` turns back into this config."""
@@ -375,7 +417,8 @@ class Config:
 # ------------------------------------------------------------------ machinery
 def _to_dict(obj: Any) -> Any:
     if is_dataclass(obj):
-        return {f.name: _to_dict(getattr(obj, f.name)) for f in fields(obj)}
+        keys = obj._dict_keys() if hasattr(obj, "_dict_keys") else [f.name for f in fields(obj)]
+        return {k: _to_dict(getattr(obj, k)) for k in keys}
     if isinstance(obj, tuple):
         return [_to_dict(v) for v in obj]
     return obj
@@ -402,6 +445,9 @@ def _build(cls: type, data: Any, path: str) -> Any:
         else:
             kwargs[name] = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
     obj = cls(**kwargs)
+    given = getattr(obj, "_check_given", None)
+    if given is not None:
+        given({str(k) for k in data}, path)
     cross = getattr(obj, "_cross_check", None)
     if cross is not None:
         cross(path)

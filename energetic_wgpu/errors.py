@@ -12,6 +12,7 @@ __all__ = [
     "ShapeError",
     "InvalidArgumentError",
     "ConfigError",
+    "DataError",
     "BackendUnavailable",
     "ShaderCompileError",
     "DeviceError",
@@ -19,6 +20,7 @@ __all__ = [
     "CheckpointError",
     "RunLockedError",
     "TrainingError",
+    "DistributedError",
 ]
 
 
@@ -36,6 +38,12 @@ class InvalidArgumentError(EnergeticError, ValueError):
 
 class ConfigError(EnergeticError, ValueError):
     """A configuration key is unknown or its value is out of range; the message names the key path."""
+
+
+class DataError(ConfigError):
+    """A user graph or data file (``graph.path``, ``train.task.path``) cannot be used: missing
+    arrays, a shape that does not fit the graph, non-finite values, a bad edge-list line. The
+    message starts with the file name (and the line number for text files)."""
 
 
 class BackendUnavailable(EnergeticError, RuntimeError):
@@ -64,3 +72,8 @@ class RunLockedError(EnergeticError, RuntimeError):
 
 class TrainingError(EnergeticError, RuntimeError):
     """The training loop stopped because it cannot make progress (e.g. too many skipped steps)."""
+
+
+class DistributedError(EnergeticError, RuntimeError):
+    """Data-parallel training failed across ranks: a rank died or timed out, could not open its
+    adapter, or the replicas' parameters diverged; the message names the rank or the step."""

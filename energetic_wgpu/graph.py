@@ -301,30 +301,35 @@ class Graph:
     # ------------------------------------------------------------- derived data
     @cached_property
     def out_degree(self) -> np.ndarray:
+        """int64 [N]: the number of edges leaving each node."""
         deg = np.diff(self.row_ptr)
         deg.setflags(write=False)
         return deg
 
     @cached_property
     def in_degree(self) -> np.ndarray:
+        """int64 [N]: the number of edges ending at each node."""
         deg = np.bincount(self.col_idx, minlength=self.num_nodes).astype(np.int64)
         deg.setflags(write=False)
         return deg
 
     @cached_property
     def src(self) -> np.ndarray:
+        """int64 [E]: the source node of each edge."""
         s = np.repeat(np.arange(self.num_nodes, dtype=np.int64), self.out_degree)
         s.setflags(write=False)
         return s
 
     @cached_property
     def rev_perm(self) -> np.ndarray:
+        """int64 [E]: edge ids grouped by target, ascending within a target."""
         perm = np.argsort(self.col_idx, kind="stable").astype(np.int64)
         perm.setflags(write=False)
         return perm
 
     @cached_property
     def rev_ptr(self) -> np.ndarray:
+        """int64 [N+1]: pointers of the reverse (by-target) index into ``rev_perm``."""
         ptr = np.zeros(self.num_nodes + 1, dtype=np.int64)
         np.cumsum(self.in_degree, out=ptr[1:])
         ptr.setflags(write=False)
@@ -348,10 +353,12 @@ class Graph:
 
     @property
     def max_out_degree(self) -> int:
+        """The largest out-degree (0 for an empty graph)."""
         return int(self.out_degree.max()) if self.num_nodes else 0
 
     @property
     def max_in_degree(self) -> int:
+        """The largest in-degree (0 for an empty graph)."""
         return int(self.in_degree.max()) if self.num_nodes else 0
 
     def __repr__(self) -> str:

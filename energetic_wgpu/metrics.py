@@ -1,11 +1,12 @@
 """Training metrics: a collector, a JSON-lines event log, CSV/JSON export, a run summary
-and an optional plot (collector → exporter → run summary).
+and an optional plot (:func:`~energetic_wgpu.plots.plot_metrics`, re-exported here).
 
 Events (one JSON object per line of ``metrics.jsonl``)::
 
     {"event": "router.forward",  "timestamp": ..., "step": 10, "total_energy": ..., "active_nodes": ...,
      "active_edges": ..., "avg_entropy": ..., "max_edge_flow": ...}
     {"event": "router.backward", "timestamp": ..., "step": 10, "loss": ..., "grad_norm": ..., "lr": ...}
+    {"event": "router.validation", "timestamp": ..., "step": 10, "val_loss": ...}   (runs with a held-out set)
 
 plus ``train.start``, ``train.checkpoint``, ``train.interrupted`` and ``train.end``.
 """
@@ -21,16 +22,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable
 
-__all__ = ["FIELDS", "FORWARD_FIELDS", "BACKWARD_FIELDS", "MetricsCollector", "EventLog", "RunSummary", "plot_metrics"]
+from .plots import plot_metrics
+
+__all__ = [
+    "FIELDS", "FORWARD_FIELDS", "BACKWARD_FIELDS", "VALIDATION_FIELDS", "MetricsCollector", "EventLog", "RunSummary",
+    "plot_metrics",
+]
 
 log = logging.getLogger("energetic_wgpu")
 
-#: fields of the router.forward event (the step metrics of docs/definitions.md §2)
+#: fields of the router.forward event
 FORWARD_FIELDS = ("total_energy", "active_nodes", "active_edges", "avg_entropy", "max_edge_flow")
 #: fields of the router.backward event
 BACKWARD_FIELDS = ("loss", "grad_norm", "lr")
+#: fields of the router.validation event (None in records of runs without a held-out set)
+VALIDATION_FIELDS = ("val_loss",)
 #: columns of one metrics record
-FIELDS = ("step", *FORWARD_FIELDS, *BACKWARD_FIELDS)
+FIELDS = ("step", *FORWARD_FIELDS, *BACKWARD_FIELDS, *VALIDATION_FIELDS)
+_REQUIRED = ("step", *FORWARD_FIELDS, *BACKWARD_FIELDS)
 
 
 class EventLog:
@@ -90,13 +99,21 @@ class MetricsCollector:
         self.records: list[dict[str, float]] = []
         self.events = events or EventLog(None)
 
-    def record(self, step: int, metrics: dict[str, float], loss: float, grad_norm: float, lr: float) -> dict[str, Any]:
-        """Record the step's forward metrics and loss/grad_norm/lr; emits router.forward and router.backward."""
+    def record(
+        self, step: int, metrics: dict[str, float], loss: float, grad_norm: float, lr: float,
+        val_loss: float | None = None,
+    ) -> dict[str, Any]:
+        """Record the step's forward metrics, loss/grad_norm/lr and the held-out ``val_loss``
+        (None: no held-out set); emits router.forward, router.backward and, with a
+        ``val_loss``, router.validation."""
         fwd = {k: float(metrics[k]) for k in FORWARD_FIELDS}
         bwd = {"loss": float(loss), "grad_norm": float(grad_norm), "lr": float(lr)}
         self.events.emit("router.forward", step, **fwd)
         self.events.emit("router.backward", step, **bwd)
-        row = {"step": int(step), **fwd, **bwd}
+        val = None if val_loss is None else float(val_loss)
+        if val is not None:
+            self.events.emit("router.validation", step, val_loss=val)
+        row = {"step": int(step), **fwd, **bwd, "val_loss": val}
         self.records.append(row)
         return row
 
@@ -109,7 +126,8 @@ class MetricsCollector:
 
     @staticmethod
     def read_events(path: str | Path, up_to_step: int | None = None) -> list[dict[str, Any]]:
-        """Rebuild records from a metrics.jsonl (router.forward + router.backward pairs)."""
+        """Rebuild records from a metrics.jsonl (router.forward + router.backward pairs, and
+        router.validation where present)."""
         rows: dict[int, dict[str, Any]] = {}
         p = Path(path)
         if not p.exists():
@@ -119,16 +137,16 @@ class MetricsCollector:
                 ev = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if ev.get("event") not in ("router.forward", "router.backward"):
+            if ev.get("event") not in ("router.forward", "router.backward", "router.validation"):
                 continue
             step = ev.get("step")
             if step is None or (up_to_step is not None and step > up_to_step):
                 continue
-            row = rows.setdefault(step, {"step": step})
+            row = rows.setdefault(step, {"step": step, "val_loss": None})
             for k in FIELDS[1:]:
                 if k in ev:
                     row[k] = ev[k]
-        return [rows[s] for s in sorted(rows) if all(k in rows[s] for k in FIELDS)]
+        return [rows[s] for s in sorted(rows) if all(k in rows[s] for k in _REQUIRED)]
 
     def export_csv(self, path: str | Path) -> Path:
         p = Path(path)
@@ -147,7 +165,7 @@ class MetricsCollector:
 
 @dataclass
 class RunSummary:
-    """The seed's ``PipelineSnapshot`` router fields for one run."""
+    """What a run did: steps, final and best loss (and val_loss), speed, backend, graph size, final metrics."""
 
     steps: int
     final_loss: float | None
@@ -165,6 +183,9 @@ class RunSummary:
     active_edges: float | None = None
     max_edge_flow: float | None = None
     avg_entropy: float | None = None
+    final_val_loss: float | None = None
+    best_val_loss: float | None = None
+    best_val_step: int | None = None
     interrupted: bool = False
     resumed_from: int | None = None
     out_dir: str | None = None
@@ -175,10 +196,16 @@ class RunSummary:
         losses = [(r["loss"], r["step"]) for r in records if math.isfinite(r["loss"])]
         best = min(losses) if losses else (None, None)
         last = records[-1] if records else {}
+        vals = [(r["val_loss"], r["step"]) for r in records
+                if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
+        best_val = min(vals) if vals else (None, None)
         return cls(
             final_loss=last.get("loss"),
             best_loss=best[0],
             best_step=best[1],
+            final_val_loss=last.get("val_loss"),
+            best_val_loss=best_val[0],
+            best_val_step=best_val[1],
             **{k: last.get(k) for k in FORWARD_FIELDS},
             **kw,
         )
@@ -190,36 +217,3 @@ class RunSummary:
         p = Path(path)
         p.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
         return p
-
-
-def plot_metrics(records: list[dict[str, Any]], path: str | Path) -> Path | None:
-    """Plot loss, avg_entropy and total_energy over steps into a PNG.
-
-    matplotlib is an optional extra (``pip install energetic_wgpu[plot]``): without it the
-    plot is skipped with one logged note and None is returned.
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info("matplotlib is not installed: skipping the metrics plot (pip install 'energetic_wgpu[plot]')")
-        return None
-    if not records:
-        return None
-    steps = [r["step"] for r in records]
-    fig, axes = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
-    for ax, key, ylog in zip(axes, ("loss", "avg_entropy", "total_energy"), (True, False, False)):
-        ax.plot(steps, [r[key] for r in records], marker=".")
-        ax.set_ylabel(key)
-        if ylog and all(r[key] > 0 for r in records):
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[-1].set_xlabel("step")
-    fig.suptitle("energetic_wgpu training")
-    fig.tight_layout()
-    p = Path(path)
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    return p

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import InvalidArgumentError, ShapeError
+from .shortrepr import short_repr
 from .validation import check_float, float_array
 
 __all__ = [
@@ -39,21 +40,27 @@ def _positive(value: Any, name: str, *, allow_zero: bool = False) -> float:
     """A hyper-parameter: a number, finite in float32 (it reaches float32 uniforms), >= 0
     (> 0, also in float32, unless ``allow_zero``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidArgumentError(f"{name} must be a number, got {value!r:.200}")
-    v = float(value)
+        raise InvalidArgumentError(f"{name} must be a number, got {short_repr(value)}")
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond float64
+        v = math.inf
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise InvalidArgumentError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value!r}")
+        raise InvalidArgumentError(
+            f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {short_repr(value)}"
+        )
     return check_float(v, name, positive=not allow_zero)  # finite (and > 0) in float32 too
 
 
 def _steps(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be an int >= 1, got {short_repr(value)}")
     return int(value)
 
 
 @dataclass(frozen=True)
 class ConstantLR(Schedule):
+    """The same learning rate ``lr`` at every step."""
     lr: float
 
     def __call__(self, t: int) -> float:
@@ -178,16 +185,16 @@ class AdamW:
     ) -> None:
         self.lr = _positive(lr, "lr", allow_zero=True)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise InvalidArgumentError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+            raise InvalidArgumentError(f"betas must be a pair (beta1, beta2), got {short_repr(betas)}")
         for i, b in enumerate(betas):
             if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 <= float(b) < 1.0:
-                raise InvalidArgumentError(f"betas[{i}] must be in [0, 1), got {b!r}")
+                raise InvalidArgumentError(f"betas[{i}] must be in [0, 1), got {short_repr(b)}")
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = _positive(eps, "eps")
         self.weight_decay = _positive(weight_decay, "weight_decay", allow_zero=True)
         self.max_grad_norm = None if max_grad_norm is None else _positive(max_grad_norm, "max_grad_norm")
         if schedule is not None and not callable(schedule):
-            raise InvalidArgumentError(f"schedule must be callable t -> lr, got {schedule!r}")
+            raise InvalidArgumentError(f"schedule must be callable t -> lr, got {short_repr(schedule)}")
         self.schedule = schedule
         self.router = router
         self.t = 0
@@ -256,11 +263,15 @@ class AdamW:
             else:
                 arrays.append(float_array(g, label, tuple(p.shape), be.dtype))
         if loss is not None and not be.is_array(loss):
-            raise InvalidArgumentError(f"loss must be a float [1] array of the optimizer's backend, got {type(loss).__name__}")
+            raise InvalidArgumentError(
+                f"loss must be a float [1] array of the optimizer's backend, got {type(loss).__name__}"
+            )
         glist = [g if be.is_array(g) else be.asarray(g) for g in arrays]
         lr = self.lr_at(self.t + 1)
         wdf = 1.0 - lr * self.weight_decay
-        if not (math.isfinite(lr) and lr >= 0 and np.isfinite(np.float32(lr)) and np.isfinite(np.float32(wdf))):
+        with np.errstate(over="ignore"):
+            ok = math.isfinite(lr) and lr >= 0 and np.isfinite(np.float32(lr)) and np.isfinite(np.float32(wdf))
+        if not ok:
             raise InvalidArgumentError(
                 f"lr of update {self.t + 1} (from the schedule) must be >= 0 and finite in float32 "
                 f"(also 1 - lr * weight_decay), got {lr}"
@@ -305,7 +316,7 @@ class AdamW:
             ms, vs = state["m"], state["v"]
             counts = [int(state.get(k, 0)) for k in ("skipped_consecutive", "skipped_total")]
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InvalidArgumentError(f"state must be a dict with 't', 'm' and 'v', got {state!r:.200}") from exc
+            raise InvalidArgumentError(f"state must be a dict with 't', 'm' and 'v', got {short_repr(state)}") from exc
         if t < 0:
             raise InvalidArgumentError(f"state['t'] must be >= 0, got {t}")
         if min(counts) < 0 or counts[0] > counts[1]:

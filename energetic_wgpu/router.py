@@ -7,7 +7,6 @@ its backend, so a bad call raises a clear error and leaves the backend usable.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,10 +15,15 @@ import numpy as np
 from .backends import Backend, METRIC_NAMES, get_backend
 from .errors import InvalidArgumentError, ShapeError
 from .graph import Graph
+from .shortrepr import short_repr
 from .validation import U32_MAX, check_float, check_int, check_not_foreign, check_tau, float_array, mask_array
 from .validation import memory_budget
 
-__all__ = ["RouterParams", "Router", "RouterOutput", "Gradients", "TrainStepResult"]
+__all__ = ["RouterParams", "Router", "RouterOutput", "Gradients", "LossAndGrads", "TrainStepResult"]
+
+#: a forward with keep_history=False submits its commands every this many steps, so that the
+#: buffers of dropped states return to the pool (memory independent of ``steps``)
+_FLUSH_EVERY = 128
 
 
 def _device_array(be: Backend, value: Any) -> bool:
@@ -89,13 +93,17 @@ class RouterParams:
         rng = np.random.default_rng(seed)
         q = feats + noise * rng.standard_normal((n, dim))
         k = feats + noise * rng.standard_normal((n, dim))
-        bias = np.zeros(graph.num_edges) if graph.weights is None else graph.weights.copy()
+        if graph.weights is None:
+            bias = np.zeros(graph.num_edges)
+        else:
+            bias = float_array(graph.weights, "graph.weights", None, np.float32)
         return cls(
             q.astype(np.float32), k.astype(np.float32), bias.astype(np.float32), tau=tau, alpha=alpha, top_k=top_k
         )
 
     @property
     def dim(self) -> int:
+        """d, the feature dimension (columns of ``q``)."""
         return int(np.shape(self.q)[1])
 
     def validate(self, graph: Graph, dtype: Any = np.float32) -> "RouterParams":
@@ -147,10 +155,12 @@ class RouterOutput:
 
     @property
     def next_energies(self) -> Any:
+        """float [B, N] (or [N] for an unbatched input): the energies after the last step."""
         return self._unbatch(self.history[-1])
 
     @property
     def batch_size(self) -> int:
+        """B, the number of rows routed (1 for an unbatched input)."""
         return int(self.history[-1].shape[0])
 
     def _unbatch(self, x: Any) -> Any:
@@ -160,6 +170,7 @@ class RouterOutput:
 
     @property
     def edge_flow(self) -> Any:
+        """float [B, E] (or [E]): the energy each edge carried in the last step."""
         if self._flow is None:
             r = self.router
             self._flow = r.backend.edge_flow(r.graph, self.history[-2], self.edge_pi, r.alpha, self.active)
@@ -177,6 +188,7 @@ class RouterOutput:
 
     @property
     def metrics(self) -> dict[str, float]:
+        """The last step's metrics by name (``METRIC_NAMES``), read back on first access."""
         if self._metrics is None:
             values = self.router.backend.to_numpy(self.metrics_array)
             self._metrics = {name: float(v) for name, v in zip(METRIC_NAMES, values)}
@@ -203,17 +215,35 @@ class Gradients:
 
     @property
     def norm_sq(self) -> Any:
+        """float [1] backend array: |q|^2 + |k|^2 + |bias|^2 (computed on first access)."""
         if self._norm_sq is None:
             self._norm_sq = self.backend.sum_squares([self.q, self.k, self.bias])
         return self._norm_sq
 
     @property
     def norm(self) -> float:
+        """sqrt(``norm_sq``) as a Python float (reads back)."""
         return float(np.sqrt(float(self.backend.to_numpy(self.norm_sq)[0])))
 
     def as_list(self) -> list[Any]:
         """[q, k, bias]: the parameter gradients, in the optimizer's order."""
         return [self.q, self.k, self.bias]
+
+
+@dataclass
+class LossAndGrads:
+    """The result of :meth:`Router.loss_and_grads`: the forward output, the loss as a float
+    [1] backend array (``loss`` reads it back) and the :class:`Gradients`."""
+
+    backend: Backend
+    output: RouterOutput
+    loss_array: Any
+    grads: Gradients
+
+    @property
+    def loss(self) -> float:
+        """The loss as a Python float (one readback on a GPU backend)."""
+        return float(self.backend.to_numpy(self.loss_array)[0])
 
 
 @dataclass
@@ -240,20 +270,24 @@ class TrainStepResult:
 
     @property
     def loss(self) -> float:
+        """The step's loss (read back on access)."""
         return float(self.backend.to_numpy(self.loss_array)[0])
 
     @property
     def grad_norm(self) -> float:
+        """The global gradient norm before clipping (read back on access)."""
         return float(self.backend.to_numpy(self.grad_norm_array)[0])
 
     @property
     def skipped(self) -> bool:
+        """True when the non-finite guard skipped the update (read back on access)."""
         if self.skipped_array is None:
             return False
         return bool(self.backend.to_numpy(self.skipped_array)[0] != 0)
 
     @property
     def metrics(self) -> dict[str, float]:
+        """The forward's metrics (read back on access)."""
         return self.output.metrics
 
 
@@ -423,9 +457,9 @@ class Router:
         """
         steps = check_int(steps, "steps", 1)
         if not isinstance(retain_sinks, (bool, np.bool_)):
-            raise InvalidArgumentError(f"retain_sinks must be a bool, got {retain_sinks!r}")
+            raise InvalidArgumentError(f"retain_sinks must be a bool, got {short_repr(retain_sinks)}")
         if not isinstance(keep_history, (bool, np.bool_)):
-            raise InvalidArgumentError(f"keep_history must be a bool, got {keep_history!r}")
+            raise InvalidArgumentError(f"keep_history must be a bool, got {short_repr(keep_history)}")
         x, batched = self._energies(energies)
         self._check_history(steps, int(x.shape[0]), bool(keep_history))
         act = self._active(active, int(x.shape[0]))
@@ -433,11 +467,13 @@ class Router:
         logits = be.edge_logits(g, self.q, self.k, self.bias)
         pi = be.segment_softmax(g, logits, self.tau, self.top_k)
         history = [x]
-        for _ in range(steps):
+        for i in range(steps):
             x = be.energy_scatter(g, x, pi, self.alpha, act, bool(retain_sinks))
             history.append(x)
             if not keep_history and len(history) > 2:
                 del history[0]  # only the previous and the last state are kept
+                if i % _FLUSH_EVERY == _FLUSH_EVERY - 1:
+                    be.flush()  # dropped states are reused only once their commands are submitted
         return RouterOutput(
             router=self,
             edge_pi=pi,
@@ -516,7 +552,7 @@ class Router:
         eps: float = 1e-12,
     ) -> "TrainStepResult":
         """One training step on this router's backend: forward, loss and its gradient,
-        backward through all steps, clipped AdamW (``optimizer``).
+        backward through all steps (:meth:`loss_and_grads`), clipped AdamW (``optimizer``).
 
         Nothing is read back: on a GPU backend the whole step is encoded on the device, and
         the returned :class:`TrainStepResult` reads the loss, gradient norm and metrics only
@@ -534,10 +570,37 @@ class Router:
         A step whose loss or gradient norm is not finite changes nothing (the optimizer's
         non-finite guard, decided on the device): ``result.skipped`` is then True.
         """
-        if loss not in ("mse", "cross_entropy"):
-            raise InvalidArgumentError(f"loss must be 'mse' or 'cross_entropy', got {loss!r}")
         if getattr(optimizer, "router", None) is not self:
             raise InvalidArgumentError("optimizer must be an optimizer built over this router")
+        lg = self.loss_and_grads(
+            energies, target, loss=loss, mask=mask, active=active, steps=steps, retain_sinks=retain_sinks,
+            entropy_lambda=entropy_lambda, eps=eps,
+        )
+        norm = optimizer.step(lg.grads, loss=lg.loss_array)
+        return TrainStepResult(
+            backend=self.backend, output=lg.output, loss_array=lg.loss_array, grad_norm_array=norm, grads=lg.grads,
+            skipped_array=getattr(optimizer, "last_skipped", None),
+        )
+
+    def loss_and_grads(
+        self,
+        energies: Any,
+        target: Any,
+        loss: str = "mse",
+        mask: Any = None,
+        active: Any = None,
+        steps: int = 1,
+        retain_sinks: bool = False,
+        entropy_lambda: float = 0.0,
+        eps: float = 1e-12,
+    ) -> "LossAndGrads":
+        """The first half of :meth:`train_step` (same arguments, no optimizer): forward, loss
+        and its gradient, backward. The parameters are not changed, so the gradients can be
+        combined with others (e.g. all-reduced across data-parallel ranks by
+        :mod:`energetic_wgpu.distributed`) before ``optimizer.step(result.grads, loss=result.loss_array)``.
+        Nothing is read back."""
+        if loss not in ("mse", "cross_entropy"):
+            raise InvalidArgumentError(f"loss must be 'mse' or 'cross_entropy', got {short_repr(loss)}")
         lam = check_float(entropy_lambda, "entropy_lambda")
         eps_v = check_float(eps, "eps", positive=True)
         if mask is not None and loss != "mse":
@@ -556,11 +619,7 @@ class Router:
             ent_loss, grad_pi = be.entropy_regularization(self.graph, out.edge_pi, lam)
             loss_arr = be.add(loss_arr, ent_loss)
         grads = self.backward(out, grad, grad_pi)
-        norm = optimizer.step(grads, loss=loss_arr)
-        return TrainStepResult(
-            backend=be, output=out, loss_array=loss_arr, grad_norm_array=norm, grads=grads,
-            skipped_array=optimizer.last_skipped,
-        )
+        return LossAndGrads(backend=be, output=out, loss_array=loss_arr, grads=grads)
 
     def __repr__(self) -> str:
         return (

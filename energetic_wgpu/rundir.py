@@ -1,15 +1,12 @@
-"""The output folder of a training run: one writer at a time, ordinary file permissions.
+"""The output folder of a training run: one writer at a time.
 
 :class:`RunLock` holds an exclusive ``fcntl.flock`` on ``<folder>/.energetic-wgpu.lock``
 for the duration of a run. The operating system drops the lock when the process ends, even
 by SIGKILL, so a stale lock never blocks a later run. A second process that asks for the
 same folder gets :class:`~energetic_wgpu.errors.RunLockedError` naming the folder and the
-holder's PID (written into the lock file). Within one process the lock is re-entrant (the
-command line takes it before resuming, the trainer again for its run).
-
-:func:`file_mode` is the mode a plain ``open(path, "w")`` gives (``0o666`` less the
-umask); files written through a temporary file are chmod-ed to it so that every output of
-a run has the same permissions.
+holder's PID (written into the lock file, created like any other output with ``0o666``
+less the umask). Within one process the lock is re-entrant (the command line takes it
+before resuming, the trainer again for its run).
 """
 
 from __future__ import annotations
@@ -22,20 +19,12 @@ from typing import Any
 
 from .errors import RunLockedError
 
-__all__ = ["RunLock", "LOCK_NAME", "file_mode"]
+__all__ = ["RunLock", "LOCK_NAME"]
 
 LOCK_NAME = ".energetic-wgpu.lock"
 
 _held: dict[str, list[Any]] = {}  # real folder path -> [fd, depth]
 _guard = threading.Lock()
-
-
-def file_mode() -> int:
-    """``0o666 & ~umask``: the permissions of a newly created ordinary file."""
-    with _guard:  # os.umask can only be read by setting it
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return 0o666 & ~mask
 
 
 class RunLock:

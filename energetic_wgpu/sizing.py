@@ -25,12 +25,17 @@ def graph_size(layers: int, nodes_per_layer: int, local_neighbors: int, jump_nei
     return nodes, edges
 
 
-def estimate_train_bytes(config: Any) -> int:
+def estimate_train_bytes(config: Any, graph: Any = None) -> int:
     """Approximate peak host memory (bytes) of training ``config`` (a Config): the graph,
     parameters with gradients and AdamW moments, and one step's activations for the
-    student and the teacher (``router.steps`` propagation steps kept for the backward)."""
+    student and the teacher (``router.steps`` propagation steps kept for the backward).
+    ``graph``: a :class:`~energetic_wgpu.Graph` to size instead of the lattice of
+    ``config.graph`` (a graph file's, or one passed to the trainer)."""
     g, r, t = config.graph, config.router, config.train
-    n, e = graph_size(g.layers, g.nodes_per_layer, g.local_neighbors, g.jump_neighbors)
+    if graph is None:
+        n, e = graph_size(g.layers, g.nodes_per_layer, g.local_neighbors, g.jump_neighbors)
+    else:
+        n, e = graph.num_nodes, graph.num_edges
     graph = _GRAPH_BYTES_PER_EDGE * e + _GRAPH_BYTES_PER_NODE * n
     params = _F32 * (2 * n * r.dim + e)
     activations = _F32 * t.batch_size * (n * (r.steps + 4) + e * (3 * r.steps + 2))
@@ -49,11 +54,19 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
-def check_train_fits(config: Any, available: int | None = None) -> int:
-    """Raise ConfigError if training ``config`` needs more than ``available`` bytes
-    (default: the machine's physical memory); return the estimate."""
-    need = estimate_train_bytes(config)
+def check_train_fits(config: Any, available: int | None = None, graph: Any = None) -> int:
+    """Raise ConfigError if training ``config`` (on ``graph`` when given, see
+    :func:`estimate_train_bytes`) needs more than ``available`` bytes (default: the
+    machine's physical memory); return the estimate."""
+    need = estimate_train_bytes(config, graph)
     limit = physical_memory() if available is None else available
+    if limit is not None and need > limit and graph is not None:
+        where = f"graph.path {config.graph.path}" if config.graph.path else "the graph"
+        raise ConfigError(
+            f"{where} ({graph.num_nodes:,} nodes, {graph.num_edges:,} edges) with train.batch_size "
+            f"{config.train.batch_size} needs about {_gib(need)} ({need:,} bytes, estimated), more than this "
+            f"machine's {_gib(limit)} of memory; lower train.batch_size or use a smaller graph"
+        )
     if limit is not None and need > limit:
         g = config.graph
         n, e = graph_size(g.layers, g.nodes_per_layer, g.local_neighbors, g.jump_neighbors)

@@ -9,6 +9,10 @@ state, so that a resumed run sees exactly the batches an uninterrupted run would
 * :class:`ArrayDataset` — user arrays ``energies [n, N]`` / ``targets [n, N]``, served in
   batches in a seeded shuffled order, epoch after epoch; its state (epoch, position and the
   generator state at the start of the epoch) goes into checkpoints.
+
+:func:`make_data` builds what a config's ``train.task`` says: the teacher task, or the rows
+of the ``train.task.path`` file split into an :class:`ArrayDataset` and a held-out
+:class:`~energetic_wgpu.heldout.HeldOut` set.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from .errors import InvalidArgumentError, ShapeError
 from .graph import Graph
 from .router import Router, RouterParams
 
-__all__ = ["Batch", "DataSource", "TeacherTask", "ArrayDataset", "make_task"]
+__all__ = ["Batch", "DataSource", "TeacherTask", "ArrayDataset", "make_task", "make_data"]
 
 
 @dataclass
@@ -109,7 +113,12 @@ class TeacherTask:
         return e
 
     def batch(self, step: int) -> Batch:
-        e = self.backend.asarray(self.energies(step))
+        return self.batch_rows(step, 0, self.batch_size)
+
+    def batch_rows(self, step: int, start: int, stop: int) -> Batch:
+        """Rows ``[start, stop)`` of the batch of ``step`` (the teacher routes only these; a
+        data-parallel rank asks for its shard)."""
+        e = self.backend.asarray(self.energies(step)[start:stop])
         target = self.teacher.forward(e, steps=self.steps, retain_sinks=self.retain_sinks).next_energies
         return Batch(e, target)
 
@@ -215,3 +224,43 @@ def make_task(config: Any, graph: Graph, backend: Backend) -> TeacherTask:
         teacher_noise=t.task.teacher_noise,
         inject=t.task.inject,
     )
+
+
+def _rows(a: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    return None if a is None else a[rows]
+
+
+def make_data(config: Any, graph: Graph, backend: Backend) -> tuple[DataSource, Any]:
+    """``(data source, held-out set or None)`` for ``config.train.task``.
+
+    "teacher": (:func:`make_task`, None). "arrays": the rows of ``train.task.path`` (see
+    :func:`energetic_wgpu.userdata.load_arrays`) split by
+    :func:`~energetic_wgpu.userdata.split_holdout` with ``train.task.val_fraction`` and
+    ``train.seed``: an :class:`ArrayDataset` of the training rows (``train.batch_size``,
+    seeded by ``train.seed``) and a :class:`~energetic_wgpu.heldout.HeldOut` of the others
+    (None when ``val_fraction`` is 0).
+
+    Raises:
+        DataError: the data file is missing, malformed or does not fit ``graph``.
+    """
+    from .errors import DataError
+    from .userdata import load_arrays, split_holdout
+    from .heldout import HeldOut
+
+    task, tr = config.train.task, config.train
+    if task.name != "arrays":
+        return make_task(config, graph, backend), None
+    energies, targets, mask = load_arrays(task.path, graph.num_nodes)
+    if mask is not None and tr.loss != "mse":
+        raise DataError(f"{task.path}: a mask is only supported with train.loss: mse (got {tr.loss!r})")
+    try:
+        train_rows, val_rows = split_holdout(energies.shape[0], task.val_fraction, tr.seed)
+    except DataError as exc:
+        raise DataError(f"{task.path}: {exc}") from None
+    data = ArrayDataset(energies[train_rows], targets[train_rows], batch_size=tr.batch_size, seed=tr.seed,
+                        mask=_rows(mask, train_rows))
+    held = None
+    if val_rows.size:
+        held = HeldOut(backend, energies[val_rows], targets[val_rows], _rows(mask, val_rows),
+                       chunk=max(tr.batch_size, 1))
+    return data, held

@@ -105,8 +105,8 @@ class EnergeticRouter(nn.Module):
         self.q = nn.Parameter(torch.from_numpy(p.q))
         self.k = nn.Parameter(torch.from_numpy(p.k))
         self.bias = nn.Parameter(torch.from_numpy(p.bias))
-        self._backend_name = backend
-        self.backend = get_backend(backend)  # float32 backend: fail early on a bad name
+        self._backend_name = "auto" if backend is None else backend
+        self.backend = get_backend(self._backend_name)  # float32 backend: fail early on a bad name
         self._routers: dict[torch.dtype, Router] = {}
         self._uploaded: dict[torch.dtype, list[tuple[int, int]]] = {}
 
@@ -140,6 +140,20 @@ class EnergeticRouter(nn.Module):
                     router.backend.write(dst, p.detach().cpu().numpy())
             self._uploaded[dtype] = versions
         return router
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling (``torch.save(module)``, ``copy.deepcopy``) keeps the parameters and the
+        backend's name; the library routers are rebuilt on first use."""
+        state = dict(self.__dict__)
+        name = self._backend_name
+        state["_backend_name"] = name if isinstance(name, str) else self.backend.name
+        state["backend"] = None
+        state["_routers"], state["_uploaded"] = {}, {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.backend = get_backend(self._backend_name)
 
     def _versions(self) -> list[tuple[int, int]]:
         return [(p._version, p.data_ptr()) for p in (self.q, self.k, self.bias)]

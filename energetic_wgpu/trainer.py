@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -28,37 +27,52 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .backends import Backend, get_backend
-from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, clean_stale_temp_files, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config
 from .errors import CheckpointError, ConfigError, InvalidArgumentError, TrainingError
-from .graph import build_lattice
+from .graph import Graph, build_lattice
+from .heldout import HeldOut
 from .metrics import EventLog, MetricsCollector, RunSummary, plot_metrics
 from .optim import AdamW, Schedule
+from .plots import plot_title
 from .resume import config_changes, describe_change, resumed_schedule, resolve_schedule, schedule_from_spec
 from .router import Router, RouterParams
-from .rundir import RunLock, file_mode
+from .rundir import RunLock
 from .sizing import check_train_fits
-from .tasks import DataSource, make_task
+from .tasks import DataSource, make_data
 
-__all__ = ["Trainer", "make_backend", "make_optimizer_schedule", "default_out_dir"]
+__all__ = ["Trainer", "make_backend", "make_graph", "make_optimizer_schedule", "default_out_dir"]
 
 log = logging.getLogger("energetic_wgpu")
 
 
 def make_backend(config: Config) -> Backend:
-    """The backend of ``config.backend`` (the adapter option only where it means something).
+    """The backend of ``config.backend`` (the adapter option only where it means something;
+    an adapter with ``name: auto`` means wgpu: naming an adapter never falls back to NumPy).
 
     Raises:
         ConfigError: ``backend.name`` is auto and ``$ENERGETIC_BACKEND`` names no backend.
         BackendUnavailable: the backend cannot start here.
     """
     name, adapter = config.backend.name, config.backend.adapter
+    if name == "auto" and adapter is not None:
+        name = "wgpu"
     try:
         if name == "numpy" or adapter is None:
             return get_backend(name)
         return get_backend(name, adapter=adapter)
     except InvalidArgumentError as exc:  # only a bad $ENERGETIC_BACKEND gets here (names are validated)
         raise ConfigError(str(exc)) from None
+
+
+def make_graph(config: Config) -> Graph:
+    """The graph of ``config.graph``: the file ``graph.path`` (see
+    :func:`energetic_wgpu.userdata.load_graph`) or the lattice of the other keys."""
+    if config.graph.path is not None:
+        from .userdata import load_graph
+
+        return load_graph(config.graph.path)
+    return build_lattice(config.graph.to_graph_config())
 
 
 def make_optimizer_schedule(config: Config) -> Schedule:
@@ -117,15 +131,20 @@ class Trainer:
     Args:
         config: the run configuration.
         backend: a backend (default: from ``config.backend``).
-        data: a :class:`~energetic_wgpu.tasks.DataSource` (default: the built-in task of
-            ``config.train.task``), e.g. an :class:`~energetic_wgpu.tasks.ArrayDataset`.
+        graph: the routing graph (default: from ``config.graph``, see :func:`make_graph`).
+        data: a :class:`~energetic_wgpu.tasks.DataSource` (default: the task of
+            ``config.train.task``, see :func:`energetic_wgpu.tasks.make_data`), e.g. an
+            :class:`~energetic_wgpu.tasks.ArrayDataset`.
+        validation: a :class:`~energetic_wgpu.heldout.HeldOut` set whose ``val_loss`` is
+            logged every ``train.log_every`` steps (default: the held-out rows of an "arrays"
+            task when ``data`` is not given, else none).
         out_dir: where metrics, summary, plot and checkpoint go (default: ``train.out_dir``
             or ``runs/<timestamp>``); None and ``write_files=False`` write nothing.
         progress: show a tqdm progress bar (default: True).
         echo: prints the log lines (default: ``tqdm.write``); pass ``lambda s: None`` to silence.
 
     Attributes:
-        graph, router, optimizer, data, backend, step (completed steps), collector.
+        graph, router, optimizer, data, validation, backend, step (completed steps), collector.
     """
 
     def __init__(
@@ -133,7 +152,9 @@ class Trainer:
         config: Config,
         *,
         backend: Backend | str | None = None,
+        graph: Graph | None = None,
         data: DataSource | None = None,
+        validation: HeldOut | None = None,
         out_dir: str | Path | None = None,
         progress: bool = True,
         echo: Callable[[str], None] | None = None,
@@ -142,9 +163,14 @@ class Trainer:
         if not isinstance(config, Config):
             raise InvalidArgumentError(f"config must be an energetic_wgpu.config.Config, got {type(config).__name__}")
         self.config = config
-        check_train_fits(config)  # an impossible size is refused before anything is allocated
+        if graph is None and config.graph.path is None:  # an impossible lattice is refused before it is built
+            check_train_fits(config)
         self.backend = make_backend(config) if backend is None else get_backend(backend)
-        self.graph = build_lattice(config.graph.to_graph_config())
+        if graph is not None and not isinstance(graph, Graph):
+            raise InvalidArgumentError(f"graph must be an energetic_wgpu.Graph or None, got {type(graph).__name__}")
+        self.graph = make_graph(config) if graph is None else graph
+        if graph is not None or config.graph.path is not None:  # a given graph: refused before any backend work
+            check_train_fits(config, graph=self.graph)
         r = config.router
         params = RouterParams.init(
             self.graph, dim=r.dim, tau=r.tau, alpha=r.alpha, top_k=r.top_k, seed=config.train.seed
@@ -162,7 +188,15 @@ class Trainer:
             max_grad_norm=o.max_grad_norm,
             schedule=schedule_from_spec(self.schedule_spec),
         )
-        self.data: DataSource = data if data is not None else make_task(config, self.graph, self.backend)
+        if data is None:
+            data, held = make_data(config, self.graph, self.backend)
+            validation = held if validation is None else validation
+        self.data: DataSource = data
+        self.validation = validation
+        log.debug(
+            "graph %r (%s); data %s; held-out rows: %s", self.graph, config.graph.path or "lattice",
+            type(data).__name__, "none" if validation is None else validation.num_samples,
+        )
         self.step = 0
         self.resumed_from: int | None = None
         #: [(key, checkpoint value, new value)] applied by :meth:`resume`
@@ -206,7 +240,7 @@ class Trainer:
         )
         from . import __version__
 
-        path = save_checkpoint(
+        return save_checkpoint(  # written with 0o666 & ~umask, like the run's other outputs
             target,
             step=self.step,
             params=self.router.params(),
@@ -214,12 +248,12 @@ class Trainer:
             graph=self.graph,
             data_state=self.data.state(),
             config=self.config.to_dict(),
-            extra={"backend": self.backend.describe(), "library_version": __version__},
+            extra={"backend": self.backend.describe(), "library_version": __version__, **self._checkpoint_extra()},
         )
-        mode = file_mode()
-        if path.stat().st_mode & 0o777 != mode:  # the same permissions as the run's other outputs
-            os.chmod(path, mode)
-        return path
+
+    def _checkpoint_extra(self) -> dict[str, Any]:
+        """More JSON fields for the checkpoint header (a data-parallel trainer records its world)."""
+        return {}
 
     def resume(self, source: str | Path | Checkpoint) -> int:
         """Restore a checkpoint (a file, a run folder holding ``checkpoint.npz`` or a loaded
@@ -269,7 +303,44 @@ class Trainer:
             self.echo(describe_change(*change))
         return ckpt.step
 
+    # ------------------------------------------------------------- evaluation
+    def val_loss(self) -> float | None:
+        """The objective on the held-out set with the current parameters (no update), or None
+        without a held-out set."""
+        if self.validation is None:
+            return None
+        tr, r = self.config.train, self.config.router
+        return self.validation.evaluate(
+            self.router, loss=tr.loss, steps=r.steps, retain_sinks=r.retain_sinks, entropy_lambda=tr.entropy_lambda
+        )
+
+    def plot_title(self) -> str:
+        """The title of metrics.png: backend, graph size and the key hyper-parameters."""
+        c = self.config
+        hyper = {
+            "dim": c.router.dim, "top_k": c.router.top_k, "tau": c.router.tau, "steps": c.router.steps,
+            "lr": c.optimizer.lr, "batch": c.train.batch_size, "loss": c.train.loss,
+        }
+        if c.train.entropy_lambda:
+            hyper["entropy_lambda"] = c.train.entropy_lambda
+        return plot_title(self.backend.describe(), self.graph.num_nodes, self.graph.num_edges, hyper)
+
     # -------------------------------------------------------------------- loop
+    def _train_step(self, step: int, batch: Any, stop_requested: bool) -> Any:
+        """One optimizer step on ``batch`` (step number ``step``); returns the step's result
+        (``loss``, ``grad_norm``, ``metrics``). A data-parallel trainer combines the gradients
+        of every rank here and votes ``stop_requested`` to the others."""
+        tr, r = self.config.train, self.config.router
+        return self.router.train_step(
+            batch.energies, batch.target, self.optimizer, loss=tr.loss, mask=batch.mask,
+            steps=r.steps, retain_sinks=r.retain_sinks, entropy_lambda=tr.entropy_lambda,
+        )
+
+    def _stop_now(self, result: Any, requested: bool) -> bool:
+        """Whether to stop (checkpoint and return) after the step of ``result``: when an
+        interrupt was requested (data-parallel: when any rank requested one)."""
+        return requested
+
     def run(self, steps: int | None = None) -> RunSummary:
         """Train until ``steps`` completed steps (default ``config.train.steps``) and return
         the run summary. Writes into ``out_dir``: metrics.jsonl (events), metrics.csv,
@@ -289,10 +360,7 @@ class Trainer:
     def _check_skipped(self, step: int, events: EventLog) -> None:
         """Log the steps skipped since the last check; raise TrainingError after
         ``train.max_skipped_steps`` in a row. One tiny readback (the optimizer's counters)."""
-        counts = getattr(self.optimizer, "skip_counts", None)
-        if counts is None:
-            return
-        consecutive, total = (int(x) for x in counts())
+        consecutive, total = self.optimizer.skip_counts()
         new = total - self._skips_seen
         self._skips_seen = total
         if new > 0:
@@ -311,19 +379,6 @@ class Trainer:
                 "optimizer.max_grad_norm"
             )
 
-    def _remove_stale_temp_files(self, out: Path) -> None:
-        """Delete checkpoint temporary files left by a process killed while saving (safe:
-        this run holds the folder's lock, so no other writer is saving here)."""
-        target = self.checkpoint_path
-        if target is None or target.parent != out:
-            return
-        for tmp in out.glob(f".{target.name}.*.tmp"):
-            try:
-                tmp.unlink()
-                log.info("removed %s, left by an interrupted save", tmp)
-            except OSError:
-                pass
-
     def _run(self, steps: int | None, out: Path | None) -> RunSummary:
         from tqdm import tqdm
 
@@ -331,7 +386,7 @@ class Trainer:
         total = tr.steps if steps is None else int(steps)
         self.interrupted_by = None
         if out is not None:
-            self._remove_stale_temp_files(out)
+            clean_stale_temp_files(out)  # left by a process killed while saving (this run holds the lock)
             (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
         events = EventLog(
             None if out is None else out / "metrics.jsonl",
@@ -346,15 +401,13 @@ class Trainer:
             num_edges=g.num_edges, total_steps=total, resumed=self.resumed_from is not None,
             **({"changed": {k: [old, new] for k, old, new in self.resume_changes}} if self.resume_changes else {}),
         )
-        counts = getattr(self.optimizer, "skip_counts", None)
-        self._skips_seen = int(counts()[1]) if counts is not None else 0
+        self._skips_seen = self.optimizer.skip_counts()[1]
         self.echo(
             f"training on {self.backend.describe()}: {g.num_nodes:,} nodes, {g.num_edges:,} edges, "
             f"batch {tr.batch_size}, steps {self.step + 1}..{total}" + (f" -> {out}" if out is not None else "")
         )
         start_step = self.step
         interrupted = False
-        r = cfg.router
         bar = tqdm(total=total, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True, leave=True)
         t0 = time.perf_counter()
         in_step = False
@@ -364,21 +417,20 @@ class Trainer:
                     step = self.step + 1
                     batch = self.data.batch(step)
                     in_step = True
-                    res = self.router.train_step(
-                        batch.energies, batch.target, self.optimizer, loss=tr.loss, mask=batch.mask,
-                        steps=r.steps, retain_sinks=r.retain_sinks, entropy_lambda=tr.entropy_lambda,
-                    )
+                    res = self._train_step(step, batch, intr.requested)
                     in_step = False
                     self.step = step
                     self.last_result = res
                     if step % tr.log_every == 0 or step == total or step == 1:
                         self._check_skipped(step, events)
                         row = self.collector.record(
-                            step, res.metrics, res.loss, res.grad_norm, self.optimizer.lr_at(step)
+                            step, res.metrics, res.loss, res.grad_norm, self.optimizer.lr_at(step),
+                            val_loss=self.val_loss(),
                         )
                         bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
+                        val = "" if row["val_loss"] is None else f"  val_loss {row['val_loss']:.6g}"
                         self.echo(
-                            f"step {step:5d}/{total}  loss {row['loss']:.6g}  grad_norm {row['grad_norm']:.4g}  "
+                            f"step {step:5d}/{total}  loss {row['loss']:.6g}{val}  grad_norm {row['grad_norm']:.4g}  "
                             f"lr {row['lr']:.3g}  entropy {row['avg_entropy']:.4f}  energy {row['total_energy']:.1f}"
                         )
                     bar.update(1)
@@ -386,7 +438,7 @@ class Trainer:
                         self._check_skipped(step, events)
                         path = self.save()
                         events.emit("train.checkpoint", step, path=str(path))
-                    if intr.requested:
+                    if self._stop_now(res, intr.requested):
                         interrupted = True
                         self.interrupted_by = signal.Signals(intr.signum or signal.SIGINT).name
                         break
@@ -423,7 +475,7 @@ class Trainer:
             files["metrics_json"] = str(self.collector.export_json(out / "metrics.json"))
             files["events"] = str(out / "metrics.jsonl")
             files["config"] = str(out / "config.yaml")
-            png = plot_metrics(self.collector.records, out / "metrics.png")
+            png = plot_metrics(self.collector.records, out / "metrics.png", title=self.plot_title())
             if png is None:
                 self.echo("note: matplotlib is not installed, skipping metrics.png (pip install 'energetic_wgpu[plot]')")
             else:
@@ -435,8 +487,8 @@ class Trainer:
             steps_per_second=done / wall if wall > 0 else 0.0,
             wall_seconds=wall,
             backend=self.backend.describe(),
-            layers=cfg.graph.layers,
-            nodes_per_layer=cfg.graph.nodes_per_layer,
+            layers=g.layers,
+            nodes_per_layer=None if g.layers is None else cfg.graph.nodes_per_layer,
             num_nodes=g.num_nodes,
             num_edges=g.num_edges,
             interrupted=interrupted,

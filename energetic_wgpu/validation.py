@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidArgumentError, ShapeError
+from .shortrepr import short_repr as _short
 
 __all__ = [
     "F32_TINY",
@@ -32,12 +33,6 @@ __all__ = [
 F32_TINY = float(np.finfo(np.float32).tiny)
 #: the largest value of a u32 uniform (top_k reaches the shaders as one)
 U32_MAX = 2**32 - 1
-
-
-def _short(value: Any) -> str:
-    """repr(value), at most ~200 characters (a message never renders a huge value)."""
-    text = repr(value)
-    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def check_float(value: Any, name: str, *, positive: bool = False, dtype: Any = np.float32) -> float:

@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None, backend: ew.Backend | None = None) -
     tgt = be.asarray(target)
 
     opt = ew.AdamW(
-        router, lr=args.lr, betas=(0.9, 0.99),
+        router, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0,
         schedule=ew.CosineLR(args.lr, total_steps=args.steps, min_lr=0.05 * args.lr),
     )  # fmt: skip
     print(

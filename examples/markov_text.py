@@ -181,6 +181,7 @@ def main(argv: Sequence[str] | None = None, backend: ew.Backend | None = None) -
         router,
         lr=args.lr,
         betas=(0.9, 0.99),
+        weight_decay=0.0,
         schedule=ew.CosineLR(args.lr, total_steps=args.steps, min_lr=args.lr * 0.05),
     )
     print(

@@ -457,6 +457,24 @@ def test_clean_stale_temp_files_keeps_live_and_foreign_files(tmp_path):
     assert clean_stale_temp_files(tmp_path / "missing") == []
 
 
+def test_a_temp_file_removed_before_the_writer_locks_it_is_replaced(tmp_path, graph, trained, monkeypatch):
+    """A cleaner may remove a new temp file between its creation and its lock: the writer
+    notices and takes another name."""
+    real, calls = ckmod._lock, []
+
+    def racing_lock(fd, blocking):
+        if blocking and not calls:
+            (victim,) = [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+            os.unlink(tmp_path / victim)
+        calls.append(blocking)
+        return real(fd, blocking)
+
+    monkeypatch.setattr(ckmod, "_lock", racing_lock)
+    p = _save(tmp_path / "checkpoint.npz", graph, trained)
+    assert calls == [True, True] and os.listdir(tmp_path) == ["checkpoint.npz"]
+    assert load_checkpoint(p).step == 3
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
 def test_checkpoint_permissions_follow_the_umask_like_other_outputs(tmp_path, graph, trained, umask):
     if os.name != "posix":

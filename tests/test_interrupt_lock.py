@@ -20,7 +20,8 @@ from energetic_wgpu.cli import main
 from energetic_wgpu.config import load_config
 from energetic_wgpu.errors import RunLockedError, TrainingError
 from energetic_wgpu.optim import AdamW
-from energetic_wgpu.rundir import LOCK_NAME, RunLock, file_mode
+from energetic_wgpu.rundir import LOCK_NAME, RunLock
+from energetic_wgpu.tasks import Batch
 from energetic_wgpu.trainer import Trainer
 
 SMALL = ["--backend", "numpy", "--no-progress", "--set", "graph.layers=3", "--set", "graph.nodes_per_layer=32",
@@ -110,7 +111,6 @@ def test_sigterm_in_process_finishes_the_step(tmp_path):
 def test_outputs_share_the_umask_permissions(tmp_path, capsys):
     old = os.umask(0o027)
     try:
-        assert file_mode() == 0o640
         assert main(["train", *SMALL, "--steps", "2", "--out", str(tmp_path)]) == 0
     finally:
         os.umask(old)
@@ -163,10 +163,44 @@ def test_skipped_steps_checked_only_at_log_points(tmp_path, monkeypatch):
 
 
 def test_temp_file_of_a_killed_save_is_removed_at_start(tmp_path, capsys):
-    stale = tmp_path / ".checkpoint.npz.k1ll3d.tmp"
+    stale = tmp_path / ".checkpoint.npz.k1ll3d00.tmp"
     stale.write_bytes(b"half a checkpoint")
     other = tmp_path / "notes.tmp"
     other.write_text("mine")
     assert main(["train", *SMALL, "--steps", "1", "--out", str(tmp_path)]) == 0
     assert not stale.exists() and other.read_text() == "mine"
     assert load_checkpoint(tmp_path / "checkpoint.npz").step == 1
+
+
+class _HugeTargets:
+    """Wraps a data source: targets of 1e30, so every step's loss overflows float32 to inf."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def batch(self, step):
+        b = self.inner.batch(step)
+        return Batch(b.energies, np.full(tuple(b.target.shape), 1e30, dtype=np.float32), b.mask)
+
+    def state(self):
+        return self.inner.state()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_every_step_skipped_stops_the_run_with_parameters_unchanged(backend, tmp_path):
+    cfg = load_config(overrides=["graph.layers=3", "graph.nodes_per_layer=32", "router.dim=4", "train.batch_size=4",
+                                 "train.steps=40", "train.log_every=2", "train.max_skipped_steps=5"])
+    t = Trainer(cfg, backend=backend, out_dir=tmp_path, progress=False, echo=lambda s: None)
+    before = t.router.params()
+    t.data = _HugeTargets(t.data)
+    with pytest.raises(TrainingError, match=r"^training stopped at step 6: the last 6 steps were skipped .*"
+                                            r"max_skipped_steps = 5\); the parameters are those before step 1\."):
+        t.run()
+    after = t.router.params()
+    for name in ("q", "k", "bias"):
+        assert np.array_equal(getattr(after, name), getattr(before, name)), name
+        assert np.isfinite(getattr(after, name)).all()
+    assert t.optimizer.skip_counts() == (6, 6)
+    events = _events(tmp_path)
+    assert [(e["step"], e["skipped"]) for e in events if e["event"] == "train.skipped"] == [(1, 1), (2, 1), (4, 2), (6, 2)]
+    assert [e["step"] for e in events if e["event"] == "train.stopped"] == [6]

@@ -78,8 +78,29 @@ class Backend(ABC):
         Default: ``zeros`` of each shape."""
         return [self.zeros(tuple(a.shape)) for a in arrays]
 
+    def read_packed(self, arrays: Sequence[Any]) -> np.ndarray:
+        """The float ``arrays`` raveled and concatenated in order into one new 1-D numpy array
+        of ``self.dtype`` (on a GPU backend: one readback for all of them, e.g. a gradient's
+        q, k and bias for an all-reduce)."""
+        parts = [np.ravel(self.to_numpy(a)).astype(self.dtype, copy=False) for a in arrays]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
+
+    def write_packed(self, flat: np.ndarray, arrays: Sequence[Any]) -> None:
+        """**In place**: fill the float ``arrays`` (backend arrays) with consecutive segments of
+        the 1-D numpy array ``flat`` (the layout of :meth:`read_packed`; ``flat.size`` must be
+        the arrays' total size), one :meth:`write` each (no allocation)."""
+        offset = 0
+        for a in arrays:
+            n = int(np.prod(a.shape))
+            self.write(a, np.reshape(flat[offset : offset + n], a.shape))
+            offset += n
+
     def synchronize(self) -> None:
         """Wait until every queued operation has finished (no-op on CPU backends)."""
+
+    def flush(self) -> None:
+        """Start the queued operations without waiting (no-op on CPU backends); a GPU backend
+        can then reuse the buffers of arrays dropped since."""
 
     def describe(self) -> str:
         """One line naming the backend (and adapter) for logs."""

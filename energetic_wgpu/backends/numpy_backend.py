@@ -381,10 +381,12 @@ class NumpyBackend(Backend):
         self, graph: Graph, pi: np.ndarray, grad_pi: np.ndarray, tau: float = 1.0
     ) -> np.ndarray:
         c = self._cache(graph)
-        dot = c.segment_reduce(np.add, (pi * grad_pi).astype(np.float64), 0.0).astype(self.dtype)
-        gz = grad_pi - np.take(dot, c.src)
-        gz *= pi
-        gz /= self.dtype.type(tau)
+        # inf/NaN gradients propagate quietly: the optimizer's non-finite guard skips them
+        with np.errstate(over="ignore", invalid="ignore"):
+            dot = c.segment_reduce(np.add, (pi * grad_pi).astype(np.float64), 0.0).astype(self.dtype)
+            gz = grad_pi - np.take(dot, c.src)
+            gz *= pi
+            gz /= self.dtype.type(tau)
         return gz.astype(self.dtype, copy=False)
 
     def edge_logits_backward(
@@ -401,7 +403,8 @@ class NumpyBackend(Backend):
 
     def sum_squares(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         total = sum((self._sum_squares64(a) for a in arrays), 0.0)
-        return np.array([total], dtype=self.dtype)
+        with np.errstate(over="ignore"):  # beyond the dtype's range: inf, as on the device
+            return np.array([total], dtype=self.dtype)
 
     @staticmethod
     def _sum_squares64(a: np.ndarray) -> float:
@@ -420,7 +423,8 @@ class NumpyBackend(Backend):
             count = diff.size
         if count == 0:
             return np.zeros(1, dtype=self.dtype), np.zeros_like(pred)
-        loss = np.array([self._sum_squares64(diff) / count], dtype=self.dtype)
+        with np.errstate(over="ignore"):  # beyond the dtype's range: inf, as on the device
+            loss = np.array([self._sum_squares64(diff) / count], dtype=self.dtype)
         diff *= self.dtype.type(2.0 / count)  # diff is a fresh array: it becomes the gradient
         return loss, diff.astype(self.dtype, copy=False)
 

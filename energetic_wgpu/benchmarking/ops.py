@@ -37,13 +37,15 @@ Random gathers are counted once per element although they touch a cache line eac
 
 from __future__ import annotations
 
-import sys
+import logging
 from typing import Any, Callable
 
 import numpy as np
 
 from ..graph import Graph, GraphConfig, build_lattice
 from .timing import format_table, ms_stats, time_fn
+
+log = logging.getLogger("energetic_wgpu.bench")
 
 __all__ = ["SIZES", "COPY_BYTES", "GRAPHS", "random_graph", "lattice_graph", "make_graph", "bench_ops",
            "bench_adapter", "ops_table"]
@@ -266,13 +268,13 @@ def make_timed_wgpu_backend(adapter: Any) -> Any:
 
 def bench_adapter(
     adapter: Any, size: str, repeats: int, warmup: int, seed: int = 0, only: list[str] | None = None,
-    backward: bool = False, graph_kind: str = "random",
+    backward: bool = False, graph_kind: str = "random", echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """:func:`bench_ops` on one wgpu adapter (index or selector string), forward ops only by
     default (as ``benchmarks/bench_gpu_ops.py`` always did); progress goes to stderr."""
     be = make_timed_wgpu_backend(adapter)
     res = bench_ops(be, size, repeats, warmup, seed, only, backward=backward, graph_kind=graph_kind,
-                    echo=lambda s: print(s, file=sys.stderr, flush=True))
+                    echo=echo or log.info)
     ai = be.adapter_info
     return {"adapter": f"{ai.get('device', '?')} via {ai.get('backend_type', '?')}",
             "backend_type": ai.get("backend_type", ""), **res}

@@ -20,13 +20,15 @@ machine, rendered to markdown by :mod:`.report`.
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .timing import loglog_slope, machine_info, time_interleaved
+
+log = logging.getLogger("energetic_wgpu.bench")
 
 __all__ = [
     "SECTIONS", "SEED_M4_PHASES", "SEED_LATTICE3D", "SWEEP_SIZES", "FULL_SWEEP_SIZES", "LATTICE3D_SIDES",
@@ -308,7 +310,7 @@ def run_suite(
     Default repeats: 20 (phases, lattice3d, torch), 10 (ops, sweep); ``quick`` uses 5 and 3
     with one warm-up and the smaller ops graph (N = 16,384); ``full`` adds N = 10^6 to the
     sweep (minutes per software adapter). ``repeats``/``warmup`` override every section."""
-    say = echo or (lambda s: print(s, file=sys.stderr, flush=True))
+    say = echo or log.info
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         raise ValueError(f"sections must be among {SECTIONS}, got {unknown}")

@@ -24,6 +24,7 @@ from .plan import PlanRecorder, decode_read, kernel_table, record_plan
 __all__ = [
     "check",
     "format_table",
+    "to_check_results",
     "run_cases",
     "compile_items",
     "compile_errors",
@@ -233,6 +234,18 @@ def check(
         rows.append({"op": f"compile:{item['name']}", "status": "pass" if err is None else "fail",
                      "max_error": None, "tolerance": None, "passed": err is None, "detail": err or ""})
     return rows
+
+
+def to_check_results(rows: list[dict[str, Any]], target: str = "dawn") -> list[Any]:
+    """:func:`check` rows as :class:`energetic_wgpu.check.CheckResult` (the row schema that
+    ``check --json`` and ``check --dawn --json`` share)."""
+    from ..check import CheckResult
+
+    return [
+        CheckResult(op=r["op"], target=target, ok=r["status"] == "pass", max_error=r.get("max_error"),
+                    tolerance=r.get("tolerance"), reason=r.get("detail") or "", status=r["status"])
+        for r in rows
+    ]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -26,6 +27,8 @@ from .harness import copy_shaders, serve_folder, web_dir
 from .plan import record_plan
 
 __all__ = ["build_demo", "main"]
+
+log = logging.getLogger("energetic_wgpu.dawn")
 
 
 def _demo_page() -> Path:
@@ -93,13 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--write", metavar="DIR", help="write the static site to DIR and exit")
     args = ap.parse_args(argv)
+    if not logging.getLogger().handlers:  # run as a script: show the messages on stderr
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     kw = {"layers": args.layers, "nodes": args.nodes, "steps": args.steps}
     if args.write:
-        print(f"wrote {build_demo(args.write, **kw)}")
+        log.info("wrote %s", build_demo(args.write, **kw))
         return 0
     folder = build_demo(tempfile.mkdtemp(prefix="energetic-demo-"), **kw)
     srv = serve_folder(folder, port=args.port, done_paths=())
-    print(f"serving {folder} at http://127.0.0.1:{srv.server_address[1]}/index.html  (Ctrl-C to stop)")
+    log.info("serving %s at http://127.0.0.1:%d/index.html  (Ctrl-C to stop)", folder, srv.server_address[1])
     try:
         while True:
             time.sleep(3600)

@@ -165,6 +165,15 @@ class WgpuBackend(PackedArrays, Backend):
             arr = arr.astype(self.dtype)
         return arr
 
+    def read_packed(self, arrays: Sequence[Any]) -> np.ndarray:
+        """float32 1-D: the float ``arrays`` raveled and concatenated, in ONE readback (each
+        array is copied into the reused staging buffer; one submit, one map)."""
+        devs = [self._dev(a) for a in arrays]
+        for a in devs:
+            if a.dtype != np.float32:
+                raise ShapeError(f"read_packed: arrays must be float32, got {a.dtype}")
+        return self.runtime.read_many(devs).view(np.float32)
+
     def read_async(self, x: DeviceArray) -> Any:
         """Start reading ``x`` back; returns a handle whose ``result()`` gives the numpy array."""
         return self.runtime.read_async(x)
@@ -387,8 +396,10 @@ class WgpuBackend(PackedArrays, Backend):
     def entropy_regularization(self, graph, pi, lam):  # type: ignore[no-untyped-def]
         return ops_train.entropy_regularization(self, graph, pi, lam)
 
-    def adamw_step(self, params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, max_grad_norm,  # type: ignore[no-untyped-def]
-                   loss=None, return_skipped=False):
+    def adamw_step(  # type: ignore[no-untyped-def]
+        self, params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, max_grad_norm,
+        loss=None, return_skipped=False,
+    ):
         return ops_train.adamw_step(
             self, params, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, max_grad_norm,
             loss, return_skipped,

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ...environment import ensure_xdg_runtime_dir
 from ...errors import BackendUnavailable, InvalidArgumentError
 
 __all__ = ["DEFAULT_LIMITS", "Device", "list_adapters", "open_device", "require_wgpu", "MAX_WORKGROUPS_PER_DIM"]
@@ -74,6 +75,7 @@ def require_wgpu() -> Any:
 
 def _enumerate() -> list[Any]:
     w = require_wgpu()
+    ensure_xdg_runtime_dir()  # before the drivers load: Mesa complains without it
     try:
         return list(w.gpu.enumerate_adapters_sync())
     except Exception as exc:
@@ -115,6 +117,7 @@ def _describe_adapters(adapters: list[Any]) -> str:
 
 def _select_adapter(selector: Any) -> Any:
     w = require_wgpu()
+    ensure_xdg_runtime_dir()  # before the drivers load: Mesa complains without it
     if selector is None:
         try:
             adapter = w.gpu.request_adapter_sync(power_preference="high-performance")

@@ -220,6 +220,10 @@ class Runtime:
         """Flush, copy ``x`` back, one numpy copy (see readback.py)."""
         return self.readback.read(x)
 
+    def read_many(self, arrays: Sequence[DeviceArray]) -> np.ndarray:
+        """uint8 bytes of ``arrays`` one after the other, in one readback (readback.py)."""
+        return self.readback.read_many(arrays)
+
     def read_async(self, x: DeviceArray) -> ReadHandle:
         """Submit a copy of ``x`` into its own staging buffer now; map when ``result()`` is called."""
         return self.readback.read_async(x)
