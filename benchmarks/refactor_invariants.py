@@ -72,11 +72,11 @@ def _train_hashes(be: Any, graph: Any, batch: int, seed: int) -> dict[str, str]:
     return out
 
 
-def _step_profile(be: Any, host_repeats: int) -> dict[str, Any]:
-    """Counters per steady-state train step and host time on the benchmark lattice."""
+def baseline_step(be: Any) -> Any:
+    """``step()``: one ``Router.train_step`` on the benchmark lattice (10 x 1024, local 8, jump 2),
+    B = 64, d = 16, top_k = 4, clipped AdamW (as benchmarks/bench_train_step.py)."""
     import numpy as np
 
-    from benchmarks.bench_train_step import _host_overhead
     from energetic_wgpu.graph import GraphConfig, build_lattice
     from energetic_wgpu.optim import AdamW
     from energetic_wgpu.router import Router, RouterParams
@@ -92,6 +92,14 @@ def _step_profile(be: Any, host_repeats: int) -> dict[str, Any]:
     def step() -> None:
         router.train_step(e, t, opt)
 
+    return step
+
+
+def _step_profile(be: Any, host_repeats: int) -> dict[str, Any]:
+    """Counters per steady-state train step and host time on the benchmark lattice."""
+    from benchmarks.bench_train_step import _host_overhead
+
+    step = baseline_step(be)
     for _ in range(5):
         step()
     be.synchronize()

@@ -31,7 +31,7 @@ __all__ = [
 
 log = logging.getLogger("energetic_wgpu")
 
-#: fields of the router.forward event (the step metrics of docs/definitions.md §2)
+#: fields of the router.forward event
 FORWARD_FIELDS = ("total_energy", "active_nodes", "active_edges", "avg_entropy", "max_edge_flow")
 #: fields of the router.backward event
 BACKWARD_FIELDS = ("loss", "grad_norm", "lr")

@@ -103,3 +103,6 @@ def np64():
     from energetic_wgpu.backends.numpy_backend import NumpyBackend
 
     return NumpyBackend("float64")
+
+
+from parity import assert_parity  # noqa: E402,F401  (the one parity rule, tests/parity.py; kept importable from here)

@@ -8,7 +8,7 @@ staging buffer; ``read_async`` takes its own from a free list and maps when the 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -117,19 +117,21 @@ class Readback:
         self.flush()
         return decode(self.map_read(staging, nbytes), x.shape, dtype)
 
-    def read_many(self, arrays: Sequence[DeviceArray]) -> np.ndarray:
+    def read_many(self, arrays: Any) -> np.ndarray:
         """uint8 bytes of ``arrays`` one after the other: each copied at its offset into the
         reused staging buffer, one submit, one map (a single readback)."""
         total = sum(x.size * 4 for x in arrays)
         if total == 0:
             return np.zeros(0, dtype=np.uint8)
+        for x in arrays:
+            if x.size:
+                for listener in self.listeners:
+                    listener.read(x)
         staging = self.staging(total)
         enc = self.submission.outside_pass()
         pos = 0
         for x in arrays:
             if x.size:
-                for listener in self.listeners:
-                    listener.read(x)
                 enc.copy_buffer_to_buffer(x.buffer, x.offset, staging, pos, x.size * 4)
                 self.submission.in_flight.add(x.pooled.uid)
                 pos += x.size * 4

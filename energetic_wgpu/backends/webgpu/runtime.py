@@ -56,7 +56,9 @@ class Runtime:
         self.uniforms = UniformCache(self.queue, self.pool.new_buffer, self.pool.destroy, self.submission,
                                      w.BufferUsage.UNIFORM | w.BufferUsage.COPY_DST)
         self.encoder = Encoder(self.device, self.submission, self.pipelines, self.uniforms, ev)
-        self.dispatch = self.encoder.dispatch  # type: ignore[method-assign]  (the hot path: no extra call)
+        # the hot paths, bound directly (no extra call layer)
+        self.dispatch = self.encoder.dispatch  # type: ignore[method-assign]
+        self.new_array = self.pool.new_array  # type: ignore[method-assign]
         self.pool.on_destroy.append(self.encoder.forget)
         self.readback = Readback(self.device, self.queue, self.submission, self.flush, ev, self.features)
 
@@ -219,7 +221,7 @@ class Runtime:
         return self.readback.read(x)
 
     def read_many(self, arrays: Sequence[DeviceArray]) -> np.ndarray:
-        """uint8 bytes of ``arrays`` one after the other, one submit and one map (readback.py)."""
+        """uint8 bytes of ``arrays`` one after the other, in one readback (readback.py)."""
         return self.readback.read_many(arrays)
 
     def read_async(self, x: DeviceArray) -> ReadHandle:
