@@ -108,16 +108,17 @@ def run_scenario(dp, backend_spec: str, loss: str, masked: bool, steps: int):
     opt = make_optimizer(router)
     lo, hi = ewd.shard_bounds(BATCH, dp.rank, dp.world_size)
     losses, counts = [], []
-    counters = getattr(router.backend, "counters", None)
+    # wgpu only (the NumPy backend's counters() are all 0): backend.counters() is a snapshot dict
+    counters = router.backend.counters if getattr(router.backend, "runtime", None) is not None else None
     for step in range(1, steps + 1):
         x, t, mask = batch(step, graph.num_nodes, loss, masked)
-        before = None if counters is None else counters.snapshot()
+        before = None if counters is None else counters()
         res = ewd.data_parallel_step(
             dp, router, opt, x[lo:hi], t[lo:hi], mask=None if mask is None else mask[lo:hi], **step_kwargs(loss)
         )
         losses.append(res.loss)
         if counters is not None:  # what this step cost on the device (the next step submits its AdamW)
-            after = counters.snapshot()
+            after = counters()
             counts.append([after[k] - before[k] for k in COUNTED])
     return router, losses, counts
 
