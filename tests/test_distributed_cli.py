@@ -162,9 +162,11 @@ def test_a_rank_that_cannot_open_its_adapter_fails_the_launch_before_step_1(tmp_
                             "backend.adapter=no-such-adapter", "--set", "distributed.adapter_per_rank=same")
     assert proc.wait(timeout=150) == 1
     text = err.read_text()
-    for rank in (0, 1):
-        assert f"rank {rank} cannot open its backend/adapter: BackendUnavailable" in text, text[-3000:]
-        assert f"rank {rank} exited with code 1" in text
+    # every rank fails to open the adapter; the launcher stops the others as soon as the first
+    # one exits, so which ranks get to report it depends on timing: at least one, with the reason
+    reported = [r for r in (0, 1) if f"rank {r} cannot open its backend/adapter: BackendUnavailable" in text]
+    assert reported, text[-3000:]
+    assert any(f"rank {r} exited with code 1" in text for r in reported), text[-3000:]
     assert "no-such-adapter" in text
     assert "step " not in log.read_text() and not (out / "checkpoint.npz").exists()
 
