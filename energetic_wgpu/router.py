@@ -522,9 +522,8 @@ class Router:
             gn, gpi_total = be.energy_scatter_backward(g, out.history[t], out.edge_pi, gn, self.alpha, out.active,
                                                        out.retain_sinks, grad_energies=t > 0 or bool(energies_grad),
                                                        grad_pi_acc=gpi_total)
-        glogits = be.segment_softmax_backward(g, out.edge_pi, gpi_total, self.tau)
         q, k, _ = out.params_used
-        gq, gk, gb = be.edge_logits_backward(g, q, k, glogits)
+        gq, gk, gb = be.softmax_logits_backward(g, out.edge_pi, gpi_total, self.tau, q, k)
         return Gradients(
             q=gq,
             k=gk,

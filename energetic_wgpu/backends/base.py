@@ -206,6 +206,14 @@ class Backend(ABC):
         grad_bias = grad_logits (equal values; a backend may return the grad_logits array itself,
         so neither may be written in place afterwards)."""
 
+    def softmax_logits_backward(
+        self, graph: Graph, pi: Any, grad_pi: Any, tau: float, q: Any, k: Any
+    ) -> tuple[Any, Any, Any]:
+        """(grad_q [N, d], grad_k [N, d], grad_bias [E]) of ``edge_logits`` followed by
+        ``segment_softmax``: :meth:`segment_softmax_backward` then :meth:`edge_logits_backward`
+        (the same values; a GPU backend fuses them). grad_bias is grad_logits."""
+        return self.edge_logits_backward(graph, q, k, self.segment_softmax_backward(graph, pi, grad_pi, tau))
+
     # ------------------------------------------------------ elementwise / misc
     @abstractmethod
     def add(self, a: Any, b: Any) -> Any:

@@ -389,6 +389,9 @@ class WgpuBackend(PackedArrays, Backend):
     def edge_logits_backward(self, graph, q, k, grad_logits):  # type: ignore[no-untyped-def]
         return ops_backward.edge_logits_backward(self, graph, q, k, grad_logits)
 
+    def softmax_logits_backward(self, graph, pi, grad_pi, tau, q, k):  # type: ignore[no-untyped-def]
+        return ops_backward.softmax_logits_backward(self, graph, pi, grad_pi, tau, q, k)
+
     # ------------------------------------------------------------------ losses / optimizer (ops_train.py)
     def mse(self, pred, target, mask=None):  # type: ignore[no-untyped-def]
         return ops_train.mse(self, pred, target, mask)

@@ -9,9 +9,43 @@ import numpy as np
 
 from ...graph import Graph
 from .arrays import DeviceArray
-from .kernels import SMALL_DEGREE_MAX
+from .kernels import BIN_WG, SMALL_DEGREE_MAX, THREAD_DEGREE_MAX
 
-__all__ = ["GraphData", "upload_graph"]
+__all__ = ["GraphData", "Bins", "upload_graph", "degree_bins"]
+
+
+@dataclass(frozen=True)
+class Bins:
+    """The nodes of one direction (out-segments or in-ranges) binned by degree for the
+    degree-binned backward (segment_backward.wgsl): ``seg`` u32 [N+1 + N] is the pointer
+    array followed by the nodes ordered small (degree <= THREAD_DEGREE_MAX), mid (<=
+    SMALL_DEGREE_MAX), hub (larger), each bin in node order."""
+
+    seg: DeviceArray
+    n_small: int
+    n_mid: int
+    n_hub: int
+
+    @property
+    def workgroups(self) -> int:
+        """Workgroups of one dispatch over every node (hence its sum-of-squares partials)."""
+        return -(-self.n_small // BIN_WG) + -(-self.n_mid // 2) + self.n_hub
+
+    def uniform(self, num_nodes: int) -> dict[str, int]:
+        """The bin fields of the kernel's uniform."""
+        return dict(bins_off=num_nodes + 1, n_small=self.n_small, n_mid=self.n_mid, n_hub=self.n_hub)
+
+
+def degree_bins(ptr: np.ndarray) -> tuple[np.ndarray, int, int, int]:
+    """(pointers followed by the binned node list as u32, n_small, n_mid, n_hub) for the
+    pointer array ``ptr`` [N+1] of segments (CSR) or in-ranges (reverse index)."""
+    ptr = np.asarray(ptr, dtype=np.int64)
+    deg = np.diff(ptr)
+    small = np.flatnonzero(deg <= THREAD_DEGREE_MAX)
+    mid = np.flatnonzero((deg > THREAD_DEGREE_MAX) & (deg <= SMALL_DEGREE_MAX))
+    hub = np.flatnonzero(deg > SMALL_DEGREE_MAX)
+    seg = np.concatenate([ptr, small, mid, hub]).astype(np.uint32)
+    return seg, int(small.size), int(mid.size), int(hub.size)
 
 
 @dataclass
@@ -31,6 +65,8 @@ class GraphData:
     n_large_out: int
     n_large_in: int
     n_nonempty: int
+    bins_out: Bins  # source segments binned by out-degree
+    bins_in: Bins  # reverse-index ranges binned by in-degree
 
 
 def upload_graph(backend: Any, graph: Graph) -> GraphData:
@@ -43,6 +79,11 @@ def upload_graph(backend: Any, graph: Graph) -> GraphData:
     pairs = np.stack([rev_perm, graph.src[rev_perm]], axis=1) if graph.num_edges else np.zeros((0, 2))
     large_out = np.flatnonzero(graph.out_degree > SMALL_DEGREE_MAX)
     large_in = np.flatnonzero(graph.in_degree > SMALL_DEGREE_MAX)
+
+    def bins(ptr: np.ndarray) -> Bins:
+        seg, n_small, n_mid, n_hub = degree_bins(ptr)
+        return Bins(up(seg), n_small, n_mid, n_hub)
+
     return GraphData(
         num_nodes=graph.num_nodes,
         num_edges=graph.num_edges,
@@ -57,4 +98,6 @@ def upload_graph(backend: Any, graph: Graph) -> GraphData:
         n_large_out=int(large_out.size),
         n_large_in=int(large_in.size),
         n_nonempty=int(np.count_nonzero(graph.out_degree)),
+        bins_out=bins(graph.row_ptr),
+        bins_in=bins(graph.rev_ptr),
     )

@@ -43,13 +43,20 @@ __all__ = [
     "SHADER_LIBS",
     "BINDING_KINDS",
     "SMALL_DEGREE_MAX",
+    "THREAD_DEGREE_MAX",
     "REDUCE_ITEMS",
+    "BIN_WG",
 ]
 
 BINDING_KINDS = ("uniform", "read", "read_write")
 
 #: segments / in-degrees up to this are handled thread-per-node; larger ones workgroup-per-node
 SMALL_DEGREE_MAX = 256
+#: the degree-binned backward (segment_backward.wgsl): degrees up to this thread-per-node, up to
+#: SMALL_DEGREE_MAX a 32-lane group per node, larger a workgroup per node
+THREAD_DEGREE_MAX = 16
+#: workgroup size of the degree-binned kernels (nodes per small-bin workgroup)
+BIN_WG = 64
 #: elements per thread in the reduction kernels (reduce.wgsl, metrics.wgsl)
 REDUCE_ITEMS = 16
 
@@ -309,6 +316,8 @@ SOFTMAX_BWD = Uniform("SoftmaxBwdParams", n_nodes=U32, n_large=U32, small_max=U3
                       _pad2=U32, _pad3=U32)
 LOGITS_BWD = Uniform("LogitsBwdParams", n_nodes=U32, dim=U32, mode=U32, n_large=U32, small_max=U32, _pad0=U32,
                      _pad1=U32, _pad2=U32)
+SEG_BWD = Uniform("SegBwdParams", n_nodes=U32, dim=U32, mode=U32, bins_off=U32, n_small=U32, n_mid=U32, n_hub=U32,
+                  out_offset=U32, tau=F32, _pad0=U32, _pad1=U32, _pad2=U32)
 LOSS = Uniform("LossParams", n=U32, flags=U32, n_parts=U32, mode=U32, mul=F32, div=F32, eps=F32, lam=F32)
 ADAMW_PREPARE = Uniform("PrepareParams", n_parts=U32, clip=U32, has_loss=U32, counters=U32, max_norm=F32,
                         log_b1=F32, log_b2=F32, _pad2=F32)
@@ -351,6 +360,8 @@ KERNELS: dict[str, KernelSpec] = {
                    ("row_ptr", "pi", "gpi", "out", "large_nodes"), 256),
         KernelSpec("logits_bwd_small", "logits_backward.wgsl", LOGITS_BWD, _LOGITS_BWD),
         KernelSpec("logits_bwd_large", "logits_backward.wgsl", LOGITS_BWD, _LOGITS_BWD + ("large_nodes",), 256),
+        KernelSpec("segment_bwd", "segment_backward.wgsl", SEG_BWD,
+                   ("seg", "idx", "pi", "gpi", "dl", "feat", "out", "partials"), BIN_WG),
         # losses and AdamW (ops_train.py)
         KernelSpec("mse_partials", "losses.wgsl", LOSS, ("pred", "target_", "mask", "partials", "grad"), 256),
         KernelSpec("loss_final", "losses.wgsl", LOSS, ("partials", "loss"), 256),

@@ -16,6 +16,13 @@ bit-identical from run to run.
 * ``edge_logits_backward``: grad_q thread per (j, c) over j's segment, grad_k thread per
   (n, c) over n's reverse-index range (workgroup per (node, c) for large ones); grad_bias is
   grad_logits itself (the same array: no copy).
+* ``softmax_logits_backward`` (what ``Router.backward`` uses): both of the above in two
+  degree-binned ``segment_bwd`` dispatches whatever the degrees (segment_backward.wgsl): one
+  over source segments writes grad_logits and grad_q, one over the reverse index writes
+  grad_k. Nodes are binned by degree in the graph data (thread per node up to
+  ``THREAD_DEGREE_MAX``, a 32-lane group up to SMALL, a workgroup per hub). Both dispatches
+  also write per-workgroup sums of squares of what they produce; the optimizer's gradient
+  norm reduces those (sumsq.py) instead of a separate pass.
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from . import sumsq
 from .kernels import SMALL_DEGREE_MAX
 
-__all__ = ["energy_scatter_backward", "segment_softmax_backward", "edge_logits_backward"]
+__all__ = ["energy_scatter_backward", "segment_softmax_backward", "edge_logits_backward", "softmax_logits_backward"]
 
 
 def energy_scatter_backward(
@@ -99,4 +107,28 @@ def edge_logits_backward(backend: Any, graph: Any, q: Any, k: Any, grad_logits: 
             rt.dispatch("logits_bwd_large", workgroups=n_large * dim, uniform=u, large_nodes=large, **common)
     # grad_bias IS grad_logits (no copy dispatch): no op writes into its inputs, so the two
     # names can share one buffer
+    return grad_q, grad_k, gl
+
+
+def softmax_logits_backward(
+    backend: Any, graph: Any, pi: Any, grad_pi: Any, tau: float, q: Any, k: Any
+) -> tuple[Any, Any, Any]:
+    be, rt = backend, backend.runtime
+    gd = be.graph_data(graph)
+    pi, grad_pi, q, k = be._dev(pi), be._dev(grad_pi), be._dev(q), be._dev(k)
+    n = gd.num_nodes
+    dim = int(q.shape[1])
+    gl = be.empty((gd.num_edges,))
+    grad_q = be.empty((n, dim))
+    grad_k = be.empty((n, dim))
+    w_out, w_in = gd.bins_out.workgroups, gd.bins_in.workgroups
+    partials = be.empty((max(1, w_out + w_in),))
+    u = dict(n_nodes=n, dim=dim, mode=0, **gd.bins_out.uniform(n), out_offset=0, tau=np.float32(tau))
+    rt.dispatch("segment_bwd", workgroups=w_out, uniform=u, seg=gd.bins_out.seg, idx=gd.col_idx, pi=pi, gpi=grad_pi,
+                dl=gl, feat=k, out=grad_q, partials=partials)
+    u = dict(n_nodes=n, dim=dim, mode=1, **gd.bins_in.uniform(n), out_offset=w_out, tau=np.float32(1.0))
+    dummy = rt.dummy()
+    rt.dispatch("segment_bwd", workgroups=w_in, uniform=u, seg=gd.bins_in.seg, idx=gd.rev_pairs, pi=dummy, gpi=dummy,
+                dl=gl, feat=q, out=grad_k, partials=partials)
+    sumsq.remember(be, (grad_q, grad_k, gl), partials, w_out + w_in)
     return grad_q, grad_k, gl

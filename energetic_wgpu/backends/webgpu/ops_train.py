@@ -44,6 +44,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import sumsq
 from .kernels import REDUCE_ITEMS
 
 __all__ = [
@@ -273,7 +274,11 @@ def adamw_step(
     if scratch is None:
         scratch = st.scratch[key] = (be.empty((max(1, sum(counts)),)), be.empty((8,)))
     partials, scal = scratch
-    offset = sumsq_partials(rt, grads, partials)
+    recorded = sumsq.partials_for(be, grads)  # the backward kernels' own partials
+    if recorded is None:
+        offset = sumsq_partials(rt, grads, partials)
+    else:
+        partials, offset = recorded
     norm = be.empty((1,))
     skipped = be.empty((1,))
     has_loss = 0 if loss is None else 1

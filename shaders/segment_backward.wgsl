@@ -1,0 +1,212 @@
+// segment_backward.wgsl: the backward of segment_softmax and edge_logits in two degree-binned
+// dispatches (docs/definitions.md §4), gathers only, each also writing the sum-of-squares
+// partials of every value it produces (the optimizer's gradient norm needs no extra pass).
+//
+// mode 0, over source segments (seg = row_ptr, idx = col_idx, feat = k):
+//   dot_j = sum_{e in segment j} pi[e] * gpi[e]
+//   dl[e] = pi[e] * (gpi[e] - dot_j) / tau                  (grad_logits, also grad_bias)
+//   out[j, c] = sum_{e in segment j} dl[e] * feat[idx[e], c] (grad_q)
+// mode 1, over the reverse index (seg = rev_ptr, idx = rev_pairs: (edge, source), feat = q):
+//   out[n, c] = sum_{r in range n} dl[edge_r] * feat[source_r, c]   (grad_k; dl from mode 0)
+//
+// `seg` holds the pointers [n_nodes + 1] followed (at P.bins_off) by the nodes ordered by bin:
+// n_small nodes of degree <= 16, n_mid of degree <= 256, then n_hub larger ones. Workgroups
+// [0, Ws) take the small bin, thread per node (Ws = ceil(n_small / 64)); [Ws, Ws + Wm) the
+// mid bin, a 32-lane group per node (two per workgroup: Wm = ceil(n_mid / 2)): the lanes
+// stride the entries for the dot, then lane l owns the columns l, l + 32, ... (each a serial
+// sum over the entries); the rest one workgroup per hub: the dot and every column strided
+// over the 64 lanes and reduced by a fixed tree. Every sum is compensated (kahan_add) in a
+// fixed order: results are bit-identical from run to run. In mode 0 dl[e] is recomputed
+// where the column sums need it (the same expression, the same bits).
+//
+// partials[P.out_offset + w] = the sum of squares of every value workgroup w wrote (dl and
+// out in mode 0, out in mode 1), its lanes' compensated sums reduced by the same fixed tree.
+// WG must be 64.
+
+struct SegBwdParams {
+    n_nodes: u32,
+    dim: u32,
+    mode: u32,
+    bins_off: u32,   // where the binned node list starts in seg (n_nodes + 1)
+    n_small: u32,
+    n_mid: u32,
+    n_hub: u32,
+    out_offset: u32, // first partials slot of this dispatch
+    tau: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+const BW: u32 = 64u;     // the workgroup size
+const LANES: u32 = 32u;  // lanes per mid-bin node
+
+@group(0) @binding(0) var<uniform> P: SegBwdParams;
+@group(0) @binding(1) var<storage, read> seg: array<u32>;
+@group(0) @binding(2) var<storage, read> idx: array<u32>;
+@group(0) @binding(3) var<storage, read> pi: array<f32>;
+@group(0) @binding(4) var<storage, read> gpi: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dl: array<f32>;
+@group(0) @binding(6) var<storage, read> feat: array<f32>;
+@group(0) @binding(7) var<storage, read_write> out: array<f32>;
+@group(0) @binding(8) var<storage, read_write> partials: array<f32>;
+
+var<workgroup> sb_a: array<f32, 64>;
+var<workgroup> sb_b: array<f32, 64>;
+
+// The compensated sums `acc` of each group of `width` lanes (32 or 64; a constant at every
+// call) reduced by a fixed binary tree; every lane gets its group's total. Call from uniform
+// control flow (barriers).
+fn group_sum(lid: u32, width: u32, acc: vec2<f32>) -> f32 {
+    workgroupBarrier();  // earlier readers of sb_a / sb_b are done
+    sb_a[lid] = acc.x;
+    sb_b[lid] = acc.y;
+    workgroupBarrier();
+    let lane = lid % width;
+    for (var st = width / 2u; st > 0u; st = st >> 1u) {
+        if (lane < st) {
+            let m = kahan_merge(vec2<f32>(sb_a[lid], sb_b[lid]), vec2<f32>(sb_a[lid + st], sb_b[lid + st]));
+            sb_a[lid] = m.x;
+            sb_b[lid] = m.y;
+        }
+        workgroupBarrier();
+    }
+    let base = lid - lane;
+    return sb_a[base] - sb_b[base];
+}
+
+fn dlogit(e: u32, dot: f32) -> f32 {
+    return pi[e] * (gpi[e] - dot) / P.tau;
+}
+
+// entry r's term of column c: dl * feat[other, c]
+fn term(r: u32, c: u32, dot: f32) -> f32 {
+    if (P.mode == 0u) {
+        return dlogit(r, dot) * feat[idx[r] * P.dim + c];
+    }
+    return dl[idx[2u * r]] * feat[idx[2u * r + 1u] * P.dim + c];
+}
+
+// columns c0, c0 + step, ... of node j (entries [s, t), serial); returns sq plus their squares
+fn columns(j: u32, s: u32, t: u32, c0: u32, step: u32, dot: f32, sq_in: vec2<f32>) -> vec2<f32> {
+    var sq = sq_in;
+    for (var c = c0; c < P.dim; c = c + step) {
+        var acc = vec2<f32>(0.0, 0.0);
+        for (var r = s; r < t; r = r + 1u) {
+            acc = kahan_add(acc, term(r, c, dot));
+        }
+        let v = acc.x - acc.y;
+        out[j * P.dim + c] = v;
+        sq = kahan_add(sq, v * v);
+    }
+    return sq;
+}
+
+// mode 0: dl over entries s + first, s + first + step, ... < t; returns sq plus their squares
+fn write_dl(s: u32, t: u32, first: u32, step: u32, dot: f32, sq_in: vec2<f32>) -> vec2<f32> {
+    var sq = sq_in;
+    for (var e = s + first; e < t; e = e + step) {
+        let v = dlogit(e, dot);
+        dl[e] = v;
+        sq = kahan_add(sq, v * v);
+    }
+    return sq;
+}
+
+// compensated sum of pi * gpi over entries s + first, s + first + step, ... < t
+fn dot_part(s: u32, t: u32, first: u32, step: u32) -> vec2<f32> {
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var e = s + first; e < t; e = e + step) {
+        acc = kahan_add(acc, pi[e] * gpi[e]);
+    }
+    return acc;
+}
+
+fn small_node(j: u32) -> vec2<f32> {
+    let s = seg[j];
+    let t = seg[j + 1u];
+    var sq = vec2<f32>(0.0, 0.0);
+    var dot = 0.0;
+    if (P.mode == 0u) {
+        let acc = dot_part(s, t, 0u, 1u);
+        dot = acc.x - acc.y;
+        sq = write_dl(s, t, 0u, 1u, dot, sq);
+    }
+    return columns(j, s, t, 0u, 1u, dot, sq);
+}
+
+// m: the node's place in the mid bin (>= n_mid: an idle group, which still meets the barriers)
+fn mid_node(m: u32, lid: u32) -> vec2<f32> {
+    let lane = lid % LANES;
+    let busy = m < P.n_mid;
+    var j = 0u;
+    var s = 0u;
+    var t = 0u;
+    if (busy) {
+        j = seg[P.bins_off + P.n_small + m];
+        s = seg[j];
+        t = seg[j + 1u];
+    }
+    var sq = vec2<f32>(0.0, 0.0);
+    var dot = 0.0;
+    if (P.mode == 0u) {
+        dot = group_sum(lid, LANES, dot_part(s, t, lane, LANES));
+        sq = write_dl(s, t, lane, LANES, dot, sq);
+    }
+    if (busy) {
+        sq = columns(j, s, t, lane, LANES, dot, sq);
+    }
+    return sq;
+}
+
+fn hub_node(j: u32, lid: u32) -> vec2<f32> {
+    let s = seg[j];
+    let t = seg[j + 1u];
+    var sq = vec2<f32>(0.0, 0.0);
+    var dot = 0.0;
+    if (P.mode == 0u) {
+        dot = group_sum(lid, BW, dot_part(s, t, lid, BW));
+        sq = write_dl(s, t, lid, BW, dot, sq);
+    }
+    for (var c = 0u; c < P.dim; c = c + 1u) {
+        var acc = vec2<f32>(0.0, 0.0);
+        for (var r = s + lid; r < t; r = r + BW) {
+            acc = kahan_add(acc, term(r, c, dot));
+        }
+        let v = group_sum(lid, BW, acc);
+        if (lid == 0u) {
+            out[j * P.dim + c] = v;
+            sq = kahan_add(sq, v * v);
+        }
+    }
+    return sq;
+}
+
+@compute @workgroup_size(WG)
+fn segment_bwd(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let w = group_index(wid, nwg);
+    let ws = (P.n_small + BW - 1u) / BW;
+    let wm = (P.n_mid + 1u) / 2u;
+    if (w >= ws + wm + P.n_hub) {
+        return;  // a padding workgroup of a 2D-folded dispatch
+    }
+    var sq = vec2<f32>(0.0, 0.0);
+    if (w < ws) {
+        let i = w * BW + lid;
+        if (i < P.n_small) {
+            sq = small_node(seg[P.bins_off + i]);
+        }
+    } else if (w < ws + wm) {
+        sq = mid_node((w - ws) * 2u + lid / LANES, lid);
+    } else {
+        sq = hub_node(seg[P.bins_off + P.n_small + P.n_mid + (w - ws - wm)], lid);
+    }
+    let total = group_sum(lid, BW, sq);
+    if (lid == 0u) {
+        partials[P.out_offset + w] = total;
+    }
+}
