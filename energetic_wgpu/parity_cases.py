@@ -147,6 +147,8 @@ def _cases() -> list[Case]:
         "grad_logits": b.segment_softmax_backward(i["graph"], *_arr(b, i, "pi", "grad_pi"), tau=0.7)}))
     add(Case("edge_logits_backward", lambda s: _base(s), lambda b, i: dict(zip(("grad_q", "grad_k", "grad_bias"),
         b.edge_logits_backward(i["graph"], *_arr(b, i, "q", "k", "grad_pi"))))))
+    add(Case("softmax_logits_backward", lambda s: _base(s), lambda b, i: dict(zip(("grad_q", "grad_k", "grad_bias"),
+        b.softmax_logits_backward(i["graph"], *_arr(b, i, "pi", "grad_pi"), 0.7, *_arr(b, i, "q", "k"))))))
     add(Case("entropy_regularization", lambda s: _base(s), lambda b, i: dict(zip(("loss", "grad_pi"),
         b.entropy_regularization(i["graph"], b.asarray(i["pi"]), 0.05)))))
 
@@ -196,6 +198,27 @@ def _cases() -> list[Case]:
                 "grad_k": grads.k, "grad_bias": grads.bias, "grad_energies": grads.energies}
 
     add(Case("router_steps3_b33", lambda s: _base(s, 33), router))
+
+    def train(b: Any, i: dict[str, Any], masked: bool) -> dict[str, Any]:
+        # Router.train_step with clipped AdamW, twice: on wgpu the mse loss is finished by the
+        # optimizer's prepare kernel and the gradient norm comes from the backward's partials
+        from .optim import AdamW
+        from .router import Router, RouterParams
+
+        params = RouterParams(i["q"], i["k"], i["bias"], tau=0.7, alpha=0.9, top_k=TOP_K)
+        r = Router(i["graph"], params, b)
+        # eps well above the float32 noise of (near-)zero gradients: Adam would blow that noise
+        # up to +-lr
+        opt = AdamW(r, lr=1e-2, eps=1e-2, max_grad_norm=0.5)
+        mask = b.asarray(i["mask"]) if masked else None
+        res = None
+        for _ in range(2):
+            res = r.train_step(b.asarray(i["energies"]), b.asarray(i["target"]), opt, mask=mask, steps=2)
+        assert res is not None
+        return {"loss": res.loss_array, "grad_norm": res.grad_norm_array, "q": r.q, "k": r.k, "bias": r.bias}
+
+    add(Case("train_step_mse_b33", lambda s: _base(s, 33), lambda b, i: train(b, i, False)))
+    add(Case("train_step_mse_masked_b33", lambda s: _base(s, 33), lambda b, i: train(b, i, True)))
     return cases
 
 

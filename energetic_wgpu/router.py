@@ -310,6 +310,7 @@ class Router:
             raise InvalidArgumentError(f"params must be a RouterParams, got {type(params).__name__}")
         self.graph = graph
         self.backend = get_backend("auto" if backend is None else backend)
+        self._defer_loss = False  # set by train_step around loss_and_grads
         self.set_params(params)
 
     # -------------------------------------------------------------- parameters
@@ -578,11 +579,16 @@ class Router:
         """
         if getattr(optimizer, "router", None) is not self:
             raise InvalidArgumentError("optimizer must be an optimizer built over this router")
-        lg = self.loss_and_grads(
-            energies, target, loss=loss, mask=mask, active=active, steps=steps, retain_sinks=retain_sinks,
-            entropy_lambda=entropy_lambda, eps=eps,
-        )
-        norm = optimizer.step(lg.grads, loss=lg.loss_array)
+        self._defer_loss = True  # the optimizer step finishes the mse loss (Backend.mse(..., final=False))
+        try:
+            lg = self.loss_and_grads(
+                energies, target, loss=loss, mask=mask, active=active, steps=steps, retain_sinks=retain_sinks,
+                entropy_lambda=entropy_lambda, eps=eps,
+            )
+        finally:
+            self._defer_loss = False
+        norm = optimizer.step(lg.grads, loss=lg.loss_array)  # completes the loss (its final pass)
+        self.backend.finish_loss(lg.loss_array)  # an optimizer that did not: finish it here
         return TrainStepResult(
             backend=self.backend, output=lg.output, loss_array=lg.loss_array, grad_norm_array=norm, grads=lg.grads,
             skipped_array=getattr(optimizer, "last_skipped", None),
@@ -618,7 +624,8 @@ class Router:
         tgt = self._grad_array(target, "target", shape)
         if loss == "mse":
             m = None if mask is None else self._mask(mask, shape)
-            loss_arr, grad = be.mse(out.next_energies, tgt, m)
+            # entropy regularization adds to the loss right away: it must be final then
+            loss_arr, grad = be.mse(out.next_energies, tgt, m, final=not self._defer_loss or lam != 0.0)
         else:
             loss_arr, grad = be.cross_entropy(out.next_energies, tgt, eps_v)
         grad_pi = None

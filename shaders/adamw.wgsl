@@ -1,13 +1,16 @@
 // adamw.wgsl: one clipped AdamW step on the device (docs/definitions.md §6), no readback.
 //
 // adamw_prepare (one workgroup of 256): total = fixed-order sum of the sum-of-squares partials
-//   of every gradient (reduce.wgsl's sumsq_partials wrote them); norm = sqrt(total);
+//   of every gradient (reduce.wgsl's sumsq_partials or segment_backward.wgsl wrote them);
+//   norm = sqrt(total); with has_loss = 2 it also finishes the step's mse loss from
+//   mse_partials' partials (loss_parts, n_loss pairs) — loss_final's code in loss_final's
+//   order, so the same bits — and writes it to loss_io[0];
 //   coef = min(1, max_norm / (norm + 1e-6)) when clipping (else 1); t = step[0] + 1 is stored
 //   back; bias corrections bc = 1 - beta^t = -expm1(t * ln beta) (expm1 by its series for
 //   |x| < 0.5: 1 - beta^t for t = 1, beta2 = 0.999 keeps full relative precision).
 //   scal = [norm, coef, bc1, bc2, skip]; norm_out[0] = norm.
 //   Non-finite guard (torch GradScaler's found_inf): when the sum of squares (hence the norm)
-//   or, with has_loss, loss_in[0] is NaN or +-inf, the step is skipped: t is not advanced,
+//   or, with has_loss, loss_io[0] is NaN or +-inf, the step is skipped: t is not advanced,
 //   scal[4] = 1 makes both update kernels return without writing, skip_out[0] = 1. With
 //   `counters`, step_count = [t, consecutive skips, total skips]: a skip adds 1 to both, an
 //   applied update resets the consecutive count. Finiteness is tested on the bits (exponent
@@ -21,12 +24,12 @@
 struct PrepareParams {
     n_parts: u32,
     clip: u32,       // 1: clip to max_norm
-    has_loss: u32,   // 1: loss_in[0] is checked by the guard too
+    has_loss: u32,   // 1: loss_io[0] is checked by the guard too; 2: computed from loss_parts first
     counters: u32,   // 1: step_count also holds [consecutive skips, total skips]
     max_norm: f32,
     log_b1: f32,     // ln(beta1) (a large negative number for beta1 = 0)
     log_b2: f32,
-    _pad2: f32,
+    n_loss: u32,     // has_loss = 2: mse_partials' workgroup count
 }
 
 struct UpdateParams {
@@ -49,8 +52,9 @@ struct UpdateParams {
 @group(0) @binding(2) var<storage, read_write> step_count: array<f32>;
 @group(0) @binding(3) var<storage, read_write> scal_w: array<f32>;
 @group(0) @binding(4) var<storage, read_write> norm_out: array<f32>;
-@group(0) @binding(21) var<storage, read> loss_in: array<f32>;
+@group(0) @binding(21) var<storage, read_write> loss_io: array<f32>;
 @group(0) @binding(22) var<storage, read_write> skip_out: array<f32>;
+@group(0) @binding(23) var<storage, read> loss_parts: array<f32>;
 
 // false for NaN and +-inf: the exponent bits are all ones
 fn is_finite_(x: f32) -> bool {
@@ -69,6 +73,22 @@ fn expm1_(x: f32) -> f32 {
     return exp(x) - 1.0;
 }
 
+// loss_final (losses.wgsl, mode 0) on loss_parts: sum / count, 0 when count = 0
+fn mse_loss(lid: u32) -> f32 {
+    var acc = vec2<f32>(0.0, 0.0);
+    var cnt = 0u;
+    for (var w = lid; w < PP.n_loss; w = w + LWG) {
+        acc = kahan_add(acc, loss_parts[2u * w]);
+        cnt = cnt + bitcast<u32>(loss_parts[2u * w + 1u]);
+    }
+    let total = tree_sum(lid, acc);
+    let c = count_sum(lid, cnt);
+    if (c == 0u) {
+        return 0.0;
+    }
+    return total / f32(c);
+}
+
 @compute @workgroup_size(WG)
 fn adamw_prepare(@builtin(local_invocation_index) lid: u32) {
     var acc = vec2<f32>(0.0, 0.0);
@@ -76,10 +96,18 @@ fn adamw_prepare(@builtin(local_invocation_index) lid: u32) {
         acc = kahan_add(acc, partials[i]);
     }
     let total = tree_sum(lid, acc);
+    var loss = 0.0;
+    if (PP.has_loss == 2u) {
+        workgroupBarrier();  // every invocation has read tree_sum's result
+        loss = mse_loss(lid);
+    }
     if (lid == 0u) {
         var bad = !is_finite_(total);
+        if (PP.has_loss == 2u) {
+            loss_io[0] = loss;
+        }
         if (PP.has_loss != 0u) {
-            bad = bad || !is_finite_(loss_in[0]);
+            bad = bad || !is_finite_(loss_io[0]);
         }
         // a non-finite total is reported as it is (max(NaN, 0) may drop the NaN)
         let norm = select(sqrt(max(total, 0.0)), total, !is_finite_(total));

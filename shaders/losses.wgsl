@@ -7,9 +7,13 @@
 //                 (0 when count = 0), the gradient scale read by mse_grad;
 //   mode 1:       loss = sum * mul / div.
 // Gradients: without a mask the mse count is n, so mse_partials writes the gradient
-// (pred - target) * (2 / n) itself (flags bit 1); with a mask mse_grad runs after loss_final;
-// ce_partials and ent_partials write theirs directly.
-// The trees are workgroup_reduce.wgsl's tree_sum (and count_sum below for the mse count).
+// (pred - target) * (2 / n) itself (flags bit 1); with a mask mse_grad_counted runs after
+// mse_partials: every workgroup sums the n_parts count partials itself (exact integers: every
+// workgroup gets the same count) and writes the gradient of its elements (the host uses it
+// while n_parts is small; beyond, mse_grad after loss_final); ce_partials and ent_partials
+// write theirs directly. The loss of a train step is reduced by adamw_prepare instead of
+// loss_final (adamw.wgsl), with the same code and order: the same bits.
+// The trees are workgroup_reduce.wgsl's tree_sum and count_sum.
 // WG must be 256 (LWG) for the reductions.
 
 struct LossParams {
@@ -32,22 +36,6 @@ const ITEMS: u32 = 16u;
 @group(0) @binding(4) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(5) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(6) var<storage, read_write> grad: array<f32>;
-
-// the mse count channel, summed by its own (exact, integer) tree next to tree_sum's
-var<workgroup> red_c: array<u32, 256>;
-
-// Sum of cnt over the workgroup (exact). Same rules as tree_sum: uniform control flow, WG == LWG.
-fn count_sum(lid: u32, cnt: u32) -> u32 {
-    red_c[lid] = cnt;
-    workgroupBarrier();
-    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
-        if (lid < st) {
-            red_c[lid] = red_c[lid] + red_c[lid + st];
-        }
-        workgroupBarrier();
-    }
-    return red_c[0];
-}
 
 fn masked(i: u32) -> bool {
     return (P.flags & 1u) == 0u || mask[i] != 0u;
@@ -125,6 +113,34 @@ fn mse_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         d = pred[i] - target_[i];
     }
     grad[i] = d * partials[2u * P.n_parts];
+}
+
+@compute @workgroup_size(WG)
+fn mse_grad_counted(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    var cnt = 0u;
+    for (var v = lid; v < P.n_parts; v = v + LWG) {
+        cnt = cnt + bitcast<u32>(partials[2u * v + 1u]);
+    }
+    let c = count_sum(lid, cnt);
+    var scale = 0.0;
+    if (c != 0u) {
+        scale = 2.0 / f32(c);  // loss_final's gradient scale, bit for bit
+    }
+    let base = group_index(wid, nwg) * LWG * ITEMS;
+    for (var r = 0u; r < ITEMS; r = r + 1u) {
+        let i = base + lid + r * LWG;
+        if (i < P.n) {
+            var d = 0.0;
+            if (masked(i)) {
+                d = pred[i] - target_[i];
+            }
+            grad[i] = d * scale;
+        }
+    }
 }
 
 @compute @workgroup_size(WG)

@@ -225,10 +225,19 @@ class Backend(ABC):
 
     # ------------------------------------------------------ losses (docs/definitions.md §5)
     @abstractmethod
-    def mse(self, pred: Any, target: Any, mask: Any = None) -> tuple[Any, Any]:
+    def mse(self, pred: Any, target: Any, mask: Any = None, final: bool = True) -> tuple[Any, Any]:
         """(loss float [1], grad [same shape as pred]): mean of (pred - target)^2 over the
         elements where mask is True (all when None); grad 2 (pred - target) / count on masked
-        elements, 0 elsewhere. count = 0 gives loss 0 and grad 0."""
+        elements, 0 elsewhere. count = 0 gives loss 0 and grad 0.
+
+        ``final=False`` allows a backend to leave the loss array unwritten until the next
+        :meth:`adamw_step` given it as ``loss`` (which then computes it), or :meth:`finish_loss`:
+        the caller passes it to one of them before anything else reads it. The gradient is
+        complete either way."""
+
+    def finish_loss(self, loss: Any) -> None:
+        """Complete a loss array that ``mse(..., final=False)`` left unwritten and no
+        :meth:`adamw_step` took over (nothing to do otherwise, and on backends that never defer)."""
 
     @abstractmethod
     def cross_entropy(self, pred: Any, target: Any, eps: float = 1e-12) -> tuple[Any, Any]:

@@ -420,7 +420,9 @@ class NumpyBackend(Backend):
         return float(np.einsum("i,i->", flat, flat, dtype=np.float64))
 
     # ------------------------------------------------------------------ losses
-    def mse(self, pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def mse(
+        self, pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None, final: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         diff = pred - target
         if mask is not None:
             diff = np.where(mask, diff, self.dtype.type(0))

@@ -393,8 +393,11 @@ class WgpuBackend(PackedArrays, Backend):
         return ops_backward.softmax_logits_backward(self, graph, pi, grad_pi, tau, q, k)
 
     # ------------------------------------------------------------------ losses / optimizer (ops_train.py)
-    def mse(self, pred, target, mask=None):  # type: ignore[no-untyped-def]
-        return ops_train.mse(self, pred, target, mask)
+    def mse(self, pred, target, mask=None, final=True):  # type: ignore[no-untyped-def]
+        return ops_train.mse(self, pred, target, mask, final)
+
+    def finish_loss(self, loss):  # type: ignore[no-untyped-def]
+        ops_train.finish_loss(self, loss)
 
     def cross_entropy(self, pred, target, eps=1e-12):  # type: ignore[no-untyped-def]
         return ops_train.cross_entropy(self, pred, target, eps)

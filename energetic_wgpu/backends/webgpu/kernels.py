@@ -320,7 +320,7 @@ SEG_BWD = Uniform("SegBwdParams", n_nodes=U32, dim=U32, mode=U32, bins_off=U32, 
                   out_offset=U32, tau=F32, _pad0=U32, _pad1=U32, _pad2=U32)
 LOSS = Uniform("LossParams", n=U32, flags=U32, n_parts=U32, mode=U32, mul=F32, div=F32, eps=F32, lam=F32)
 ADAMW_PREPARE = Uniform("PrepareParams", n_parts=U32, clip=U32, has_loss=U32, counters=U32, max_norm=F32,
-                        log_b1=F32, log_b2=F32, _pad2=F32)
+                        log_b1=F32, log_b2=F32, n_loss=U32)
 _ADAMW_HYPER = dict(b1=F32, omb1=F32, b2=F32, omb2=F32, eps=F32, _pad2=F32, _pad3=F32, _pad4=F32)
 ADAMW_UPDATE = Uniform("UpdateParams", n=U32, slot=U32, _pad0=U32, _pad1=U32, **_ADAMW_HYPER)
 ADAMW_PACKED = Uniform("PackedParams", n=U32, slot=U32, _pad0=U32, _pad1=U32, **_ADAMW_HYPER, off=VEC4, len=VEC4)
@@ -366,10 +366,11 @@ KERNELS: dict[str, KernelSpec] = {
         KernelSpec("mse_partials", "losses.wgsl", LOSS, ("pred", "target_", "mask", "partials", "grad"), 256),
         KernelSpec("loss_final", "losses.wgsl", LOSS, ("partials", "loss"), 256),
         KernelSpec("mse_grad", "losses.wgsl", LOSS, ("pred", "target_", "mask", "partials", "grad")),
+        KernelSpec("mse_grad_counted", "losses.wgsl", LOSS, ("pred", "target_", "mask", "partials", "grad"), 256),
         KernelSpec("ce_partials", "losses.wgsl", LOSS, ("pred", "target_", "partials", "grad"), 256),
         KernelSpec("ent_partials", "losses.wgsl", LOSS, ("pred", "partials", "grad"), 256),
         KernelSpec("adamw_prepare", "adamw.wgsl", ADAMW_PREPARE,
-                   ("partials", "step_count", "scal_w", "norm_out", "loss_in", "skip_out"), 256),
+                   ("partials", "step_count", "scal_w", "norm_out", "loss_io", "skip_out", "loss_parts"), 256),
         KernelSpec("adamw_update", "adamw.wgsl", ADAMW_UPDATE,
                    ("param", "grad", "exp_avg", "exp_avg_sq", "scal", "hyper")),
         KernelSpec("adamw_update_packed", "adamw.wgsl", ADAMW_PACKED,

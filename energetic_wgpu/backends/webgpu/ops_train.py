@@ -4,11 +4,18 @@ Each function takes the :class:`WgpuBackend` as its first argument and follows t
 docstring of the matching method of :class:`energetic_wgpu.backends.base.Backend`.
 
 Losses are fixed-order two-pass reductions (``losses.wgsl``); the mse count comes from the
-mask on the device. ``adamw_step`` never reads back:
+mask on the device (with a mask, ``mse_grad_counted`` sums the count partials itself, so the
+gradient does not wait for ``loss_final``). ``mse(..., final=False)`` (what ``Router.train_step``
+asks for) leaves the second pass to the ``adamw_step`` given that loss, which reduces the
+partials in ``adamw_prepare`` with loss_final's code (the same bits); :func:`finish_loss`
+encodes ``loss_final`` if no optimizer step took it over. ``adamw_step`` never reads back:
 
-1. ``sumsq_partials`` (reduce.wgsl) of every gradient into one persistent partials buffer
-   (one dispatch covers up to three gradients: :func:`sumsq_partials`);
-2. ``adamw_prepare`` (one workgroup): the global norm, the clip coefficient
+1. the sum-of-squares partials of every gradient: those the backward kernels wrote while
+   producing them (``softmax_logits_backward``: sumsq.py), or else ``sumsq_partials``
+   (reduce.wgsl) into one persistent partials buffer (one dispatch covers up to three
+   gradients: :func:`sumsq_partials`);
+2. ``adamw_prepare`` (one workgroup): the global norm, the step's mse loss when it was left
+   unfinished, the clip coefficient
    min(1, max_norm / (norm + 1e-6)), t += 1 in the device step buffer, the bias corrections
    1 - beta^t from t — written to a persistent scalar buffer, the norm also to a new [1]
    array that is returned. The non-finite guard lives here too: a NaN/inf sum of squares or
@@ -54,10 +61,14 @@ __all__ = [
     "adamw_step",
     "set_steps_per_submit",
     "sumsq_partials",
+    "finish_loss",
     "RING",
 ]
 
 _SPAN = 256 * REDUCE_ITEMS  # elements per reduction workgroup
+#: a masked mse whose partials number at most this (n <= 4M) sums its count in the gradient
+#: kernel (every workgroup reads every count partial: n_parts^2 reads)
+COUNTED_PARTS_MAX = 1024
 #: slots of the learning-rate ring
 RING = 16
 
@@ -84,7 +95,7 @@ def sumsq_partials(rt: Any, arrays: Sequence[Any], partials: Any) -> int:
     return offset
 
 
-def mse(backend: Any, pred: Any, target: Any, mask: Any = None) -> tuple[Any, Any]:
+def mse(backend: Any, pred: Any, target: Any, mask: Any = None, final: bool = True) -> tuple[Any, Any]:
     be, rt = backend, backend.runtime
     pred, target = be._dev(pred), be._dev(target)
     n = pred.size
@@ -97,10 +108,27 @@ def mse(backend: Any, pred: Any, target: Any, mask: Any = None) -> tuple[Any, An
     u = dict(n=n, flags=2 if mask is None else 1, n_parts=parts, mode=0, mul=0.0, div=0.0, eps=0.0, lam=0.0)
     rt.dispatch("mse_partials", workgroups=parts, uniform=u, pred=pred, target_=target, mask=m, partials=partials,
                 grad=grad)
-    rt.dispatch("loss_final", workgroups=1, uniform=u, partials=partials, loss=loss)
-    if mask is not None:
+    counted = mask is not None and parts <= COUNTED_PARTS_MAX
+    if counted:  # the gradient kernel sums the counts itself: loss_final is not needed first
+        rt.dispatch("mse_grad_counted", workgroups=parts, uniform=u, pred=pred, target_=target, mask=m,
+                    partials=partials, grad=grad)
+    if final or (mask is not None and not counted):
+        rt.dispatch("loss_final", workgroups=1, uniform=u, partials=partials, loss=loss)
+    else:  # the next adamw_step given this loss finishes it (adamw_prepare), else finish_loss
+        _state(be).pending_loss[loss] = (partials, parts, u)
+    if mask is not None and not counted:
         rt.dispatch("mse_grad", threads=n, uniform=u, pred=pred, target_=target, mask=m, partials=partials, grad=grad)
     return loss, grad
+
+
+def finish_loss(backend: Any, loss: Any) -> None:
+    """Encode the final reduction of a loss that ``mse(..., final=False)`` left unfinished and
+    no ``adamw_step`` took over (nothing to do otherwise)."""
+    st = _STATES.get(backend)
+    pending = None if st is None or loss is None else st.pending_loss.pop(loss, None)
+    if pending is not None:
+        partials, _, u = pending
+        backend.runtime.dispatch("loss_final", workgroups=1, uniform=u, partials=partials, loss=loss)
 
 
 def cross_entropy(backend: Any, pred: Any, target: Any, eps: float = 1e-12) -> tuple[Any, Any]:
@@ -150,6 +178,10 @@ class _TrainState:
         self.unsubmitted_steps = 0
         self.epoch_seen = -1
         self.uniforms: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
+        # mse losses left unfinished (final=False) -> (partials, partial count, uniform)
+        self.pending_loss: "weakref.WeakKeyDictionary[Any, tuple[Any, int, dict[str, Any]]]" = (
+            weakref.WeakKeyDictionary()
+        )
 
 
 _STATES: "weakref.WeakKeyDictionary[Any, _TrainState]" = weakref.WeakKeyDictionary()
@@ -281,12 +313,16 @@ def adamw_step(
         partials, offset = recorded
     norm = be.empty((1,))
     skipped = be.empty((1,))
-    has_loss = 0 if loss is None else 1
+    pending = None if loss is None else st.pending_loss.pop(loss, None)
+    # absent: the gradient partials stand in (read-only twice is allowed; the dummy is bound
+    # writable as loss_io when there is no loss)
+    loss_parts, n_loss = (partials, 0) if pending is None else pending[:2]
+    has_loss = 0 if loss is None else (1 if pending is None else 2)
     counters = 1 if step.size >= 3 else 0
 
     # the uniform fields depend only on the hyper-parameters (cached: the same values give the
     # same fields, hence the same bytes)
-    hkey = (offset, beta1, beta2, eps, max_grad_norm, has_loss, counters)
+    hkey = (offset, beta1, beta2, eps, max_grad_norm, has_loss, counters, n_loss)
     cached = st.uniforms.get(hkey)
     if cached is None:
 
@@ -296,7 +332,7 @@ def adamw_step(
         clip = max_grad_norm is not None
         u_prep = dict(n_parts=offset, clip=1 if clip else 0, has_loss=has_loss, counters=counters,
                       max_norm=np.float32(max_grad_norm if clip else 0.0), log_b1=log_beta(beta1),
-                      log_b2=log_beta(beta2))
+                      log_b2=log_beta(beta2), n_loss=n_loss)
         hyper = dict(b1=np.float32(beta1), omb1=np.float32(1.0 - beta1), b2=np.float32(beta2),
                      omb2=np.float32(1.0 - beta2), eps=np.float32(eps))
         cached = (u_prep, hyper)
@@ -307,7 +343,7 @@ def adamw_step(
     u_prep, hyper = cached
     loss_buf = rt.dummy() if loss is None else be._dev(loss)
     rt.dispatch("adamw_prepare", workgroups=1, uniform=u_prep, partials=partials, step_count=step, scal_w=scal,
-                norm_out=norm, loss_in=loss_buf, skip_out=skipped)
+                norm_out=norm, loss_io=loss_buf, skip_out=skipped, loss_parts=loss_parts)
 
     slot = _lr_slot(be, st, np.float32(lr), np.float32(1.0 - lr * weight_decay))
     packed = _packed_layout(params, grads, exp_avg, exp_avg_sq)
