@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from graphs import degree_graph
 
 from energetic_wgpu import AdamW, GraphConfig, Router, RouterParams, build_lattice
 from energetic_wgpu.backends.base import COUNTER_NAMES
@@ -20,14 +21,14 @@ GRAPH = build_lattice(GraphConfig(layers=3, nodes_per_layer=32, local_neighbors=
 STEP_DISPATCHES = {(1, False): 10, (2, False): 14, (3, False): 18, (1, True): 11}
 
 
-def _setup(be, batch=5):
-    params = RouterParams.init(GRAPH, 8, tau=0.8, top_k=3, seed=1)
-    r = Router(GRAPH, params, be)
+def _setup(be, batch=5, graph=GRAPH):
+    params = RouterParams.init(graph, 8, tau=0.8, top_k=3, seed=1)
+    r = Router(graph, params, be)
     opt = AdamW(r, lr=0.01, max_grad_norm=0.5)
     rng = np.random.default_rng(0)
-    en = rng.random((batch, GRAPH.num_nodes)).astype(np.float32)
-    tgt = (rng.random((batch, GRAPH.num_nodes)) * 0.1).astype(np.float32)
-    mask = rng.random((batch, GRAPH.num_nodes)) < 0.7
+    en = rng.random((batch, graph.num_nodes)).astype(np.float32)
+    tgt = (rng.random((batch, graph.num_nodes)) * 0.1).astype(np.float32)
+    mask = rng.random((batch, graph.num_nodes)) < 0.7
     return r, opt, be.asarray(en), be.asarray(tgt), be.asarray(mask)
 
 
@@ -54,10 +55,15 @@ def test_wgpu_counters_is_a_dict_of_live_values(gpu_backend):
     assert c1["submits"] > c0["submits"]
 
 
-@pytest.mark.parametrize("steps,masked", sorted(STEP_DISPATCHES))
-def test_train_step_budget(gpu_backend, steps, masked):
+#: out-degrees 0..32 (every bin of the binned backward up to 32: thread per node, 32-lane group)
+MID_GRAPH = degree_graph(list(range(33)) * 2, 5)
+
+
+@pytest.mark.parametrize("steps,masked,graph", [(*k, "lattice") for k in sorted(STEP_DISPATCHES)]
+                         + [(1, False, "degrees 0..32"), (1, True, "degrees 0..32")])
+def test_train_step_budget(gpu_backend, steps, masked, graph):
     be = gpu_backend
-    r, opt, e, t, m = _setup(be)
+    r, opt, e, t, m = _setup(be, graph=GRAPH if graph == "lattice" else MID_GRAPH)
     mask = m if masked else None
     for _ in range(4):  # warm-up: pipelines, pool, dispatch records, lr slot
         r.train_step(e, t, opt, steps=steps, mask=mask)
