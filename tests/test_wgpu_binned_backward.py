@@ -86,6 +86,9 @@ def test_recorded_partials_sum_to_the_squares(gpu_backend):
     ref = sum(float(np.sum(h ** 2)) for h in host)
     total = float(np.sum(be.to_numpy(partials)[:count].astype(np.float64)))
     assert abs(total - ref) <= 1e-5 * max(1.0, ref)
+    d0 = be.counters()["dispatches"]
+    norm_sq = float(be.to_numpy(be.sum_squares(list(grads)))[0])  # sum_squares uses them too
+    assert be.counters()["dispatches"] - d0 == 1 and abs(norm_sq - ref) <= 1e-5 * max(1.0, ref)
     assert sumsq.partials_for(be, [grads[1], grads[0], grads[2]]) is None  # other order: not covered
     assert sumsq.partials_for(be, list(grads[:2])) is None
     be.write(grads[2], np.zeros(grads[2].shape, np.float32))  # a host write discards the record

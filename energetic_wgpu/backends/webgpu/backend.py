@@ -31,7 +31,7 @@ import numpy as np
 from ...errors import InvalidArgumentError, ShapeError
 from ...graph import Graph
 from ..base import Backend
-from . import ops_backward, ops_train
+from . import ops_backward, ops_train, sumsq
 from .graph_data import GraphData, upload_graph
 from .kernels import REDUCE_ITEMS, SMALL_DEGREE_MAX
 from .packed import PackedArrays
@@ -368,11 +368,14 @@ class WgpuBackend(PackedArrays, Backend):
 
     def sum_squares(self, arrays: Sequence[Any]) -> DeviceArray:
         arrs = [self._dev(a) for a in arrays]
-        counts = [-(-a.size // _REDUCE_SPAN) for a in arrs]
-        total = sum(counts)
         out = self.empty((1,))
-        partials = self.empty((max(1, total),))
-        ops_train.sumsq_partials(self.runtime, arrs, partials)
+        recorded = sumsq.partials_for(self, arrs)  # gradients whose kernels wrote their partials
+        if recorded is not None:
+            partials, total = recorded
+        else:
+            total = sum(-(-a.size // _REDUCE_SPAN) for a in arrs)
+            partials = self.empty((max(1, total),))
+            ops_train.sumsq_partials(self.runtime, arrs, partials)
         self.runtime.dispatch("sum_final", workgroups=1, uniform=dict(n=total, out_offset=0, n1=0, n2=0), x=partials,
                               result=out)
         return out
