@@ -31,7 +31,8 @@ def test_device_check_dry_run(tmp_path):
     sizes = [f["size"]["name"] for f in adapter["train_step"]]
     assert sizes == ["default", "large"]
     for fig in adapter["train_step"]:
-        assert fig["per_step"] == {"submits": 1, "dispatches": 13, "buffers_created": 0, "bytes_uploaded": 0,
+        # the T = 1 mse budget of tests/test_step_budget.py
+        assert fig["per_step"] == {"submits": 1, "dispatches": 10, "buffers_created": 0, "bytes_uploaded": 0,
                                    "bytes_read_back": 0}
         assert fig["step_ms"] > 0 and fig["host_encode_submit_ms"] > 0
     torch = report["torch"]
