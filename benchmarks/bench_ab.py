@@ -72,7 +72,7 @@ def _worker(tree: str, adapter: int, large_nodes: int, reps: int) -> dict[str, A
 
     import energetic_wgpu
     from energetic_wgpu.backends.webgpu import WgpuBackend, ops_train
-    from energetic_wgpu.graph import Graph, GraphConfig, build_lattice
+    from energetic_wgpu.graph import Graph
     from energetic_wgpu.optim import AdamW
     from energetic_wgpu.router import Router, RouterParams
 
@@ -89,18 +89,10 @@ def _worker(tree: str, adapter: int, large_nodes: int, reps: int) -> dict[str, A
 
     out: dict[str, Any] = {"tree": tree, "adapter": be.describe()}
     # ---- default workload
-    graph = build_lattice(GraphConfig(layers=10, nodes_per_layer=1024, local_neighbors=8, jump_neighbors=2))
-    router = Router(graph, RouterParams.init(graph, 16, top_k=4, seed=0), be)
-    opt = AdamW(router, lr=1e-3, max_grad_norm=1.0)
-    rng = np.random.default_rng(0)
-    en = np.zeros((64, graph.num_nodes), np.float32)
-    en[:, :1024] = rng.random((64, 1024))
-    e, t = be.asarray(en), be.asarray((rng.random((64, graph.num_nodes)) * 0.01).astype(np.float32))
+    from refactor_invariants import baseline_step  # the benchmark lattice (benchmarks/ is on sys.path)
+
     for steps in (1, 3):
-
-        def step() -> None:
-            router.train_step(e, t, opt, steps=steps)
-
+        step = baseline_step(be, steps)
         for _ in range(5):
             step()
         drain()
@@ -132,7 +124,7 @@ def _worker(tree: str, adapter: int, large_nodes: int, reps: int) -> dict[str, A
             "step_ms": float(np.median(sync)),
         }
     ops_train.set_steps_per_submit(be, 1)
-    del router, opt, e, t
+    del step
     # ---- large workload: per-phase device time and bandwidth
     if large_nodes:
         rng = np.random.default_rng(1)
