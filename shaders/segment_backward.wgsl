@@ -16,8 +16,8 @@
 // stride the entries for the dot, then lane l owns the columns l, l + 32, ... (each a serial
 // sum over the entries); the rest one workgroup per hub: the dot and every column strided
 // over the 64 lanes and reduced by a fixed tree. Every sum is compensated (kahan_add) in a
-// fixed order: results are bit-identical from run to run. In mode 0 dl[e] is recomputed
-// where the column sums need it (the same expression, the same bits).
+// fixed order: results are bit-identical from run to run. In mode 0 the column sums read
+// dl[e] back (after a storageBarrier where other lanes of the workgroup wrote it).
 //
 // partials[P.out_offset + w] = the sum of squares of every value workgroup w wrote (dl and
 // out in mode 0, out in mode 1), its lanes' compensated sums reduced by the same fixed tree.
@@ -75,25 +75,21 @@ fn group_sum(lid: u32, width: u32, acc: vec2<f32>) -> f32 {
     return sb_a[base] - sb_b[base];
 }
 
-fn dlogit(e: u32, dot: f32) -> f32 {
-    return pi[e] * (gpi[e] - dot) / P.tau;
-}
-
 // entry r's term of column c: dl * feat[other, c]
-fn term(r: u32, c: u32, dot: f32) -> f32 {
+fn term(r: u32, c: u32) -> f32 {
     if (P.mode == 0u) {
-        return dlogit(r, dot) * feat[idx[r] * P.dim + c];
+        return dl[r] * feat[idx[r] * P.dim + c];
     }
     return dl[idx[2u * r]] * feat[idx[2u * r + 1u] * P.dim + c];
 }
 
 // columns c0, c0 + step, ... of node j (entries [s, t), serial); returns sq plus their squares
-fn columns(j: u32, s: u32, t: u32, c0: u32, step: u32, dot: f32, sq_in: vec2<f32>) -> vec2<f32> {
+fn columns(j: u32, s: u32, t: u32, c0: u32, step: u32, sq_in: vec2<f32>) -> vec2<f32> {
     var sq = sq_in;
     for (var c = c0; c < P.dim; c = c + step) {
         var acc = vec2<f32>(0.0, 0.0);
         for (var r = s; r < t; r = r + 1u) {
-            acc = kahan_add(acc, term(r, c, dot));
+            acc = kahan_add(acc, term(r, c));
         }
         let v = acc.x - acc.y;
         out[j * P.dim + c] = v;
@@ -106,7 +102,7 @@ fn columns(j: u32, s: u32, t: u32, c0: u32, step: u32, dot: f32, sq_in: vec2<f32
 fn write_dl(s: u32, t: u32, first: u32, step: u32, dot: f32, sq_in: vec2<f32>) -> vec2<f32> {
     var sq = sq_in;
     for (var e = s + first; e < t; e = e + step) {
-        let v = dlogit(e, dot);
+        let v = pi[e] * (gpi[e] - dot) / P.tau;
         dl[e] = v;
         sq = kahan_add(sq, v * v);
     }
@@ -126,13 +122,11 @@ fn small_node(j: u32) -> vec2<f32> {
     let s = seg[j];
     let t = seg[j + 1u];
     var sq = vec2<f32>(0.0, 0.0);
-    var dot = 0.0;
     if (P.mode == 0u) {
         let acc = dot_part(s, t, 0u, 1u);
-        dot = acc.x - acc.y;
-        sq = write_dl(s, t, 0u, 1u, dot, sq);
+        sq = write_dl(s, t, 0u, 1u, acc.x - acc.y, sq);  // read back by this invocation only
     }
-    return columns(j, s, t, 0u, 1u, dot, sq);
+    return columns(j, s, t, 0u, 1u, sq);
 }
 
 // m: the node's place in the mid bin (>= n_mid: an idle group, which still meets the barriers)
@@ -148,13 +142,13 @@ fn mid_node(m: u32, lid: u32) -> vec2<f32> {
         t = seg[j + 1u];
     }
     var sq = vec2<f32>(0.0, 0.0);
-    var dot = 0.0;
     if (P.mode == 0u) {
-        dot = group_sum(lid, LANES, dot_part(s, t, lane, LANES));
+        let dot = group_sum(lid, LANES, dot_part(s, t, lane, LANES));
         sq = write_dl(s, t, lane, LANES, dot, sq);
+        storageBarrier();  // the group's dl before the column sums read it
     }
     if (busy) {
-        sq = columns(j, s, t, lane, LANES, dot, sq);
+        sq = columns(j, s, t, lane, LANES, sq);
     }
     return sq;
 }
@@ -163,15 +157,15 @@ fn hub_node(j: u32, lid: u32) -> vec2<f32> {
     let s = seg[j];
     let t = seg[j + 1u];
     var sq = vec2<f32>(0.0, 0.0);
-    var dot = 0.0;
     if (P.mode == 0u) {
-        dot = group_sum(lid, BW, dot_part(s, t, lid, BW));
+        let dot = group_sum(lid, BW, dot_part(s, t, lid, BW));
         sq = write_dl(s, t, lid, BW, dot, sq);
+        storageBarrier();  // the workgroup's dl before the column sums read it
     }
     for (var c = 0u; c < P.dim; c = c + 1u) {
         var acc = vec2<f32>(0.0, 0.0);
         for (var r = s + lid; r < t; r = r + BW) {
-            acc = kahan_add(acc, term(r, c, dot));
+            acc = kahan_add(acc, term(r, c));
         }
         let v = group_sum(lid, BW, acc);
         if (lid == 0u) {

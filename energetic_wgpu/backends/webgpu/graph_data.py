@@ -19,7 +19,7 @@ class Bins:
     """The nodes of one direction (out-segments or in-ranges) binned by degree for the
     degree-binned backward (segment_backward.wgsl): ``seg`` u32 [N+1 + N] is the pointer
     array followed by the nodes ordered small (degree <= THREAD_DEGREE_MAX), mid (<=
-    SMALL_DEGREE_MAX), hub (larger), each bin in node order."""
+    SMALL_DEGREE_MAX), hub (larger), each bin sorted by degree (ties in node order)."""
 
     seg: DeviceArray
     n_small: int
@@ -41,9 +41,12 @@ def degree_bins(ptr: np.ndarray) -> tuple[np.ndarray, int, int, int]:
     pointer array ``ptr`` [N+1] of segments (CSR) or in-ranges (reverse index)."""
     ptr = np.asarray(ptr, dtype=np.int64)
     deg = np.diff(ptr)
-    small = np.flatnonzero(deg <= THREAD_DEGREE_MAX)
-    mid = np.flatnonzero((deg > THREAD_DEGREE_MAX) & (deg <= SMALL_DEGREE_MAX))
-    hub = np.flatnonzero(deg > SMALL_DEGREE_MAX)
+    # each bin sorted by degree (stable): neighbouring lanes run loops of similar lengths
+    order = np.argsort(deg, kind="stable")
+    d = deg[order]
+    small = order[d <= THREAD_DEGREE_MAX]
+    mid = order[(d > THREAD_DEGREE_MAX) & (d <= SMALL_DEGREE_MAX)]
+    hub = order[d > SMALL_DEGREE_MAX]
     seg = np.concatenate([ptr, small, mid, hub]).astype(np.uint32)
     return seg, int(small.size), int(mid.size), int(hub.size)
 
