@@ -135,6 +135,12 @@ class Backend(ABC):
         top_k largest z of each segment, softmax over the kept edges of each segment,
         0 on dropped edges. Empty segments are fine. No NaN for any finite input."""
 
+    def edge_probs(self, graph: Graph, q: Any, k: Any, bias: Any, tau: float = 1.0, top_k: int = 0) -> Any:
+        """pi [E] = segment_softmax(edge_logits(q, k, bias), tau, top_k): the router's forward
+        edge probabilities (q, k float [N, d]; bias float [E]). A backend may fuse the two (the
+        wgpu backend does: the logits are never stored); this default composes them."""
+        return self.segment_softmax(graph, self.edge_logits(graph, q, k, bias), tau, top_k)
+
     @abstractmethod
     def energy_scatter(
         self,
