@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..graph import Graph
+from ..validation import check_int
 
 __all__ = ["Backend", "METRIC_NAMES", "COUNTER_NAMES"]
 
@@ -138,7 +139,11 @@ class Backend(ABC):
     def edge_probs(self, graph: Graph, q: Any, k: Any, bias: Any, tau: float = 1.0, top_k: int = 0) -> Any:
         """pi [E] = segment_softmax(edge_logits(q, k, bias), tau, top_k): the router's forward
         edge probabilities (q, k float [N, d]; bias float [E]). A backend may fuse the two (the
-        wgpu backend does: the logits are never stored); this default composes them."""
+        wgpu backend does: the logits are never stored); this default composes them.
+
+        Raises:
+            InvalidArgumentError: ``top_k`` not an int >= 0."""
+        top_k = check_int(top_k, "top_k", 0)
         return self.segment_softmax(graph, self.edge_logits(graph, q, k, bias), tau, top_k)
 
     @abstractmethod

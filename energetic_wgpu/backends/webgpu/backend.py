@@ -30,6 +30,7 @@ import numpy as np
 
 from ...errors import InvalidArgumentError, ShapeError
 from ...graph import Graph
+from ...validation import check_int
 from ..base import Backend
 from . import ops_backward, ops_train
 from .graph_data import GraphData, upload_graph
@@ -250,10 +251,8 @@ class WgpuBackend(PackedArrays, Backend):
                mode: int) -> DeviceArray:
         """The one ``edge_probs`` dispatch (edge_probs.wgsl): pi (mode 0) or the kept mask (mode 1)
         of the z = (dot(q, k) + bias) / tau; dim = 0 takes ``bias`` as the logits."""
+        top_k = check_int(top_k, "top_k", 0)
         gd = self.graph_data(graph)
-        top_k = int(top_k)
-        if top_k < 0:
-            raise InvalidArgumentError(f"top_k must be >= 0, got {top_k}")
         out = self.empty((gd.num_edges,), np.bool_ if mode == 1 else np.float32)
         bins = gd.bins
         if bins.workgroups:
