@@ -8,19 +8,22 @@
 // u32 0/1) is written. With dim == 0 the logits are `bias` itself (the segment_softmax and
 // segment_topk ops bind their input there). q and k rows are read as vec4 (row_dot.wgsl).
 //
-// One dispatch of LWG = 256 invocations per workgroup serves three degree bins, listed per graph
-// in `seg_list` = [small nodes | mid nodes | hub nodes] (degree-0 nodes have nothing to write):
+// The degree bins are listed per graph in `seg_list` = [small nodes | mid nodes | hub nodes]
+// (degree-0 nodes have nothing to write). The entry point `edge_probs` (SWG = 64 invocations per
+// workgroup) serves the first two in one dispatch (`edge_probs_small` when there are no mid
+// segments):
 // * workgroups [0, small_wg): one thread per segment of degree 1..SMALL_MAX, the z in registers,
 //   the top-k by pairwise ranks;
 // * [small_wg, small_wg + mid_wg): a group of 32 lanes per segment of degree SMALL_MAX+1..MID_MAX,
-//   8 segments per workgroup; lane l takes edges l, l + 32, ...; the z go to workgroup memory,
+//   2 segments per workgroup; lane l takes edges l, l + 32, ...; the z go to workgroup memory,
 //   each lane ranks its own edges against the segment, and max and sum are per-lane partials
-//   combined in lane order (every lane computes the same total);
-// * the rest: one workgroup per segment of degree > MID_MAX (hubs). The z are stored in the
-//   output (each invocation rereads only the entries it wrote); the top-k threshold is a radix
-//   select, 8 bits per pass (4 passes over the order-preserving u32 key of z, counts in a
-//   256-bin workgroup histogram), then, only when the k-th value ties, 4 more over the edge
-//   index among the ties; max and compensated sum by fixed trees.
+//   combined in lane order (every lane computes the same total).
+// `edge_probs_hub` (LWG = 256) runs one workgroup per segment of degree > MID_MAX (hubs), in a
+// second dispatch only when the graph has hubs. The z are stored in the output (each invocation
+// rereads only the entries it wrote); the top-k threshold is a radix select, 8 bits per pass
+// (4 passes over the order-preserving u32 key of z, counts in a 256-bin workgroup histogram),
+// then, only when the k-th value ties, 4 more over the edge index among the ties; max and
+// compensated sum by fixed trees.
 // Every barrier is in workgroup-uniform control flow, every count is an integer and every
 // float reduction has a fixed order: the same bits run to run.
 
@@ -51,11 +54,13 @@ struct ProbParams {
 // the bin bounds (kernels.py THREAD_DEGREE_MAX and GROUP_DEGREE_MAX)
 const SMALL_MAX: u32 = 16u;
 const MID_MAX: u32 = 256u;
+const SWG: u32 = 64u;      // the workgroup size of edge_probs (the host passes it as WG)
 const GROUP: u32 = 32u;
-const GROUPS: u32 = 8u;   // LWG / GROUP
-const PER_LANE: u32 = 8u; // MID_MAX / GROUP
+const GROUPS: u32 = 2u;    // SWG / GROUP
+const PER_LANE: u32 = 8u;  // MID_MAX / GROUP
 
-var<workgroup> mid_z: array<f32, 2048>; // GROUPS * MID_MAX
+var<workgroup> mid_z: array<f32, 512>; // GROUPS * MID_MAX
+var<workgroup> mid_part: array<f32, 64>; // SWG
 var<workgroup> hist: array<atomic<u32>, 256>;
 var<workgroup> pick: array<u32, 3>;
 
@@ -142,6 +147,8 @@ fn seg_small(j: u32) {
 // ---------------------------------------------------------------- 32 lanes per segment
 
 // mw: the index of this workgroup among the mid workgroups. Called in uniform control flow.
+// The z live in workgroup memory only (no private arrays: llvmpipe then keeps seg_small's in
+// registers); after the ranks are taken each lane overwrites its own slots with exp(z - m).
 fn seg_mid(mw: u32, lid: u32) {
     let g = lid / GROUP;
     let lane = lid % GROUP;
@@ -156,39 +163,30 @@ fn seg_mid(mw: u32, lid: u32) {
         qb = j * P.dim;
     }
     let base = g * MID_MAX;
-    var zl: array<f32, PER_LANE>; // this lane's z: edges s + lane + GROUP * r
-    for (var r = 0u; r < PER_LANE; r = r + 1u) {
-        let i = lane + GROUP * r;
-        if (i < deg) {
-            let z = edge_z(s + i, qb);
-            zl[r] = z;
-            mid_z[base + i] = z;
-        }
+    // this lane's edges: s + lane + GROUP * r, r < PER_LANE
+    for (var i = lane; i < deg; i = i + GROUP) {
+        mid_z[base + i] = edge_z(s + i, qb);
     }
     workgroupBarrier();
     let k = P.top_k;
+    let use_k = k != 0u && deg > k;
     var keep = 0u; // bit r: edge s + lane + GROUP * r kept
-    if (k != 0u && deg > k) {
-        var rank: array<u32, PER_LANE>;
-        for (var r = 0u; r < PER_LANE; r = r + 1u) {
-            rank[r] = 0u;
-        }
-        for (var o = 0u; o < deg; o = o + 1u) {
-            let zo = mid_z[base + o];
-            for (var r = 0u; r < PER_LANE; r = r + 1u) {
-                if (zo > zl[r] || (zo == zl[r] && o < lane + GROUP * r)) {
-                    rank[r] = rank[r] + 1u;
+    for (var r = 0u; r < PER_LANE; r = r + 1u) {
+        let i = lane + GROUP * r;
+        if (i < deg) {
+            var kept = true;
+            if (use_k) {
+                let z = mid_z[base + i];
+                var rank = 0u;
+                for (var o = 0u; o < deg; o = o + 1u) {
+                    let zo = mid_z[base + o];
+                    if (zo > z || (zo == z && o < i)) {
+                        rank = rank + 1u;
+                    }
                 }
+                kept = rank < k;
             }
-        }
-        for (var r = 0u; r < PER_LANE; r = r + 1u) {
-            if (lane + GROUP * r < deg && rank[r] < k) {
-                keep = keep | (1u << r);
-            }
-        }
-    } else {
-        for (var r = 0u; r < PER_LANE; r = r + 1u) {
-            if (lane + GROUP * r < deg) {
+            if (kept) {
                 keep = keep | (1u << r);
             }
         }
@@ -205,36 +203,40 @@ fn seg_mid(mw: u32, lid: u32) {
     var m = -f32_max();
     for (var r = 0u; r < PER_LANE; r = r + 1u) {
         if (((keep >> r) & 1u) != 0u) {
-            m = max(m, zl[r]);
+            m = max(m, mid_z[base + lane + GROUP * r]);
         }
     }
     let lo = g * GROUP;
-    red_a[lid] = m;
+    mid_part[lid] = m;
     workgroupBarrier();
-    m = red_a[lo];
+    m = mid_part[lo];
     for (var l = 1u; l < GROUP; l = l + 1u) {
-        m = max(m, red_a[lo + l]);
+        m = max(m, mid_part[lo + l]);
     }
     workgroupBarrier();
     var part = 0.0;
     for (var r = 0u; r < PER_LANE; r = r + 1u) {
-        var ex = 0.0;
+        let i = lane + GROUP * r;
         if (((keep >> r) & 1u) != 0u) {
-            ex = exp(zl[r] - m);
+            let ex = exp(mid_z[base + i] - m);
+            mid_z[base + i] = ex;
+            part = part + ex;
         }
-        zl[r] = ex;
-        part = part + ex;
     }
-    red_a[lid] = part;
+    mid_part[lid] = part;
     workgroupBarrier();
     var total = 0.0;
     for (var l = 0u; l < GROUP; l = l + 1u) {
-        total = total + red_a[lo + l];
+        total = total + mid_part[lo + l];
     }
     for (var r = 0u; r < PER_LANE; r = r + 1u) {
         let i = lane + GROUP * r;
         if (i < deg) {
-            result[s + i] = bitcast<u32>(zl[r] / total);
+            var p = 0.0;
+            if (((keep >> r) & 1u) != 0u) {
+                p = mid_z[base + i] / total;
+            }
+            result[s + i] = bitcast<u32>(p);
         }
     }
 }
@@ -371,7 +373,7 @@ fn seg_hub(j: u32, lid: u32) {
     }
 }
 
-// ---------------------------------------------------------------- the entry point
+// ---------------------------------------------------------------- the entry points
 
 @compute @workgroup_size(WG)
 fn edge_probs(
@@ -379,10 +381,10 @@ fn edge_probs(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    // WG must be LWG (256): the host passes it.
+    // WG must be SWG (64): the host passes it.
     let w = group_index(wid, nwg);
     if (w < P.small_wg) {
-        let i = w * LWG + lid;
+        let i = w * SWG + lid;
         if (i < P.n_small) {
             seg_small(seg_list[i]);
         }
@@ -391,10 +393,33 @@ fn edge_probs(
     let mw = w - P.small_wg;
     if (mw < P.mid_wg) {
         seg_mid(mw, lid);
-        return;
     }
-    let hw = mw - P.mid_wg;
-    if (hw < P.n_hub) {
-        seg_hub(seg_list[P.n_small + P.n_mid + hw], lid);
+}
+
+// The same for a graph without mid segments (the host picks it): no barrier and no workgroup
+// memory in the pipeline, which lets llvmpipe keep seg_small's z in registers (2-4x faster there).
+@compute @workgroup_size(WG)
+fn edge_probs_small(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // WG must be SWG (64): the host passes it.
+    let i = group_index(wid, nwg) * SWG + lid;
+    if (i < P.n_small) {
+        seg_small(seg_list[i]);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn edge_probs_hub(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // WG must be LWG (256): the host passes it.
+    let w = group_index(wid, nwg);
+    if (w < P.n_hub) {
+        seg_hub(seg_list[P.n_small + P.n_mid + w], lid);
     }
 }

@@ -20,7 +20,7 @@ from energetic_wgpu.graph import Graph
 
 wgpu_mod = pytest.importorskip("energetic_wgpu.backends.webgpu", reason="wgpu backend not importable")
 from energetic_wgpu.backends.webgpu.graph_data import degree_bins  # noqa: E402
-from energetic_wgpu.backends.webgpu.kernels import GROUP_DEGREE_MAX, THREAD_DEGREE_MAX  # noqa: E402
+from energetic_wgpu.backends.webgpu.kernels import GROUP_DEGREE_MAX, THREAD_DEGREE_MAX, kernel  # noqa: E402
 
 T, G = THREAD_DEGREE_MAX, GROUP_DEGREE_MAX
 #: every bin and both sides of every bin edge: thread (1..T), 32-lane group (T+1..G), hub (> G)
@@ -58,9 +58,10 @@ def test_degree_bins_split_and_order():
     b = degree_bins(degs)
     assert (b.n_small, b.n_mid, b.n_hub) == (3, 2, 2)
     assert b.nodes.tolist() == [1, 2, 6, 3, 4, 5, 8]
-    assert (b.small_wg, b.mid_wg, b.workgroups) == (1, 1, 4)
-    many = degree_bins(np.full(1000, T + 1))
-    assert (many.n_mid, many.mid_wg, many.workgroups) == (1000, 125, 125)  # 8 segments per workgroup
+    assert (b.small_wg, b.mid_wg, b.workgroups) == (1, 1, 2)  # hubs: their own dispatch
+    many = degree_bins(np.concatenate([np.full(1000, T + 1), np.full(65, 1)]))
+    assert (many.n_small, many.small_wg) == (65, 2)  # 64 segments per workgroup
+    assert (many.n_mid, many.mid_wg, many.workgroups) == (1000, 500, 502)  # 2 segments per workgroup
     empty = degree_bins(np.zeros(4, dtype=np.int64))
     assert (empty.nodes.size, empty.workgroups) == (0, 0)
 
@@ -72,6 +73,8 @@ def test_bin_bounds_match_the_shader():
     assert int(re.search(r"const SMALL_MAX: u32 = (\d+)u;", text).group(1)) == THREAD_DEGREE_MAX
     assert int(re.search(r"const MID_MAX: u32 = (\d+)u;", text).group(1)) == GROUP_DEGREE_MAX
     assert GROUP_DEGREE_MAX == 32 * int(re.search(r"const PER_LANE: u32 = (\d+)u;", text).group(1))
+    assert int(re.search(r"const SWG: u32 = (\d+)u;", text).group(1)) == kernel("edge_probs").workgroup_size
+    assert kernel("edge_probs_hub").workgroup_size == 256
 
 
 # --------------------------------------------------------------------------- parity
@@ -84,6 +87,17 @@ def test_edge_probs_every_bin(backend, dim, top_k):
     g = bins_graph()
     q, k, bias = normal_inputs(g, dim, seed=dim)
     return {"pi": backend.edge_probs(g, q, k, bias, tau=0.8, top_k=top_k)}
+
+
+@pytest.mark.parametrize("dim", [3, 16])
+@pytest.mark.parametrize("top_k", [0, 2])
+@numpy_and_wgpu()
+def test_edge_probs_thread_bin_only(backend, dim, top_k):
+    """A graph whose every degree is in the thread bin: the barrier-free pipeline."""
+    g = degree_graph([d for d in BIN_DEGREES if d <= T] * 5, 6)
+    q, k, bias = normal_inputs(g, dim, seed=dim)
+    return {"pi": backend.edge_probs(g, q, k, bias, tau=0.8, top_k=top_k),
+            "kept": backend.segment_topk(g, backend.asarray(bias), 2)}
 
 
 @pytest.mark.parametrize("top_k", [1, 2, T, T + 1, 32, 33, G, G + 1])
@@ -156,16 +170,18 @@ def test_fused_equals_composed_ops_bitwise(gpu_backend):
             assert fused.tobytes() == composed.tobytes(), (dim, top_k)
 
 
-def test_edge_probs_is_one_dispatch(gpu_backend):
-    """Every bin, hubs included, in one dispatch; no new buffers in a repeated call."""
+@pytest.mark.parametrize("upto,dispatches", [(T, 1), (G, 1), (3 * G, 2)])
+def test_edge_probs_dispatches(gpu_backend, upto, dispatches):
+    """Degrees up to GROUP_DEGREE_MAX: one dispatch for every bin (up to THREAD_DEGREE_MAX the
+    barrier-free pipeline); hubs add one. No new buffers and no upload in a repeated call."""
     be = gpu_backend
-    g = bins_graph(4)
+    g = degree_graph([d for d in BIN_DEGREES if d <= upto], 4)
     q, k, bias = (be.asarray(a) for a in normal_inputs(g, 16))
-    be.to_numpy(be.edge_probs(g, q, k, bias, 1.0, 3))  # warm-up: graph data, pipeline, pool
+    be.to_numpy(be.edge_probs(g, q, k, bias, 1.0, 3))  # warm-up: graph data, pipelines, pool
     c0 = be.counters()
     pi = be.edge_probs(g, q, k, bias, 1.0, 3)
     c1 = be.counters()
-    assert c1["dispatches"] - c0["dispatches"] == 1
+    assert c1["dispatches"] - c0["dispatches"] == dispatches
     assert c1["buffers_created"] - c0["buffers_created"] == 0
     assert c1["bytes_uploaded"] - c0["bytes_uploaded"] == 0
     del pi

@@ -8,8 +8,9 @@ Degree strategies (SMALL = ``kernels.SMALL_DEGREE_MAX`` = 256):
 
 * ``edge_probs`` (the Router's forward), ``segment_softmax`` and ``segment_topk``: one dispatch
   of ``edge_probs.wgsl`` over the graph's degree bins (``graph_data.DegreeBins``): segments of
-  degree 1..16 one thread each, 17..256 a group of 32 lanes each (8 per workgroup), larger ones
-  a workgroup each (top-k by an 8-bit radix select). ``edge_probs`` computes the logits in the
+  degree 1..16 one thread each, 17..256 a group of 32 lanes each (2 per workgroup of 64); larger
+  ones (a second dispatch, only when there are any) a workgroup of 256 each (top-k by an 8-bit
+  radix select). ``edge_probs`` computes the logits in the
   same pass (q/k rows read as vec4) and never stores them; the other two read their input
   logits instead.
 * ``energy_scatter``: a gather over the reverse (CSC) index; nodes of in-degree <= SMALL run
@@ -249,17 +250,23 @@ class WgpuBackend(PackedArrays, Backend):
 
     def _probs(self, graph: Graph, q: Any, k: Any, bias: Any, dim: int, tau: float, top_k: Any,
                mode: int) -> DeviceArray:
-        """The one ``edge_probs`` dispatch (edge_probs.wgsl): pi (mode 0) or the kept mask (mode 1)
-        of the z = (dot(q, k) + bias) / tau; dim = 0 takes ``bias`` as the logits."""
+        """The ``edge_probs`` dispatch (edge_probs.wgsl; hubs add ``edge_probs_hub``): pi (mode 0)
+        or the kept mask (mode 1) of the z = (dot(q, k) + bias) / tau; dim = 0 takes ``bias``
+        as the logits."""
         top_k = check_int(top_k, "top_k", 0)
         gd = self.graph_data(graph)
         out = self.empty((gd.num_edges,), np.bool_ if mode == 1 else np.float32)
         bins = gd.bins
-        if bins.workgroups:
-            u = dict(n_small=bins.n_small, n_mid=bins.n_mid, n_hub=bins.n_hub, small_wg=bins.small_wg,
-                     mid_wg=bins.mid_wg, dim=dim, top_k=top_k, mode=mode, tau=np.float32(tau))
-            self.runtime.dispatch("edge_probs", workgroups=bins.workgroups, uniform=u, row_ptr=gd.row_ptr,
-                                  col_idx=gd.col_idx, q=q, k=k, bias=bias, result=out, seg_list=gd.seg_list)
+        if gd.seg_list is None:
+            return out  # no edges
+        u = dict(n_small=bins.n_small, n_mid=bins.n_mid, n_hub=bins.n_hub, small_wg=bins.small_wg,
+                 mid_wg=bins.mid_wg, dim=dim, top_k=top_k, mode=mode, tau=np.float32(tau))
+        b = dict(row_ptr=gd.row_ptr, col_idx=gd.col_idx, q=q, k=k, bias=bias, result=out, seg_list=gd.seg_list)
+        if bins.workgroups:  # without mid segments: the barrier-free pipeline
+            name = "edge_probs" if bins.n_mid else "edge_probs_small"
+            self.runtime.dispatch(name, workgroups=bins.workgroups, uniform=u, **b)
+        if bins.n_hub:
+            self.runtime.dispatch("edge_probs_hub", workgroups=bins.n_hub, uniform=u, **b)
         return out
 
     def edge_probs(self, graph: Graph, q: Any, k: Any, bias: Any, tau: float = 1.0, top_k: int = 0) -> DeviceArray:

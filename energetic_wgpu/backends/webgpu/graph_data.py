@@ -14,8 +14,8 @@ from .kernels import GROUP_DEGREE_MAX, SMALL_DEGREE_MAX, THREAD_DEGREE_MAX
 __all__ = ["GraphData", "DegreeBins", "degree_bins", "upload_graph"]
 
 #: segments per workgroup of the forward's thread bin and 32-lane-group bin (edge_probs.wgsl)
-_THREADS_PER_WG = 256
-_GROUPS_PER_WG = 8
+_THREADS_PER_WG = 64
+_GROUPS_PER_WG = 2
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,9 @@ class DegreeBins:
     """The forward's degree bins of one graph (edge_probs.wgsl): ``nodes`` (int64) lists the
     nodes of out-degree 1..THREAD_DEGREE_MAX (``n_small``), then THREAD+1..GROUP_DEGREE_MAX
     (``n_mid``), then larger (``n_hub``), each in node order. ``small_wg`` and ``mid_wg``
-    are the workgroups of the first two bins (256 segments and 8 segments per workgroup);
-    ``workgroups`` is the whole dispatch (each hub gets one)."""
+    are the workgroups of the first two bins (64 segments and 2 segments per workgroup of 64),
+    ``workgroups`` their sum: the ``edge_probs`` dispatch (hubs: ``edge_probs_hub``, one
+    workgroup each)."""
 
     nodes: np.ndarray
     n_small: int
@@ -41,7 +42,7 @@ class DegreeBins:
 
     @property
     def workgroups(self) -> int:
-        return self.small_wg + self.mid_wg + self.n_hub
+        return self.small_wg + self.mid_wg
 
 
 def degree_bins(out_degree: np.ndarray) -> DegreeBins:

@@ -325,6 +325,7 @@ _ADAMW_HYPER = dict(b1=F32, omb1=F32, b2=F32, omb2=F32, eps=F32, _pad2=F32, _pad
 ADAMW_UPDATE = Uniform("UpdateParams", n=U32, slot=U32, _pad0=U32, _pad1=U32, **_ADAMW_HYPER)
 ADAMW_PACKED = Uniform("PackedParams", n=U32, slot=U32, _pad0=U32, _pad1=U32, **_ADAMW_HYPER, off=VEC4, len=VEC4)
 
+_PROBS = ("row_ptr", "col_idx", "q", "k", "bias", "result", "seg_list")
 _SCATTER_IN = ("rev_ptr", "rev_pairs", "pi", "energies")
 _SCATTER_BWD = ("row_ptr", "col_idx", "pi", "grad_next", "act_mask", "sink", "out")
 _LOGITS_BWD = ("seg_ptr", "idx", "grad_logits", "feat", "out")
@@ -336,8 +337,9 @@ KERNELS: dict[str, KernelSpec] = {
         KernelSpec("copy_vec4", "copy.wgsl", COPY, ("src", "dst")),
         KernelSpec("add", "elementwise.wgsl", ADD, ("a", "b", "out")),
         KernelSpec("edge_logits", "edge_logits.wgsl", LOGITS, ("src", "col_idx", "q", "k", "bias", "logits")),
-        KernelSpec("edge_probs", "edge_probs.wgsl", PROBS,
-                   ("row_ptr", "col_idx", "q", "k", "bias", "result", "seg_list"), 256),
+        KernelSpec("edge_probs", "edge_probs.wgsl", PROBS, _PROBS, 64),
+        KernelSpec("edge_probs_small", "edge_probs.wgsl", PROBS, _PROBS, 64),
+        KernelSpec("edge_probs_hub", "edge_probs.wgsl", PROBS, _PROBS, 256),
         KernelSpec("scatter_transpose", "energy_scatter.wgsl", SCATTER, ("energies", "act_mask", "xt_out")),
         KernelSpec("scatter_small", "energy_scatter.wgsl", SCATTER, _SCATTER_IN + ("sink", "next_e", "xt")),
         KernelSpec("scatter_large", "energy_scatter.wgsl", SCATTER,
