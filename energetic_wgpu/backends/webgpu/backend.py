@@ -270,8 +270,9 @@ class WgpuBackend(PackedArrays, Backend):
         return out
 
     def edge_probs(self, graph: Graph, q: Any, k: Any, bias: Any, tau: float = 1.0, top_k: int = 0) -> DeviceArray:
-        """float32 [E]: segment_softmax(edge_logits(q, k, bias), tau, top_k) in ONE dispatch; the
-        logits are never stored (q, k float [N, d]; bias float [E])."""
+        """float32 [E]: segment_softmax(edge_logits(q, k, bias), tau, top_k) in ONE dispatch (hubs,
+        segments of more than 256 edges, add one); the logits are never stored (q, k float
+        [N, d]; bias float [E])."""
         q, k, bias = self._dev(q), self._dev(k), self._dev(bias)
         dim = q.shape[1] if q.ndim == 2 else 0
         return self._probs(graph, q, k, bias, dim, float(tau), top_k, 0)
