@@ -14,7 +14,7 @@ from graphs import degree_graph
 from parity import assert_parity
 
 from energetic_wgpu.backends.numpy_backend import NumpyBackend
-from energetic_wgpu.backends.webgpu.graph_data import degree_bins
+from energetic_wgpu.backends.webgpu.graph_data import binned_segments
 from energetic_wgpu.backends.webgpu.kernels import SMALL_DEGREE_MAX, THREAD_DEGREE_MAX
 from energetic_wgpu.graph import Graph
 
@@ -38,7 +38,7 @@ def _run(be, graph, x, tau):
 
 
 def test_bins_cover_every_node_once():
-    seg, n_small, n_mid, n_hub = degree_bins(GRAPH.row_ptr)
+    seg, n_small, n_mid, n_hub = binned_segments(GRAPH.row_ptr)
     n = GRAPH.num_nodes
     assert np.array_equal(seg[: n + 1], GRAPH.row_ptr)
     nodes = seg[n + 1:]

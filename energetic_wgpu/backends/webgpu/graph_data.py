@@ -9,17 +9,58 @@ import numpy as np
 
 from ...graph import Graph
 from .arrays import DeviceArray
-from .kernels import BIN_WG, SMALL_DEGREE_MAX, THREAD_DEGREE_MAX
+from .kernels import BIN_WG, GROUP_DEGREE_MAX, SMALL_DEGREE_MAX, THREAD_DEGREE_MAX
 
-__all__ = ["GraphData", "Bins", "upload_graph", "degree_bins"]
+__all__ = ["GraphData", "DegreeBins", "degree_bins", "SegmentBins", "binned_segments", "upload_graph"]
+
+#: segments per workgroup of the forward's thread bin and 32-lane-group bin (edge_probs.wgsl)
+_THREADS_PER_WG = 64
+_GROUPS_PER_WG = 2
 
 
 @dataclass(frozen=True)
-class Bins:
+class DegreeBins:
+    """The forward's degree bins of one graph (edge_probs.wgsl): ``nodes`` (int64) lists the
+    nodes of out-degree 1..THREAD_DEGREE_MAX (``n_small``), then THREAD+1..GROUP_DEGREE_MAX
+    (``n_mid``), then larger (``n_hub``), each in node order. ``small_wg`` and ``mid_wg``
+    are the workgroups of the first two bins (64 segments and 2 segments per workgroup of 64),
+    ``workgroups`` their sum: the ``edge_probs`` dispatch (hubs: ``edge_probs_hub``, one
+    workgroup each)."""
+
+    nodes: np.ndarray
+    n_small: int
+    n_mid: int
+    n_hub: int
+
+    @property
+    def small_wg(self) -> int:
+        return -(-self.n_small // _THREADS_PER_WG)
+
+    @property
+    def mid_wg(self) -> int:
+        return -(-self.n_mid // _GROUPS_PER_WG)
+
+    @property
+    def workgroups(self) -> int:
+        return self.small_wg + self.mid_wg
+
+
+def degree_bins(out_degree: np.ndarray) -> DegreeBins:
+    """The :class:`DegreeBins` of a graph with these out-degrees ([N] int)."""
+    deg = np.asarray(out_degree)
+    small = np.flatnonzero((deg >= 1) & (deg <= THREAD_DEGREE_MAX))
+    mid = np.flatnonzero((deg > THREAD_DEGREE_MAX) & (deg <= GROUP_DEGREE_MAX))
+    hub = np.flatnonzero(deg > GROUP_DEGREE_MAX)
+    return DegreeBins(np.concatenate([small, mid, hub]), int(small.size), int(mid.size), int(hub.size))
+
+
+@dataclass(frozen=True)
+class SegmentBins:
     """The nodes of one direction (out-segments or in-ranges) binned by degree for the
-    degree-binned backward (segment_backward.wgsl): ``seg`` u32 [N+1 + N] is the pointer
-    array followed by the nodes ordered small (degree <= THREAD_DEGREE_MAX), mid (<=
-    SMALL_DEGREE_MAX), hub (larger), each bin sorted by degree (ties in node order)."""
+    softmax + logits backward (segment_backward.wgsl): ``seg`` u32 [N+1 + N] is the pointer
+    array followed by EVERY node (degree 0 too: its gradient row is written as zeros) ordered
+    small (degree <= THREAD_DEGREE_MAX), mid (<= GROUP_DEGREE_MAX), hub (larger), each bin
+    sorted by degree (ties in node order)."""
 
     seg: DeviceArray
     n_small: int
@@ -36,7 +77,7 @@ class Bins:
         return dict(bins_off=num_nodes + 1, n_small=self.n_small, n_mid=self.n_mid, n_hub=self.n_hub)
 
 
-def degree_bins(ptr: np.ndarray) -> tuple[np.ndarray, int, int, int]:
+def binned_segments(ptr: np.ndarray) -> tuple[np.ndarray, int, int, int]:
     """(pointers followed by the binned node list as u32, n_small, n_mid, n_hub) for the
     pointer array ``ptr`` [N+1] of segments (CSR) or in-ranges (reverse index)."""
     ptr = np.asarray(ptr, dtype=np.int64)
@@ -45,8 +86,8 @@ def degree_bins(ptr: np.ndarray) -> tuple[np.ndarray, int, int, int]:
     order = np.argsort(deg, kind="stable")
     d = deg[order]
     small = order[d <= THREAD_DEGREE_MAX]
-    mid = order[(d > THREAD_DEGREE_MAX) & (d <= SMALL_DEGREE_MAX)]
-    hub = order[d > SMALL_DEGREE_MAX]
+    mid = order[(d > THREAD_DEGREE_MAX) & (d <= GROUP_DEGREE_MAX)]
+    hub = order[d > GROUP_DEGREE_MAX]
     seg = np.concatenate([ptr, small, mid, hub]).astype(np.uint32)
     return seg, int(small.size), int(mid.size), int(hub.size)
 
@@ -68,12 +109,15 @@ class GraphData:
     n_large_out: int
     n_large_in: int
     n_nonempty: int
-    bins_out: Bins  # source segments binned by out-degree
-    bins_in: Bins  # reverse-index ranges binned by in-degree
+    bins: DegreeBins
+    seg_list: DeviceArray | None  # u32: bins.nodes (None when every node has out-degree 0)
+    bins_out: SegmentBins  # source segments binned by out-degree (the backward)
+    bins_in: SegmentBins  # reverse-index ranges binned by in-degree (the backward)
 
 
 def upload_graph(backend: Any, graph: Graph) -> GraphData:
-    """Upload ``graph``'s CSR and reverse (CSC) indices, sinks and large-degree node lists."""
+    """Upload ``graph``'s CSR and reverse (CSC) indices, sinks, large-degree node lists and the
+    forward's degree bins."""
 
     def up(a: np.ndarray) -> DeviceArray:
         return backend.asarray(np.ascontiguousarray(a, dtype=np.uint32), np.uint32)
@@ -82,10 +126,11 @@ def upload_graph(backend: Any, graph: Graph) -> GraphData:
     pairs = np.stack([rev_perm, graph.src[rev_perm]], axis=1) if graph.num_edges else np.zeros((0, 2))
     large_out = np.flatnonzero(graph.out_degree > SMALL_DEGREE_MAX)
     large_in = np.flatnonzero(graph.in_degree > SMALL_DEGREE_MAX)
+    bins = degree_bins(graph.out_degree)
 
-    def bins(ptr: np.ndarray) -> Bins:
-        seg, n_small, n_mid, n_hub = degree_bins(ptr)
-        return Bins(up(seg), n_small, n_mid, n_hub)
+    def seg_bins(ptr: np.ndarray) -> SegmentBins:
+        seg, n_small, n_mid, n_hub = binned_segments(ptr)
+        return SegmentBins(up(seg), n_small, n_mid, n_hub)
 
     return GraphData(
         num_nodes=graph.num_nodes,
@@ -101,6 +146,8 @@ def upload_graph(backend: Any, graph: Graph) -> GraphData:
         n_large_out=int(large_out.size),
         n_large_in=int(large_in.size),
         n_nonempty=int(np.count_nonzero(graph.out_degree)),
-        bins_out=bins(graph.row_ptr),
-        bins_in=bins(graph.rev_ptr),
+        bins=bins,
+        seg_list=up(bins.nodes) if bins.nodes.size else None,
+        bins_out=seg_bins(graph.row_ptr),
+        bins_in=seg_bins(graph.rev_ptr),
     )
