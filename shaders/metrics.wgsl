@@ -1,12 +1,14 @@
 // metrics.wgsl: the five step metrics (docs/definitions.md §2) by a fixed-order two-pass reduction.
-// Pass 1 (metrics_partials) covers the index range [0, max(B*N, B*E, E)); each thread of
-// workgroup w takes indices w*WG*ITEMS + lid + r*WG and accumulates
-//   te: next[i]                          (i < B*N)
-//   an: active && energies != 0          (i < B*N)
-//   ae: pi[e] > 0 && active[b, src[e]]   (i < B*E)
-//   mf: max of x[b, src[e]] * pi[e]      (i < B*E)
-//   h : -pi log pi over edges            (i < E)   (mean over non-empty segments = sum / count)
-// into partials[w*8 .. w*8+5]. Pass 2 (metrics_final) sums the partials in order and divides.
+// Pass 1 (metrics_partials) runs n_total workgroups of WG * ITEMS = 4096 items each; thread lid
+// of workgroup w takes the items lid + r*WG (r < ITEMS) of three ranges and accumulates
+//   te: next[i]                          (flat i = w*4096 + item < B*N)
+//   an: active && energies != 0          (flat i < B*N)
+//   ae: pi[e] > 0 && active[b, src[e]]   (row b, edge e of the [B, E] grid: block_origin with
+//   mf: max of x[b, src[e]] * pi[e]       edge_blocks = ceil(E / 4096) workgroups per row)
+//   h : -pi log pi over edges            (flat e < E)   (mean over non-empty segments = sum / count)
+// into partials[w*8 .. w*8+5]; n_total = max(ceil(B*N / 4096), B * edge_blocks, edge_blocks).
+// B * E itself is never formed: it passes 2^32 on graphs that fit (B = 257, E = 16.7M).
+// Pass 2 (metrics_final) sums the partials in order and divides.
 // WG must be 256.
 
 struct MetricParams {
@@ -15,9 +17,9 @@ struct MetricParams {
     n_edges: u32,
     has_active: u32,
     alpha: f32,
-    n_total: u32,      // max(B*N, B*E, E); n_partials for the final pass
+    n_total: u32,      // workgroups of metrics_partials (partials written); the same for the final pass
     n_nonempty: u32,   // number of non-empty segments
-    _pad0: u32,
+    edge_blocks: u32,  // ceil(n_edges / (WG * ITEMS)): workgroups per batch row of the [B, E] range
 }
 
 const LWG: u32 = 256u;
@@ -62,29 +64,35 @@ fn metrics_partials(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let w = group_index(wid, nwg);
-    let base = w * LWG * ITEMS;
-    if (base >= P.n_total) {
+    if (w >= P.n_total) {
         return;
     }
-    let bn = P.batch * P.n_nodes;
-    let be = P.batch * P.n_edges;
+    let span = LWG * ITEMS;
+    let bn = P.batch * P.n_nodes;  // the size of energies: fits in u32
+    // flat ranges (B*N and E items) only for the workgroups that reach them: w * span stays
+    // below B*N + span and E + span
+    let flat_bn = w < (bn + span - 1u) / span;
+    let flat_e = w < P.edge_blocks;
+    let base = w * span;
+    let rc = block_origin(w, max(P.edge_blocks, 1u), span);
+    let in_grid = rc.x < P.batch;
     var te = vec2<f32>(0.0, 0.0);
     var an = 0.0;
     var ae = 0.0;
     var mf = -f32_max();
     var h = vec2<f32>(0.0, 0.0);
     for (var r = 0u; r < ITEMS; r = r + 1u) {
-        let i = base + lid + r * LWG;
-        if (i < bn) {
+        let item = lid + r * LWG;
+        let i = base + item;
+        if (flat_bn && i < bn) {
             te = kahan_add(te, next_e[i]);
             if (is_active(i) && energies[i] != 0.0) {
                 an = an + 1.0;
             }
         }
-        if (i < be) {
-            let b = i / P.n_edges;
-            let e = i - b * P.n_edges;
-            let j = b * P.n_nodes + src[e];
+        let e = rc.y + item;
+        if (in_grid && e < P.n_edges) {
+            let j = rc.x * P.n_nodes + src[e];
             let p = pi[e];
             var x = energies[j] * P.alpha;
             if (!is_active(j)) {
@@ -94,7 +102,7 @@ fn metrics_partials(
             }
             mf = max(mf, x * p);
         }
-        if (i < P.n_edges) {
+        if (flat_e && i < P.n_edges) {
             let p = pi[i];
             if (p > 0.0) {
                 h = kahan_add(h, -(p * log(p)));

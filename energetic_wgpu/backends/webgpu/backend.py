@@ -41,6 +41,7 @@ __all__ = ["WgpuBackend"]
 
 _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
 _REDUCE_SPAN = 256 * REDUCE_ITEMS  # elements covered by one reduction workgroup
+_FLOW_WG = 64  # edge_flow's workgroup size (kernels.py): edges per workgroup
 
 
 class WgpuBackend(PackedArrays, Backend):
@@ -315,9 +316,11 @@ class WgpuBackend(PackedArrays, Backend):
         batch, flat = self._batch(energies, gd.num_nodes)
         act = self._opt(active)
         out = self.empty((gd.num_edges,) if flat else (batch, gd.num_edges))
+        edge_blocks = -(-gd.num_edges // _FLOW_WG)
         u = dict(batch=batch, n_nodes=gd.num_nodes, n_edges=gd.num_edges, has_active=1 if active is not None else 0,
-                 alpha=np.float32(alpha))
-        self.runtime.dispatch("edge_flow", threads=batch * gd.num_edges, uniform=u, src=gd.src, pi=pi,
+                 alpha=np.float32(alpha), edge_blocks=edge_blocks)
+        # one workgroup per (batch row, WG edges): the shader never forms b * E before the bounds check
+        self.runtime.dispatch("edge_flow", workgroups=batch * edge_blocks, uniform=u, src=gd.src, pi=pi,
                               energies=energies, act_mask=act, flow=out)
         return out
 
@@ -336,13 +339,15 @@ class WgpuBackend(PackedArrays, Backend):
         if energies.ndim == 2 and energies.shape[0] == 0:
             batch = 0
         act = self._opt(active)
-        n_total = max(batch * gd.num_nodes, batch * gd.num_edges, gd.num_edges)
-        n_parts = -(-n_total // _REDUCE_SPAN)
+        # workgroups: flat ranges over B*N and E, and a [B, E] grid of edge_blocks per row
+        # (metrics.wgsl; B*E is never formed on the device, it can pass 2^32)
+        edge_blocks = -(-gd.num_edges // _REDUCE_SPAN)
+        n_parts = max(-(-batch * gd.num_nodes // _REDUCE_SPAN), batch * edge_blocks, edge_blocks)
         partials = self.empty((max(1, n_parts) * 8,))
         out = self.empty((5,))
         has_act = 1 if active is not None else 0
         u = dict(batch=batch, n_nodes=gd.num_nodes, n_edges=gd.num_edges, has_active=has_act, alpha=np.float32(alpha),
-                 n_total=n_total, n_nonempty=gd.n_nonempty)
+                 n_total=n_parts, n_nonempty=gd.n_nonempty, edge_blocks=edge_blocks)
         self.runtime.dispatch("metrics_partials", workgroups=n_parts, uniform=u, src=gd.src, pi=pi, energies=energies,
                               next_e=next_energies, act_mask=act, partials=partials)
         self.runtime.dispatch("metrics_final", workgroups=1, uniform={**u, "n_total": n_parts}, partials=partials,
