@@ -30,7 +30,7 @@ import numpy as np
 
 from ...errors import InvalidArgumentError, ShapeError
 from ...graph import Graph
-from ..base import Backend
+from ..base import Backend, check_purpose
 from . import ops_backward, ops_train
 from .graph_data import GraphData, upload_graph
 from .kernels import REDUCE_ITEMS, SMALL_DEGREE_MAX
@@ -56,19 +56,24 @@ class WgpuBackend(PackedArrays, Backend):
         dtype: must be "float32".
         features: optional wgpu features to request (opt-in, none by default), e.g.
             ``["timestamp-query"]`` for :meth:`Runtime.gpu_time` in the benchmarks.
+        max_binding_bytes: None (the device's maxStorageBufferBindingSize), or a smaller
+            binding size limit in bytes (a multiple of 256, >= 256) used for every size
+            decision, e.g. to exercise size limits at small sizes in tests.
 
     Raises:
         BackendUnavailable: wgpu is missing, or no adapter matches (the message lists them).
-        InvalidArgumentError: a bad ``limits`` or ``dtype``.
+        InvalidArgumentError: a bad ``limits``, ``dtype`` or ``max_binding_bytes`` (not an
+            int multiple of 256, or above the device's limit).
 
-    Arrays larger than the device's maxStorageBufferBindingSize (128 MiB with default limits)
-    are refused with :class:`DeviceLimitError`; they are never split.
+    Arrays larger than the binding limit in use (128 MiB with default limits) are refused
+    with :class:`DeviceLimitError`; they are never split.
     """
 
     name = "wgpu"
 
     def __init__(
-        self, adapter: Any = None, limits: str = "default", dtype: Any = "float32", features: Sequence[str] = ()
+        self, adapter: Any = None, limits: str = "default", dtype: Any = "float32", features: Sequence[str] = (),
+        max_binding_bytes: Any = None,
     ) -> None:
         try:
             dt = np.dtype(dtype)
@@ -77,7 +82,7 @@ class WgpuBackend(PackedArrays, Backend):
         if dt != np.float32:
             raise InvalidArgumentError(f"dtype must be 'float32' for the wgpu backend, got {dt.name!r}")
         self.dtype = np.dtype(np.float32)
-        self.runtime = Runtime(adapter=adapter, limits=limits, features=features)
+        self.runtime = Runtime(adapter=adapter, limits=limits, features=features, max_binding_bytes=max_binding_bytes)
         self._graphs: "weakref.WeakKeyDictionary[Graph, GraphData]" = weakref.WeakKeyDictionary()
         # (weak ref to the graph, its data) of the last lookup: WeakKeyDictionary.get builds a
         # weak reference per call
@@ -95,6 +100,27 @@ class WgpuBackend(PackedArrays, Backend):
         bytes_read_back, and bind groups, pipelines, shader modules, uniform buffers,
         readbacks and compute passes created/run); its attributes are the live values."""
         return self.runtime.counters
+
+    def limits_in_use(self) -> dict[str, Any]:
+        """{limits_mode, max_binding_bytes, max_storage_buffer_binding_size, max_buffer_size}:
+        "default" (WebGPU's default limits) or "adapter" (the adapter's maxima), the binding
+        size limit size decisions use (bytes), and the device's limits."""
+        return self.runtime.limits_in_use()
+
+    def memory(self) -> dict[str, int]:
+        """Live device bytes by purpose: graph, parameters, optimizer, activations, workspace,
+        pool_free and total (ints; buffer sizes, pool rounding included). See
+        ``docs/architecture.md`` "Device memory"."""
+        return self.runtime.memory()
+
+    def tag_memory(self, arrays: Sequence[Any], purpose: str) -> None:
+        """Count the buffers of ``arrays`` (DeviceArrays of this backend; others are ignored)
+        under ``purpose`` ("graph", "parameters", "optimizer" or "workspace") in
+        :meth:`memory` until they are released."""
+        check_purpose(purpose)
+        for a in arrays:
+            if isinstance(a, DeviceArray) and a.backend is self:
+                self.runtime.pool.tag(a.pooled, purpose)
 
     @property
     def adapter_info(self) -> dict[str, Any]:
@@ -226,14 +252,18 @@ class WgpuBackend(PackedArrays, Backend):
         if last is not None and last[0]() is graph:  # the common case: the same graph again
             return last[1]
         gd = self._graphs.get(graph)
-        if gd is not None:
-            self._last_graph = (weakref.ref(graph), gd)
-            return gd
-
-        gd = upload_graph(self, graph)
-        self._graphs[graph] = gd
-        self._last_graph = (weakref.ref(graph), gd)
+        if gd is None:
+            gd = upload_graph(self, graph)
+            self.tag_memory(list(vars(gd).values()), "graph")
+            self._graphs[graph] = gd
+        # the graph's collection drops this reference too (the device data is freed with the graph)
+        self._last_graph = (weakref.ref(graph, self._forget_last_graph), gd)
         return gd
+
+    def _forget_last_graph(self, ref: Any) -> None:
+        last = self._last_graph
+        if last is not None and last[0] is ref:
+            self._last_graph = None
 
     # ------------------------------------------------------------------ forward ops
     def edge_logits(self, graph: Graph, q: Any, k: Any, bias: Any) -> DeviceArray:

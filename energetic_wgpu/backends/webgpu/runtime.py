@@ -19,6 +19,7 @@ from ...errors import DeviceError, InvalidArgumentError
 from .arrays import DeviceArray, PooledBuffer, make_view, view_bind_size
 from .device import DEFAULT_LIMITS, list_adapters, open_device, require_wgpu
 from .encoder import Encoder
+from .memory import check_binding_bytes_range, check_binding_bytes_type, memory_report
 from .events import Counters, Listener, Listeners, TraceListener
 from .pipelines import PipelineCache
 from .pool import BufferPool
@@ -32,14 +33,25 @@ __all__ = ["Runtime", "DeviceArray", "Counters", "list_adapters", "DEFAULT_LIMIT
 class Runtime:
     """Device, pool, caches, listeners and the pending command encoder of one wgpu backend.
 
-    Args: as :class:`~energetic_wgpu.backends.webgpu.WgpuBackend` (adapter, limits, features).
+    Args: as :class:`~energetic_wgpu.backends.webgpu.WgpuBackend` (adapter, limits, features,
+    max_binding_bytes).
     """
 
-    def __init__(self, adapter: Any = None, limits: str = "default", features: Sequence[str] = ()) -> None:
+    def __init__(self, adapter: Any = None, limits: str = "default", features: Sequence[str] = (),
+                 max_binding_bytes: Any = None) -> None:
         w = require_wgpu()
+        check_binding_bytes_type(max_binding_bytes)
         dev = open_device(adapter, limits, features)
         self.adapter, self.device, self.queue = dev.adapter, dev.device, dev.queue
         self.adapter_info, self.limits, self.limits_mode = dev.adapter_info, dev.limits, dev.limits_mode
+        device_max = self.limits["max_storage_buffer_binding_size"]
+        #: the binding size limit used for size decisions (bytes): ``max_binding_bytes`` when
+        #: given (at most the device's maxStorageBufferBindingSize), else the device's
+        self.max_binding_bytes = check_binding_bytes_range(max_binding_bytes, device_max, limits)
+        if max_binding_bytes is None:
+            limit_desc = ("the device's maxStorageBufferBindingSize", f"{limits} limits")
+        else:
+            limit_desc = ("max_binding_bytes", f"set for this backend; the device allows {device_max}")
         #: the optional features this device was created with (opt-in: none by default)
         self.features: frozenset[str] = dev.features
         self._describe = dev.describe()
@@ -50,7 +62,7 @@ class Runtime:
         self._trace: TraceListener | None = None
         ev = self.listeners
         self.submission = Submission(self.device, ev.pass_begun)
-        self.pool = BufferPool(self.device, self.submission, self.max_binding_size, limits, self.STORAGE_USAGE,
+        self.pool = BufferPool(self.device, self.submission, self.max_binding_size, limit_desc, self.STORAGE_USAGE,
                                ev.created)
         self.pipelines = PipelineCache(self.device, ev.built)
         self.uniforms = UniformCache(self.queue, self.pool.new_buffer, self.pool.destroy, self.submission,
@@ -89,7 +101,23 @@ class Runtime:
 
     @property
     def max_binding_size(self) -> int:
-        return self.limits["max_storage_buffer_binding_size"]
+        """The binding size limit in use (bytes): :attr:`max_binding_bytes`."""
+        return self.max_binding_bytes
+
+    def limits_in_use(self) -> dict[str, Any]:
+        """The limits size decisions use: ``limits_mode`` ("default" or "adapter"),
+        ``max_binding_bytes`` (the binding limit in use), and the device's
+        ``max_storage_buffer_binding_size`` and ``max_buffer_size``."""
+        return {
+            "limits_mode": self.limits_mode,
+            "max_binding_bytes": self.max_binding_bytes,
+            "max_storage_buffer_binding_size": self.limits["max_storage_buffer_binding_size"],
+            "max_buffer_size": self.limits.get("max_buffer_size", 0),
+        }
+
+    def memory(self) -> dict[str, int]:
+        """Live device bytes by purpose (memory.py)."""
+        return memory_report(self.pool, self.submission, self.readback)
 
     @property
     def offset_alignment(self) -> int:
