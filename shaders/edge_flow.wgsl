@@ -2,16 +2,19 @@
 // Workgroup w covers row b and edges [c, c + WG) of it (block_origin with edge_blocks =
 // ceil(E / WG) workgroups per row): no flat index b * E + e is formed before it is known to
 // lie in the output, so B * E past 2^32 cannot wrap.
+// A flow larger than one binding is written in batch chunks: a dispatch covers rows
+// [row0, row0 + batch) of energies / act_mask, and `flow` is bound from an aligned offset
+// before row row0, which lies out0 elements into the bound range.
 
 struct FlowParams {
-    batch: u32,
+    batch: u32,        // rows of this dispatch
     n_nodes: u32,
     n_edges: u32,
     has_active: u32,
     alpha: f32,
     edge_blocks: u32,  // ceil(n_edges / WG)
-    _pad1: u32,
-    _pad2: u32,
+    row0: u32,         // first batch row of this dispatch
+    out0: u32,         // element of the bound flow range where row row0 starts
 }
 
 @group(0) @binding(0) var<uniform> P: FlowParams;
@@ -33,10 +36,10 @@ fn edge_flow(
     if (b >= P.batch || e >= P.n_edges) {
         return;
     }
-    let j = b * P.n_nodes + src[e];
+    let j = (P.row0 + b) * P.n_nodes + src[e];
     var x = energies[j] * P.alpha;
     if (P.has_active != 0u && act_mask[j] == 0u) {
         x = 0.0;
     }
-    flow[b * P.n_edges + e] = x * pi[e];
+    flow[P.out0 + b * P.n_edges + e] = x * pi[e];
 }

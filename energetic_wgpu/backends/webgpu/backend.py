@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ...errors import InvalidArgumentError, ShapeError
+from ...errors import DeviceLimitError, InvalidArgumentError, ShapeError
 from ...graph import Graph
 from ..base import Backend, check_purpose
 from . import ops_backward, ops_train
@@ -66,7 +66,8 @@ class WgpuBackend(PackedArrays, Backend):
             int multiple of 256, or above the device's limit).
 
     Arrays larger than the binding limit in use (128 MiB with default limits) are refused
-    with :class:`DeviceLimitError`; they are never split.
+    with :class:`DeviceLimitError`; they are never split, except :meth:`edge_flow`'s output
+    (written in batch chunks, up to the device's maxBufferSize).
     """
 
     name = "wgpu"
@@ -341,18 +342,47 @@ class WgpuBackend(PackedArrays, Backend):
         return out
 
     def edge_flow(self, graph: Graph, energies: Any, pi: Any, alpha: float = 1.0, active: Any = None) -> DeviceArray:
+        """As :meth:`Backend.edge_flow`. A [B, E] flow larger than the binding limit lives in one
+        buffer (up to the device's maxBufferSize) written in batch chunks of whole rows, each
+        bound as its own range (bit-identical to one dispatch: every element is computed alone);
+        it can be read back but not passed whole to another op."""
         gd = self.graph_data(graph)
         energies, pi = self._dev(energies), self._dev(pi)
         batch, flat = self._batch(energies, gd.num_nodes)
         act = self._opt(active)
-        out = self.empty((gd.num_edges,) if flat else (batch, gd.num_edges))
+        shape = (gd.num_edges,) if flat else (batch, gd.num_edges)
+        out = self.runtime.pool.new_large_array(self, shape, np.float32, "edge_flow")
         edge_blocks = -(-gd.num_edges // _FLOW_WG)
         u = dict(batch=batch, n_nodes=gd.num_nodes, n_edges=gd.num_edges, has_active=1 if active is not None else 0,
-                 alpha=np.float32(alpha), edge_blocks=edge_blocks)
+                 alpha=np.float32(alpha), edge_blocks=edge_blocks, row0=0, out0=0)
+        b = dict(src=gd.src, pi=pi, energies=energies, act_mask=act)
         # one workgroup per (batch row, WG edges): the shader never forms b * E before the bounds check
-        self.runtime.dispatch("edge_flow", workgroups=batch * edge_blocks, uniform=u, src=gd.src, pi=pi,
-                              energies=energies, act_mask=act, flow=out)
+        for row0, rows, view, out0 in self._row_chunks(out, batch, gd.num_edges):
+            self.runtime.dispatch("edge_flow", workgroups=rows * edge_blocks,
+                                  uniform={**u, "batch": rows, "row0": row0, "out0": out0}, flow=view, **b)
         return out
+
+    def _row_chunks(self, out: DeviceArray, batch: int, row_len: int) -> Any:
+        """(first row, rows, bindable range, element offset of the first row in it) covering the
+        [batch, row_len] float ``out`` in chunks of whole rows that fit the binding limit: the
+        whole array when it fits, else ranges from an aligned offset before each chunk's row."""
+        rt = self.runtime
+        limit, align = rt.max_binding_size // 16 * 16, rt.offset_alignment  # views bind multiples of 16
+        if batch * row_len * 4 <= limit:
+            yield 0, batch, out, 0
+            return
+        per = (limit - align) // (row_len * 4)  # the aligned start adds < align bytes
+        if per < 1:
+            raise DeviceLimitError(
+                f"one row of {row_len * 4} bytes (and its {align}-byte alignment) does not fit the binding limit "
+                f"of {limit} bytes"
+            )
+        for row0 in range(0, batch, per):
+            rows = min(per, batch - row0)
+            start = row0 * row_len * 4
+            base = start // align * align
+            out0 = (start - base) // 4
+            yield row0, rows, rt.view(out, base, (out0 + rows * row_len,)), out0
 
     def step_metrics(
         self,
@@ -369,15 +399,20 @@ class WgpuBackend(PackedArrays, Backend):
         if energies.ndim == 2 and energies.shape[0] == 0:
             batch = 0
         act = self._opt(active)
-        # workgroups: flat ranges over B*N and E, and a [B, E] grid of edge_blocks per row
-        # (metrics.wgsl; B*E is never formed on the device, it can pass 2^32)
+        # workgroups: flat ranges over B*N and E, and a [B, E] grid of edge_blocks per row taken
+        # with a stride of n_parts (metrics.wgsl; B*E is never formed on the device, it can pass
+        # 2^32), as many as the partials' binding holds (8 floats each, at most 2^20)
         edge_blocks = -(-gd.num_edges // _REDUCE_SPAN)
-        n_parts = max(-(-batch * gd.num_nodes // _REDUCE_SPAN), batch * edge_blocks, edge_blocks)
+        grid = batch * edge_blocks
+        cap = max(1, min(2**20, self.runtime.max_binding_size // 32))
+        n_parts = max(-(-batch * gd.num_nodes // _REDUCE_SPAN), edge_blocks, min(grid, cap))
+        if grid + n_parts >= 2**32:
+            raise DeviceLimitError(f"step_metrics: B = {batch} x {edge_blocks} edge blocks of 4096 is past 2^32 blocks")
         partials = self.empty((max(1, n_parts) * 8,))
         out = self.empty((5,))
         has_act = 1 if active is not None else 0
         u = dict(batch=batch, n_nodes=gd.num_nodes, n_edges=gd.num_edges, has_active=has_act, alpha=np.float32(alpha),
-                 n_total=n_parts, n_nonempty=gd.n_nonempty, edge_blocks=edge_blocks)
+                 n_total=n_parts, n_nonempty=gd.n_nonempty, edge_blocks=edge_blocks, grid_blocks=grid)
         self.runtime.dispatch("metrics_partials", workgroups=n_parts, uniform=u, src=gd.src, pi=pi, energies=energies,
                               next_e=next_energies, act_mask=act, partials=partials)
         self.runtime.dispatch("metrics_final", workgroups=1, uniform={**u, "n_total": n_parts}, partials=partials,

@@ -50,6 +50,8 @@ class BufferPool:
         self.submission = submission
         self.max_binding_size = max_binding_size
         self.limit_desc = limit_desc
+        #: the device's maxBufferSize (arrays written in bound ranges may reach it)
+        self.max_buffer_size = max_binding_size
         self.storage_usage = storage_usage
         self.emit_created = emit_created
         self.live: dict[int, PooledBuffer] = {}
@@ -104,6 +106,29 @@ class BufferPool:
             if len(self._buckets) > 4096:
                 self._buckets.clear()
             self._buckets[nbytes] = size
+        lst = self.free.get((size, self.storage_usage))
+        if lst:
+            self.free_bytes -= size
+            pooled = heapq.heappop(lst)[1]
+        else:
+            pooled = self.new_buffer(size, self.storage_usage)
+        return new_device_array(backend, Allocation(self, pooled), shape, dt)
+
+    def new_large_array(self, backend: Any, shape: tuple[int, ...], dtype: Any, what: str = "array") -> DeviceArray:
+        """An uninitialized array that may exceed the binding limit (up to the device's
+        maxBufferSize, :attr:`max_buffer_size`): an op output written in bound ranges (batch
+        chunks) and read back whole; no kernel binds it whole (the encoder refuses that)."""
+        dt = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
+        shape = tuple(map(int, shape))
+        nbytes = math.prod(shape) * 4
+        if nbytes <= self.max_binding_size:
+            return self.new_array(backend, shape, dt, what)
+        if nbytes > self.max_buffer_size:
+            raise DeviceLimitError(
+                f"{what} of shape {shape} ({dt.name}) needs {nbytes} bytes, over the device's maxBufferSize = "
+                f"{self.max_buffer_size} bytes ({self.limit_desc[1]}); use a smaller batch or graph"
+            )
+        size = min(round_size(nbytes), self.max_buffer_size // 4 * 4)
         lst = self.free.get((size, self.storage_usage))
         if lst:
             self.free_bytes -= size

@@ -64,10 +64,12 @@ class Runtime:
         self.submission = Submission(self.device, ev.pass_begun)
         self.pool = BufferPool(self.device, self.submission, self.max_binding_size, limit_desc, self.STORAGE_USAGE,
                                ev.created)
+        self.pool.max_buffer_size = max(self.max_binding_bytes, int(self.limits.get("max_buffer_size", 0)))
         self.pipelines = PipelineCache(self.device, ev.built)
         self.uniforms = UniformCache(self.queue, self.pool.new_buffer, self.pool.destroy, self.submission,
                                      w.BufferUsage.UNIFORM | w.BufferUsage.COPY_DST)
         self.encoder = Encoder(self.device, self.submission, self.pipelines, self.uniforms, ev)
+        self.encoder.max_binding_size = self.max_binding_bytes  # a binding over it is refused
         # the hot paths, bound directly (no extra call layer)
         self.dispatch = self.encoder.dispatch  # type: ignore[method-assign]
         self.new_array = self.pool.new_array  # type: ignore[method-assign]
