@@ -12,7 +12,8 @@ decades) and batch B (default 1 and 8):
 * wgpu on each adapter (lavapipe in CI), WebGPU's default limits: median step time and the
   device bytes after a step (``backend.memory()``: total, and by purpose). Sizes run until one
   is refused (the refusal's message is recorded as the wall: today one storage binding,
-  128 MiB, caps every array) or a step would pass ``--gpu-max-seconds``.
+  128 MiB, caps every array) or a step would pass ``--gpu-max-seconds``; then the larger
+  sizes are only built (Router, AdamW, inputs; no step) until one is refused, to find the wall.
 
 Each row also gives the minimum bytes a train step needs (the arrays the math uses: the CSR
 graph, parameters, gradients, AdamW's two moments, pi, and energies, target and next
@@ -161,8 +162,9 @@ def sweep(name: str, make: Callable[[], Any], sizes: Sequence[int], batches: Seq
                                                f"(x1.3 margin), {available_ram() / 2**30:.1f} GiB available")
                     break
                 if est * (repeats + 2) > max_seconds:
-                    result["walls"][str(b)] = (f"stopped before E = {e_real}: about {est:.1f} s per step, "
-                                               f"over the {max_seconds:.0f} s budget per size")
+                    why = (f"stopped timing before E = {e_real}: about {est:.1f} s per step, over the "
+                           f"{max_seconds:.0f} s budget per size")
+                    result["walls"][str(b)] = why if numpy else why + "; " + _probe(be, sizes, e_real, b)
                     break
             gc.collect()
             graph = make_graph(e_real)
@@ -184,6 +186,23 @@ def sweep(name: str, make: Callable[[], Any], sizes: Sequence[int], batches: Seq
         rows = [r for r in result["rows"] if r["batch"] == b]
         result.setdefault("slope", {})[str(b)] = loglog_slope([r["edges"] for r in rows], [r["seconds"] for r in rows])
     return result
+
+
+def _probe(be: Any, sizes: Sequence[int], first: int, b: int) -> str:
+    """Build (Router, AdamW, inputs; no step) at each size from ``first`` on until one is
+    refused: where the wall is, without timing steps that take too long."""
+    fits = []
+    for e in (s for s in sizes if max(1, s // DEGREE) * DEGREE >= first):
+        graph = make_graph(e)
+        try:
+            _setup(be, graph, b)
+            fits.append(graph.num_edges)
+        except DeviceLimitError as exc:
+            return f"built untimed at E = {fits}; refused at E = {graph.num_edges}, B = {b}: {exc}"
+        finally:
+            del graph
+            gc.collect()
+    return f"built untimed at E = {fits}; no refusal up to the largest size"
 
 
 def _plot(results: list[dict[str, Any]], path: str) -> str:

@@ -47,9 +47,9 @@ def test_dry_run_numpy_and_wgpu(gpu_backend, tmp_path, capsys):
 def test_refusal_is_recorded_as_the_wall(gpu_backend):
     from energetic_wgpu.backends.webgpu import WgpuBackend
 
-    idx = gpu_backend.adapter_info  # the same adapter, with a 4 KiB binding limit
-    small = WgpuBackend(adapter=gpu_backend.describe().rsplit(" via ", 1)[1].lower(), max_binding_bytes=4096)
-    assert small.adapter_info == idx
+    # the same adapter, with a 4 KiB binding limit
+    small = WgpuBackend(adapter=gpu_backend.adapter_info["backend_type"].lower(), max_binding_bytes=4096)
+    assert small.adapter_info == gpu_backend.adapter_info
     report = sweep.main(["--dry-run", "--no-numpy"], gpu=[("small", small)])
     res = report["results"][0]
     assert res["rows"] == []
@@ -61,3 +61,19 @@ def test_refusal_is_recorded_as_the_wall(gpu_backend):
 def test_min_bytes_formula():
     # graph 4(N+1) + 4E, params/grads/moments 4 x 4(2Nd + E), pi 4E, three [B, N] states
     assert sweep.min_bytes(10, 100, 2) == 4 * (11 + 100 + 4 * (2 * 10 * 16 + 100) + 100 + 3 * 2 * 10)
+
+
+def test_sizes_past_the_time_budget_are_built_until_refused(gpu_backend):
+    from energetic_wgpu.backends.webgpu import WgpuBackend
+
+    kind = gpu_backend.adapter_info["backend_type"].lower()
+    # E = 1,000 fits a 32 KiB binding (parameters 16,800 bytes), E = 3,000 does not (50,400)
+    mid = WgpuBackend(adapter=kind, max_binding_bytes=32768)
+    report = sweep.main(["--dry-run", "--no-numpy", "--gpu-max-seconds", "0"], gpu=[("mid", mid)])
+    res = report["results"][0]
+    assert [r["edges"] for r in res["rows"]] == [1000]
+    wall = res["walls"]["1"]
+    assert wall.startswith("stopped timing before E = 3000: about ")
+    assert "built untimed at E = []; refused at E = 3000, B = 1: " in wall
+    # q, k 19,200 bytes each, bias 12,000 rounded to 12,032 (256-byte regions)
+    assert "packed arrays of shape (12608,) (float32) needs 50432 bytes, over max_binding_bytes = 32768" in wall
