@@ -70,7 +70,7 @@ def memory_report(pool: Any, submission: Any, readback: Any) -> dict[str, int]:
     out = dict.fromkeys(MEMORY_PURPOSES, 0)
     free = {uid for lst in pool.free.values() for uid, _ in lst}
     free.update(p.uid for p in submission.deferred)
-    dummy = pool._dummy.uid if pool._dummy is not None else None
+    dummy = pool.dummy_uid
     for uid, pooled in pool.live.items():
         if uid in free:
             key = "pool_free"

@@ -143,6 +143,11 @@ class BufferPool:
             self._dummy = self.new_buffer(256, self.storage_usage)
         return self._dummy
 
+    @property
+    def dummy_uid(self) -> int | None:
+        """The uid of the dummy buffer (None until one is made)."""
+        return None if self._dummy is None else self._dummy.uid
+
     def release(self, pooled: PooledBuffer) -> None:
         """An allocation is gone: pool its buffer now, or after the submit if in flight."""
         if self.tags:
