@@ -41,7 +41,8 @@ class Runtime:
                  max_binding_bytes: Any = None) -> None:
         w = require_wgpu()
         check_binding_bytes_type(max_binding_bytes)
-        dev = open_device(adapter, limits, features)
+        dev = open_device(adapter, limits, features, check_limits=lambda lim: check_binding_bytes_range(
+            max_binding_bytes, lim["max_storage_buffer_binding_size"], limits))
         self.adapter, self.device, self.queue = dev.adapter, dev.device, dev.queue
         self.adapter_info, self.limits, self.limits_mode = dev.adapter_info, dev.limits, dev.limits_mode
         device_max = self.limits["max_storage_buffer_binding_size"]
