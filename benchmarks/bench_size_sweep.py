@@ -10,7 +10,8 @@ decades) and batch B (default 1 and 8):
   per edge of the last size run) exceed the available RAM is not run: the sweep stops there
   and says so.
 * wgpu on each adapter (lavapipe in CI), WebGPU's default limits: median step time and the
-  device bytes after a step (``backend.memory()``: total, and by purpose). Sizes run until one
+  device bytes a size adds by the end of its steps (``backend.memory()`` after minus before:
+  total, and by purpose; the pool's free buffers are the step's reused transients). Sizes run until one
   is refused (the refusal's message is recorded as the wall: today one storage binding,
   128 MiB, caps every array) or a step would pass ``--gpu-max-seconds``; then the larger
   sizes are only built (Router, AdamW, inputs; no step) until one is refused, to find the wall.
@@ -132,12 +133,15 @@ def _numpy_row(be: NumpyBackend, graph: Graph, b: int, repeats: int, min_seconds
 def _gpu_row(be: Any, graph: Graph, b: int, repeats: int, min_seconds: float) -> dict[str, Any]:
     be.synchronize()
     be.runtime.trim()  # the pool starts empty: what it holds after the steps is this size's
+    m0 = be.memory()
     step = _setup(be, graph, b)
     step()
     be.synchronize()
     times = _time_step(be, step, repeats, min_seconds)
-    mem = be.memory()
-    # the pool's free buffers are the step's transient arrays (reused by every step): counted
+    m1 = be.memory()
+    # what this size added (the pool's free buffers are the step's transient arrays, reused by
+    # every step: counted)
+    mem = {k: m1[k] - m0[k] for k in m1}
     return {"seconds": float(np.median(times)), "samples": len(times), "bytes": int(mem["total"]),
             "bytes_in_arrays": int(mem["total"] - mem["pool_free"]), "memory": mem}
 

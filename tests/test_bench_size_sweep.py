@@ -45,12 +45,8 @@ def test_dry_run_numpy_and_wgpu(gpu_backend, tmp_path, capsys):
 
 
 def test_refusal_is_recorded_as_the_wall(gpu_backend):
-    from energetic_wgpu.backends.webgpu import WgpuBackend
-
-    # the same adapter, with a 4 KiB binding limit
-    small = WgpuBackend(adapter=gpu_backend.adapter_info["backend_type"].lower(), max_binding_bytes=4096)
-    assert small.adapter_info == gpu_backend.adapter_info
-    report = sweep.main(["--dry-run", "--no-numpy"], gpu=[("small", small)])
+    with gpu_backend.binding_limit(4096):  # the parameters of E = 1,000 take 16,896 bytes
+        report = sweep.main(["--dry-run", "--no-numpy"], gpu=[("small", gpu_backend)])
     res = report["results"][0]
     assert res["rows"] == []
     assert res["walls"]["1"].startswith("refused at E = 1000, B = 1: ")
@@ -64,12 +60,9 @@ def test_min_bytes_formula():
 
 
 def test_sizes_past_the_time_budget_are_built_until_refused(gpu_backend):
-    from energetic_wgpu.backends.webgpu import WgpuBackend
-
-    kind = gpu_backend.adapter_info["backend_type"].lower()
-    # E = 1,000 fits a 32 KiB binding (parameters 16,800 bytes), E = 3,000 does not (50,400)
-    mid = WgpuBackend(adapter=kind, max_binding_bytes=32768)
-    report = sweep.main(["--dry-run", "--no-numpy", "--gpu-max-seconds", "0"], gpu=[("mid", mid)])
+    # E = 1,000 fits a 32 KiB binding (parameters 16,896 bytes), E = 3,000 does not (50,432)
+    with gpu_backend.binding_limit(32768):
+        report = sweep.main(["--dry-run", "--no-numpy", "--gpu-max-seconds", "0"], gpu=[("mid", gpu_backend)])
     res = report["results"][0]
     assert [r["edges"] for r in res["rows"]] == [1000]
     wall = res["walls"]["1"]

@@ -24,20 +24,6 @@ PARAM_BYTES = 4 * (2 * N * D + E)
 STEP_STATE_BYTES = 256  # AdamW's [3] step state: one 256-byte pool bucket on wgpu
 
 
-def _adapter_ids():
-    if not ADAPTERS:
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no wgpu adapter: {ADAPTER_ERROR}"))]
-    return [pytest.param(a["index"], id=f"wgpu-{a['backend_type'].lower()}") for a in ADAPTERS]
-
-
-@pytest.fixture(params=_adapter_ids(), scope="module")
-def fresh_gpu(request):
-    """(adapter index, a WgpuBackend of its own): the shared one holds other tests' arrays."""
-    from energetic_wgpu.backends.webgpu import WgpuBackend
-
-    return request.param, WgpuBackend(adapter=request.param)
-
-
 def _graph() -> Graph:
     src = np.repeat(np.arange(N), E // N)
     dst = (src * 7 + np.tile(np.arange(E // N), N)) % N
@@ -51,37 +37,45 @@ def _params(seed: int = 0) -> RouterParams:
                         bias=rng.standard_normal(E).astype(np.float32), tau=1.0, alpha=0.9, top_k=0)
 
 
-def test_memory_by_purpose_wgpu(fresh_gpu):
-    _, be = fresh_gpu
-    m0 = be.memory()
-    assert tuple(m0) == MEMORY_PURPOSES
-    assert m0["parameters"] == m0["optimizer"] == m0["graph"] == 0
-    g = _graph()
-    router = Router(g, _params(), be)
-    m1 = be.memory()
-    assert m1["parameters"] == PARAM_BYTES
-    opt = AdamW(router, lr=1e-3)
-    m2 = be.memory()
-    assert m2["parameters"] == PARAM_BYTES
-    assert m2["optimizer"] == 2 * PARAM_BYTES + STEP_STATE_BYTES
-    router.forward(np.ones((2, N), np.float32), steps=1)
-    m3 = be.memory()
-    # graph data: row_ptr, rev_ptr [N+1], col_idx, src [E], rev_pairs [E, 2], sink [N]: one pool bucket each
-    want_graph = 2 * 512 + 2 * 1024 + 2048 + 256
-    assert m3["graph"] == want_graph
-    assert m3["total"] == sum(m3[k] for k in MEMORY_PURPOSES[:-1])
-    assert m3["workspace"] > 0  # uniform buffers, the dummy binding
-    assert all(isinstance(v, int) and v >= 0 for v in m3.values())
-    # freeing returns: the parameters' and moments' buffers go back to the pool
-    del opt, router
+def _delta(after: dict, before: dict) -> dict:
+    return {k: after[k] - before[k] for k in after}
+
+
+def test_memory_by_purpose_wgpu(gpu_backend):
+    """Differences of memory() on the shared backend (other tests' arrays stay as they are:
+    the garbage collector is held off so that none of theirs goes in between)."""
+    be = gpu_backend
     gc.collect()
-    be.synchronize()
-    m4 = be.memory()
-    assert m4["parameters"] == 0 and m4["optimizer"] == 0
-    assert m4["pool_free"] >= m3["pool_free"] + 3 * PARAM_BYTES
-    del g
-    gc.collect()
-    assert be.memory()["graph"] == 0
+    gc.disable()
+    try:
+        m0 = be.memory()
+        assert tuple(m0) == MEMORY_PURPOSES
+        assert m0["total"] == sum(m0[k] for k in MEMORY_PURPOSES[:-1])
+        g = _graph()
+        router = Router(g, _params(), be)
+        d1 = _delta(be.memory(), m0)
+        assert d1["parameters"] == PARAM_BYTES and d1["optimizer"] == 0
+        opt = AdamW(router, lr=1e-3)
+        d2 = _delta(be.memory(), m0)
+        assert d2["parameters"] == PARAM_BYTES
+        assert d2["optimizer"] == 2 * PARAM_BYTES + STEP_STATE_BYTES
+        router.forward(np.ones((2, N), np.float32), steps=1)
+        m3 = be.memory()
+        # graph data: row_ptr, rev_ptr [N+1], col_idx, src [E], rev_pairs [E, 2], sink [N]: one pool bucket each
+        assert m3["graph"] - m0["graph"] == 2 * 512 + 2 * 1024 + 2048 + 256
+        assert m3["total"] == sum(m3[k] for k in MEMORY_PURPOSES[:-1])
+        assert m3["workspace"] > 0  # uniform buffers, the dummy binding, staging
+        assert all(isinstance(v, int) and v >= 0 for v in m3.values())
+        # freeing returns: the parameters' and moments' buffers go back to the pool
+        del opt, router
+        be.synchronize()
+        d4 = _delta(be.memory(), m0)
+        assert d4["parameters"] == 0 and d4["optimizer"] == 0
+        assert be.memory()["pool_free"] >= m3["pool_free"] + 3 * PARAM_BYTES
+        del g
+        assert be.memory()["graph"] == m0["graph"]
+    finally:
+        gc.enable()
     be.runtime.trim()
     assert be.memory()["pool_free"] == 0
 
@@ -110,34 +104,46 @@ def test_tag_memory_rejects_unknown_purpose(backend):
         backend.tag_memory([backend.zeros((3,))], "weights")
 
 
-def test_limits_in_use_default_and_adapter(fresh_gpu):
-    idx, fresh_gpu = fresh_gpu
-    lim = fresh_gpu.limits_in_use()
-    assert lim == {"limits_mode": "default", "max_binding_bytes": 134217728,
-                   "max_storage_buffer_binding_size": 134217728, "max_buffer_size": 268435456}
-    adapter_max = next(a for a in ADAPTERS if a["index"] == idx)["limits"]
-    big = get_backend("wgpu", adapter=idx, limits="adapter")
+def test_limits_in_use_default_and_adapter(gpu_backend):
+    from energetic_wgpu.backends.webgpu import WgpuBackend
+
+    assert gpu_backend.limits_in_use() == {"limits_mode": "default", "max_binding_bytes": 134217728,
+                                           "max_storage_buffer_binding_size": 134217728,
+                                           "max_buffer_size": 268435456}
+    kind = gpu_backend.adapter_info["backend_type"]
+    adapter_max = next(a for a in ADAPTERS if a["backend_type"] == kind)["limits"]
+    big = WgpuBackend(adapter=kind.lower(), limits="adapter")  # not get_backend: no cached second device
     got = big.limits_in_use()
     assert got["limits_mode"] == "adapter"
     assert got["max_binding_bytes"] == adapter_max["max_storage_buffer_binding_size"]
     assert got["max_buffer_size"] == adapter_max["max_buffer_size"]
     assert big.limits["max_compute_workgroup_storage_size"] == adapter_max["max_compute_workgroup_storage_size"]
+    del big
+    gc.collect()
 
 
-def test_max_binding_bytes_forces_a_small_limit(fresh_gpu):
+def test_max_binding_bytes_forces_a_small_limit(gpu_backend):
     from energetic_wgpu.backends.webgpu import WgpuBackend
 
-    idx, fresh_gpu = fresh_gpu
-    small = WgpuBackend(adapter=idx, max_binding_bytes=2**20)
-    assert small.limits_in_use()["max_binding_bytes"] == 2**20
-    x = small.zeros((2**18,))  # exactly 1 MiB: allowed
-    assert small.to_numpy(x).shape == (2**18,)
-    before = small.counters()["buffers_created"]
-    with pytest.raises(DeviceLimitError, match=r"needs 1048580 bytes, over max_binding_bytes = 1048576 bytes"):
-        small.zeros((2**18 + 1,))
-    assert small.counters()["buffers_created"] == before
-    y = small.asarray(np.arange(5, dtype=np.float32))
-    np.testing.assert_array_equal(small.to_numpy(small.add(y, y)), 2 * np.arange(5, dtype=np.float32))
+    def check(be):
+        assert be.limits_in_use()["max_binding_bytes"] == 2**20
+        x = be.zeros((2**18,))  # exactly 1 MiB: allowed
+        assert be.to_numpy(x).shape == (2**18,)
+        before = be.counters()["buffers_created"]
+        with pytest.raises(DeviceLimitError, match=r"needs 1048580 bytes, over max_binding_bytes = 1048576 bytes"):
+            be.zeros((2**18 + 1,))
+        assert be.counters()["buffers_created"] == before
+        y = be.asarray(np.arange(5, dtype=np.float32))
+        np.testing.assert_array_equal(be.to_numpy(be.add(y, y)), 2 * np.arange(5, dtype=np.float32))
+
+    with gpu_backend.binding_limit(2**20):  # at run time, on the shared backend
+        check(gpu_backend)
+    assert gpu_backend.limits_in_use()["max_binding_bytes"] == 134217728
+    assert gpu_backend.to_numpy(gpu_backend.zeros((2**18 + 1,))).shape == (2**18 + 1,)
+    small = WgpuBackend(adapter=gpu_backend.adapter_info["backend_type"].lower(), max_binding_bytes=2**20)
+    check(small)  # at construction
+    del small
+    gc.collect()
 
 
 @pytest.mark.parametrize("value,match", [
@@ -145,15 +151,19 @@ def test_max_binding_bytes_forces_a_small_limit(fresh_gpu):
     (0, "a multiple of 256 and at least 256 bytes, got 0"), (1000, "got 1000"), (-256, "got -256"),
     (2**40, r"at most the device's maxStorageBufferBindingSize = 134217728 bytes \(default limits\), got"),
 ])
-def test_max_binding_bytes_errors(fresh_gpu, value, match):
+def test_max_binding_bytes_errors(gpu_backend, value, match):
     from energetic_wgpu.backends.webgpu import WgpuBackend
 
-    idx, fresh_gpu = fresh_gpu
+    kind = gpu_backend.adapter_info["backend_type"].lower()
     with pytest.raises(InvalidArgumentError, match=match):
-        WgpuBackend(adapter=idx, max_binding_bytes=value)
+        WgpuBackend(adapter=kind, max_binding_bytes=value)  # refused before a device is made
     with pytest.raises(InvalidArgumentError, match="max_binding_bytes"):
-        get_backend("wgpu", adapter=idx, max_binding_bytes=value)
-    assert fresh_gpu.to_numpy(fresh_gpu.asarray([1.0, 2.0])).tolist() == [1.0, 2.0]
+        get_backend("wgpu", adapter=kind, max_binding_bytes=value)
+    with pytest.raises(InvalidArgumentError, match=match):
+        with gpu_backend.binding_limit(value):
+            pass
+    assert gpu_backend.limits_in_use()["max_binding_bytes"] == 134217728
+    assert gpu_backend.to_numpy(gpu_backend.asarray([1.0, 2.0])).tolist() == [1.0, 2.0]
 
 
 def test_bad_limits_value():

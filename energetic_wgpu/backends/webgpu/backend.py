@@ -23,8 +23,9 @@ All results are bit-identical run to run (no atomics on floats, fixed summation 
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -107,6 +108,18 @@ class WgpuBackend(PackedArrays, Backend):
         "default" (WebGPU's default limits) or "adapter" (the adapter's maxima), the binding
         size limit size decisions use (bytes), and the device's limits."""
         return self.runtime.limits_in_use()
+
+    @contextlib.contextmanager
+    def binding_limit(self, max_binding_bytes: Any) -> Iterator[None]:
+        """``with backend.binding_limit(n):`` runs its body with the binding limit in use set to
+        ``n`` bytes (validated as the constructor's ``max_binding_bytes``; None: the device's),
+        restoring the previous limit afterwards; e.g. to exercise size limits at small sizes."""
+        old = self.runtime.set_max_binding_bytes(max_binding_bytes)
+        try:
+            yield
+        finally:
+            dev = self.runtime.limits["max_storage_buffer_binding_size"]
+            self.runtime.set_max_binding_bytes(None if old == dev else old)
 
     def memory(self) -> dict[str, int]:
         """Live device bytes by purpose: graph, parameters, optimizer, activations, workspace,

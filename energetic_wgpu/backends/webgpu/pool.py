@@ -75,6 +75,10 @@ class BufferPool:
                 f"arrays are not split across buffers: use a smaller batch or graph"
             )
 
+    def forget_sizes(self) -> None:
+        """Drop the cache of sizes that passed :meth:`check_size` (after a limit change)."""
+        self._buckets.clear()
+
     def tag(self, pooled: PooledBuffer, purpose: str) -> None:
         """Count ``pooled`` under ``purpose`` in the memory report until it is released."""
         self.tags[pooled.uid] = purpose

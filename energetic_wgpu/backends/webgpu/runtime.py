@@ -49,10 +49,7 @@ class Runtime:
         #: the binding size limit used for size decisions (bytes): ``max_binding_bytes`` when
         #: given (at most the device's maxStorageBufferBindingSize), else the device's
         self.max_binding_bytes = check_binding_bytes_range(max_binding_bytes, device_max, limits)
-        if max_binding_bytes is None:
-            limit_desc = ("the device's maxStorageBufferBindingSize", f"{limits} limits")
-        else:
-            limit_desc = ("max_binding_bytes", f"set for this backend; the device allows {device_max}")
+        limit_desc = self._limit_desc(max_binding_bytes is not None)
         #: the optional features this device was created with (opt-in: none by default)
         self.features: frozenset[str] = dev.features
         self._describe = dev.describe()
@@ -106,6 +103,30 @@ class Runtime:
     def max_binding_size(self) -> int:
         """The binding size limit in use (bytes): :attr:`max_binding_bytes`."""
         return self.max_binding_bytes
+
+    def _limit_desc(self, forced: bool) -> tuple[str, str]:
+        device_max = self.limits["max_storage_buffer_binding_size"]
+        if forced:
+            return "max_binding_bytes", f"set for this backend; the device allows {device_max}"
+        return "the device's maxStorageBufferBindingSize", f"{self.limits_mode} limits"
+
+    def set_max_binding_bytes(self, value: Any) -> int:
+        """Change the binding limit in use (``None``: the device's own); returns the previous
+        value. Validated as the constructor's ``max_binding_bytes``. Arrays made before keep
+        their buffers: one larger than a new, smaller limit is refused where a kernel binds it
+        on the full dispatch path (records cached before the change replay as they were)."""
+        check_binding_bytes_type(value)
+        device_max = self.limits["max_storage_buffer_binding_size"]
+        new = check_binding_bytes_range(value, device_max, self.limits_mode)
+        old = self.max_binding_bytes
+        self.max_binding_bytes = new
+        self.encoder.max_binding_size = new
+        pool = self.pool
+        pool.max_binding_size = new
+        pool.limit_desc = self._limit_desc(value is not None)
+        pool.max_buffer_size = max(new, int(self.limits.get("max_buffer_size", 0)))
+        pool.forget_sizes()
+        return old
 
     def limits_in_use(self) -> dict[str, Any]:
         """The limits size decisions use: ``limits_mode`` ("default" or "adapter"),
