@@ -466,8 +466,7 @@ class Router:
         self._check_history(steps, int(x.shape[0]), bool(keep_history))
         act = self._active(active, int(x.shape[0]))
         be, g = self.backend, self.graph
-        logits = be.edge_logits(g, self.q, self.k, self.bias)
-        pi = be.segment_softmax(g, logits, self.tau, self.top_k)
+        pi = be.edge_probs(g, self.q, self.k, self.bias, self.tau, self.top_k)
         history = [x]
         for i in range(steps):
             x = be.energy_scatter(g, x, pi, self.alpha, act, bool(retain_sinks))

@@ -61,8 +61,12 @@ def test_memory_by_purpose_wgpu(gpu_backend):
         assert d2["optimizer"] == 2 * PARAM_BYTES + STEP_STATE_BYTES
         router.forward(np.ones((2, N), np.float32), steps=1)
         m3 = be.memory()
-        # graph data: row_ptr, rev_ptr [N+1], col_idx, src [E], rev_pairs [E, 2], sink [N]: one pool bucket each
-        assert m3["graph"] - m0["graph"] == 2 * 512 + 2 * 1024 + 2048 + 256
+        # graph data (row_ptr, rev_ptr [N+1], col_idx, src [E], rev_pairs [E, 2], sink [N], ...):
+        # each array in a pool bucket of 256-byte steps
+        arrays = [v for v in vars(be.graph_data(g)).values() if hasattr(v, "nbytes") and hasattr(v, "pooled")]
+        assert len(arrays) >= 6
+        assert m3["graph"] - m0["graph"] == sum(max(256, -(-a.nbytes // 256) * 256) for a in arrays) >= 5376
+        del arrays
         assert m3["total"] == sum(m3[k] for k in MEMORY_PURPOSES[:-1])
         assert m3["workspace"] > 0  # uniform buffers, the dummy binding, staging
         assert all(isinstance(v, int) and v >= 0 for v in m3.values())
