@@ -114,6 +114,11 @@ class GraphData:
     bins_out: SegmentBins  # source segments binned by out-degree (the backward)
     bins_in: SegmentBins  # reverse-index ranges binned by in-degree (the backward)
 
+    def device_arrays(self) -> list[DeviceArray]:
+        """Every device array of the graph data (the bins' ``seg`` arrays included)."""
+        values = [getattr(v, "seg", v) for v in vars(self).values()]
+        return [v for v in values if isinstance(v, DeviceArray)]
+
 
 def upload_graph(backend: Any, graph: Graph) -> GraphData:
     """Upload ``graph``'s CSR and reverse (CSC) indices, sinks, large-degree node lists and the
