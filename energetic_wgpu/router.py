@@ -141,14 +141,15 @@ class RouterOutput:
 
     router: "Router"
     edge_pi: Any
-    history: list[Any]  # energies before each step and after the last: steps + 1 arrays [B, N]
-    # (with keep_history=False only the last two)
+    history: list[Any]  # energies before each step and after the last: steps + 1 backend states
+    # (Backend.scatter_state; the last is [B, N]; with keep_history=False only the last two)
     active: Any
     batched: bool
     steps: int
     retain_sinks: bool
     params_used: tuple[Any, Any, Any]
     keep_history: bool = True
+    active_state: Any = None  # the mask as the backend's scatter state (Backend.scatter_state)
     _flow: Any = field(default=None, repr=False)
     _metrics: dict[str, float] | None = field(default=None, repr=False)
     _metrics_array: Any = field(default=None, repr=False)
@@ -173,7 +174,8 @@ class RouterOutput:
         """float [B, E] (or [E]): the energy each edge carried in the last step."""
         if self._flow is None:
             r = self.router
-            self._flow = r.backend.edge_flow(r.graph, self.history[-2], self.edge_pi, r.alpha, self.active)
+            before = r.backend.public_state(self.history[-2])
+            self._flow = r.backend.edge_flow(r.graph, before, self.edge_pi, r.alpha, self.active)
         return self._unbatch(self._flow)
 
     @property
@@ -182,7 +184,7 @@ class RouterOutput:
         if self._metrics_array is None:
             r = self.router
             self._metrics_array = r.backend.step_metrics(
-                r.graph, self.history[-2], self.history[-1], self.edge_pi, r.alpha, self.active
+                r.graph, r.backend.public_state(self.history[-2]), self.history[-1], self.edge_pi, r.alpha, self.active
             )
         return self._metrics_array
 
@@ -467,9 +469,11 @@ class Router:
         be, g = self.backend, self.graph
         logits = be.edge_logits(g, self.q, self.k, self.bias)
         pi = be.segment_softmax(g, logits, self.tau, self.top_k)
+        # the backend's own layout between steps (wgpu: node-major), [B, N] after the last
+        x, act_state = be.scatter_state(g, x, act)
         history = [x]
         for i in range(steps):
-            x = be.energy_scatter(g, x, pi, self.alpha, act, bool(retain_sinks))
+            x = be.scatter_step(g, x, pi, self.alpha, act_state, bool(retain_sinks), i == steps - 1)
             history.append(x)
             if not keep_history and len(history) > 2:
                 del history[0]  # only the previous and the last state are kept
@@ -485,6 +489,7 @@ class Router:
             retain_sinks=bool(retain_sinks),
             params_used=(self.q, self.k, self.bias),
             keep_history=bool(keep_history),
+            active_state=act_state,
         )
 
     __call__ = forward
@@ -519,9 +524,8 @@ class Router:
         extra = None if grad_pi is None else self._grad_array(grad_pi, "grad_pi", (g.num_edges,))
         gpi_total = extra
         for t in reversed(range(out.steps)):  # each step's dL/dpi is added to the total in its kernel
-            gn, gpi_total = be.energy_scatter_backward(g, out.history[t], out.edge_pi, gn, self.alpha, out.active,
-                                                       out.retain_sinks, grad_energies=t > 0 or bool(energies_grad),
-                                                       grad_pi_acc=gpi_total)
+            gn, gpi_total = be.scatter_step_backward(g, out.history[t], out.edge_pi, gn, self.alpha, out.active_state,
+                                                     out.retain_sinks, t > 0 or bool(energies_grad), gpi_total, t == 0)
         glogits = be.segment_softmax_backward(g, out.edge_pi, gpi_total, self.tau)
         q, k, _ = out.params_used
         gq, gk, gb = be.edge_logits_backward(g, q, k, glogits)
