@@ -313,6 +313,8 @@ class WgpuBackend(PackedArrays, Backend):
 
     def scatter_step_backward(self, graph, state, pi, grad_next, alpha, active_state, retain_sinks,  # type: ignore[no-untyped-def]
                               grad_energies, grad_pi_acc, last):
+        """The backward of :meth:`scatter_step` (ops_backward.py): node-major in, the
+        input-energy gradient node-major, or float [B, N] when ``last``."""
         return ops_backward.scatter_step_backward(self, graph, state, pi, grad_next, alpha, active_state,
                                                   retain_sinks, grad_energies, grad_pi_acc, last)
 
