@@ -145,7 +145,8 @@ def main() -> None:
             f.write(
                 f"\n## GPU train step\n\nFull `Router.train_step` (forward, mse, backward, clipped AdamW), "
                 f"baseline lattice 10x1024, B = {args.batch}, d = 16, top_k = 4, T = {args.steps}, "
-                f"{args.repeats} repeats, {args.host_repeats} host samples, machine: {info.get('cpu', info)}, load average "
+                f"{args.repeats} repeats, {args.host_repeats} host samples, machine: {info.get('cpu', info)}, "
+                f"load average "
                 f"{load[0]:.1f} on {os.cpu_count()} CPUs.\n\n```\n{table}\n```\n"
             )
 
