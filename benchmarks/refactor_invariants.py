@@ -72,9 +72,9 @@ def _train_hashes(be: Any, graph: Any, batch: int, seed: int) -> dict[str, str]:
     return out
 
 
-def baseline_step(be: Any) -> Any:
-    """``step()``: one ``Router.train_step`` on the benchmark lattice (10 x 1024, local 8, jump 2),
-    B = 64, d = 16, top_k = 4, clipped AdamW (as benchmarks/bench_train_step.py)."""
+def baseline_step(be: Any, steps: int = 1) -> Any:
+    """``step()``: one ``Router.train_step`` (``steps`` = T) on the benchmark lattice (10 x 1024,
+    local 8, jump 2), B = 64, d = 16, top_k = 4, clipped AdamW (as benchmarks/bench_train_step.py)."""
     import numpy as np
 
     from energetic_wgpu.graph import GraphConfig, build_lattice
@@ -90,7 +90,7 @@ def baseline_step(be: Any) -> Any:
     e, t = be.asarray(en), be.asarray((rng.random((64, graph.num_nodes)) * 0.01).astype(np.float32))
 
     def step() -> None:
-        router.train_step(e, t, opt)
+        router.train_step(e, t, opt, steps=steps)
 
     return step
 

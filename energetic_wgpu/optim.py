@@ -17,6 +17,8 @@ from .errors import InvalidArgumentError, ShapeError
 from .shortrepr import short_repr
 from .validation import check_float, float_array
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
 __all__ = [
     "AdamW",
     "Schedule",
@@ -269,8 +271,10 @@ class AdamW:
         glist = [g if be.is_array(g) else be.asarray(g) for g in arrays]
         lr = self.lr_at(self.t + 1)
         wdf = 1.0 - lr * self.weight_decay
-        with np.errstate(over="ignore"):
-            ok = math.isfinite(lr) and lr >= 0 and np.isfinite(np.float32(lr)) and np.isfinite(np.float32(wdf))
+        ok = 0.0 <= lr <= _F32_MAX and -_F32_MAX <= wdf <= _F32_MAX  # (NaN fails both)
+        if not ok and math.isfinite(lr) and lr >= 0:  # near float32 max: decide in float32
+            with np.errstate(over="ignore"):
+                ok = bool(np.isfinite(np.float32(lr)) and np.isfinite(np.float32(wdf)))
         if not ok:
             raise InvalidArgumentError(
                 f"lr of update {self.t + 1} (from the schedule) must be >= 0 and finite in float32 "

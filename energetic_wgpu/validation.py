@@ -33,11 +33,16 @@ __all__ = [
 F32_TINY = float(np.finfo(np.float32).tiny)
 #: the largest value of a u32 uniform (top_k reaches the shaders as one)
 U32_MAX = 2**32 - 1
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def check_float(value: Any, name: str, *, positive: bool = False, dtype: Any = np.float32) -> float:
     """``value`` as a Python float: a real number, finite in ``dtype`` (float32 by default:
     the scalars reach float32 uniforms), and > 0 there when ``positive``."""
+    tv = type(value)
+    if (tv is float or tv is int) and dtype is np.float32 and -_F32_MAX <= value <= _F32_MAX:
+        if not positive or value >= F32_TINY:  # the common case, decided without numpy
+            return float(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise InvalidArgumentError(f"{name} must be a real number, got {_short(value)}")
     try:

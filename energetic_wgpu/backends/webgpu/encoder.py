@@ -178,8 +178,7 @@ class Encoder:
 
     def _encode_public(self, rec: Record, detail: dict[str, Any] | None) -> None:
         """Tell the listeners (first: one may flush), then encode with wgpu-py's methods."""
-        for listener in self.listeners:
-            listener.dispatched(detail)
+        self.listeners.dispatched(detail)  # first: a listener may flush
         sub = self.submission
         cpass = sub.cpass
         if cpass is None:

@@ -143,19 +143,39 @@ class Listeners(list):
     """The listeners of one runtime (a list: the hot paths iterate it directly), with
     :attr:`detailed` kept up to date and the emitters the runtime's parts are given."""
 
-    def __init__(self, first: Listener) -> None:
+    def __init__(self, first: Counters) -> None:
         super().__init__([first])
         self.detailed = False
+        #: the runtime's own counters (the first listener): the encoder counts dispatches into
+        #: it directly, the hottest event does not cost a method call
+        self.counters = first
+        #: ``dispatched`` of every other listener that overrides it (updated in place, so the
+        #: encoder can hold the list; empty in the common case)
+        self.dispatch_hooks: list[Any] = []
+
+    def _changed(self) -> None:
+        self.detailed = any(getattr(x, "detailed", False) for x in self)
+        self.dispatch_hooks[:] = [
+            x.dispatched for x in self[1:] if type(x).dispatched is not Listener.dispatched
+        ]
 
     def add(self, listener: Listener) -> Listener:
         self.append(listener)
-        self.detailed = any(getattr(x, "detailed", False) for x in self)
+        self._changed()
         return listener
 
     def discard(self, listener: Listener) -> None:
-        if listener in self:
-            self.remove(listener)
-        self.detailed = any(getattr(x, "detailed", False) for x in self)
+        for i in range(len(self) - 1, 0, -1):  # by identity (dataclass listeners compare equal by value)
+            if self[i] is listener:
+                del self[i]
+                break
+        self._changed()
+
+    def dispatched(self, detail: dict[str, Any] | None) -> None:
+        """One dispatch: counted, then every hook is told (a hook may flush)."""
+        self.counters.dispatches += 1
+        for hook in self.dispatch_hooks:
+            hook(detail)
 
     def created(self, pooled: Any, kind: str) -> None:
         for listener in self:

@@ -58,10 +58,13 @@ def make_encode(raw: RawPassCalls, sub: Any, listeners: Any, touch_uniform: Any,
     the Submission ``sub``) and dispatch_workgroups. A pass that is not wgpu-native's goes to
     ``public(cpass, record)`` (the same calls through wgpu-py's methods)."""
     pass_type, set_pipeline, set_bind_group, dispatch, null = raw
+    counters, hooks = listeners.counters, listeners.dispatch_hooks
 
     def encode(rec: Any, detail: Any) -> None:
-        for listener in listeners:  # first: a listener may flush (the Dawn recorder's snapshots)
-            listener.dispatched(detail)
+        counters.dispatches += 1  # (Listeners.dispatched, inlined)
+        if hooks:  # first: a listener may flush (the Dawn recorder's snapshots)
+            for hook in hooks:
+                hook(detail)
         cpass = sub.cpass
         if cpass is None:
             cpass = sub.compute_pass()
