@@ -2,7 +2,7 @@
 //
 // grad_energies[b, j] = (active[b, j] ? alpha * sum_{e in segment j} pi[e] * g[b, col[e]] : 0)
 //                       + (retain_sinks && sink[j] ? g[b, j] : 0)
-//   * scatter_bwd_small: thread per (j, chunk of 4 batch rows) with out-degree <= small_max;
+//   * scatter_bwd_small: thread per (j, chunk of 8 batch rows) with out-degree <= small_max;
 //     compensated serial sum per row in edge order.
 //   * scatter_bwd_large: workgroup of 256 per (b, j) for the nodes in `large_nodes`
 //     (out-degree > small_max); strided compensated partials and a fixed-order tree.
@@ -124,28 +124,41 @@ fn store4(c: u32, j: u32, total: vec4<f32>, only_padding: bool) {
     }
 }
 
-// thread i: chunk c = i / n_nodes, node j = i mod n_nodes
+// thread i: node j = i mod n_nodes, rows 8c .. 8c+7 (c = i / n_nodes) as two chunks of 4, so
+// the CSR segment and pi are read once per 8 rows (node-major: one 32-byte run per neighbour)
 @compute @workgroup_size(WG)
 fn scatter_bwd_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = thread_index(gid, nwg);
     let nc4 = (P.batch + 3u) / 4u;
-    if (i >= nc4 * P.n_nodes) {
+    let nc8 = (P.batch + 7u) / 8u;
+    if (i >= nc8 * P.n_nodes) {
         return;
     }
     let c = i / P.n_nodes;
     let j = i - c * P.n_nodes;
+    let c4 = 2u * c;
+    let two = c4 + 1u < nc4;  // false only in the last chunk when ceil(B/4) is odd
     let s = row_ptr[j];
     let t = row_ptr[j + 1u];
-    var sum = vec4<f32>(0.0);
-    var comp = vec4<f32>(0.0);
-    if (t - s > P.small_max) {  // scatter_bwd_large sums the rows; the padding is zeroed here
-        store4(c, j, sum, true);
-        return;
+    var sum_a = vec4<f32>(0.0);
+    var comp_a = vec4<f32>(0.0);
+    var sum_b = vec4<f32>(0.0);
+    var comp_b = vec4<f32>(0.0);
+    let hub = t - s > P.small_max;  // scatter_bwd_large sums its rows; the padding is zeroed here
+    if (!hub) {
+        for (var e = s; e < t; e = e + 1u) {
+            let p = pi[e];
+            let k = col_idx[e];
+            kahan4(&sum_a, &comp_a, p * grad4(c4, k));
+            if (two) {
+                kahan4(&sum_b, &comp_b, p * grad4(c4 + 1u, k));
+            }
+        }
     }
-    for (var e = s; e < t; e = e + 1u) {
-        kahan4(&sum, &comp, pi[e] * grad4(c, col_idx[e]));
+    store4(c4, j, sum_a - comp_a, hub);
+    if (two) {
+        store4(c4 + 1u, j, sum_b - comp_b, hub);
     }
-    store4(c, j, sum - comp, false);
 }
 
 @compute @workgroup_size(WG)

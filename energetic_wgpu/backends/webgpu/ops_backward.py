@@ -10,7 +10,7 @@ one huge segment never serializes a launch. Every sum runs in one fixed order: r
 bit-identical from run to run.
 
 * ``energy_scatter_backward`` (and ``scatter_step_backward``, its node-major form for the
-  router's steps): grad_energies thread per (j, 4 batch rows) over j's CSR segment (workgroup
+  router's steps): grad_energies thread per (j, 8 batch rows) over j's CSR segment (workgroup
   per (b, j) for large segments); grad_pi thread per edge over the batch rows in chunks of 4,
   plus ``grad_pi_acc`` in the same kernel when given.
 * ``segment_softmax_backward``: per segment dot = sum pi * gpi, then pi * (gpi - dot) / tau.
@@ -94,7 +94,7 @@ def _scatter_backward(
             grad_e = out = be.empty(out_shape)
         common = dict(row_ptr=gd.row_ptr, col_idx=gd.col_idx, pi=pi, grad_next=g, act_mask=act, sink=gd.sink,
                       out=out)
-        rt.dispatch("scatter_bwd_small", threads=-(-batch // 4) * n, uniform=u, **common)
+        rt.dispatch("scatter_bwd_small", threads=-(-batch // 8) * n, uniform=u, **common)
         if gd.n_large_out and batch:
             rt.dispatch("scatter_bwd_large", workgroups=gd.n_large_out * batch, uniform=u, large_nodes=gd.large_out,
                         **common)
