@@ -27,7 +27,7 @@ import numpy as np
 from .arrays import DeviceArray
 from .kernels import SMALL_DEGREE_MAX
 
-__all__ = ["NodeMajor", "to_node_major", "scatter", "to_rows"]
+__all__ = ["NodeMajor", "new_state", "to_node_major", "scatter", "to_rows"]
 
 
 @dataclass(eq=False)
@@ -53,14 +53,11 @@ class NodeMajor:
         """(B, N): the logical shape."""
         return (self.batch, self.n_nodes)
 
-    @property
-    def padded_rows(self) -> int:
-        """4 * ceil(B/4): the stored rows per node."""
-        return 4 * (-(-self.batch // 4))
 
-
-def _empty(be: Any, batch: int, n: int, dtype: Any) -> DeviceArray:
-    return be.empty((n * 4 * (-(-batch // 4)),), dtype)
+def new_state(be: Any, batch: int, n: int, dtype: Any = np.float32) -> NodeMajor:
+    """An uninitialized node-major state of B = ``batch`` rows, N = ``n`` nodes (its writer
+    must fill the padding rows with 0 too)."""
+    return NodeMajor(be.empty((n * 4 * (-(-batch // 4)),), dtype), batch, n)
 
 
 def _unused_output(be: Any) -> DeviceArray:
@@ -77,15 +74,15 @@ def to_node_major(be: Any, gd: Any, energies: DeviceArray, active: Any) -> tuple
     (bool [B, N] or None): one ``scatter_transpose`` dispatch (none when B or N is 0)."""
     batch = 1 if energies.ndim == 1 else int(energies.shape[0])
     n = gd.num_nodes
-    xt = _empty(be, batch, n, np.float32)
-    act = None if active is None else NodeMajor(_empty(be, batch, n, np.uint32), batch, n)
+    state = new_state(be, batch, n)
+    act = None if active is None else new_state(be, batch, n, np.uint32)
     act_out = _unused_output(be) if act is None else act.data
     u = dict(batch=batch, n_nodes=n, flags=0 if active is None else 1, n_large=0, alpha=np.float32(1.0),
              small_max=SMALL_DEGREE_MAX)
     be.runtime.dispatch("scatter_transpose", threads=-(-batch // 4) * n, uniform=u, energies=energies,
-                        act_mask=be._opt(active), xt_out=xt, act_out=act_out)
-    rows = energies if energies.ndim == 2 else None
-    return NodeMajor(xt, batch, n, rows), act
+                        act_mask=be._opt(active), xt_out=state.data, act_out=act_out)
+    state.rows = energies if energies.ndim == 2 else None
+    return state, act
 
 
 def scatter(
@@ -96,10 +93,8 @@ def scatter(
     when ``node_major``, else a float array of ``shape`` (default [B, N]) in the public layout."""
     batch, n = state.batch, gd.num_nodes
     flags = (1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if node_major else 0)
-    if node_major:
-        out = _empty(be, batch, n, np.float32)
-    else:
-        out = be.empty(shape if shape is not None else (batch, n))
+    nxt = new_state(be, batch, n) if node_major else None
+    out = nxt.data if nxt is not None else be.empty(shape if shape is not None else (batch, n))
     u = dict(batch=batch, n_nodes=n, flags=flags, n_large=gd.n_large_in, alpha=np.float32(alpha),
              small_max=SMALL_DEGREE_MAX)
     common = dict(rev_ptr=gd.rev_ptr, rev_pairs=gd.rev_pairs, pi=pi, sink=gd.sink, next_e=out, xt=state.data,
@@ -109,7 +104,7 @@ def scatter(
         if gd.n_large_in:
             be.runtime.dispatch("scatter_large", workgroups=gd.n_large_in * batch, uniform=u,
                                 large_nodes=gd.large_in, **common)
-    return NodeMajor(out, batch, n) if node_major else out
+    return nxt if nxt is not None else out
 
 
 def to_rows(be: Any, state: Any) -> DeviceArray:

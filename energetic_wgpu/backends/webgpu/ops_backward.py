@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .kernels import SMALL_DEGREE_MAX
-from .node_major import NodeMajor
+from .node_major import NodeMajor, new_state
 
 __all__ = ["energy_scatter_backward", "scatter_step_backward", "segment_softmax_backward", "edge_logits_backward"]
 
@@ -61,7 +61,7 @@ def scatter_step_backward(
     be = backend
     return _scatter_backward(be, be.graph_data(graph), state.data, None if active is None else active.data, True,
                              pi, grad_next, alpha, retain_sinks, grad_energies, grad_pi_acc,
-                             out_shape=None if not last else state.shape)
+                             out_shape=state.shape if last else None)
 
 
 def _scatter_backward(
@@ -88,7 +88,7 @@ def _scatter_backward(
     grad_e = None
     if grad_energies:  # the input-energy gradient: skipped when nothing reads it
         if out_shape is None:
-            grad_e = NodeMajor(be.empty((n * 4 * (-(-batch // 4)),)), batch, n)
+            grad_e = new_state(be, batch, n)
             out = grad_e.data
         else:
             grad_e = out = be.empty(out_shape)
