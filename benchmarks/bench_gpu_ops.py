@@ -3,7 +3,8 @@ wrapper: the code is :mod:`energetic_wgpu.benchmarking.ops`, which ``energetic-w
 also runs, there with the backward ops and on NumPy too).
 
 For every adapter: the bandwidth of the plain ``copy_vec4`` kernel over a 64 MiB buffer
-(the adapter's reference), then ``edge_logits``, ``segment_softmax`` (top_k 0 and 4),
+(the adapter's reference), then ``edge_logits``, ``segment_softmax`` (top_k 0 and 4), the fused
+forward ``edge_probs`` (top_k 4),
 ``energy_scatter``, ``edge_flow`` and ``step_metrics`` on a random graph (out-degree
 Poisson(10), uniform random targets). Each op is timed with GPU timestamp queries on its
 compute passes when the adapter has "timestamp-query" (else synchronized wall time), after a
@@ -21,6 +22,7 @@ op                 bytes (read + write, each array once)
 copy               2 * 4n
 edge_logits        src, col_idx, bias, logits: 16E; Q and K: 2 * 4Nd
 segment_softmax    row_ptr 4(N+1), logits 4E, pi 4E
+edge_probs         seg_list 4N, row_ptr 4(N+1), col_idx, bias, pi: 12E; Q and K: 2 * 4Nd
 energy_scatter     rev_ptr 4(N+1), rev_pairs (edge, source) 8E, pi 4E, energies 4BN, next 4BN
 edge_flow          src 4E, pi 4E, energies 4BN, flow 4BE
 step_metrics       src 4E, pi 4E, energies 4BN, next 4BN

@@ -10,7 +10,9 @@ yet raises NotImplementedError (``check`` reports it as a FAIL, ``check --dawn``
 "not on wgpu yet").
 
 The small test graph covers out-degrees 0, 1, k, k+1, 64, 65 and 300 (k = top_k = 3), an
-in-degree above 256 (the workgroup-per-node scatter path), in-degree 0 and self-loops.
+in-degree above 256 (the workgroup-per-node scatter path), in-degree 0 and self-loops. The
+forward's bins graph (``bins_graph``) puts a segment on each side of every degree-bin edge of
+the fused forward (thread per segment up to 16, a 32-lane group up to 256, a workgroup above).
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import numpy as np
 
 from .graph import Graph
 
-__all__ = ["Case", "CASES", "TOP_K", "DEGREES", "degree_graph", "BATCHES"]
+__all__ = ["Case", "CASES", "TOP_K", "DEGREES", "degree_graph", "BATCHES", "BIN_DEGREES", "bins_graph"]
 
 TOP_K = 3
 #: out-degrees of the test graph's nodes (then a few more small nodes)
 DEGREES = (0, 1, TOP_K, TOP_K + 1, 64, 65, 300, 0, 2, 5, 1, 0)
 BATCHES = (0, 1, 33)
 D = 4
+#: out-degrees of the forward's bins graph: 1 and 16 | 17, 32, 33 and 256 | 257 and 600
+BIN_DEGREES = (0, 1, 16, 17, 32, 33, 256, 257, 3, 0, 600)
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,29 @@ def degree_graph(seed: int = 0) -> Graph:
             c[0] = j  # a self-loop
         cols.append(c)
     return Graph.from_csr(row_ptr, np.concatenate(cols), num_nodes=n)
+
+
+def bins_graph(seed: int = 0) -> Graph:
+    rng = np.random.default_rng(seed)
+    n = len(BIN_DEGREES)
+    row_ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(BIN_DEGREES, out=row_ptr[1:])
+    return Graph.from_csr(row_ptr, rng.integers(0, n, size=int(row_ptr[-1])), num_nodes=n)
+
+
+def _bins(seed: int, dim: int, grid: bool = False) -> dict[str, Any]:
+    """Inputs on the bins graph with q, k [N, dim]. ``grid``: q, k in {-1, 0, 1} and bias in
+    {0, 0.5}, so the logits are exact and tie often (the top-k tie rule decides)."""
+    g = bins_graph(0)
+    rng = np.random.default_rng(seed)
+    n, e = g.num_nodes, g.num_edges
+    if grid:
+        q, k = (rng.integers(-1, 2, (n, dim)).astype(np.float32) for _ in range(2))
+        bias = (0.5 * rng.integers(0, 2, e)).astype(np.float32)
+    else:
+        q, k = (rng.standard_normal((n, dim)).astype(np.float32) for _ in range(2))
+        bias = (0.5 * rng.standard_normal(e)).astype(np.float32)
+    return {"graph": g, "q": q, "k": k, "bias": bias}
 
 
 def _softmax_np(graph: Graph, logits: np.ndarray) -> np.ndarray:
@@ -104,6 +131,15 @@ def _cases() -> list[Case]:
              lambda b, i: {"pi": b.segment_softmax(i["graph"], b.asarray(i["logits"]), tau=1.3, top_k=TOP_K)}))
     add(Case("segment_topk", lambda s: _base(s),
              lambda b, i: {"kept": b.segment_topk(i["graph"], b.asarray(i["logits"]), TOP_K)}, exact=("kept",)))
+    # the fused forward over every degree bin (d = 5: rows not vec4 aligned)
+    add(Case("edge_probs_bins_d5", lambda s: _bins(s, 5), lambda b, i: {
+        "pi": b.edge_probs(i["graph"], *_arr(b, i, "q", "k", "bias"), tau=0.8, top_k=0)}))
+    add(Case("edge_probs_bins_d16_topk3", lambda s: _bins(s, 16), lambda b, i: {
+        "pi": b.edge_probs(i["graph"], *_arr(b, i, "q", "k", "bias"), tau=1.2, top_k=TOP_K)}))
+    add(Case("edge_probs_bins_ties_topk17", lambda s: _bins(s, 3, grid=True), lambda b, i: {
+        "pi": b.edge_probs(i["graph"], *_arr(b, i, "q", "k", "bias"), tau=1.0, top_k=17),
+        "kept": b.segment_topk(i["graph"], b.edge_logits(i["graph"], *_arr(b, i, "q", "k", "bias")), 17)},
+        exact=("kept",)))
     add(Case("add", lambda s: _base(s),
              lambda b, i: {"sum": b.add(*_arr(b, i, "logits", "bias"))}))
     add(Case("sum_squares", lambda s: _base(s),

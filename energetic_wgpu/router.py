@@ -467,8 +467,7 @@ class Router:
         self._check_history(steps, int(x.shape[0]), bool(keep_history))
         act = self._active(active, int(x.shape[0]))
         be, g = self.backend, self.graph
-        logits = be.edge_logits(g, self.q, self.k, self.bias)
-        pi = be.segment_softmax(g, logits, self.tau, self.top_k)
+        pi = be.edge_probs(g, self.q, self.k, self.bias, self.tau, self.top_k)
         # the backend's own layout between steps (wgpu: node-major), [B, N] after the last
         x, act_state = be.scatter_state(g, x, act)
         history = [x]

@@ -1,4 +1,6 @@
-// edge_logits.wgsl: logit[e] = dot(q[src[e]], k[col_idx[e]]) + bias[e], thread per edge.
+// edge_logits.wgsl: logit[e] = dot(q[src[e]], k[col_idx[e]]) + bias[e], thread per edge, rows
+// read as vec4 (row_dot.wgsl). The forward itself does not store logits (edge_probs.wgsl computes
+// the same values in registers); this kernel serves the public edge_logits op.
 
 struct LogitParams {
     n_edges: u32,
@@ -10,8 +12,8 @@ struct LogitParams {
 @group(0) @binding(0) var<uniform> P: LogitParams;
 @group(0) @binding(1) var<storage, read> src: array<u32>;
 @group(0) @binding(2) var<storage, read> col_idx: array<u32>;
-@group(0) @binding(3) var<storage, read> q: array<f32>;
-@group(0) @binding(4) var<storage, read> k: array<f32>;
+@group(0) @binding(3) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> k: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> logits: array<f32>;
 
@@ -21,11 +23,5 @@ fn edge_logits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     if (e >= P.n_edges) {
         return;
     }
-    let qb = src[e] * P.dim;
-    let kb = col_idx[e] * P.dim;
-    var acc = 0.0;
-    for (var c = 0u; c < P.dim; c = c + 1u) {
-        acc = acc + q[qb + c] * k[kb + c];
-    }
-    logits[e] = acc + bias[e];
+    logits[e] = row_dot(src[e] * P.dim, col_idx[e] * P.dim, P.dim) + bias[e];
 }

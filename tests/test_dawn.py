@@ -215,7 +215,7 @@ def test_cli_check_dawn_prints_the_parity_table(dawn_run, capsys):
 
     report = json.loads(out)
     ops = [r["op"] for r in report["results"]]
-    assert "compile:softmax_small" in ops
+    assert "compile:edge_probs" in ops
     # the same op rows as `energetic-wgpu check` (the shared parity table), then the compile rows
     assert [o for o in ops if not o.startswith("compile:")] == CASE_NAMES
     assert "router_steps3_b33" in CASE_NAMES

@@ -51,7 +51,7 @@ def test_installed_copy_loads_its_own_shaders_and_runs(wheel, tmp_path):
     script = r"""
 import json, numpy as np, energetic_wgpu as ew
 from energetic_wgpu.wgsl import shader_dir, shader_source
-out = {"file": ew.__file__, "shader_dir": shader_dir(), "n": len(shader_source("segment_softmax.wgsl"))}
+out = {"file": ew.__file__, "shader_dir": shader_dir(), "n": len(shader_source("edge_probs.wgsl"))}
 try:
     be = ew.get_backend("wgpu")
 except ew.BackendUnavailable as exc:

@@ -18,7 +18,7 @@ def test_case(backend, case):
 
 def test_the_table_covers_every_op():
     names = " ".join(c.name for c in CASES)
-    for op in ("edge_logits", "segment_softmax", "segment_topk", "energy_scatter", "edge_flow", "step_metrics",
+    for op in ("edge_logits", "edge_probs", "segment_softmax", "segment_topk", "energy_scatter", "edge_flow", "step_metrics",
                "energy_scatter_backward", "segment_softmax_backward", "edge_logits_backward", "mse",
                "cross_entropy", "entropy_regularization", "adamw_step", "add", "sum_squares", "router"):
         assert op in names, op

@@ -272,7 +272,7 @@ def test_every_kernel_builds_and_every_entry_point_is_declared(gpu_backend):
     by_file: dict[str, set[str]] = {}
     for spec in KERNELS.values():
         by_file.setdefault(spec.sources[-1], set()).add(spec.entry_point)
-    forward_files = {"copy.wgsl", "elementwise.wgsl", "edge_logits.wgsl", "segment_softmax.wgsl",
+    forward_files = {"copy.wgsl", "elementwise.wgsl", "edge_logits.wgsl", "edge_probs.wgsl",
                      "energy_scatter.wgsl", "edge_flow.wgsl", "metrics.wgsl", "reduce.wgsl"}
     assert forward_files <= set(shader_names())
     for name in shader_names():
@@ -286,7 +286,7 @@ def test_every_kernel_builds_and_every_entry_point_is_declared(gpu_backend):
 def test_shader_source_unknown_name_lists_names():
     from energetic_wgpu.wgsl import shader_source
 
-    with pytest.raises(KeyError, match="segment_softmax.wgsl"):
+    with pytest.raises(KeyError, match="edge_probs.wgsl"):
         shader_source("no_such_shader")
 
 

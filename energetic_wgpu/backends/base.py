@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..graph import Graph
+from ..validation import check_int
 
 __all__ = ["Backend", "METRIC_NAMES", "COUNTER_NAMES"]
 
@@ -134,6 +135,16 @@ class Backend(ABC):
         """pi [E] as docs/definitions.md §2: z = logits / tau (clamped to the dtype's finite range), keep the
         top_k largest z of each segment, softmax over the kept edges of each segment,
         0 on dropped edges. Empty segments are fine. No NaN for any finite input."""
+
+    def edge_probs(self, graph: Graph, q: Any, k: Any, bias: Any, tau: float = 1.0, top_k: int = 0) -> Any:
+        """pi [E] = segment_softmax(edge_logits(q, k, bias), tau, top_k): the router's forward
+        edge probabilities (q, k float [N, d]; bias float [E]). A backend may fuse the two (the
+        wgpu backend does: the logits are never stored); this default composes them.
+
+        Raises:
+            InvalidArgumentError: ``top_k`` not an int >= 0."""
+        top_k = check_int(top_k, "top_k", 0)
+        return self.segment_softmax(graph, self.edge_logits(graph, q, k, bias), tau, top_k)
 
     @abstractmethod
     def energy_scatter(

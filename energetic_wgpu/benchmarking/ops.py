@@ -57,7 +57,7 @@ SIZES: dict[str, dict[str, int]] = {
 }
 COPY_BYTES = 64 * 2**20  # the copy reference: 64 MiB in, 64 MiB out
 DEGREE = 10
-FORWARD_OPS = ("edge_logits", "segment_softmax", "energy_scatter", "edge_flow", "step_metrics")
+FORWARD_OPS = ("edge_logits", "segment_softmax", "edge_probs", "energy_scatter", "edge_flow", "step_metrics")
 
 
 def random_graph(nodes: int, edges: int, seed: int = 0) -> Graph:
@@ -191,6 +191,8 @@ def bench_ops(
         ("edge_logits", lambda: be.edge_logits(graph, q, k, bias), 16 * e + 8 * n * dim),
         ("segment_softmax top_k=0", lambda: be.segment_softmax(graph, logits, 1.0, 0), 8 * e + 4 * (n + 1)),
         ("segment_softmax top_k=4", lambda: be.segment_softmax(graph, logits, 1.0, 4), 8 * e + 4 * (n + 1)),
+        # the fused forward: seg_list, row_ptr, col_idx, bias, Q and K in, pi out (no logits stored)
+        ("edge_probs top_k=4", lambda: be.edge_probs(graph, q, k, bias, 1.0, 4), 12 * e + 8 * n * dim + 8 * n + 4),
         ("energy_scatter", lambda: be.energy_scatter(graph, energies, pi, 1.0), 4 * (n + 1) + 12 * e + 8 * batch * n),
         (
             f"edge_flow (B={flow_batch})",

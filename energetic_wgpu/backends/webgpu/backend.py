@@ -6,12 +6,13 @@ Every op encodes dispatches into the runtime's pending command encoder and retur
 
 Degree strategies (SMALL = ``kernels.SMALL_DEGREE_MAX`` = 256):
 
-* ``segment_softmax`` / ``segment_topk``: segments of degree 1..SMALL run one thread per
-  segment (degree <= 16: one-pass online max/sum; top_k 1..4: a register top-4 in one pass,
-  for softmax in the ``softmax_small_k4`` entry point; otherwise serial compensated sums and
-  top-k by k selection passes); larger segments run one
-  workgroup of 256 each (top-k threshold by a radix bisection over the float keys, O(64 deg)
-  independent of k; fixed-order tree reductions).
+* ``edge_probs`` (the Router's forward), ``segment_softmax`` and ``segment_topk``: one dispatch
+  of ``edge_probs.wgsl`` over the graph's degree bins (``graph_data.DegreeBins``): segments of
+  degree 1..16 one thread each, 17..256 a group of 32 lanes each (2 per workgroup of 64); larger
+  ones (a second dispatch, only when there are any) a workgroup of 256 each (top-k by an 8-bit
+  radix select). ``edge_probs`` computes the logits in the
+  same pass (q/k rows read as vec4) and never stores them; the other two read their input
+  logits instead.
 * ``energy_scatter``: a gather over the reverse (CSC) index; nodes of in-degree <= SMALL run
   one thread per (node, chunk of 8 batch rows) after a transpose of the energies to
   node-major [N, ceil(B/4)] vec4 (node_major.py), larger ones one workgroup of 256 per
@@ -32,6 +33,7 @@ import numpy as np
 
 from ...errors import InvalidArgumentError, ShapeError
 from ...graph import Graph
+from ...validation import check_int
 from ..base import Backend
 from . import node_major, ops_backward, ops_train
 from .graph_data import GraphData, upload_graph
@@ -250,22 +252,38 @@ class WgpuBackend(PackedArrays, Backend):
         )
         return out
 
-    def _softmax(self, graph: Graph, logits: Any, tau: float, top_k: int, mode: int) -> DeviceArray:
+    def _probs(self, graph: Graph, q: Any, k: Any, bias: Any, dim: int, tau: float, top_k: Any,
+               mode: int) -> DeviceArray:
+        """The ``edge_probs`` dispatch (edge_probs.wgsl; hubs add ``edge_probs_hub``): pi (mode 0)
+        or the kept mask (mode 1) of the z = (dot(q, k) + bias) / tau; dim = 0 takes ``bias``
+        as the logits."""
+        top_k = check_int(top_k, "top_k", 0)
         gd = self.graph_data(graph)
-        logits = self._dev(logits)
-        top_k = int(top_k)
-        if top_k < 0:
-            raise InvalidArgumentError(f"top_k must be >= 0, got {top_k}")
         out = self.empty((gd.num_edges,), np.bool_ if mode == 1 else np.float32)
-        u = dict(n_nodes=gd.num_nodes, top_k=top_k, mode=mode, n_large=gd.n_large_out, tau=np.float32(tau),
-                 small_max=SMALL_DEGREE_MAX)
-        # 1 <= top_k <= 4 (softmax): its own pipeline, with the register top-4 (segment_softmax.wgsl)
-        small = "softmax_small_k4" if mode == 0 and 1 <= top_k <= 4 else "softmax_small"
-        self.runtime.dispatch(small, threads=gd.num_nodes, uniform=u, row_ptr=gd.row_ptr, logits=logits, result=out)
-        if gd.n_large_out:
-            self.runtime.dispatch("softmax_large", workgroups=gd.n_large_out, uniform=u, row_ptr=gd.row_ptr,
-                                  logits=logits, result=out, large_nodes=gd.large_out)
+        bins = gd.bins
+        if gd.seg_list is None:
+            return out  # no edges
+        u = dict(n_small=bins.n_small, n_mid=bins.n_mid, n_hub=bins.n_hub, small_wg=bins.small_wg,
+                 mid_wg=bins.mid_wg, dim=dim, top_k=top_k, mode=mode, tau=np.float32(tau))
+        b = dict(row_ptr=gd.row_ptr, col_idx=gd.col_idx, q=q, k=k, bias=bias, result=out, seg_list=gd.seg_list)
+        if bins.workgroups:  # without mid segments: the barrier-free pipeline
+            name = "edge_probs" if bins.n_mid else "edge_probs_small"
+            self.runtime.dispatch(name, workgroups=bins.workgroups, uniform=u, **b)
+        if bins.n_hub:
+            self.runtime.dispatch("edge_probs_hub", workgroups=bins.n_hub, uniform=u, **b)
         return out
+
+    def edge_probs(self, graph: Graph, q: Any, k: Any, bias: Any, tau: float = 1.0, top_k: int = 0) -> DeviceArray:
+        """float32 [E]: segment_softmax(edge_logits(q, k, bias), tau, top_k) in ONE dispatch (hubs,
+        segments of more than 256 edges, add one); the logits are never stored (q, k float
+        [N, d]; bias float [E])."""
+        q, k, bias = self._dev(q), self._dev(k), self._dev(bias)
+        dim = q.shape[1] if q.ndim == 2 else 0
+        return self._probs(graph, q, k, bias, dim, float(tau), top_k, 0)
+
+    def _softmax(self, graph: Graph, logits: Any, tau: float, top_k: Any, mode: int) -> DeviceArray:
+        dummy = self.runtime.dummy()
+        return self._probs(graph, dummy, dummy, self._dev(logits), 0, tau, top_k, mode)
 
     def segment_softmax(self, graph: Graph, logits: Any, tau: float = 1.0, top_k: int = 0) -> DeviceArray:
         return self._softmax(graph, logits, float(tau), top_k, 0)

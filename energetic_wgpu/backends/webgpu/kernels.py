@@ -43,6 +43,8 @@ __all__ = [
     "SHADER_LIBS",
     "BINDING_KINDS",
     "SMALL_DEGREE_MAX",
+    "THREAD_DEGREE_MAX",
+    "GROUP_DEGREE_MAX",
     "REDUCE_ITEMS",
 ]
 
@@ -50,15 +52,22 @@ BINDING_KINDS = ("uniform", "read", "read_write")
 
 #: segments / in-degrees up to this are handled thread-per-node; larger ones workgroup-per-node
 SMALL_DEGREE_MAX = 256
+#: the degree bins of the forward (edge_probs.wgsl SMALL_MAX, MID_MAX): out-degree 1..THREAD run
+#: one thread per segment, THREAD+1..GROUP a group of 32 lanes per segment, larger a workgroup
+THREAD_DEGREE_MAX = 16
+GROUP_DEGREE_MAX = 256
 #: elements per thread in the reduction kernels (reduce.wgsl, metrics.wgsl)
 REDUCE_ITEMS = 16
 
 #: WGSL library files (no entry points) a kernel file needs, concatenated in this order between
-#: common.wgsl and the file itself. workgroup_reduce.wgsl: LWG, red_a/red_b and tree_sum.
+#: common.wgsl and the file itself. workgroup_reduce.wgsl: LWG, red_a/red_b and tree_sum;
+#: row_dot.wgsl: dot products of q/k rows read as vec4.
 SHADER_LIBS: dict[str, tuple[str, ...]] = {
+    "edge_logits.wgsl": ("row_dot.wgsl",),
+    "edge_probs.wgsl": ("workgroup_reduce.wgsl", "row_dot.wgsl"),
+} | {
     f: ("workgroup_reduce.wgsl",)
     for f in (
-        "segment_softmax.wgsl",
         "energy_scatter.wgsl",
         "reduce.wgsl",
         "losses.wgsl",
@@ -294,8 +303,8 @@ U32, I32, F32, VEC4 = "u32", "i32", "f32", "vec4<u32>"
 COPY = Uniform("CopyParams", n=U32, n_vec=U32, _pad0=U32, _pad1=U32)
 ADD = Uniform("AddParams", n=U32, _pad0=U32, _pad1=U32, _pad2=U32)
 LOGITS = Uniform("LogitParams", n_edges=U32, dim=U32, _pad0=U32, _pad1=U32)
-SOFTMAX = Uniform("SoftmaxParams", n_nodes=U32, top_k=U32, mode=U32, n_large=U32, tau=F32, small_max=U32,
-                  _pad0=U32, _pad1=U32)
+PROBS = Uniform("ProbParams", n_small=U32, n_mid=U32, n_hub=U32, small_wg=U32, mid_wg=U32, dim=U32, top_k=U32,
+                mode=U32, tau=F32, _pad0=U32, _pad1=U32, _pad2=U32)
 SCATTER = Uniform("ScatterParams", batch=U32, n_nodes=U32, flags=U32, n_large=U32, alpha=F32, small_max=U32,
                   _pad0=U32, _pad1=U32)
 FLOW = Uniform("FlowParams", batch=U32, n_nodes=U32, n_edges=U32, has_active=U32, alpha=F32, _pad0=U32, _pad1=U32,
@@ -316,6 +325,7 @@ _ADAMW_HYPER = dict(b1=F32, omb1=F32, b2=F32, omb2=F32, eps=F32, _pad2=F32, _pad
 ADAMW_UPDATE = Uniform("UpdateParams", n=U32, slot=U32, _pad0=U32, _pad1=U32, **_ADAMW_HYPER)
 ADAMW_PACKED = Uniform("PackedParams", n=U32, slot=U32, _pad0=U32, _pad1=U32, **_ADAMW_HYPER, off=VEC4, len=VEC4)
 
+_PROBS = ("row_ptr", "col_idx", "q", "k", "bias", "result", "seg_list")
 _SCATTER_IN = ("rev_ptr", "rev_pairs", "pi", "sink", "next_e", "xt", "act_t")
 _SCATTER_BWD = ("row_ptr", "col_idx", "pi", "grad_next", "act_mask", "sink", "out")
 _LOGITS_BWD = ("seg_ptr", "idx", "grad_logits", "feat", "out")
@@ -327,10 +337,9 @@ KERNELS: dict[str, KernelSpec] = {
         KernelSpec("copy_vec4", "copy.wgsl", COPY, ("src", "dst")),
         KernelSpec("add", "elementwise.wgsl", ADD, ("a", "b", "out")),
         KernelSpec("edge_logits", "edge_logits.wgsl", LOGITS, ("src", "col_idx", "q", "k", "bias", "logits")),
-        KernelSpec("softmax_small", "segment_softmax.wgsl", SOFTMAX, ("row_ptr", "logits", "result")),
-        KernelSpec("softmax_small_k4", "segment_softmax.wgsl", SOFTMAX, ("row_ptr", "logits", "result")),
-        KernelSpec("softmax_large", "segment_softmax.wgsl", SOFTMAX, ("row_ptr", "logits", "result", "large_nodes"),
-                   256),
+        KernelSpec("edge_probs", "edge_probs.wgsl", PROBS, _PROBS, 64),
+        KernelSpec("edge_probs_small", "edge_probs.wgsl", PROBS, _PROBS, 64),
+        KernelSpec("edge_probs_hub", "edge_probs.wgsl", PROBS, _PROBS, 256),
         KernelSpec("scatter_transpose", "energy_scatter.wgsl", SCATTER, ("energies", "act_mask", "xt_out", "act_out")),
         KernelSpec("scatter_rows", "energy_scatter.wgsl", SCATTER, ("xt", "next_e")),
         KernelSpec("scatter_small", "energy_scatter.wgsl", SCATTER, _SCATTER_IN),

@@ -1,0 +1,425 @@
+// edge_probs.wgsl: the fused forward (docs/definitions.md §2), one pass per source segment:
+//
+// z[e] = clamp((dot(q[j], k[col_idx[e]]) + bias[e]) / tau, -f32max, f32max)   (j = src[e])
+// kept[e] = top_k == 0 || deg <= top_k || rank(e) < top_k, rank by (z descending, edge ascending)
+// pi[e] = kept ? exp(z - m) / sum_kept exp(z - m) : 0      (m = max kept z)
+//
+// The logits stay in registers or workgroup memory: only pi (mode 0) or the kept mask (mode 1,
+// u32 0/1) is written. With dim == 0 the logits are `bias` itself (the segment_softmax and
+// segment_topk ops bind their input there). q and k rows are read as vec4 (row_dot.wgsl).
+//
+// The degree bins are listed per graph in `seg_list` = [small nodes | mid nodes | hub nodes]
+// (degree-0 nodes have nothing to write). The entry point `edge_probs` (SWG = 64 invocations per
+// workgroup) serves the first two in one dispatch (`edge_probs_small` when there are no mid
+// segments):
+// * workgroups [0, small_wg): one thread per segment of degree 1..SMALL_MAX, the z in registers,
+//   the top-k by pairwise ranks;
+// * [small_wg, small_wg + mid_wg): a group of 32 lanes per segment of degree SMALL_MAX+1..MID_MAX,
+//   2 segments per workgroup; lane l takes edges l, l + 32, ...; the z go to workgroup memory,
+//   each lane ranks its own edges against the segment, and max and sum are per-lane partials
+//   combined in lane order (every lane computes the same total).
+// `edge_probs_hub` (LWG = 256) runs one workgroup per segment of degree > MID_MAX (hubs), in a
+// second dispatch only when the graph has hubs. The z are stored in the output (each invocation
+// rereads only the entries it wrote); the top-k threshold is a radix select, 8 bits per pass
+// (4 passes over the order-preserving u32 key of z, counts in a 256-bin workgroup histogram),
+// then, only when the k-th value ties, 4 more over the edge index among the ties; max and
+// compensated sum by fixed trees.
+// Every barrier is in workgroup-uniform control flow, every count is an integer and every
+// float reduction has a fixed order: the same bits run to run.
+
+struct ProbParams {
+    n_small: u32,
+    n_mid: u32,
+    n_hub: u32,
+    small_wg: u32,
+    mid_wg: u32,
+    dim: u32,
+    top_k: u32,
+    mode: u32,
+    tau: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: ProbParams;
+@group(0) @binding(1) var<storage, read> row_ptr: array<u32>;
+@group(0) @binding(2) var<storage, read> col_idx: array<u32>;
+@group(0) @binding(3) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> k: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
+@group(0) @binding(6) var<storage, read_write> result: array<u32>;
+@group(0) @binding(7) var<storage, read> seg_list: array<u32>;
+
+// the bin bounds (kernels.py THREAD_DEGREE_MAX and GROUP_DEGREE_MAX)
+const SMALL_MAX: u32 = 16u;
+const MID_MAX: u32 = 256u;
+const SWG: u32 = 64u;      // the workgroup size of edge_probs (the host passes it as WG)
+const GROUP: u32 = 32u;
+const GROUPS: u32 = 2u;    // SWG / GROUP
+const PER_LANE: u32 = 8u;  // MID_MAX / GROUP
+
+var<workgroup> mid_z: array<f32, 512>; // GROUPS * MID_MAX
+var<workgroup> mid_part: array<f32, 64>; // SWG
+var<workgroup> hist: array<atomic<u32>, 256>;
+var<workgroup> pick: array<u32, 3>;
+
+fn edge_z(e: u32, qb: u32) -> f32 {
+    var l = bias[e];
+    if (P.dim != 0u) {
+        l = row_dot(qb, col_idx[e] * P.dim, P.dim) + l;
+    }
+    let fm = f32_max();
+    return clamp(l / P.tau, -fm, fm);
+}
+
+// order-preserving key: a < b as floats <=> zkey(a) < zkey(b); -0 maps like +0.
+fn zkey(z: f32) -> u32 {
+    var u = bitcast<u32>(z);
+    if (u == 0x80000000u) {
+        u = 0u;
+    }
+    if ((u & 0x80000000u) != 0u) {
+        return ~u;
+    }
+    return u | 0x80000000u;
+}
+
+// ---------------------------------------------------------------- one thread per segment
+
+fn seg_small(j: u32) {
+    let s = row_ptr[j];
+    let deg = row_ptr[j + 1u] - s;
+    let qb = j * P.dim;
+    // constant trip counts: the loops unroll and zs stays in registers
+    var zs: array<f32, SMALL_MAX>;
+    for (var i = 0u; i < SMALL_MAX; i = i + 1u) {
+        if (i < deg) {
+            zs[i] = edge_z(s + i, qb);
+        }
+    }
+    let k = P.top_k;
+    var keep = (1u << deg) - 1u; // bit i: edge s + i kept
+    if (k != 0u && deg > k) {
+        keep = 0u;
+        for (var i = 0u; i < SMALL_MAX; i = i + 1u) {
+            var rank = 0u;
+            for (var o = 0u; o < SMALL_MAX; o = o + 1u) {
+                if (o < deg && (zs[o] > zs[i] || (zs[o] == zs[i] && o < i))) {
+                    rank = rank + 1u;
+                }
+            }
+            if (i < deg && rank < k) {
+                keep = keep | (1u << i);
+            }
+        }
+    }
+    if (P.mode == 1u) {
+        for (var i = 0u; i < SMALL_MAX; i = i + 1u) {
+            if (i < deg) {
+                result[s + i] = (keep >> i) & 1u;
+            }
+        }
+        return;
+    }
+    var m = -f32_max();
+    for (var i = 0u; i < SMALL_MAX; i = i + 1u) {
+        if (((keep >> i) & 1u) != 0u) {
+            m = max(m, zs[i]);
+        }
+    }
+    var total = 0.0;
+    for (var i = 0u; i < SMALL_MAX; i = i + 1u) {
+        var ex = 0.0;
+        if (((keep >> i) & 1u) != 0u) {
+            ex = exp(zs[i] - m);
+        }
+        zs[i] = ex;
+        total = total + ex;
+    }
+    for (var i = 0u; i < SMALL_MAX; i = i + 1u) {
+        if (i < deg) {
+            result[s + i] = bitcast<u32>(zs[i] / total);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- 32 lanes per segment
+
+// mw: the index of this workgroup among the mid workgroups. Called in uniform control flow.
+// The z live in workgroup memory only (no private arrays: llvmpipe then keeps seg_small's in
+// registers); after the ranks are taken each lane overwrites its own slots with exp(z - m).
+fn seg_mid(mw: u32, lid: u32) {
+    let g = lid / GROUP;
+    let lane = lid % GROUP;
+    let gi = mw * GROUPS + g;
+    var s = 0u;
+    var deg = 0u; // a group past the list has nothing to do but still meets every barrier
+    var qb = 0u;
+    if (gi < P.n_mid) {
+        let j = seg_list[P.n_small + gi];
+        s = row_ptr[j];
+        deg = row_ptr[j + 1u] - s;
+        qb = j * P.dim;
+    }
+    let base = g * MID_MAX;
+    // this lane's edges: s + lane + GROUP * r, r < PER_LANE
+    for (var i = lane; i < deg; i = i + GROUP) {
+        mid_z[base + i] = edge_z(s + i, qb);
+    }
+    workgroupBarrier();
+    let k = P.top_k;
+    let use_k = k != 0u && deg > k;
+    var keep = 0u; // bit r: edge s + lane + GROUP * r kept
+    for (var r = 0u; r < PER_LANE; r = r + 1u) {
+        let i = lane + GROUP * r;
+        if (i < deg) {
+            var kept = true;
+            if (use_k) {
+                let z = mid_z[base + i];
+                var rank = 0u;
+                for (var o = 0u; o < deg; o = o + 1u) {
+                    let zo = mid_z[base + o];
+                    if (zo > z || (zo == z && o < i)) {
+                        rank = rank + 1u;
+                    }
+                }
+                kept = rank < k;
+            }
+            if (kept) {
+                keep = keep | (1u << r);
+            }
+        }
+    }
+    if (P.mode == 1u) {
+        for (var r = 0u; r < PER_LANE; r = r + 1u) {
+            let i = lane + GROUP * r;
+            if (i < deg) {
+                result[s + i] = (keep >> r) & 1u;
+            }
+        }
+        return;
+    }
+    var m = -f32_max();
+    for (var r = 0u; r < PER_LANE; r = r + 1u) {
+        if (((keep >> r) & 1u) != 0u) {
+            m = max(m, mid_z[base + lane + GROUP * r]);
+        }
+    }
+    let lo = g * GROUP;
+    mid_part[lid] = m;
+    workgroupBarrier();
+    m = mid_part[lo];
+    for (var l = 1u; l < GROUP; l = l + 1u) {
+        m = max(m, mid_part[lo + l]);
+    }
+    workgroupBarrier();
+    var part = 0.0;
+    for (var r = 0u; r < PER_LANE; r = r + 1u) {
+        let i = lane + GROUP * r;
+        if (((keep >> r) & 1u) != 0u) {
+            let ex = exp(mid_z[base + i] - m);
+            mid_z[base + i] = ex;
+            part = part + ex;
+        }
+    }
+    mid_part[lid] = part;
+    workgroupBarrier();
+    var total = 0.0;
+    for (var l = 0u; l < GROUP; l = l + 1u) {
+        total = total + mid_part[lo + l];
+    }
+    for (var r = 0u; r < PER_LANE; r = r + 1u) {
+        let i = lane + GROUP * r;
+        if (i < deg) {
+            var p = 0.0;
+            if (((keep >> r) & 1u) != 0u) {
+                p = mid_z[base + i] / total;
+            }
+            result[s + i] = bitcast<u32>(p);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- workgroup per hub
+
+// The k-th largest key (1 <= k <= the number of candidates) of the hub [s, t) by a radix
+// select, 8 bits per pass. Keys: zkey of the z stored in `result`; with `ties`, ~(e - s) of
+// the edges whose key is tie_key (so the k-th largest is the k-th lowest edge index).
+// Returns (key, how many edges with exactly that key are among the k largest, how many edges
+// have that key); pick[1], pick[2] hold the last two. Called in uniform control flow.
+fn radix_kth(s: u32, t: u32, lid: u32, k: u32, ties: bool, tie_key: u32) -> vec3<u32> {
+    var prefix = 0u;
+    var mask = 0u;
+    var rem = k;
+    var cnt = 0u;
+    for (var round = 0u; round < 4u; round = round + 1u) {
+        let shift = 24u - 8u * round;
+        atomicStore(&hist[lid], 0u);
+        workgroupBarrier();
+        for (var e = s + lid; e < t; e = e + LWG) {
+            var key = zkey(bitcast<f32>(result[e]));
+            var live = true;
+            if (ties) {
+                live = key == tie_key;
+                key = ~(e - s);
+            }
+            if (live && (key & mask) == prefix) {
+                atomicAdd(&hist[(key >> shift) & 255u], 1u);
+            }
+        }
+        workgroupBarrier();
+        if (lid == 0u) {
+            // the digit holding the rem-th largest candidate, scanning from the top
+            var cum = 0u;
+            var d = 255u;
+            loop {
+                let c = atomicLoad(&hist[d]);
+                if (cum + c >= rem || d == 0u) {
+                    pick[0] = d;
+                    pick[1] = rem - cum;
+                    pick[2] = c;
+                    break;
+                }
+                cum = cum + c;
+                d = d - 1u;
+            }
+        }
+        workgroupBarrier();
+        prefix = prefix | (pick[0] << shift);
+        mask = mask | (255u << shift);
+        rem = pick[1];
+        cnt = pick[2];
+    }
+    return vec3<u32>(prefix, rem, cnt);
+}
+
+fn hub_kept(z: f32, e: u32, s: u32, use_k: bool, tkey: u32, tidx: u32) -> bool {
+    let key = zkey(z);
+    return !use_k || key > tkey || (key == tkey && e - s <= tidx);
+}
+
+// Called in uniform control flow (j is the same for the whole workgroup).
+fn seg_hub(j: u32, lid: u32) {
+    let s = row_ptr[j];
+    let t = row_ptr[j + 1u];
+    let deg = t - s;
+    let qb = j * P.dim;
+    for (var e = s + lid; e < t; e = e + LWG) {
+        result[e] = bitcast<u32>(edge_z(e, qb));
+    }
+    let k = P.top_k;
+    let use_k = k != 0u && deg > k;
+    var tkey = 0u;          // key of the k-th largest z
+    var tidx = 0xffffffffu; // among z with key == tkey, keep local index <= tidx
+    if (use_k) {
+        tkey = radix_kth(s, t, lid, k, false, 0u).x;
+        // uniform copies: keep the lowest `need` of the `ties` edges whose key is tkey
+        let need = workgroupUniformLoad(&pick[1]);
+        let ties = workgroupUniformLoad(&pick[2]);
+        if (need < ties) {
+            tidx = ~radix_kth(s, t, lid, need, true, tkey).x;
+        }
+    }
+    if (P.mode == 1u) {
+        for (var e = s + lid; e < t; e = e + LWG) {
+            result[e] = select(0u, 1u, hub_kept(bitcast<f32>(result[e]), e, s, use_k, tkey, tidx));
+        }
+        return;
+    }
+    // max over kept z by a fixed tree in red_a (workgroup_reduce.wgsl)
+    var m = -f32_max();
+    for (var e = s + lid; e < t; e = e + LWG) {
+        let z = bitcast<f32>(result[e]);
+        if (hub_kept(z, e, s, use_k, tkey, tidx)) {
+            m = max(m, z);
+        }
+    }
+    red_a[lid] = m;
+    workgroupBarrier();
+    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
+        if (lid < st) {
+            red_a[lid] = max(red_a[lid], red_a[lid + st]);
+        }
+        workgroupBarrier();
+    }
+    let mm = red_a[0];
+    workgroupBarrier();
+    // compensated sum of exp(z - m) over kept, in blocks of 16 terms
+    var acc = vec2<f32>(0.0, 0.0);
+    var blk = 0.0;
+    var nb = 0u;
+    for (var e = s + lid; e < t; e = e + LWG) {
+        let z = bitcast<f32>(result[e]);
+        if (hub_kept(z, e, s, use_k, tkey, tidx)) {
+            blk = blk + exp(z - mm);
+            nb = nb + 1u;
+            if (nb == 16u) {
+                acc = kahan_add(acc, blk);
+                blk = 0.0;
+                nb = 0u;
+            }
+        }
+    }
+    acc = kahan_add(acc, blk);
+    let total = tree_sum(lid, acc);
+    for (var e = s + lid; e < t; e = e + LWG) {
+        let z = bitcast<f32>(result[e]);
+        var p = 0.0;
+        if (hub_kept(z, e, s, use_k, tkey, tidx)) {
+            p = exp(z - mm) / total;
+        }
+        result[e] = bitcast<u32>(p);
+    }
+}
+
+// ---------------------------------------------------------------- the entry points
+
+@compute @workgroup_size(WG)
+fn edge_probs(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // WG must be SWG (64): the host passes it.
+    let w = group_index(wid, nwg);
+    if (w < P.small_wg) {
+        let i = w * SWG + lid;
+        if (i < P.n_small) {
+            seg_small(seg_list[i]);
+        }
+        return;
+    }
+    let mw = w - P.small_wg;
+    if (mw < P.mid_wg) {
+        seg_mid(mw, lid);
+    }
+}
+
+// The same for a graph without mid segments (the host picks it): no barrier and no workgroup
+// memory in the pipeline, which lets llvmpipe keep seg_small's z in registers (2-4x faster there).
+@compute @workgroup_size(WG)
+fn edge_probs_small(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // WG must be SWG (64): the host passes it.
+    let i = group_index(wid, nwg) * SWG + lid;
+    if (i < P.n_small) {
+        seg_small(seg_list[i]);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn edge_probs_hub(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // WG must be LWG (256): the host passes it.
+    let w = group_index(wid, nwg);
+    if (w < P.n_hub) {
+        seg_hub(seg_list[P.n_small + P.n_mid + w], lid);
+    }
+}
