@@ -7,9 +7,9 @@
 //   * scatter_bwd_large: workgroup of 256 per (b, j) for the nodes in `large_nodes`
 //     (out-degree > small_max); strided compensated partials and a fixed-order tree.
 // grad_pi[e] = sum_b alpha * active[b, src[e]] * energies[b, src[e]] * g[b, col[e]]
-//   * scatter_bwd_pi: thread per edge over chunks of 4 batch rows in order (a compensated sum
-//     per row lane, the 4 lanes merged in a fixed order); with flags bit 2 the result is
-//     acc_in[e] + that sum (the gradient of earlier steps).
+//   * scatter_bwd_pi: thread per edge, rows loaded 4 at a time, one compensated sum over
+//     b = 0, 1, ... in order; with flags bit 2 the result is acc_in[e] + that sum (the
+//     gradient of earlier steps).
 //
 // Layouts: the state (energies and act_mask), grad_next and out are each [B, N] or node-major
 // (element (b, j) at j * 4 ceil(B/4) + b, rows b >= B zero), by flags bits 3, 4, 5. Node-major,
@@ -194,16 +194,18 @@ fn scatter_bwd_pi(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     }
     let sj = src[e];
     let ck = col_idx[e];
-    var sum = vec4<f32>(0.0);
-    var comp = vec4<f32>(0.0);
+    var acc = vec2<f32>(0.0, 0.0);
     let nc4 = (P.batch + 3u) / 4u;
     for (var c = 0u; c < nc4; c = c + 1u) {
-        kahan4(&sum, &comp, x4(c, sj) * grad4(c, ck));
+        // 4 rows loaded at once, summed in row order (b = 0, 1, 2, ...: the same bits as a
+        // row-by-row loop); padding rows are skipped, not added (a compensated sum is not
+        // unchanged by adding 0)
+        let p = x4(c, sj) * grad4(c, ck);
+        let rows = min(4u, P.batch - 4u * c);
+        for (var l = 0u; l < rows; l = l + 1u) {
+            acc = kahan_add(acc, p[l]);
+        }
     }
-    var acc = vec2<f32>(sum.x, comp.x);
-    acc = kahan_merge(acc, vec2<f32>(sum.y, comp.y));
-    acc = kahan_merge(acc, vec2<f32>(sum.z, comp.z));
-    acc = kahan_merge(acc, vec2<f32>(sum.w, comp.w));
     var total = acc.x - acc.y;
     if ((P.flags & 4u) != 0u) {
         total = acc_in[e] + total;

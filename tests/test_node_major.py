@@ -146,3 +146,27 @@ def test_forward_and_backward_dispatches(gpu_backend, steps):
     assert d1 - d0 == pi_dispatches + 1 + 2 * steps
     # per step scatter_bwd_pi, then softmax_bwd small + large, logits_bwd small + large per side
     assert d2 - d1 == steps + 2 * (steps - 1) + 2 + 4
+
+
+@pytest.mark.parametrize("batch,steps", [(5, 3), (64, 2)])
+def test_node_major_path_equals_the_row_layout_ops_bitwise(gpu_backend, batch, steps):
+    """The Router's node-major forward and backward give the same bits as the public [B, N]
+    ops composed step by step: the layout changes where values live, not how they are summed."""
+    be = gpu_backend
+    en, act, gn = _inputs(batch, seed=9)
+    r = _router(be)
+    a = be.asarray(act)
+    out = r.forward(be.asarray(en), active=a, steps=steps, retain_sinks=True)
+    g = r.backward(out, be.asarray(gn))
+    pi = out.edge_pi
+    xs = [be.asarray(en)]
+    for _ in range(steps):
+        xs.append(be.energy_scatter(GRAPH, xs[-1], pi, r.alpha, a, True))
+    g_next, g_pi = be.asarray(gn), None
+    for t in reversed(range(steps)):
+        g_next, g_pi = be.energy_scatter_backward(GRAPH, xs[t], pi, g_next, r.alpha, a, True, grad_pi_acc=g_pi)
+    gq, gk, gb = be.edge_logits_backward(GRAPH, r.q, r.k, be.segment_softmax_backward(GRAPH, pi, g_pi, r.tau))
+    pairs = [(out.next_energies, xs[-1]), (out.edge_flow, be.edge_flow(GRAPH, xs[-2], pi, r.alpha, a)),
+             (g.energies, g_next), (g.q, gq), (g.k, gk), (g.bias, gb)]
+    for got, want in pairs:
+        np.testing.assert_array_equal(be.to_numpy(got), be.to_numpy(want))

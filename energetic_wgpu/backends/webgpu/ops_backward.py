@@ -11,7 +11,7 @@ bit-identical from run to run.
 
 * ``energy_scatter_backward`` (and ``scatter_step_backward``, its node-major form for the
   router's steps): grad_energies thread per (j, 8 batch rows) over j's CSR segment (workgroup
-  per (b, j) for large segments); grad_pi thread per edge over the batch rows in chunks of 4,
+  per (b, j) for large segments); grad_pi thread per edge over b = 0..B-1 in order (rows loaded 4 at a time),
   plus ``grad_pi_acc`` in the same kernel when given.
 * ``segment_softmax_backward``: per segment dot = sum pi * gpi, then pi * (gpi - dot) / tau.
 * ``edge_logits_backward``: grad_q thread per (j, c) over j's segment, grad_k thread per
