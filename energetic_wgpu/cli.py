@@ -94,7 +94,7 @@ def setup_logging(level: int) -> Any:
 
 # ------------------------------------------------------------------------ info
 def _fmt_limit(key: str, v: Any) -> str:
-    if isinstance(v, int) and key.endswith(("buffer_size", "binding_size", "storage_size")) and v >= 1 << 20:
+    if isinstance(v, int) and key.endswith(("_size", "_bytes")) and v >= 1 << 20:
         return f"{v} ({v / (1 << 20):,.0f} MiB)"
     return str(v)
 
@@ -139,11 +139,16 @@ def _info_report() -> dict[str, Any]:
         report["adapter_error"] = f"{type(exc).__name__}: {exc}"
         adapters = []
     for a in adapters:
+        in_use = None
         try:
-            ok, why = True, ew.get_backend("wgpu", adapter=a["index"]).describe()
+            be = ew.get_backend("wgpu", adapter=a["index"])
+            ok, why = True, be.describe()
+            in_use = be.limits_in_use()
         except Exception as exc:  # noqa: BLE001
             ok, why = False, f"{type(exc).__name__}: {exc}"
-        report["adapters"].append({**a, "ok": ok, "detail": why})
+        # "limits": the adapter's maxima (what limits="adapter" requests); "limits_in_use": the
+        # default backend's (WebGPU's default limits)
+        report["adapters"].append({**a, "ok": ok, "detail": why, "limits_in_use": in_use})
     try:  # "numpy, since every wgpu adapter is a CPU/software one ..." and the like
         reason = backends.explain_auto()
         default = reason.split(",", 1)[0].strip()
@@ -170,7 +175,11 @@ def _print_info(report: dict[str, Any]) -> None:
         limits = a.get("limits") or {}
         shown = [f"{k} {_fmt_limit(k, limits[k])}" for k in KEY_LIMITS if k in limits]
         if shown:
-            print("      limits: " + ", ".join(shown))
+            print("      adapter limits (limits='adapter'): " + ", ".join(shown))
+        in_use = a.get("limits_in_use")
+        if in_use:
+            print(f"      limits in use ({in_use['limits_mode']}): " + ", ".join(
+                f"{k} {_fmt_limit(k, in_use[k])}" for k in ("max_binding_bytes", "max_buffer_size")))
         feats = sorted(a.get("features") or [])
         if feats:
             print(f"      features ({len(feats)}): " + ", ".join(feats))

@@ -211,6 +211,7 @@ class AdamW:
         self.exp_avg_sq = be.zeros_like_packed(params)
         # [t (applied updates), consecutive skipped steps, total skipped steps]
         self.step_count = be.zeros((3,))
+        be.tag_memory([*self.exp_avg, *self.exp_avg_sq, self.step_count], "optimizer")  # backend.memory()
         self.last_grad_norm: Any = None
         self.last_skipped: Any = None
 
@@ -337,6 +338,7 @@ class AdamW:
         # pack: the layout depends only on the sizes, so it matches packed parameters
         self.exp_avg, self.exp_avg_sq = be.pack(new_m), be.pack(new_v)
         self.step_count = be.asarray(np.array([t, *counts], dtype=be.dtype))
+        be.tag_memory([*self.exp_avg, *self.exp_avg_sq, self.step_count], "optimizer")
         self.t = t + counts[1]
 
     def __repr__(self) -> str:

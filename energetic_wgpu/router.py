@@ -322,6 +322,7 @@ class Router:
         # one allocation on backends that pack (wgpu: views into one flat buffer, so that the
         # optimizer updates every parameter in one dispatch)
         self.q, self.k, self.bias = be.pack([p.q, p.k, p.bias])
+        be.tag_memory([self.q, self.k, self.bias], "parameters")  # backend.memory()'s "parameters"
         self.tau, self.alpha, self.top_k = p.tau, p.alpha, p.top_k
         self.dim = p.q.shape[1]
 

@@ -17,6 +17,15 @@ fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
 
+// Workgroup w of a [rows, cols] grid covered row by row, `blocks` workgroups of `span` items
+// per row (blocks = ceil(cols / span)): (row, first column). Kernels whose range is a product
+// of sizes (batch x edges) index with this instead of a flat w * span, which wraps past 2^32
+// (e.g. B = 257, E = 16.7M); row and column stay below rows and cols + span.
+fn block_origin(w: u32, blocks: u32, span: u32) -> vec2<u32> {
+    let row = w / blocks;
+    return vec2<u32>(row, (w - row * blocks) * span);
+}
+
 fn f32_max() -> f32 {
     return bitcast<f32>(0x7f7fffffu);
 }

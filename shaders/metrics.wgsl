@@ -1,12 +1,17 @@
 // metrics.wgsl: the five step metrics (docs/definitions.md §2) by a fixed-order two-pass reduction.
-// Pass 1 (metrics_partials) covers the index range [0, max(B*N, B*E, E)); each thread of
-// workgroup w takes indices w*WG*ITEMS + lid + r*WG and accumulates
-//   te: next[i]                          (i < B*N)
-//   an: active && energies != 0          (i < B*N)
-//   ae: pi[e] > 0 && active[b, src[e]]   (i < B*E)
-//   mf: max of x[b, src[e]] * pi[e]      (i < B*E)
-//   h : -pi log pi over edges            (i < E)   (mean over non-empty segments = sum / count)
-// into partials[w*8 .. w*8+5]. Pass 2 (metrics_final) sums the partials in order and divides.
+// Pass 1 (metrics_partials) runs n_total workgroups over blocks of WG * ITEMS = 4096 items; thread
+// lid takes the items lid + r*WG (r < ITEMS) of each block and accumulates
+//   te: next[i]                          (flat i = w*4096 + item < B*N)
+//   an: active && energies != 0          (flat i < B*N)
+//   ae: pi[e] > 0 && active[b, src[e]]   (the [B, E] grid: grid_blocks = B * edge_blocks blocks,
+//   mf: max of x[b, src[e]] * pi[e]       edge_blocks = ceil(E / 4096) per row; workgroup w takes
+//                                         blocks w, w + n_total, ...; block_origin gives (b, e0))
+//   h : -pi log pi over edges            (flat e < E)   (mean over non-empty segments = sum / count)
+// into partials[w*8 .. w*8+5]; n_total >= ceil(B*N / 4096) and >= edge_blocks, and at most what
+// the partials buffer may hold (the host caps it), so B * E past 2^32 neither wraps nor needs
+// more partials than one binding holds.
+// Pass 2 (metrics_final) sums the partials in order (te over w < ceil(B*N / 4096), h over
+// w < edge_blocks: the same terms in the same order whatever n_total is) and divides.
 // WG must be 256.
 
 struct MetricParams {
@@ -15,9 +20,13 @@ struct MetricParams {
     n_edges: u32,
     has_active: u32,
     alpha: f32,
-    n_total: u32,      // max(B*N, B*E, E); n_partials for the final pass
+    n_total: u32,      // workgroups of metrics_partials (partials written); the same for the final pass
     n_nonempty: u32,   // number of non-empty segments
+    edge_blocks: u32,  // ceil(n_edges / (WG * ITEMS)): blocks per batch row of the [B, E] grid
+    grid_blocks: u32,  // batch * edge_blocks
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const LWG: u32 = 256u;
@@ -62,12 +71,16 @@ fn metrics_partials(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let w = group_index(wid, nwg);
-    let base = w * LWG * ITEMS;
-    if (base >= P.n_total) {
+    if (w >= P.n_total) {
         return;
     }
-    let bn = P.batch * P.n_nodes;
-    let be = P.batch * P.n_edges;
+    let span = LWG * ITEMS;
+    let bn = P.batch * P.n_nodes;  // the size of energies: fits in u32
+    // flat ranges (B*N and E items) only for the workgroups that reach them: w * span stays
+    // below B*N + span and E + span
+    let flat_bn = w < (bn + span - 1u) / span;
+    let flat_e = w < P.edge_blocks;
+    let base = w * span;
     var te = vec2<f32>(0.0, 0.0);
     var an = 0.0;
     var ae = 0.0;
@@ -75,29 +88,35 @@ fn metrics_partials(
     var h = vec2<f32>(0.0, 0.0);
     for (var r = 0u; r < ITEMS; r = r + 1u) {
         let i = base + lid + r * LWG;
-        if (i < bn) {
+        if (flat_bn && i < bn) {
             te = kahan_add(te, next_e[i]);
             if (is_active(i) && energies[i] != 0.0) {
                 an = an + 1.0;
             }
         }
-        if (i < be) {
-            let b = i / P.n_edges;
-            let e = i - b * P.n_edges;
-            let j = b * P.n_nodes + src[e];
-            let p = pi[e];
-            var x = energies[j] * P.alpha;
-            if (!is_active(j)) {
-                x = 0.0;
-            } else if (p > 0.0) {
-                ae = ae + 1.0;
-            }
-            mf = max(mf, x * p);
-        }
-        if (i < P.n_edges) {
+        if (flat_e && i < P.n_edges) {
             let p = pi[i];
             if (p > 0.0) {
                 h = kahan_add(h, -(p * log(p)));
+            }
+        }
+    }
+    // counts and a max: the same bits whichever workgroup takes a block
+    for (var g = w; g < P.grid_blocks; g = g + P.n_total) {
+        let rc = block_origin(g, P.edge_blocks, span);
+        let row = rc.x * P.n_nodes;
+        for (var r = 0u; r < ITEMS; r = r + 1u) {
+            let e = rc.y + lid + r * LWG;
+            if (e < P.n_edges) {
+                let j = row + src[e];
+                let p = pi[e];
+                var x = energies[j] * P.alpha;
+                if (!is_active(j)) {
+                    x = 0.0;
+                } else if (p > 0.0) {
+                    ae = ae + 1.0;
+                }
+                mf = max(mf, x * p);
             }
         }
     }
@@ -127,13 +146,18 @@ fn metrics_final(@builtin(local_invocation_index) lid: u32) {
     var ae = 0.0;
     var mf = -f32_max();
     var h = vec2<f32>(0.0, 0.0);
+    let bn_blocks = (P.batch * P.n_nodes + LWG * ITEMS - 1u) / (LWG * ITEMS);
     for (var w = lid; w < P.n_total; w = w + LWG) {
         let o = w * 8u;
-        te = kahan_add(te, partials[o]);
+        if (w < bn_blocks) {
+            te = kahan_add(te, partials[o]);
+        }
         an = an + partials[o + 1u];
         ae = ae + partials[o + 2u];
         mf = max(mf, partials[o + 3u]);
-        h = kahan_add(h, partials[o + 4u]);
+        if (w < P.edge_blocks) {
+            h = kahan_add(h, partials[o + 4u]);
+        }
     }
     r_te[lid] = te;
     r_an[lid] = an;

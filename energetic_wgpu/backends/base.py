@@ -24,13 +24,27 @@ import numpy as np
 from ..graph import Graph
 from ..validation import check_int
 
-__all__ = ["Backend", "METRIC_NAMES", "COUNTER_NAMES"]
+__all__ = ["Backend", "METRIC_NAMES", "COUNTER_NAMES", "MEMORY_PURPOSES", "TAGGED_PURPOSES", "check_purpose"]
 
 #: The order of the values in the array returned by :meth:`Backend.step_metrics`.
 METRIC_NAMES = ("total_energy", "active_nodes", "active_edges", "max_edge_flow", "avg_entropy")
 
 #: The work counters every backend's :meth:`Backend.counters` reports (a GPU backend may add more).
 COUNTER_NAMES = ("submits", "dispatches", "buffers_created", "bytes_uploaded", "bytes_read_back")
+
+#: The keys of :meth:`Backend.memory`, in order.
+MEMORY_PURPOSES = ("graph", "parameters", "optimizer", "activations", "workspace", "pool_free", "total")
+#: The purposes arrays can be tagged with (:meth:`Backend.tag_memory`).
+TAGGED_PURPOSES = ("graph", "parameters", "optimizer", "workspace")
+
+
+def check_purpose(purpose: Any) -> str:
+    """``purpose`` if it is one of :data:`TAGGED_PURPOSES`, else InvalidArgumentError."""
+    if not isinstance(purpose, str) or purpose not in TAGGED_PURPOSES:
+        from ..errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"purpose must be one of {list(TAGGED_PURPOSES)}, got {purpose!r}")
+    return purpose
 
 
 class Backend(ABC):
@@ -48,6 +62,20 @@ class Backend(ABC):
         back from the device. Cumulative since the backend was made; the difference of two
         calls is what the code between them cost. All 0 on a host backend (NumPy)."""
         return dict.fromkeys(COUNTER_NAMES, 0)
+
+    # ------------------------------------------------------------------ memory
+    def memory(self) -> dict[str, int | None]:
+        """Live bytes of this backend's arrays by purpose, keys :data:`MEMORY_PURPOSES`:
+        graph, parameters, optimizer, activations, workspace, pool_free, total (ints; None
+        where the backend does not track a purpose). Device bytes on a GPU backend, host
+        bytes on NumPy (see each backend)."""
+        return dict.fromkeys(MEMORY_PURPOSES, None)
+
+    def tag_memory(self, arrays: Sequence[Any], purpose: str) -> None:
+        """Count ``arrays`` under ``purpose`` (one of :data:`TAGGED_PURPOSES`) in :meth:`memory`
+        while they live. The Router tags its parameters, AdamW its state; a backend tags its
+        graph data."""
+        check_purpose(purpose)
 
     # ------------------------------------------------------------------ arrays
     @abstractmethod

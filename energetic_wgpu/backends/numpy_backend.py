@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from ..errors import InvalidArgumentError, ShapeError
 from ..graph import Graph
-from .base import Backend
+from .base import MEMORY_PURPOSES, Backend, check_purpose
 
 __all__ = ["NumpyBackend"]
 
@@ -105,6 +105,21 @@ class _TopkPlan:
         self.long_first = np.repeat(np.cumsum(long_deg) - long_deg, long_deg)
 
 
+def _held_bytes(obj: Any, depth: int = 0) -> int:
+    """Bytes of the numpy arrays an object holds (attributes, lists, tuples, dicts; 3 levels)."""
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if depth > 3:
+        return 0
+    if isinstance(obj, (list, tuple)):
+        return sum(_held_bytes(v, depth + 1) for v in obj)
+    if isinstance(obj, dict):
+        return sum(_held_bytes(v, depth + 1) for v in obj.values())
+    if hasattr(obj, "__dict__"):
+        return sum(_held_bytes(v, depth + 1) for v in vars(obj).values())
+    return 0
+
+
 class NumpyBackend(Backend):
     """Reference backend. Backend arrays are plain ``numpy.ndarray``.
 
@@ -125,6 +140,33 @@ class NumpyBackend(Backend):
         self._finfo_max = float(np.finfo(dt).max)
 
         self._graphs: weakref.WeakKeyDictionary[Graph, _GraphCache] = weakref.WeakKeyDictionary()
+        # id -> (weak reference, purpose) of the arrays tagged with tag_memory
+        self._tagged: dict[int, tuple[weakref.ref, str]] = {}
+
+    def memory(self) -> dict[str, int | None]:
+        """Host bytes by purpose: ``graph`` (the index arrays this backend derived from live
+        graphs), ``parameters`` / ``optimizer`` / ``workspace`` (live arrays tagged with
+        :meth:`tag_memory`: the Router's parameters, AdamW's state), ``pool_free`` 0 (no pool),
+        ``total`` their sum; ``activations`` is None (op outputs are ordinary numpy arrays
+        that this backend does not track: measure them with ``tracemalloc``)."""
+        out: dict[str, int | None] = dict.fromkeys(MEMORY_PURPOSES, 0)
+        out["graph"] = sum(_held_bytes(c) for c in list(self._graphs.values()))
+        for key, (ref, purpose) in list(self._tagged.items()):
+            arr = ref()
+            if arr is None:
+                del self._tagged[key]
+            else:
+                out[purpose] += arr.nbytes  # type: ignore[operator]
+        out["activations"] = None
+        out["total"] = sum(v for k, v in out.items() if k != "total" and v is not None)
+        return out
+
+    def tag_memory(self, arrays: Sequence[Any], purpose: str) -> None:
+        """Count the numpy ``arrays`` under ``purpose`` in :meth:`memory` while they live."""
+        check_purpose(purpose)
+        for a in arrays:
+            if isinstance(a, np.ndarray):
+                self._tagged[id(a)] = (weakref.ref(a), purpose)
 
     def _cache(self, graph: Graph) -> _GraphCache:
         """The derived index arrays of ``graph`` (built on first use, dropped with the graph)."""

@@ -26,15 +26,16 @@ All results are bit-identical run to run (no atomics on floats, fixed summation 
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ...errors import InvalidArgumentError, ShapeError
+from ...errors import DeviceLimitError, InvalidArgumentError, ShapeError
 from ...graph import Graph
 from ...validation import check_int
-from ..base import Backend
+from ..base import Backend, check_purpose
 from . import node_major, ops_backward, ops_train
 from .graph_data import GraphData, upload_graph
 from .kernels import REDUCE_ITEMS, SMALL_DEGREE_MAX
@@ -45,6 +46,7 @@ __all__ = ["WgpuBackend"]
 
 _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
 _REDUCE_SPAN = 256 * REDUCE_ITEMS  # elements covered by one reduction workgroup
+_FLOW_WG = 64  # edge_flow's workgroup size (kernels.py): edges per workgroup
 
 
 class WgpuBackend(PackedArrays, Backend):
@@ -59,19 +61,25 @@ class WgpuBackend(PackedArrays, Backend):
         dtype: must be "float32".
         features: optional wgpu features to request (opt-in, none by default), e.g.
             ``["timestamp-query"]`` for :meth:`Runtime.gpu_time` in the benchmarks.
+        max_binding_bytes: None (the device's maxStorageBufferBindingSize), or a smaller
+            binding size limit in bytes (a multiple of 256, >= 256) used for every size
+            decision, e.g. to exercise size limits at small sizes in tests.
 
     Raises:
         BackendUnavailable: wgpu is missing, or no adapter matches (the message lists them).
-        InvalidArgumentError: a bad ``limits`` or ``dtype``.
+        InvalidArgumentError: a bad ``limits``, ``dtype`` or ``max_binding_bytes`` (not an
+            int multiple of 256, or above the device's limit).
 
-    Arrays larger than the device's maxStorageBufferBindingSize (128 MiB with default limits)
-    are refused with :class:`DeviceLimitError`; they are never split.
+    Arrays larger than the binding limit in use (128 MiB with default limits) are refused
+    with :class:`DeviceLimitError`; they are never split, except :meth:`edge_flow`'s output
+    (written in batch chunks, up to the device's maxBufferSize).
     """
 
     name = "wgpu"
 
     def __init__(
-        self, adapter: Any = None, limits: str = "default", dtype: Any = "float32", features: Sequence[str] = ()
+        self, adapter: Any = None, limits: str = "default", dtype: Any = "float32", features: Sequence[str] = (),
+        max_binding_bytes: Any = None,
     ) -> None:
         try:
             dt = np.dtype(dtype)
@@ -80,7 +88,7 @@ class WgpuBackend(PackedArrays, Backend):
         if dt != np.float32:
             raise InvalidArgumentError(f"dtype must be 'float32' for the wgpu backend, got {dt.name!r}")
         self.dtype = np.dtype(np.float32)
-        self.runtime = Runtime(adapter=adapter, limits=limits, features=features)
+        self.runtime = Runtime(adapter=adapter, limits=limits, features=features, max_binding_bytes=max_binding_bytes)
         self._graphs: "weakref.WeakKeyDictionary[Graph, GraphData]" = weakref.WeakKeyDictionary()
         # (weak ref to the graph, its data) of the last lookup: WeakKeyDictionary.get builds a
         # weak reference per call
@@ -100,6 +108,39 @@ class WgpuBackend(PackedArrays, Backend):
         bytes_read_back, and bind groups, pipelines, shader modules, uniform buffers,
         readbacks and compute passes created/run); its attributes are the live values."""
         return self.runtime.counters
+
+    def limits_in_use(self) -> dict[str, Any]:
+        """{limits_mode, max_binding_bytes, max_storage_buffer_binding_size, max_buffer_size}:
+        "default" (WebGPU's default limits) or "adapter" (the adapter's maxima), the binding
+        size limit size decisions use (bytes), and the device's limits."""
+        return self.runtime.limits_in_use()
+
+    @contextlib.contextmanager
+    def binding_limit(self, max_binding_bytes: Any) -> Iterator[None]:
+        """``with backend.binding_limit(n):`` runs its body with the binding limit in use set to
+        ``n`` bytes (validated as the constructor's ``max_binding_bytes``; None: the device's),
+        restoring the previous limit afterwards; e.g. to exercise size limits at small sizes."""
+        old = self.runtime.set_max_binding_bytes(max_binding_bytes)
+        try:
+            yield
+        finally:
+            dev = self.runtime.limits["max_storage_buffer_binding_size"]
+            self.runtime.set_max_binding_bytes(None if old == dev else old)
+
+    def memory(self) -> dict[str, int]:
+        """Live device bytes by purpose: graph, parameters, optimizer, activations, workspace,
+        pool_free and total (ints; buffer sizes, pool rounding included). See
+        ``docs/architecture.md`` "Device memory"."""
+        return self.runtime.memory()
+
+    def tag_memory(self, arrays: Sequence[Any], purpose: str) -> None:
+        """Count the buffers of ``arrays`` (DeviceArrays of this backend; others are ignored)
+        under ``purpose`` ("graph", "parameters", "optimizer" or "workspace") in
+        :meth:`memory` until they are released."""
+        check_purpose(purpose)
+        for a in arrays:
+            if isinstance(a, DeviceArray) and a.backend is self:
+                self.runtime.pool.tag(a.pooled, purpose)
 
     @property
     def adapter_info(self) -> dict[str, Any]:
@@ -231,14 +272,18 @@ class WgpuBackend(PackedArrays, Backend):
         if last is not None and last[0]() is graph:  # the common case: the same graph again
             return last[1]
         gd = self._graphs.get(graph)
-        if gd is not None:
-            self._last_graph = (weakref.ref(graph), gd)
-            return gd
-
-        gd = upload_graph(self, graph)
-        self._graphs[graph] = gd
-        self._last_graph = (weakref.ref(graph), gd)
+        if gd is None:
+            gd = upload_graph(self, graph)
+            self.tag_memory(list(vars(gd).values()), "graph")
+            self._graphs[graph] = gd
+        # the graph's collection drops this reference too (the device data is freed with the graph)
+        self._last_graph = (weakref.ref(graph, self._forget_last_graph), gd)
         return gd
+
+    def _forget_last_graph(self, ref: Any) -> None:
+        last = self._last_graph
+        if last is not None and last[0] is ref:
+            self._last_graph = None
 
     # ------------------------------------------------------------------ forward ops
     def edge_logits(self, graph: Graph, q: Any, k: Any, bias: Any) -> DeviceArray:
@@ -342,16 +387,47 @@ class WgpuBackend(PackedArrays, Backend):
         return node_major.to_rows(self, state)
 
     def edge_flow(self, graph: Graph, energies: Any, pi: Any, alpha: float = 1.0, active: Any = None) -> DeviceArray:
+        """As :meth:`Backend.edge_flow`. A [B, E] flow larger than the binding limit lives in one
+        buffer (up to the device's maxBufferSize) written in batch chunks of whole rows, each
+        bound as its own range (bit-identical to one dispatch: every element is computed alone);
+        it can be read back but not passed whole to another op."""
         gd = self.graph_data(graph)
         energies, pi = self._dev(energies), self._dev(pi)
         batch, flat = self._batch(energies, gd.num_nodes)
         act = self._opt(active)
-        out = self.empty((gd.num_edges,) if flat else (batch, gd.num_edges))
+        shape = (gd.num_edges,) if flat else (batch, gd.num_edges)
+        out = self.runtime.pool.new_large_array(self, shape, np.float32, "edge_flow")
+        edge_blocks = -(-gd.num_edges // _FLOW_WG)
         u = dict(batch=batch, n_nodes=gd.num_nodes, n_edges=gd.num_edges, has_active=1 if active is not None else 0,
-                 alpha=np.float32(alpha))
-        self.runtime.dispatch("edge_flow", threads=batch * gd.num_edges, uniform=u, src=gd.src, pi=pi,
-                              energies=energies, act_mask=act, flow=out)
+                 alpha=np.float32(alpha), edge_blocks=edge_blocks, row0=0, out0=0)
+        b = dict(src=gd.src, pi=pi, energies=energies, act_mask=act)
+        # one workgroup per (batch row, WG edges): the shader never forms b * E before the bounds check
+        for row0, rows, view, out0 in self._row_chunks(out, batch, gd.num_edges):
+            self.runtime.dispatch("edge_flow", workgroups=rows * edge_blocks,
+                                  uniform={**u, "batch": rows, "row0": row0, "out0": out0}, flow=view, **b)
         return out
+
+    def _row_chunks(self, out: DeviceArray, batch: int, row_len: int) -> Any:
+        """(first row, rows, bindable range, element offset of the first row in it) covering the
+        [batch, row_len] float ``out`` in chunks of whole rows that fit the binding limit: the
+        whole array when it fits, else ranges from an aligned offset before each chunk's row."""
+        rt = self.runtime
+        limit, align = rt.max_binding_size // 16 * 16, rt.offset_alignment  # views bind multiples of 16
+        if batch * row_len * 4 <= limit:
+            yield 0, batch, out, 0
+            return
+        per = (limit - align) // (row_len * 4)  # the aligned start adds < align bytes
+        if per < 1:
+            raise DeviceLimitError(
+                f"one row of {row_len * 4} bytes (and its {align}-byte alignment) does not fit the binding limit "
+                f"of {limit} bytes"
+            )
+        for row0 in range(0, batch, per):
+            rows = min(per, batch - row0)
+            start = row0 * row_len * 4
+            base = start // align * align
+            out0 = (start - base) // 4
+            yield row0, rows, rt.view(out, base, (out0 + rows * row_len,)), out0
 
     def step_metrics(
         self,
@@ -368,13 +444,20 @@ class WgpuBackend(PackedArrays, Backend):
         if energies.ndim == 2 and energies.shape[0] == 0:
             batch = 0
         act = self._opt(active)
-        n_total = max(batch * gd.num_nodes, batch * gd.num_edges, gd.num_edges)
-        n_parts = -(-n_total // _REDUCE_SPAN)
+        # workgroups: flat ranges over B*N and E, and a [B, E] grid of edge_blocks per row taken
+        # with a stride of n_parts (metrics.wgsl; B*E is never formed on the device, it can pass
+        # 2^32), as many as the partials' binding holds (8 floats each, at most 2^20)
+        edge_blocks = -(-gd.num_edges // _REDUCE_SPAN)
+        grid = batch * edge_blocks
+        cap = max(1, min(2**20, self.runtime.max_binding_size // 32))
+        n_parts = max(-(-batch * gd.num_nodes // _REDUCE_SPAN), edge_blocks, min(grid, cap))
+        if grid + n_parts >= 2**32:
+            raise DeviceLimitError(f"step_metrics: B = {batch} x {edge_blocks} edge blocks of 4096 is past 2^32 blocks")
         partials = self.empty((max(1, n_parts) * 8,))
         out = self.empty((5,))
         has_act = 1 if active is not None else 0
         u = dict(batch=batch, n_nodes=gd.num_nodes, n_edges=gd.num_edges, has_active=has_act, alpha=np.float32(alpha),
-                 n_total=n_total, n_nonempty=gd.n_nonempty)
+                 n_total=n_parts, n_nonempty=gd.n_nonempty, edge_blocks=edge_blocks, grid_blocks=grid)
         self.runtime.dispatch("metrics_partials", workgroups=n_parts, uniform=u, src=gd.src, pi=pi, energies=energies,
                               next_e=next_energies, act_mask=act, partials=partials)
         self.runtime.dispatch("metrics_final", workgroups=1, uniform={**u, "n_total": n_parts}, partials=partials,

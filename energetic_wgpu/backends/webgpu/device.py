@@ -167,8 +167,11 @@ class Device:
         return f"wgpu: {info.get('device', '?')} via {info.get('backend_type', '?')}"
 
 
-def open_device(adapter: Any = None, limits: str = "default", features: Sequence[str] = ()) -> Device:
-    """Select an adapter and create a device on it.
+def open_device(adapter: Any = None, limits: str = "default", features: Sequence[str] = (),
+                check_limits: Any = None) -> Device:
+    """Select an adapter and create a device on it. ``check_limits(limits)``, when given, sees
+    the limits that will be requested (snake_case keys) before the device is created (it
+    raises to refuse them).
 
     Raises:
         InvalidArgumentError: a bad ``limits``, ``features`` or ``adapter`` selector.
@@ -200,6 +203,8 @@ def open_device(adapter: Any = None, limits: str = "default", features: Sequence
                 required[k] = adapter_limits[k]
     else:
         required = None
+    if check_limits is not None:
+        check_limits({_snake(k): int(v) for k, v in (adapter_limits if required is None else required).items()})
     try:
         device = chosen.request_device_sync(required_limits=required, required_features=list(dict.fromkeys(features)))
     except Exception as exc:

@@ -83,6 +83,8 @@ class Encoder:
         self.pipelines = pipelines
         self.uniforms = uniforms
         self.listeners = listeners
+        #: the binding limit in use (the runtime sets it): a storage binding over it is refused
+        self.max_binding_size = 1 << 62
         self._touch_uniform = uniforms.buffers.move_to_end
         self.raw = raw_pass_calls()  # sets self._encode
         self.bind_groups: collections.OrderedDict[tuple[Any, ...], Any] = collections.OrderedDict()
@@ -221,6 +223,12 @@ class Encoder:
         gx, gy = fold(groups)
         pipe, bgl = self.pipelines.pipeline(spec, constants)
         bound = [binding_of(b) for b in bindings]
+        for name, (_, _, size) in zip(spec.storage_names, bound):
+            if size > self.max_binding_size:  # an array larger than one binding, bound whole
+                raise DeviceLimitError(
+                    f"kernel {spec.name} binds {name!r} of {size} bytes, over the binding limit of "
+                    f"{self.max_binding_size} bytes; this array can only be read back (to_numpy)"
+                )
         ubuf = self.uniforms.get(ubytes)
         entries = [{"binding": spec.uniform_binding, "resource": {"buffer": ubuf.buffer, "offset": 0, "size": ubuf.size}}]
         key_entries = [(ubuf.uid, 0, ubuf.size)]

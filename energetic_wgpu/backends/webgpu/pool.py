@@ -38,17 +38,20 @@ class BufferPool:
 
     Args:
         device: the GPUDevice. submission: the pending :class:`Submission` (in-flight uids).
-        max_binding_size: the device's maxStorageBufferBindingSize. limits_mode: for messages.
+        max_binding_size: the binding limit in use (bytes). limit_desc: (its name, where it
+            comes from) for messages, e.g. ("the device's maxStorageBufferBindingSize", "default limits").
         storage_usage: the usage flags of storage buffers.
         emit_created: ``f(pooled, kind)``, called for every buffer created.
     """
 
-    def __init__(self, device: Any, submission: Submission, max_binding_size: int, limits_mode: str,
+    def __init__(self, device: Any, submission: Submission, max_binding_size: int, limit_desc: tuple[str, str],
                  storage_usage: int, emit_created: Callable[[Any, str], None]) -> None:
         self.device = device
         self.submission = submission
         self.max_binding_size = max_binding_size
-        self.limits_mode = limits_mode
+        self.limit_desc = limit_desc
+        #: the device's maxBufferSize (arrays written in bound ranges may reach it)
+        self.max_buffer_size = max_binding_size
         self.storage_usage = storage_usage
         self.emit_created = emit_created
         self.live: dict[int, PooledBuffer] = {}
@@ -56,18 +59,29 @@ class BufferPool:
         self.free_bytes = 0
         #: called with a uid when its buffer is destroyed (caches that name buffers by uid)
         self.on_destroy: list[Callable[[int], None]] = []
+        #: uid -> purpose ("graph", "parameters", ...) of buffers an owner tagged (:meth:`tag`);
+        #: dropped when the buffer goes back to the pool or is destroyed
+        self.tags: dict[int, str] = {}
         self._uid = 0
         self._buckets: dict[int, int] = {}  # nbytes -> pool bucket size (sizes within limits)
         self._dummy: PooledBuffer | None = None
 
     def check_size(self, nbytes: int, what: str) -> None:
-        """Refuse (never split) an array larger than maxStorageBufferBindingSize."""
+        """Refuse (never split) an array larger than the binding limit in use."""
         limit = self.max_binding_size
         if nbytes > limit:
             raise DeviceLimitError(
-                f"{what} needs {nbytes} bytes, over the device's maxStorageBufferBindingSize = {limit} bytes "
-                f"({self.limits_mode} limits); arrays are not split across buffers: use a smaller batch or graph"
+                f"{what} needs {nbytes} bytes, over {self.limit_desc[0]} = {limit} bytes ({self.limit_desc[1]}); "
+                f"arrays are not split across buffers: use a smaller batch or graph"
             )
+
+    def forget_sizes(self) -> None:
+        """Drop the cache of sizes that passed :meth:`check_size` (after a limit change)."""
+        self._buckets.clear()
+
+    def tag(self, pooled: PooledBuffer, purpose: str) -> None:
+        """Count ``pooled`` under ``purpose`` in the memory report until it is released."""
+        self.tags[pooled.uid] = purpose
 
     def new_buffer(self, size: int, usage: int, kind: str = "storage") -> PooledBuffer:
         """A new buffer (not from the free lists), live until destroyed."""
@@ -104,14 +118,44 @@ class BufferPool:
             pooled = self.new_buffer(size, self.storage_usage)
         return new_device_array(backend, Allocation(self, pooled), shape, dt)
 
+    def new_large_array(self, backend: Any, shape: tuple[int, ...], dtype: Any, what: str = "array") -> DeviceArray:
+        """An uninitialized array that may exceed the binding limit (up to the device's
+        maxBufferSize, :attr:`max_buffer_size`): an op output written in bound ranges (batch
+        chunks) and read back whole; no kernel binds it whole (the encoder refuses that)."""
+        dt = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
+        shape = tuple(map(int, shape))
+        nbytes = math.prod(shape) * 4
+        if nbytes <= self.max_binding_size:
+            return self.new_array(backend, shape, dt, what)
+        if nbytes > self.max_buffer_size:
+            raise DeviceLimitError(
+                f"{what} of shape {shape} ({dt.name}) needs {nbytes} bytes, over the device's maxBufferSize = "
+                f"{self.max_buffer_size} bytes ({self.limit_desc[1]}); use a smaller batch or graph"
+            )
+        size = min(round_size(nbytes), self.max_buffer_size // 4 * 4)
+        lst = self.free.get((size, self.storage_usage))
+        if lst:
+            self.free_bytes -= size
+            pooled = heapq.heappop(lst)[1]
+        else:
+            pooled = self.new_buffer(size, self.storage_usage)
+        return new_device_array(backend, Allocation(self, pooled), shape, dt)
+
     def dummy(self) -> PooledBuffer:
         """A small buffer bound where an optional input is absent."""
         if self._dummy is None:
             self._dummy = self.new_buffer(256, self.storage_usage)
         return self._dummy
 
+    @property
+    def dummy_uid(self) -> int | None:
+        """The uid of the dummy buffer (None until one is made)."""
+        return None if self._dummy is None else self._dummy.uid
+
     def release(self, pooled: PooledBuffer) -> None:
         """An allocation is gone: pool its buffer now, or after the submit if in flight."""
+        if self.tags:
+            self.tags.pop(pooled.uid, None)
         if pooled.uid in self.submission.in_flight:
             self.submission.deferred.append(pooled)
         else:
@@ -136,6 +180,7 @@ class BufferPool:
         """Destroy the buffer now; caches naming it are told (:attr:`on_destroy`)."""
         uid = pooled.uid
         self.live.pop(uid, None)
+        self.tags.pop(uid, None)
         for forget in self.on_destroy:
             forget(uid)
         try:

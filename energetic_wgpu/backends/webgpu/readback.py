@@ -77,6 +77,10 @@ class Readback:
             listener.created(None, "staging")
         return buf
 
+    def staging_bytes(self) -> int:
+        """Bytes of the staging buffers held: the shared one and the free ones of read_async."""
+        return self._staging_size + sum(int(s.size) for s in self.staging_free)
+
     def staging(self, nbytes: int) -> Any:
         """The shared staging buffer, grown to a power of two >= ``nbytes`` (>= 256)."""
         if self._staging is None or self._staging_size < nbytes:

@@ -19,6 +19,7 @@ from ...errors import DeviceError, InvalidArgumentError
 from .arrays import DeviceArray, PooledBuffer, make_view, view_bind_size
 from .device import DEFAULT_LIMITS, list_adapters, open_device, require_wgpu
 from .encoder import Encoder
+from .memory import check_binding_bytes_range, check_binding_bytes_type, memory_report
 from .events import Counters, Listener, Listeners, TraceListener
 from .pipelines import PipelineCache
 from .pool import BufferPool
@@ -32,14 +33,23 @@ __all__ = ["Runtime", "DeviceArray", "Counters", "list_adapters", "DEFAULT_LIMIT
 class Runtime:
     """Device, pool, caches, listeners and the pending command encoder of one wgpu backend.
 
-    Args: as :class:`~energetic_wgpu.backends.webgpu.WgpuBackend` (adapter, limits, features).
+    Args: as :class:`~energetic_wgpu.backends.webgpu.WgpuBackend` (adapter, limits, features,
+    max_binding_bytes).
     """
 
-    def __init__(self, adapter: Any = None, limits: str = "default", features: Sequence[str] = ()) -> None:
+    def __init__(self, adapter: Any = None, limits: str = "default", features: Sequence[str] = (),
+                 max_binding_bytes: Any = None) -> None:
         w = require_wgpu()
-        dev = open_device(adapter, limits, features)
+        check_binding_bytes_type(max_binding_bytes)
+        dev = open_device(adapter, limits, features, check_limits=lambda lim: check_binding_bytes_range(
+            max_binding_bytes, lim["max_storage_buffer_binding_size"], limits))
         self.adapter, self.device, self.queue = dev.adapter, dev.device, dev.queue
         self.adapter_info, self.limits, self.limits_mode = dev.adapter_info, dev.limits, dev.limits_mode
+        device_max = self.limits["max_storage_buffer_binding_size"]
+        #: the binding size limit used for size decisions (bytes): ``max_binding_bytes`` when
+        #: given (at most the device's maxStorageBufferBindingSize), else the device's
+        self.max_binding_bytes = check_binding_bytes_range(max_binding_bytes, device_max, limits)
+        limit_desc = self._limit_desc(max_binding_bytes is not None)
         #: the optional features this device was created with (opt-in: none by default)
         self.features: frozenset[str] = dev.features
         self._describe = dev.describe()
@@ -50,12 +60,14 @@ class Runtime:
         self._trace: TraceListener | None = None
         ev = self.listeners
         self.submission = Submission(self.device, ev.pass_begun)
-        self.pool = BufferPool(self.device, self.submission, self.max_binding_size, limits, self.STORAGE_USAGE,
+        self.pool = BufferPool(self.device, self.submission, self.max_binding_size, limit_desc, self.STORAGE_USAGE,
                                ev.created)
+        self.pool.max_buffer_size = max(self.max_binding_bytes, int(self.limits.get("max_buffer_size", 0)))
         self.pipelines = PipelineCache(self.device, ev.built)
         self.uniforms = UniformCache(self.queue, self.pool.new_buffer, self.pool.destroy, self.submission,
                                      w.BufferUsage.UNIFORM | w.BufferUsage.COPY_DST)
         self.encoder = Encoder(self.device, self.submission, self.pipelines, self.uniforms, ev)
+        self.encoder.max_binding_size = self.max_binding_bytes  # a binding over it is refused
         # the hot paths, bound directly (no extra call layer)
         self.dispatch = self.encoder.dispatch  # type: ignore[method-assign]
         self.new_array = self.pool.new_array  # type: ignore[method-assign]
@@ -89,7 +101,47 @@ class Runtime:
 
     @property
     def max_binding_size(self) -> int:
-        return self.limits["max_storage_buffer_binding_size"]
+        """The binding size limit in use (bytes): :attr:`max_binding_bytes`."""
+        return self.max_binding_bytes
+
+    def _limit_desc(self, forced: bool) -> tuple[str, str]:
+        device_max = self.limits["max_storage_buffer_binding_size"]
+        if forced:
+            return "max_binding_bytes", f"set for this backend; the device allows {device_max}"
+        return "the device's maxStorageBufferBindingSize", f"{self.limits_mode} limits"
+
+    def set_max_binding_bytes(self, value: Any) -> int:
+        """Change the binding limit in use (``None``: the device's own); returns the previous
+        value. Validated as the constructor's ``max_binding_bytes``. Arrays made before keep
+        their buffers: one larger than a new, smaller limit is refused where a kernel binds it
+        on the full dispatch path (records cached before the change replay as they were)."""
+        check_binding_bytes_type(value)
+        device_max = self.limits["max_storage_buffer_binding_size"]
+        new = check_binding_bytes_range(value, device_max, self.limits_mode)
+        old = self.max_binding_bytes
+        self.max_binding_bytes = new
+        self.encoder.max_binding_size = new
+        pool = self.pool
+        pool.max_binding_size = new
+        pool.limit_desc = self._limit_desc(value is not None)
+        pool.max_buffer_size = max(new, int(self.limits.get("max_buffer_size", 0)))
+        pool.forget_sizes()
+        return old
+
+    def limits_in_use(self) -> dict[str, Any]:
+        """The limits size decisions use: ``limits_mode`` ("default" or "adapter"),
+        ``max_binding_bytes`` (the binding limit in use), and the device's
+        ``max_storage_buffer_binding_size`` and ``max_buffer_size``."""
+        return {
+            "limits_mode": self.limits_mode,
+            "max_binding_bytes": self.max_binding_bytes,
+            "max_storage_buffer_binding_size": self.limits["max_storage_buffer_binding_size"],
+            "max_buffer_size": self.limits.get("max_buffer_size", 0),
+        }
+
+    def memory(self) -> dict[str, int]:
+        """Live device bytes by purpose (memory.py)."""
+        return memory_report(self.pool, self.submission, self.readback)
 
     @property
     def offset_alignment(self) -> int:
