@@ -137,6 +137,9 @@ class RouterOutput:
         edge_pi: float [E], the routing probabilities.
         edge_flow: float [B, E] (or [E]) of the last step, computed on first access.
         metrics: dict of the last step's metrics (``METRIC_NAMES``), read back on first access.
+        history: the backend's own states (``steps + 1``; the last two with
+            ``keep_history=False``): on wgpu every state but the last is node-major, an internal
+            layout; :meth:`energies_at` gives any of them as float [B, N] (or [N]).
     """
 
     router: "Router"
@@ -163,6 +166,18 @@ class RouterOutput:
     def batch_size(self) -> int:
         """B, the number of rows routed (1 for an unbatched input)."""
         return int(self.history[-1].shape[0])
+
+    def energies_at(self, t: int) -> Any:
+        """float [B, N] (or [N]): the energies before step ``t`` (0-based; ``t = steps`` is
+        after the last step), as a backend array. With ``keep_history=False`` only the last
+        two states exist (``t = steps - 1`` and ``steps``). On wgpu an earlier state costs one
+        conversion dispatch."""
+        first = self.steps + 1 - len(self.history)
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or not first <= t <= self.steps:
+            raise InvalidArgumentError(
+                f"t must be an int in [{first}, {self.steps}] (the states this output kept), got {short_repr(t)}"
+            )
+        return self._unbatch(self.router.backend.public_state(self.history[int(t) - first]))
 
     def _unbatch(self, x: Any) -> Any:
         if self.batched:

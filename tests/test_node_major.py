@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from energetic_wgpu import Router, RouterParams
+from energetic_wgpu.errors import InvalidArgumentError
 from energetic_wgpu.backends.webgpu.node_major import NodeMajor
 
 from graphs import degree_graph
@@ -170,3 +171,23 @@ def test_node_major_path_equals_the_row_layout_ops_bitwise(gpu_backend, batch, s
              (g.energies, g_next), (g.q, gq), (g.k, gk), (g.bias, gb)]
     for got, want in pairs:
         np.testing.assert_array_equal(be.to_numpy(got), be.to_numpy(want))
+
+
+@pytest.mark.parametrize("batched,keep", [(True, True), (False, True), (True, False)])
+@numpy_and_wgpu()
+def test_energies_at_gives_every_kept_state_in_the_public_layout(backend, batched, keep):
+    en, act, _ = _inputs(5, seed=6)
+    x = en if batched else en[0]
+    r = _router(backend)
+    out = r.forward(backend.asarray(x), steps=3, keep_history=keep)
+    kept = range(0, 4) if keep else range(2, 4)
+    states = {f"t{t}": out.energies_at(t) for t in kept}
+    for t in kept:
+        assert tuple(states[f"t{t}"].shape) == x.shape
+    np.testing.assert_array_equal(backend.to_numpy(states["t3"]), backend.to_numpy(out.next_energies))
+    if keep:
+        np.testing.assert_array_equal(backend.to_numpy(states["t0"]), x)
+    for bad in (-1, 4, 1.0, True) if keep else (1, 4):
+        with pytest.raises(InvalidArgumentError, match=r"t must be an int in \[" + ("0, 3" if keep else "2, 3")):
+            out.energies_at(bad)
+    return states
