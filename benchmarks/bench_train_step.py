@@ -1,13 +1,14 @@
 """Benchmark of the full train step (forward, mse, backward, clipped AdamW) on every backend.
 
-The baseline lattice (10 x 1024, local 8, jump 2), B = 64, d = 16, top_k = 4, steps = 1.
+The baseline lattice (10 x 1024, local 8, jump 2), B = 64, d = 16, top_k = 4, steps = 1 (``--steps T``
+for a T-step forward and backward).
 For each backend/adapter: the median time of a synchronized step, and for wgpu the host
 overhead of one step (encode + submit, timed without waiting; the queue is drained before
 each sample; also split into encode and submit, and as the thread's CPU time; see
 ``_host_overhead``) and the steady-state work counters per step. Results go to stdout, to a JSON file
 with ``--json``, and appended to benchmarks/RESULTS.md under "GPU train step" with ``--append``.
 
-    python -m benchmarks.bench_train_step [--repeats 20] [--host-repeats 200] [--json out.json] [--append]
+    python -m benchmarks.bench_train_step [--repeats 20] [--host-repeats 200] [--steps 1] [--json out.json] [--append]
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--host-repeats", type=int, default=200, help="samples of the host overhead")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=1, help="router steps T per train step")
     ap.add_argument("--json", default=None)
     ap.add_argument("--append", action="store_true", help="append to benchmarks/RESULTS.md")
     args = ap.parse_args()
@@ -102,7 +104,7 @@ def main() -> None:
         e, t = be.asarray(en), be.asarray(tgt)
 
         def step() -> None:
-            router.train_step(e, t, opt)
+            router.train_step(e, t, opt, steps=args.steps)
 
         timing = time_fn(name, step, repeats=args.repeats, warmup=3, synchronize=be.synchronize)
         host: dict[str, float] = {}
@@ -135,14 +137,16 @@ def main() -> None:
     load = os.getloadavg()
     print(f"load average: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)")
     if args.json:
-        write_json(args.json, {"machine": info, "graph": repr(graph), "batch": args.batch, "results": results})
+        write_json(args.json, {"machine": info, "graph": repr(graph), "batch": args.batch, "steps": args.steps,
+                               "results": results})
     if args.append:
         path = Path(__file__).with_name("RESULTS.md")
         with path.open("a", encoding="utf-8") as f:
             f.write(
                 f"\n## GPU train step\n\nFull `Router.train_step` (forward, mse, backward, clipped AdamW), "
-                f"baseline lattice 10x1024, B = {args.batch}, d = 16, top_k = 4, {args.repeats} repeats, "
-                f"{args.host_repeats} host samples, machine: {info.get('cpu', info)}, load average "
+                f"baseline lattice 10x1024, B = {args.batch}, d = 16, top_k = 4, T = {args.steps}, "
+                f"{args.repeats} repeats, {args.host_repeats} host samples, machine: {info.get('cpu', info)}, "
+                f"load average "
                 f"{load[0]:.1f} on {os.cpu_count()} CPUs.\n\n```\n{table}\n```\n"
             )
 

@@ -221,19 +221,21 @@ def _cases() -> list[Case]:
 
     add(Case("adamw_step_packed_x3", lambda s: _base(s), adamw_packed))
 
-    def router(b: Any, i: dict[str, Any]) -> dict[str, Any]:
-        # the Router end to end: 3 forward steps (top-k softmax, active mask, retained sinks)
-        # and the backward pass through all of them
+    def router(b: Any, i: dict[str, Any], steps: int = 3) -> dict[str, Any]:
+        # the Router end to end: forward steps (top-k softmax, active mask, retained sinks;
+        # on wgpu the state between steps is node-major) and the backward pass through all
+        # of them; the last step's edge flow reads the state before it in the [B, N] layout
         from .router import Router, RouterParams
 
         params = RouterParams(i["q"], i["k"], i["bias"], tau=0.7, alpha=0.9, top_k=TOP_K)
         r = Router(i["graph"], params, b)
-        out = r.forward(b.asarray(i["energies"]), active=b.asarray(i["active"]), steps=3, retain_sinks=True)
+        out = r.forward(b.asarray(i["energies"]), active=b.asarray(i["active"]), steps=steps, retain_sinks=True)
         grads = r.backward(out, b.asarray(i["grad_next"]))
-        return {"next": out.next_energies, "pi": out.edge_pi, "metrics": out.metrics_array, "grad_q": grads.q,
-                "grad_k": grads.k, "grad_bias": grads.bias, "grad_energies": grads.energies}
+        return {"next": out.next_energies, "pi": out.edge_pi, "metrics": out.metrics_array, "flow": out.edge_flow,
+                "grad_q": grads.q, "grad_k": grads.k, "grad_bias": grads.bias, "grad_energies": grads.energies}
 
     add(Case("router_steps3_b33", lambda s: _base(s, 33), router))
+    add(Case("router_steps2_b5", lambda s: _base(s, 5), lambda b, i: router(b, i, steps=2)))
 
     def train(b: Any, i: dict[str, Any], masked: bool) -> dict[str, Any]:
         # Router.train_step with clipped AdamW, twice: on wgpu the mse loss is finished by the

@@ -137,18 +137,22 @@ class RouterOutput:
         edge_pi: float [E], the routing probabilities.
         edge_flow: float [B, E] (or [E]) of the last step, computed on first access.
         metrics: dict of the last step's metrics (``METRIC_NAMES``), read back on first access.
+        history: the backend's own states (``steps + 1``; the last two with
+            ``keep_history=False``): on wgpu every state but the last is node-major, an internal
+            layout; :meth:`energies_at` gives any of them as float [B, N] (or [N]).
     """
 
     router: "Router"
     edge_pi: Any
-    history: list[Any]  # energies before each step and after the last: steps + 1 arrays [B, N]
-    # (with keep_history=False only the last two)
+    history: list[Any]  # energies before each step and after the last: steps + 1 backend states
+    # (Backend.scatter_state; the last is [B, N]; with keep_history=False only the last two)
     active: Any
     batched: bool
     steps: int
     retain_sinks: bool
     params_used: tuple[Any, Any, Any]
     keep_history: bool = True
+    active_state: Any = None  # the mask as the backend's scatter state (Backend.scatter_state)
     _flow: Any = field(default=None, repr=False)
     _metrics: dict[str, float] | None = field(default=None, repr=False)
     _metrics_array: Any = field(default=None, repr=False)
@@ -163,6 +167,18 @@ class RouterOutput:
         """B, the number of rows routed (1 for an unbatched input)."""
         return int(self.history[-1].shape[0])
 
+    def energies_at(self, t: int) -> Any:
+        """float [B, N] (or [N]): the energies before step ``t`` (0-based; ``t = steps`` is
+        after the last step), as a backend array. With ``keep_history=False`` only the last
+        two states exist (``t = steps - 1`` and ``steps``). On wgpu an earlier state costs one
+        conversion dispatch."""
+        first = self.steps + 1 - len(self.history)
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or not first <= t <= self.steps:
+            raise InvalidArgumentError(
+                f"t must be an int in [{first}, {self.steps}] (the states this output kept), got {short_repr(t)}"
+            )
+        return self._unbatch(self.router.backend.public_state(self.history[int(t) - first]))
+
     def _unbatch(self, x: Any) -> Any:
         if self.batched:
             return x
@@ -173,7 +189,8 @@ class RouterOutput:
         """float [B, E] (or [E]): the energy each edge carried in the last step."""
         if self._flow is None:
             r = self.router
-            self._flow = r.backend.edge_flow(r.graph, self.history[-2], self.edge_pi, r.alpha, self.active)
+            before = r.backend.public_state(self.history[-2])
+            self._flow = r.backend.edge_flow(r.graph, before, self.edge_pi, r.alpha, self.active)
         return self._unbatch(self._flow)
 
     @property
@@ -182,7 +199,7 @@ class RouterOutput:
         if self._metrics_array is None:
             r = self.router
             self._metrics_array = r.backend.step_metrics(
-                r.graph, self.history[-2], self.history[-1], self.edge_pi, r.alpha, self.active
+                r.graph, r.backend.public_state(self.history[-2]), self.history[-1], self.edge_pi, r.alpha, self.active
             )
         return self._metrics_array
 
@@ -468,9 +485,11 @@ class Router:
         act = self._active(active, int(x.shape[0]))
         be, g = self.backend, self.graph
         pi = be.edge_probs(g, self.q, self.k, self.bias, self.tau, self.top_k)
+        # the backend's own layout between steps (wgpu: node-major), [B, N] after the last
+        x, act_state = be.scatter_state(g, x, act)
         history = [x]
         for i in range(steps):
-            x = be.energy_scatter(g, x, pi, self.alpha, act, bool(retain_sinks))
+            x = be.scatter_step(g, x, pi, self.alpha, act_state, bool(retain_sinks), i == steps - 1)
             history.append(x)
             if not keep_history and len(history) > 2:
                 del history[0]  # only the previous and the last state are kept
@@ -486,6 +505,7 @@ class Router:
             retain_sinks=bool(retain_sinks),
             params_used=(self.q, self.k, self.bias),
             keep_history=bool(keep_history),
+            active_state=act_state,
         )
 
     __call__ = forward
@@ -520,9 +540,8 @@ class Router:
         extra = None if grad_pi is None else self._grad_array(grad_pi, "grad_pi", (g.num_edges,))
         gpi_total = extra
         for t in reversed(range(out.steps)):  # each step's dL/dpi is added to the total in its kernel
-            gn, gpi_total = be.energy_scatter_backward(g, out.history[t], out.edge_pi, gn, self.alpha, out.active,
-                                                       out.retain_sinks, grad_energies=t > 0 or bool(energies_grad),
-                                                       grad_pi_acc=gpi_total)
+            gn, gpi_total = be.scatter_step_backward(g, out.history[t], out.edge_pi, gn, self.alpha, out.active_state,
+                                                     out.retain_sinks, t > 0 or bool(energies_grad), gpi_total, t == 0)
         q, k, _ = out.params_used
         gq, gk, gb = be.softmax_logits_backward(g, out.edge_pi, gpi_total, self.tau, q, k)
         return Gradients(

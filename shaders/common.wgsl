@@ -40,6 +40,14 @@ fn kahan_add(acc: vec2<f32>, x: f32) -> vec2<f32> {
     return vec2<f32>(t, c);
 }
 
+// kahan_add on 4 independent lanes: (sum, comp) += x, the value is sum - comp.
+fn kahan4(sum: ptr<function, vec4<f32>>, comp: ptr<function, vec4<f32>>, x: vec4<f32>) {
+    let y = x - *comp;
+    let t = *sum + y;
+    *comp = (t - *sum) - y;
+    *sum = t;
+}
+
 // Combine two compensated sums (s, c) where the value is s - c. Knuth's TwoSum
 // keeps the rounding error of the head addition.
 fn kahan_merge(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {

@@ -1,19 +1,26 @@
 // energy_scatter.wgsl: next[b, k] = sum over incoming edges e of k (reverse index order) of
-// x[b, src[e]] * pi[e], with x = act_mask ? energies * alpha : 0; plus energies[b, k] when
+// x[b, src[e]] * pi[e], with x = act ? energies * alpha : 0; plus energies[b, k] when
 // retain_sinks and k is a sink. A gather over the reverse (CSC) index: no atomics.
 //
-// Two in-degree classes, chosen on the host:
-// * scatter_transpose + scatter_small: x transposed to [N, ceil(B/4)] vec4, then thread per
-//   (k, chunk of 8 batch rows) with in-degree <= small_max (the reverse index and pi are read
-//   once per 8 rows, x[., src] is one cache line); serial sum per row in blocks of 16,
+// Batched state is node-major inside the scatter: xt [N, ceil(B/4)] vec4, element (b, j) at
+// xt[j * nc4 + b / 4][b % 4], rows b >= B are 0 (every writer zeroes them). One node's batch
+// row is contiguous, so the lanes of a gather read whole sectors. The active mask, when
+// given, has the same layout (act_t, vec4<u32>).
+//
+// * scatter_transpose: energies [B, N] (and act_mask [B, N]) -> xt_out (and act_out).
+// * scatter_small: thread per (k, chunk of 8 batch rows) with in-degree <= small_max (the
+//   reverse index and pi are read once per 8 rows); serial sum per row in blocks of 16,
 //   compensated across blocks.
 // * scatter_large: workgroup of 256 per (b, k) for the nodes in `large_nodes` (in-degree >
 //   small_max); strided compensated partial sums and a fixed-order tree.
+// * scatter_rows: xt -> next_e [B, N] (a node-major state handed out in the public layout).
+// Both scatter kernels write next_e node-major ([N, 4 ceil(B/4)] floats, flags bit 2) or
+// [B, N] (the public layout).
 
 struct ScatterParams {
     batch: u32,
     n_nodes: u32,
-    flags: u32,      // bit 0: act_mask given; bit 1: retain_sinks
+    flags: u32,      // bit 0: act mask given; bit 1: retain_sinks; bit 2: next_e node-major
     n_large: u32,
     alpha: f32,
     small_max: u32,
@@ -25,76 +32,103 @@ struct ScatterParams {
 @group(0) @binding(1) var<storage, read> rev_ptr: array<u32>;
 @group(0) @binding(2) var<storage, read> rev_pairs: array<vec2<u32>>;   // (edge, source) by target
 @group(0) @binding(3) var<storage, read> pi: array<f32>;
-@group(0) @binding(4) var<storage, read> energies: array<f32>;
-@group(0) @binding(5) var<storage, read> act_mask: array<u32>;
+@group(0) @binding(4) var<storage, read> energies: array<f32>;           // [B, N] (scatter_transpose)
+@group(0) @binding(5) var<storage, read> act_mask: array<u32>;           // [B, N] (scatter_transpose)
 @group(0) @binding(6) var<storage, read> sink: array<u32>;
 @group(0) @binding(7) var<storage, read_write> next_e: array<f32>;
 @group(0) @binding(8) var<storage, read> large_nodes: array<u32>;
+@group(0) @binding(9) var<storage, read> xt: array<vec4<f32>>;           // node-major state
+@group(0) @binding(10) var<storage, read_write> xt_out: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read> act_t: array<vec4<u32>>;       // node-major mask
+@group(0) @binding(12) var<storage, read_write> act_out: array<vec4<u32>>;
 
-fn contribution(row: u32, pair: vec2<u32>) -> f32 {
-    let j = row + pair.y;
-    var x = energies[j] * P.alpha;
-    if ((P.flags & 1u) != 0u && act_mask[j] == 0u) {
-        x = 0.0;
-    }
-    return x * pi[pair.x];
+fn n_chunks() -> u32 {
+    return (P.batch + 3u) / 4u;
 }
 
-fn finish(i: u32, k: u32, total: f32) -> f32 {
+// the index of element (b, k) of next_e in its layout
+fn out_index(b: u32, k: u32) -> u32 {
+    if ((P.flags & 4u) != 0u) {
+        return k * 4u * n_chunks() + b;
+    }
+    return b * P.n_nodes + k;
+}
+
+// x of the 4 rows of chunk c of node j: alpha * energies, 0 where inactive
+fn xval4(j: u32, c: u32) -> vec4<f32> {
+    let i = j * n_chunks() + c;
+    let x = xt[i] * P.alpha;
+    if ((P.flags & 1u) != 0u) {
+        return select(vec4<f32>(0.0), x, act_t[i] != vec4<u32>(0u));
+    }
+    return x;
+}
+
+// the value stored at (b, k): total, plus the node's own energy for a retained sink
+fn finish(b: u32, k: u32, total: f32) -> f32 {
     if ((P.flags & 2u) != 0u && sink[k] != 0u) {
-        return total + energies[i];
+        return total + xt[k * n_chunks() + b / 4u][b % 4u];
     }
     return total;
 }
 
-// ---------------------------------------------------------------- small in-degrees
-// The gather reads x[b, src] for every batch row of every incoming edge. With energies laid
-// out [B, N] that is B cache lines per edge; scatter_transpose first writes
-// xt[j, b] = x[b, j] (alpha and the active mask applied) as [N, ceil(B/4)] vec4, so one
-// edge's rows are adjacent (one cache line for B <= 16).
-@group(0) @binding(9) var<storage, read> xt: array<vec4<f32>>;
-@group(0) @binding(10) var<storage, read_write> xt_out: array<vec4<f32>>;
-
-// x[b, j] for one batch row b (0 when b >= batch or j is inactive)
-fn xval(b: u32, j0: u32) -> f32 {
+// ---------------------------------------------------------------- layout
+// energies[b, j] for one batch row b (0 when b >= batch)
+fn row_value(b: u32, j: u32) -> f32 {
     if (b >= P.batch) {
         return 0.0;
     }
-    let j = b * P.n_nodes + j0;
-    var x = energies[j] * P.alpha;
-    if ((P.flags & 1u) != 0u && act_mask[j] == 0u) {
-        x = 0.0;
+    return energies[b * P.n_nodes + j];
+}
+
+fn row_active(b: u32, j: u32) -> u32 {
+    if (b >= P.batch) {
+        return 0u;
     }
-    return x;
+    return select(0u, 1u, act_mask[b * P.n_nodes + j] != 0u);
 }
 
 // thread i: chunk c = i / n_nodes of 4 rows, node j = i mod n_nodes (reads along rows)
 @compute @workgroup_size(WG)
 fn scatter_transpose(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = thread_index(gid, nwg);
-    let nc4 = (P.batch + 3u) / 4u;
+    let nc4 = n_chunks();
     if (i >= nc4 * P.n_nodes) {
         return;
     }
     let c = i / P.n_nodes;
     let j = i - c * P.n_nodes;
     let b0 = c * 4u;
-    xt_out[j * nc4 + c] = vec4<f32>(xval(b0, j), xval(b0 + 1u, j), xval(b0 + 2u, j), xval(b0 + 3u, j));
+    xt_out[j * nc4 + c] = vec4<f32>(row_value(b0, j), row_value(b0 + 1u, j), row_value(b0 + 2u, j),
+                                    row_value(b0 + 3u, j));
+    if ((P.flags & 1u) != 0u) {
+        act_out[j * nc4 + c] = vec4<u32>(row_active(b0, j), row_active(b0 + 1u, j), row_active(b0 + 2u, j),
+                                         row_active(b0 + 3u, j));
+    }
 }
 
-fn kahan4(sum: ptr<function, vec4<f32>>, comp: ptr<function, vec4<f32>>, x: vec4<f32>) {
-    let y = x - *comp;
-    let t = *sum + y;
-    *comp = (t - *sum) - y;
-    *sum = t;
+// thread i = b * n_nodes + j: next_e[b, j] = xt[j, b] (reads along nodes: writes coalesce)
+@compute @workgroup_size(WG)
+fn scatter_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = thread_index(gid, nwg);
+    if (i >= P.batch * P.n_nodes) {
+        return;
+    }
+    let b = i / P.n_nodes;
+    let j = i - b * P.n_nodes;
+    next_e[i] = xt[j * n_chunks() + b / 4u][b % 4u];
 }
 
-fn store_rows(b0: u32, k: u32, total: vec4<f32>) {
+// ---------------------------------------------------------------- small in-degrees
+// the 4 rows of chunk c4 of node k; node-major output also gets 0 in rows >= batch
+fn store_rows(c4: u32, k: u32, total: vec4<f32>) {
+    let nm = (P.flags & 4u) != 0u;
     for (var l = 0u; l < 4u; l = l + 1u) {
-        let b = b0 + l;
+        let b = 4u * c4 + l;
         if (b < P.batch) {
-            let o = b * P.n_nodes + k;
-            next_e[o] = finish(o, k, total[l]);
+            next_e[out_index(b, k)] = finish(b, k, total[l]);
+        } else if (nm) {
+            next_e[out_index(b, k)] = 0.0;
         }
     }
 }
@@ -102,24 +136,30 @@ fn store_rows(b0: u32, k: u32, total: vec4<f32>) {
 // scatter_small: thread per (chunk of 8 batch rows, node k): thread i takes node
 // k = i mod n_nodes and rows 8c .. 8c+7 (c = i / n_nodes) as two vec4 of xt, so the reverse
 // index and pi are read once per 8 rows. Each lane does exactly the per-(b, k) sum: blocks
-// of 16 in reverse-index order, block sums compensated (Kahan).
+// of 16 in reverse-index order, block sums compensated (Kahan). For a hub (in-degree >
+// small_max, summed by scatter_large) it only zeroes the padding rows of a node-major output.
 @compute @workgroup_size(WG)
 fn scatter_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = thread_index(gid, nwg);
-    let nc4 = (P.batch + 3u) / 4u;
+    let nc4 = n_chunks();
     let nc8 = (P.batch + 7u) / 8u;
     if (i >= nc8 * P.n_nodes) {
         return;
     }
     let c = i / P.n_nodes;
     let k = i - c * P.n_nodes;
+    let c4 = 2u * c;
+    let two = c4 + 1u < nc4;  // false only in the last chunk when ceil(B/4) is odd
     let s = rev_ptr[k];
     let t = rev_ptr[k + 1u];
     if (t - s > P.small_max) {
+        if ((P.flags & 4u) != 0u) {
+            for (var b = max(8u * c, P.batch); b < 4u * min(c4 + 2u, nc4); b = b + 1u) {
+                next_e[out_index(b, k)] = 0.0;
+            }
+        }
         return;
     }
-    let c4 = 2u * c;
-    let two = c4 + 1u < nc4;  // false only in the last chunk when ceil(B/4) is odd
     var sum_a = vec4<f32>(0.0);
     var comp_a = vec4<f32>(0.0);
     var blk_a = vec4<f32>(0.0);
@@ -133,15 +173,13 @@ fn scatter_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         let pair1 = rev_pairs[r + 1u];
         let p0 = pi[pair0.x];
         let p1 = pi[pair1.x];
-        let base0 = pair0.y * nc4 + c4;
-        let base1 = pair1.y * nc4 + c4;
-        let xa0 = xt[base0];
-        let xa1 = xt[base1];
+        let xa0 = xval4(pair0.y, c4);
+        let xa1 = xval4(pair1.y, c4);
         var xb0 = vec4<f32>(0.0);
         var xb1 = vec4<f32>(0.0);
         if (two) {
-            xb0 = xt[base0 + 1u];
-            xb1 = xt[base1 + 1u];
+            xb0 = xval4(pair0.y, c4 + 1u);
+            xb1 = xval4(pair1.y, c4 + 1u);
         }
         blk_a = blk_a + xa0 * p0;
         blk_b = blk_b + xb0 * p0;
@@ -163,10 +201,9 @@ fn scatter_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     if (r < t) {
         let pair = rev_pairs[r];
         let p = pi[pair.x];
-        let base = pair.y * nc4 + c4;
-        blk_a = blk_a + xt[base] * p;
+        blk_a = blk_a + xval4(pair.y, c4) * p;
         if (two) {
-            blk_b = blk_b + xt[base + 1u] * p;
+            blk_b = blk_b + xval4(pair.y, c4 + 1u) * p;
         }
         if (((r - s) & 15u) == 15u) {
             kahan4(&sum_a, &comp_a, blk_a);
@@ -177,9 +214,9 @@ fn scatter_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     }
     kahan4(&sum_a, &comp_a, blk_a);
     kahan4(&sum_b, &comp_b, blk_b);
-    store_rows(8u * c, k, sum_a - comp_a);
+    store_rows(c4, k, sum_a - comp_a);
     if (two) {
-        store_rows(8u * c + 4u, k, sum_b - comp_b);
+        store_rows(c4 + 1u, k, sum_b - comp_b);
     }
 }
 
@@ -199,12 +236,14 @@ fn scatter_large(
     let k = large_nodes[g - b * P.n_large];
     let s = rev_ptr[k];
     let t = rev_ptr[k + 1u];
-    let row = b * P.n_nodes;
+    let c = b / 4u;
+    let l = b % 4u;
     var acc = vec2<f32>(0.0, 0.0);
     var blk = 0.0;
     var nb = 0u;
     for (var r = s + lid; r < t; r = r + LWG) {
-        blk = blk + contribution(row, rev_pairs[r]);
+        let pair = rev_pairs[r];
+        blk = blk + xval4(pair.y, c)[l] * pi[pair.x];
         nb = nb + 1u;
         if (nb == 16u) {
             acc = kahan_add(acc, blk);
@@ -215,7 +254,6 @@ fn scatter_large(
     acc = kahan_add(acc, blk);
     let total = tree_sum(lid, acc);
     if (lid == 0u) {
-        let i = row + k;
-        next_e[i] = finish(i, k, total);
+        next_e[out_index(b, k)] = finish(b, k, total);
     }
 }

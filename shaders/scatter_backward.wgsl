@@ -2,18 +2,24 @@
 //
 // grad_energies[b, j] = (active[b, j] ? alpha * sum_{e in segment j} pi[e] * g[b, col[e]] : 0)
 //                       + (retain_sinks && sink[j] ? g[b, j] : 0)
-//   * scatter_bwd_small: thread per (b, j) with out-degree <= small_max; compensated serial
-//     sum in edge order.
+//   * scatter_bwd_small: thread per (j, chunk of 8 batch rows) with out-degree <= small_max;
+//     compensated serial sum per row in edge order.
 //   * scatter_bwd_large: workgroup of 256 per (b, j) for the nodes in `large_nodes`
 //     (out-degree > small_max); strided compensated partials and a fixed-order tree.
 // grad_pi[e] = sum_b alpha * active[b, src[e]] * energies[b, src[e]] * g[b, col[e]]
-//   * scatter_bwd_pi: thread per edge, compensated serial sum over b = 0, 1, ... in order;
-//     with flags bit 2 the result is acc_in[e] + that sum (the gradient of earlier steps).
+//   * scatter_bwd_pi: thread per edge, rows loaded 4 at a time, one compensated sum over
+//     b = 0, 1, ... in order; with flags bit 2 the result is acc_in[e] + that sum (the
+//     gradient of earlier steps).
+//
+// Layouts: the state (energies and act_mask), grad_next and out are each [B, N] or node-major
+// (element (b, j) at j * 4 ceil(B/4) + b, rows b >= B zero), by flags bits 3, 4, 5. Node-major,
+// one lane's 4 rows are 16 contiguous bytes, so a gather over a node's rows uses whole sectors.
 
 struct ScatterBwdParams {
     batch: u32,
     n_nodes: u32,
-    flags: u32,      // bit 0: act_mask given; bit 1: retain_sinks; bit 2: scatter_bwd_pi adds acc_in
+    flags: u32,      // bit 0: act_mask given; bit 1: retain_sinks; bit 2: scatter_bwd_pi adds acc_in;
+                     // node-major: bit 3 energies and act_mask, bit 4 grad_next, bit 5 out
     n_large: u32,
     alpha: f32,
     small_max: u32,
@@ -34,40 +40,125 @@ struct ScatterBwdParams {
 @group(0) @binding(10) var<storage, read> energies: array<f32>;
 @group(0) @binding(11) var<storage, read> acc_in: array<f32>;
 
-fn is_active(i: u32) -> bool {
-    return (P.flags & 1u) == 0u || act_mask[i] != 0u;
+// the index of element (b, j) in the layout selected by `bit`
+fn at(b: u32, j: u32, bit: u32) -> u32 {
+    if ((P.flags & bit) != 0u) {
+        return j * 4u * ((P.batch + 3u) / 4u) + b;
+    }
+    return b * P.n_nodes + j;
 }
 
-fn finish_energy(i: u32, j: u32, total: f32) -> f32 {
+fn is_active(b: u32, j: u32) -> bool {
+    return (P.flags & 1u) == 0u || act_mask[at(b, j, 8u)] != 0u;
+}
+
+fn grad_at(b: u32, j: u32) -> f32 {
+    return grad_next[at(b, j, 16u)];
+}
+
+// grad_next of rows 4c .. 4c+3 of node j (0 in rows >= batch)
+fn grad4(c: u32, j: u32) -> vec4<f32> {
+    let b = 4u * c;
+    if ((P.flags & 16u) != 0u) {
+        let o = at(b, j, 16u);
+        return vec4<f32>(grad_next[o], grad_next[o + 1u], grad_next[o + 2u], grad_next[o + 3u]);
+    }
+    var g = vec4<f32>(0.0);
+    for (var l = 0u; l < 4u; l = l + 1u) {
+        if (b + l < P.batch) {
+            g[l] = grad_next[at(b + l, j, 16u)];
+        }
+    }
+    return g;
+}
+
+// alpha * active * energies of rows 4c .. 4c+3 of node j (0 in rows >= batch)
+fn x4(c: u32, j: u32) -> vec4<f32> {
+    let b = 4u * c;
+    if ((P.flags & 8u) != 0u) {
+        let o = at(b, j, 8u);
+        let x = vec4<f32>(energies[o], energies[o + 1u], energies[o + 2u], energies[o + 3u]) * P.alpha;
+        if ((P.flags & 1u) != 0u) {
+            let a = vec4<u32>(act_mask[o], act_mask[o + 1u], act_mask[o + 2u], act_mask[o + 3u]);
+            return select(vec4<f32>(0.0), x, a != vec4<u32>(0u));
+        }
+        return x;
+    }
+    var x = vec4<f32>(0.0);
+    for (var l = 0u; l < 4u; l = l + 1u) {
+        if (b + l < P.batch) {
+            let i = at(b + l, j, 8u);
+            var v = energies[i] * P.alpha;
+            if ((P.flags & 1u) != 0u && act_mask[i] == 0u) {
+                v = 0.0;
+            }
+            x[l] = v;
+        }
+    }
+    return x;
+}
+
+fn finish_energy(b: u32, j: u32, total: f32) -> f32 {
     var r = 0.0;
-    if (is_active(i)) {
+    if (is_active(b, j)) {
         r = total * P.alpha;
     }
     if ((P.flags & 2u) != 0u && sink[j] != 0u) {
-        r = r + grad_next[i];
+        r = r + grad_at(b, j);
     }
     return r;
 }
 
+// rows 4c .. 4c+3 of node j: finished totals below batch, 0 in the padding of a node-major out
+fn store4(c: u32, j: u32, total: vec4<f32>, only_padding: bool) {
+    let nm = (P.flags & 32u) != 0u;
+    for (var l = 0u; l < 4u; l = l + 1u) {
+        let b = 4u * c + l;
+        if (b < P.batch) {
+            if (!only_padding) {
+                out[at(b, j, 32u)] = finish_energy(b, j, total[l]);
+            }
+        } else if (nm) {
+            out[at(b, j, 32u)] = 0.0;
+        }
+    }
+}
+
+// thread i: node j = i mod n_nodes, rows 8c .. 8c+7 (c = i / n_nodes) as two chunks of 4, so
+// the CSR segment and pi are read once per 8 rows (node-major: one 32-byte run per neighbour)
 @compute @workgroup_size(WG)
 fn scatter_bwd_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = thread_index(gid, nwg);
-    if (i >= P.batch * P.n_nodes) {
+    let nc4 = (P.batch + 3u) / 4u;
+    let nc8 = (P.batch + 7u) / 8u;
+    if (i >= nc8 * P.n_nodes) {
         return;
     }
-    let b = i / P.n_nodes;
-    let j = i - b * P.n_nodes;
+    let c = i / P.n_nodes;
+    let j = i - c * P.n_nodes;
+    let c4 = 2u * c;
+    let two = c4 + 1u < nc4;  // false only in the last chunk when ceil(B/4) is odd
     let s = row_ptr[j];
     let t = row_ptr[j + 1u];
-    if (t - s > P.small_max) {
-        return;
+    var sum_a = vec4<f32>(0.0);
+    var comp_a = vec4<f32>(0.0);
+    var sum_b = vec4<f32>(0.0);
+    var comp_b = vec4<f32>(0.0);
+    let hub = t - s > P.small_max;  // scatter_bwd_large sums its rows; the padding is zeroed here
+    if (!hub) {
+        for (var e = s; e < t; e = e + 1u) {
+            let p = pi[e];
+            let k = col_idx[e];
+            kahan4(&sum_a, &comp_a, p * grad4(c4, k));
+            if (two) {
+                kahan4(&sum_b, &comp_b, p * grad4(c4 + 1u, k));
+            }
+        }
     }
-    let row = b * P.n_nodes;
-    var acc = vec2<f32>(0.0, 0.0);
-    for (var e = s; e < t; e = e + 1u) {
-        acc = kahan_add(acc, pi[e] * grad_next[row + col_idx[e]]);
+    store4(c4, j, sum_a - comp_a, hub);
+    if (two) {
+        store4(c4 + 1u, j, sum_b - comp_b, hub);
     }
-    out[i] = finish_energy(i, j, acc.x - acc.y);
 }
 
 @compute @workgroup_size(WG)
@@ -85,15 +176,13 @@ fn scatter_bwd_large(
     let j = large_nodes[g - b * P.n_large];
     let s = row_ptr[j];
     let t = row_ptr[j + 1u];
-    let row = b * P.n_nodes;
     var acc = vec2<f32>(0.0, 0.0);
     for (var e = s + lid; e < t; e = e + LWG) {
-        acc = kahan_add(acc, pi[e] * grad_next[row + col_idx[e]]);
+        acc = kahan_add(acc, pi[e] * grad_at(b, col_idx[e]));
     }
     let total = tree_sum(lid, acc);
     if (lid == 0u) {
-        let i = row + j;
-        out[i] = finish_energy(i, j, total);
+        out[at(b, j, 32u)] = finish_energy(b, j, total);
     }
 }
 
@@ -106,13 +195,16 @@ fn scatter_bwd_pi(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     let sj = src[e];
     let ck = col_idx[e];
     var acc = vec2<f32>(0.0, 0.0);
-    for (var b = 0u; b < P.batch; b = b + 1u) {
-        let row = b * P.n_nodes;
-        var x = energies[row + sj] * P.alpha;
-        if (!is_active(row + sj)) {
-            x = 0.0;
+    let nc4 = (P.batch + 3u) / 4u;
+    for (var c = 0u; c < nc4; c = c + 1u) {
+        // 4 rows loaded at once, summed in row order (b = 0, 1, 2, ...: the same bits as a
+        // row-by-row loop); padding rows are skipped, not added (a compensated sum is not
+        // unchanged by adding 0)
+        let p = x4(c, sj) * grad4(c, ck);
+        let rows = min(4u, P.batch - 4u * c);
+        for (var l = 0u; l < rows; l = l + 1u) {
+            acc = kahan_add(acc, p[l]);
         }
-        acc = kahan_add(acc, x * grad_next[row + ck]);
     }
     var total = acc.x - acc.y;
     if ((P.flags & 4u) != 0u) {

@@ -18,7 +18,7 @@ from energetic_wgpu.backends.base import COUNTER_NAMES
 GRAPH = build_lattice(GraphConfig(layers=3, nodes_per_layer=32, local_neighbors=6, jump_neighbors=2, seed=4))
 
 #: dispatches of a steady-state mse train step, by (steps, masked)
-STEP_DISPATCHES = {(1, False): 9, (2, False): 13, (3, False): 17, (1, True): 10}
+STEP_DISPATCHES = {(1, False): 9, (2, False): 12, (3, False): 15, (1, True): 10}
 
 
 def _setup(be, batch=5, graph=GRAPH):

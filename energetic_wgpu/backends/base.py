@@ -232,6 +232,37 @@ class Backend(ABC):
         grad_pi[e] = sum_b alpha * active[b, src[e]] * energies[b, src[e]] * grad_next[b, col_idx[e]]
         """
 
+    # ------------------------------------------- the router's multi-step scatter (layout hooks)
+    # Router.forward / backward pass the batched state between steps through these four
+    # methods. The defaults keep the public [B, N] arrays; a backend may keep another layout
+    # inside (wgpu: node-major, see backends/webgpu/node_major.py). States are opaque: only
+    # the backend that made one reads it.
+    def scatter_state(self, graph: Graph, energies: Any, active: Any) -> tuple[Any, Any]:
+        """(state, active_state) of energies float [B, N] and active (bool [B, N] or None) for
+        :meth:`scatter_step` and :meth:`scatter_step_backward`. Default: the arrays themselves."""
+        return energies, active
+
+    def scatter_step(
+        self, graph: Graph, state: Any, pi: Any, alpha: float, active_state: Any, retain_sinks: bool, last: bool
+    ) -> Any:
+        """:meth:`energy_scatter` of a state: the next state, a float [B, N] array when ``last``."""
+        return self.energy_scatter(graph, state, pi, alpha, active_state, retain_sinks)
+
+    def scatter_step_backward(
+        self, graph: Graph, state: Any, pi: Any, grad_next: Any, alpha: float, active_state: Any, retain_sinks: bool,
+        grad_energies: bool, grad_pi_acc: Any, last: bool,
+    ) -> tuple[Any, Any]:
+        """:meth:`energy_scatter_backward` of a :meth:`scatter_step`: ``grad_next`` is float
+        [B, N] for the forward's last step, else the gradient state returned for the step after;
+        the returned input-energy gradient is a state, float [B, N] when ``last`` (the
+        forward's first step)."""
+        return self.energy_scatter_backward(graph, state, pi, grad_next, alpha, active_state, retain_sinks,
+                                            grad_energies, grad_pi_acc)
+
+    def public_state(self, state: Any) -> Any:
+        """A state as float [B, N] (default: the state itself)."""
+        return state
+
     @abstractmethod
     def segment_softmax_backward(self, graph: Graph, pi: Any, grad_pi: Any, tau: float = 1.0) -> Any:
         """grad_logits [E] = pi * (grad_pi - sum_{e' in segment} pi[e'] grad_pi[e']) / tau

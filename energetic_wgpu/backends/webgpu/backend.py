@@ -15,7 +15,9 @@ Degree strategies (SMALL = ``kernels.SMALL_DEGREE_MAX`` = 256):
   logits instead.
 * ``energy_scatter``: a gather over the reverse (CSC) index; nodes of in-degree <= SMALL run
   one thread per (node, chunk of 8 batch rows) after a transpose of the energies to
-  [N, ceil(B/4)] vec4, larger ones one workgroup of 256 per (b, node).
+  node-major [N, ceil(B/4)] vec4 (node_major.py), larger ones one workgroup of 256 per
+  (b, node). The router's multi-step forward and backward keep that node-major state
+  between steps (``scatter_state``, ``scatter_step``, ``scatter_step_backward``).
 * ``step_metrics`` and ``sum_squares``: two-pass fixed-order reductions (per-workgroup
   partials, then one workgroup).
 
@@ -34,7 +36,7 @@ from ...errors import DeviceLimitError, InvalidArgumentError, ShapeError
 from ...graph import Graph
 from ...validation import check_int
 from ..base import Backend, check_purpose
-from . import ops_backward, ops_train, sumsq
+from . import node_major, ops_backward, ops_train, sumsq
 from .graph_data import GraphData, upload_graph
 from .kernels import REDUCE_ITEMS, SMALL_DEGREE_MAX
 from .packed import PackedArrays
@@ -91,6 +93,8 @@ class WgpuBackend(PackedArrays, Backend):
         # (weak ref to the graph, its data) of the last lookup: WeakKeyDictionary.get builds a
         # weak reference per call
         self._last_graph: tuple[Any, GraphData] | None = None
+        #: node_major.py's never-written output buffer (made on first use)
+        self.node_major_scratch: DeviceArray | None = None
 
     # ------------------------------------------------------------------ info
     @property
@@ -350,27 +354,37 @@ class WgpuBackend(PackedArrays, Backend):
     ) -> Any:
         gd = self.graph_data(graph)
         energies, pi = self._dev(energies), self._dev(pi)
-        batch, flat = self._batch(energies, gd.num_nodes)
-        act = self._opt(active)
-        flags = (1 if active is not None else 0) | (2 if retain_sinks else 0)
-        out = self.empty(energies.shape)
-        u = dict(batch=batch, n_nodes=gd.num_nodes, flags=flags, n_large=gd.n_large_in, alpha=np.float32(alpha),
-                 small_max=SMALL_DEGREE_MAX)
-        rev = dict(rev_ptr=gd.rev_ptr, rev_pairs=gd.rev_pairs, pi=pi, energies=energies, sink=gd.sink, next_e=out)
-        if batch and gd.num_nodes:
-            # x = alpha * active * energies transposed to [N, ceil(B/4)] vec4 (a pooled
-            # workspace), then one thread per (node, 8 batch rows)
-            nc4 = -(-batch // 4)
-            xt = self.empty((gd.num_nodes * nc4 * 4,))
-            self.runtime.dispatch("scatter_transpose", threads=nc4 * gd.num_nodes, uniform=u, energies=energies,
-                                  act_mask=act, xt_out=xt)
-            self.runtime.dispatch("scatter_small", threads=-(-batch // 8) * gd.num_nodes, uniform=u, xt=xt, **rev)
-        if gd.n_large_in and batch:
-            self.runtime.dispatch("scatter_large", workgroups=gd.n_large_in * batch, uniform=u, act_mask=act,
-                                  large_nodes=gd.large_in, **rev)
+        # node-major copy of the energies (and mask), then the gather writes [B, N]
+        state, act = node_major.to_node_major(self, gd, energies, None if active is None else self._dev(active))
+        out = node_major.scatter(self, gd, state, pi, alpha, act, retain_sinks, False, energies.shape)
         if return_flow:
             return out, self.edge_flow(graph, energies, pi, alpha, active)
         return out
+
+    # ------------------------------------------------------------------ the router's scatter state
+    def scatter_state(self, graph: Graph, energies: Any, active: Any) -> tuple[Any, Any]:
+        """Node-major copies of ``energies`` float [B, N] and ``active`` (node_major.py): one
+        ``scatter_transpose`` dispatch."""
+        gd = self.graph_data(graph)
+        return node_major.to_node_major(self, gd, self._dev(energies), None if active is None else self._dev(active))
+
+    def scatter_step(self, graph: Graph, state: Any, pi: Any, alpha: float, active_state: Any, retain_sinks: bool,
+                     last: bool) -> Any:
+        """One step from a node-major state: node-major next state, or float [B, N] when ``last``."""
+        return node_major.scatter(self, self.graph_data(graph), state, self._dev(pi), alpha, active_state,
+                                  retain_sinks, not last)
+
+    def scatter_step_backward(self, graph, state, pi, grad_next, alpha, active_state, retain_sinks,  # type: ignore[no-untyped-def]
+                              grad_energies, grad_pi_acc, last):
+        """The backward of :meth:`scatter_step` (ops_backward.py): node-major in, the
+        input-energy gradient node-major, or float [B, N] when ``last``."""
+        return ops_backward.scatter_step_backward(self, graph, state, pi, grad_next, alpha, active_state,
+                                                  retain_sinks, grad_energies, grad_pi_acc, last)
+
+    def public_state(self, state: Any) -> Any:
+        """``state`` as float [B, N] (one ``scatter_rows`` dispatch for a node-major state
+        whose [B, N] form is not known yet)."""
+        return node_major.to_rows(self, state)
 
     def edge_flow(self, graph: Graph, energies: Any, pi: Any, alpha: float = 1.0, active: Any = None) -> DeviceArray:
         """As :meth:`Backend.edge_flow`. A [B, E] flow larger than the binding limit lives in one

@@ -8,7 +8,7 @@ storage bindings *by name*. Binding numbers and access modes are read from the f
 ``tests/test_kernel_table.py`` checks every row against its WGSL (names, access modes, the
 uniform struct's fields and types). Ops dispatch with names::
 
-    rt.dispatch("scatter_small", threads=n, uniform=dict(batch=b, alpha=a, ...), pi=pi, energies=x, ...)
+    rt.dispatch("scatter_small", threads=n, uniform=dict(batch=b, alpha=a, ...), pi=pi, xt=x, ...)
 
 (uniform fields named ``_pad*`` are zero and need not be given). The table is data: the
 runtime builds explicit bind group layouts from it, and ``to_dict`` describes a kernel for
@@ -332,7 +332,7 @@ ADAMW_UPDATE = Uniform("UpdateParams", n=U32, slot=U32, _pad0=U32, _pad1=U32, **
 ADAMW_PACKED = Uniform("PackedParams", n=U32, slot=U32, _pad0=U32, _pad1=U32, **_ADAMW_HYPER, off=VEC4, len=VEC4)
 
 _PROBS = ("row_ptr", "col_idx", "q", "k", "bias", "result", "seg_list")
-_SCATTER_IN = ("rev_ptr", "rev_pairs", "pi", "energies")
+_SCATTER_IN = ("rev_ptr", "rev_pairs", "pi", "sink", "next_e", "xt", "act_t")
 _SCATTER_BWD = ("row_ptr", "col_idx", "pi", "grad_next", "act_mask", "sink", "out")
 _LOGITS_BWD = ("seg_ptr", "idx", "grad_logits", "feat", "out")
 
@@ -346,10 +346,10 @@ KERNELS: dict[str, KernelSpec] = {
         KernelSpec("edge_probs", "edge_probs.wgsl", PROBS, _PROBS, 64),
         KernelSpec("edge_probs_small", "edge_probs.wgsl", PROBS, _PROBS, 64),
         KernelSpec("edge_probs_hub", "edge_probs.wgsl", PROBS, _PROBS, 256),
-        KernelSpec("scatter_transpose", "energy_scatter.wgsl", SCATTER, ("energies", "act_mask", "xt_out")),
-        KernelSpec("scatter_small", "energy_scatter.wgsl", SCATTER, _SCATTER_IN + ("sink", "next_e", "xt")),
-        KernelSpec("scatter_large", "energy_scatter.wgsl", SCATTER,
-                   _SCATTER_IN + ("act_mask", "sink", "next_e", "large_nodes"), 256),
+        KernelSpec("scatter_transpose", "energy_scatter.wgsl", SCATTER, ("energies", "act_mask", "xt_out", "act_out")),
+        KernelSpec("scatter_rows", "energy_scatter.wgsl", SCATTER, ("xt", "next_e")),
+        KernelSpec("scatter_small", "energy_scatter.wgsl", SCATTER, _SCATTER_IN),
+        KernelSpec("scatter_large", "energy_scatter.wgsl", SCATTER, _SCATTER_IN + ("large_nodes",), 256),
         KernelSpec("edge_flow", "edge_flow.wgsl", FLOW, ("src", "pi", "energies", "act_mask", "flow")),
         KernelSpec("metrics_partials", "metrics.wgsl", METRICS,
                    ("src", "pi", "energies", "next_e", "act_mask", "partials"), 256),

@@ -9,8 +9,9 @@ thread; a larger one by one workgroup of 256 (strided compensated partials, fixe
 one huge segment never serializes a launch. Every sum runs in one fixed order: results are
 bit-identical from run to run.
 
-* ``energy_scatter_backward``: grad_energies thread per (b, j) over j's CSR segment
-  (workgroup per (b, j) for large segments); grad_pi thread per edge over b = 0..B-1 in order,
+* ``energy_scatter_backward`` (and ``scatter_step_backward``, its node-major form for the
+  router's steps): grad_energies thread per (j, 8 batch rows) over j's CSR segment (workgroup
+  per (b, j) for large segments); grad_pi thread per edge over b = 0..B-1 in order (rows loaded 4 at a time),
   plus ``grad_pi_acc`` in the same kernel when given.
 * ``segment_softmax_backward``: per segment dot = sum pi * gpi, then pi * (gpi - dot) / tau.
 * ``edge_logits_backward``: grad_q thread per (j, c) over j's segment, grad_k thread per
@@ -33,8 +34,10 @@ import numpy as np
 
 from . import sumsq
 from .kernels import SMALL_DEGREE_MAX
+from .node_major import NodeMajor, new_state
 
-__all__ = ["energy_scatter_backward", "segment_softmax_backward", "edge_logits_backward", "softmax_logits_backward"]
+__all__ = ["energy_scatter_backward", "scatter_step_backward", "segment_softmax_backward", "edge_logits_backward",
+           "softmax_logits_backward"]
 
 
 def energy_scatter_backward(
@@ -49,27 +52,63 @@ def energy_scatter_backward(
     grad_energies: bool = True,
     grad_pi_acc: Any = None,
 ) -> tuple[Any, Any]:
-    be, rt = backend, backend.runtime
-    gd = be.graph_data(graph)
-    energies, pi, grad_next = be._dev(energies), be._dev(pi), be._dev(grad_next)
+    be = backend
+    grad_next = be._dev(grad_next)
+    return _scatter_backward(
+        be, be.graph_data(graph), be._dev(energies), None if active is None else be._dev(active), False, pi,
+        grad_next, alpha, retain_sinks, grad_energies, grad_pi_acc, out_shape=grad_next.shape,
+    )
+
+
+def scatter_step_backward(
+    backend: Any, graph: Any, state: NodeMajor, pi: Any, grad_next: Any, alpha: float, active: NodeMajor | None,
+    retain_sinks: bool, grad_energies: bool, grad_pi_acc: Any, last: bool,
+) -> tuple[Any, Any]:
+    """The backward of one :func:`node_major.scatter` step: ``state`` and ``active`` node-major,
+    ``grad_next`` a :class:`NodeMajor` or float [B, N] (the loss gradient); grad_energies comes
+    back node-major, or [B, N] when ``last`` (the forward's first step)."""
+    be = backend
+    return _scatter_backward(be, be.graph_data(graph), state.data, None if active is None else active.data, True,
+                             pi, grad_next, alpha, retain_sinks, grad_energies, grad_pi_acc,
+                             out_shape=state.shape if last else None)
+
+
+def _scatter_backward(
+    be: Any, gd: Any, energies: Any, active: Any, state_nm: bool, pi: Any, grad_next: Any, alpha: float,
+    retain_sinks: bool, grad_energies: bool, grad_pi_acc: Any, out_shape: tuple[int, ...] | None,
+) -> tuple[Any, Any]:
+    """Both backward kernels. ``energies`` / ``active``: node-major data when ``state_nm``, else
+    [B, N]; ``grad_next``: a NodeMajor or [B, N]; the input-energy gradient is written with
+    ``out_shape`` in the public layout, node-major when ``out_shape`` is None."""
+    rt = be.runtime
     n, e = gd.num_nodes, gd.num_edges
-    batch = 1 if grad_next.ndim == 1 else int(grad_next.shape[0])
-    act = be._opt(active)
-    flags = (1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if grad_pi_acc is not None else 0)
+    pi = be._dev(pi)
+    grad_nm = isinstance(grad_next, NodeMajor)
+    if not grad_nm:
+        grad_next = be._dev(grad_next)
+    batch = grad_next.batch if grad_nm else (1 if grad_next.ndim == 1 else int(grad_next.shape[0]))
+    g = grad_next.data if grad_nm else grad_next
+    flags = ((1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if grad_pi_acc is not None else 0)
+             | (8 if state_nm else 0) | (16 if grad_nm else 0) | (32 if out_shape is None else 0))
     grad_pi = be.empty((e,))
     u = dict(batch=batch, n_nodes=n, flags=flags, n_large=gd.n_large_out, alpha=np.float32(alpha),
              small_max=SMALL_DEGREE_MAX, n_edges=e)
+    act = be._opt(active)
     grad_e = None
     if grad_energies:  # the input-energy gradient: skipped when nothing reads it
-        grad_e = be.empty(grad_next.shape)
-        common = dict(row_ptr=gd.row_ptr, col_idx=gd.col_idx, pi=pi, grad_next=grad_next, act_mask=act, sink=gd.sink,
-                      out=grad_e)
-        rt.dispatch("scatter_bwd_small", threads=batch * n, uniform=u, **common)
+        if out_shape is None:
+            grad_e = new_state(be, batch, n)
+            out = grad_e.data
+        else:
+            grad_e = out = be.empty(out_shape)
+        common = dict(row_ptr=gd.row_ptr, col_idx=gd.col_idx, pi=pi, grad_next=g, act_mask=act, sink=gd.sink,
+                      out=out)
+        rt.dispatch("scatter_bwd_small", threads=-(-batch // 8) * n, uniform=u, **common)
         if gd.n_large_out and batch:
             rt.dispatch("scatter_bwd_large", workgroups=gd.n_large_out * batch, uniform=u, large_nodes=gd.large_out,
                         **common)
     # B = 0: the kernel writes zeros (an empty sum) for every edge
-    rt.dispatch("scatter_bwd_pi", threads=e, uniform=u, col_idx=gd.col_idx, grad_next=grad_next, act_mask=act,
+    rt.dispatch("scatter_bwd_pi", threads=e, uniform=u, col_idx=gd.col_idx, grad_next=g, act_mask=act,
                 out=grad_pi, src=gd.src, energies=energies, acc_in=be._opt(grad_pi_acc))
     return grad_e, grad_pi
 

@@ -1,0 +1,122 @@
+"""Node-major batched state of the wgpu scatter and its backward (shaders/energy_scatter.wgsl).
+
+The public layout of batched energies is [B, N]. A gather over a node's incoming edges reads
+every batch row of each source; with [B, N] those rows are N floats apart, one memory sector
+per row. Inside the multi-step forward and backward the wgpu backend keeps the state
+*node-major*: element (b, j) at ``j * 4 * ceil(B/4) + b`` (rows padded to a multiple of 4 and
+zero there), so one node's batch rows are contiguous and a lane reads them as one ``vec4``.
+
+* :func:`to_node_major`: [B, N] energies (and the active mask) -> node-major, one dispatch
+  (``scatter_transpose``).
+* :func:`scatter`: one step of :meth:`Backend.energy_scatter` from a node-major state, writing
+  the next state node-major or [B, N] (``scatter_small``, ``scatter_large`` for hubs).
+* :func:`to_rows`: a node-major state as [B, N] (``scatter_rows``), unless its [B, N] form is
+  already known.
+
+The Router asks for this through :meth:`WgpuBackend.scatter_state` / ``scatter_step`` /
+``scatter_step_backward`` / ``public_state``; the public ops keep [B, N] in and out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .arrays import DeviceArray
+from .kernels import SMALL_DEGREE_MAX
+
+__all__ = ["NodeMajor", "new_state", "to_node_major", "scatter", "to_rows"]
+
+
+@dataclass(eq=False)
+class NodeMajor:
+    """A batched state [B, N] stored node-major.
+
+    Attributes:
+        data: float32 (energies, gradients) or uint32 (an active mask) device array of
+            ``N * 4 * ceil(B/4)`` elements: element (b, j) at ``j * 4 * ceil(B/4) + b``, 0 for
+            b >= B.
+        batch, n_nodes: B and N.
+        rows: the same values as a [B, N] device array when one exists (the forward's input),
+            else None.
+    """
+
+    data: DeviceArray
+    batch: int
+    n_nodes: int
+    rows: DeviceArray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(B, N): the logical shape."""
+        return (self.batch, self.n_nodes)
+
+
+def new_state(be: Any, batch: int, n: int, dtype: Any = np.float32) -> NodeMajor:
+    """An uninitialized node-major state of B = ``batch`` rows, N = ``n`` nodes (its writer
+    must fill the padding rows with 0 too)."""
+    return NodeMajor(be.empty((n * 4 * (-(-batch // 4)),), dtype), batch, n)
+
+
+def _unused_output(be: Any) -> DeviceArray:
+    """The buffer bound as ``act_out`` when there is no mask (never written). It must be
+    writable and not the shared dummy (bound read-only as ``act_mask`` in the same dispatch);
+    one per backend, kept, so a steady-state step takes the same pooled buffers every time."""
+    if be.node_major_scratch is None:
+        be.node_major_scratch = be.empty((4,), np.uint32)
+    return be.node_major_scratch
+
+
+def to_node_major(be: Any, gd: Any, energies: DeviceArray, active: Any) -> tuple[NodeMajor, NodeMajor | None]:
+    """(state, active state) of ``energies`` float [B, N] (or [N]: B = 1) and ``active``
+    (bool [B, N] or None): one ``scatter_transpose`` dispatch (none when B or N is 0)."""
+    batch = 1 if energies.ndim == 1 else int(energies.shape[0])
+    n = gd.num_nodes
+    state = new_state(be, batch, n)
+    act = None if active is None else new_state(be, batch, n, np.uint32)
+    act_out = _unused_output(be) if act is None else act.data
+    u = dict(batch=batch, n_nodes=n, flags=0 if active is None else 1, n_large=0, alpha=np.float32(1.0),
+             small_max=SMALL_DEGREE_MAX)
+    be.runtime.dispatch("scatter_transpose", threads=-(-batch // 4) * n, uniform=u, energies=energies,
+                        act_mask=be._opt(active), xt_out=state.data, act_out=act_out)
+    state.rows = energies if energies.ndim == 2 else None
+    return state, act
+
+
+def scatter(
+    be: Any, gd: Any, state: NodeMajor, pi: DeviceArray, alpha: float, active: NodeMajor | None,
+    retain_sinks: bool, node_major: bool, shape: tuple[int, ...] | None = None,
+) -> Any:
+    """The next energies of ``state`` (:meth:`Backend.energy_scatter`): a :class:`NodeMajor`
+    when ``node_major``, else a float array of ``shape`` (default [B, N]) in the public layout."""
+    batch, n = state.batch, gd.num_nodes
+    flags = (1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if node_major else 0)
+    nxt = new_state(be, batch, n) if node_major else None
+    out = nxt.data if nxt is not None else be.empty(shape if shape is not None else (batch, n))
+    u = dict(batch=batch, n_nodes=n, flags=flags, n_large=gd.n_large_in, alpha=np.float32(alpha),
+             small_max=SMALL_DEGREE_MAX)
+    common = dict(rev_ptr=gd.rev_ptr, rev_pairs=gd.rev_pairs, pi=pi, sink=gd.sink, next_e=out, xt=state.data,
+                  act_t=be._opt(None if active is None else active.data))
+    if batch and n:
+        be.runtime.dispatch("scatter_small", threads=-(-batch // 8) * n, uniform=u, **common)
+        if gd.n_large_in:
+            be.runtime.dispatch("scatter_large", workgroups=gd.n_large_in * batch, uniform=u,
+                                large_nodes=gd.large_in, **common)
+    return nxt if nxt is not None else out
+
+
+def to_rows(be: Any, state: Any) -> DeviceArray:
+    """``state`` as a float [B, N] array: its ``rows`` when known, else one ``scatter_rows``
+    dispatch (cached on the state). A plain array is returned as it is."""
+    if not isinstance(state, NodeMajor):
+        return state
+    if state.rows is None:
+        out = be.empty(state.shape)
+        u = dict(batch=state.batch, n_nodes=state.n_nodes, flags=0, n_large=0, alpha=np.float32(1.0),
+                 small_max=SMALL_DEGREE_MAX)
+        be.runtime.dispatch("scatter_rows", threads=state.batch * state.n_nodes, uniform=u, xt=state.data,
+                            next_e=out)
+        state.rows = out
+    return state.rows
