@@ -8,6 +8,7 @@ backend: ``1e39`` is finite as a Python float but inf in float32, and is refused
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any
@@ -148,6 +149,7 @@ def check_not_foreign(backend: Any, value: Any, name: str) -> None:
         )
 
 
+@functools.lru_cache(maxsize=1)
 def memory_budget() -> int:
     """Bytes one forward's history may take: half the machine's physical memory (a software
     adapter's device memory is host memory; wgpu does not report a GPU's memory size)."""

@@ -32,13 +32,12 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ...errors import DeviceLimitError, InvalidArgumentError, ShapeError
+from ...errors import InvalidArgumentError, ShapeError
 from ...graph import Graph
-from ...validation import check_int
 from ..base import Backend, check_purpose
-from . import node_major, ops_backward, ops_train, sumsq
+from . import ops_backward, ops_forward, ops_train, sumsq
 from .graph_data import GraphData, upload_graph
-from .kernels import REDUCE_ITEMS, SMALL_DEGREE_MAX
+from .kernels import REDUCE_ITEMS
 from .packed import PackedArrays
 from .runtime import DeviceArray, Runtime
 
@@ -46,7 +45,6 @@ __all__ = ["WgpuBackend"]
 
 _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
 _REDUCE_SPAN = 256 * REDUCE_ITEMS  # elements covered by one reduction workgroup
-_FLOW_WG = 64  # edge_flow's workgroup size (kernels.py): edges per workgroup
 
 
 class WgpuBackend(PackedArrays, Backend):
@@ -285,94 +283,29 @@ class WgpuBackend(PackedArrays, Backend):
         if last is not None and last[0] is ref:
             self._last_graph = None
 
-    # ------------------------------------------------------------------ forward ops
+    # ------------------------------------------------------------------ forward ops (ops_forward.py)
     def edge_logits(self, graph: Graph, q: Any, k: Any, bias: Any) -> DeviceArray:
-        gd = self.graph_data(graph)
-        q, k, bias = self._dev(q), self._dev(k), self._dev(bias)
-        dim = q.shape[1] if q.ndim == 2 else 0
-        out = self.empty((gd.num_edges,))
-        self.runtime.dispatch(
-            "edge_logits", threads=gd.num_edges, uniform=dict(n_edges=gd.num_edges, dim=dim),
-            src=gd.src, col_idx=gd.col_idx, q=q, k=k, bias=bias, logits=out,
-        )
-        return out
-
-    def _probs(self, graph: Graph, q: Any, k: Any, bias: Any, dim: int, tau: float, top_k: Any,
-               mode: int) -> DeviceArray:
-        """The ``edge_probs`` dispatch (edge_probs.wgsl; hubs add ``edge_probs_hub``): pi (mode 0)
-        or the kept mask (mode 1) of the z = (dot(q, k) + bias) / tau; dim = 0 takes ``bias``
-        as the logits."""
-        top_k = check_int(top_k, "top_k", 0)
-        gd = self.graph_data(graph)
-        out = self.empty((gd.num_edges,), np.bool_ if mode == 1 else np.float32)
-        bins = gd.bins
-        if gd.seg_list is None:
-            return out  # no edges
-        u = dict(n_small=bins.n_small, n_mid=bins.n_mid, n_hub=bins.n_hub, small_wg=bins.small_wg,
-                 mid_wg=bins.mid_wg, dim=dim, top_k=top_k, mode=mode, tau=np.float32(tau))
-        b = dict(row_ptr=gd.row_ptr, col_idx=gd.col_idx, q=q, k=k, bias=bias, result=out, seg_list=gd.seg_list)
-        if bins.workgroups:  # without mid segments: the barrier-free pipeline
-            name = "edge_probs" if bins.n_mid else "edge_probs_small"
-            self.runtime.dispatch(name, workgroups=bins.workgroups, uniform=u, **b)
-        if bins.n_hub:
-            self.runtime.dispatch("edge_probs_hub", workgroups=bins.n_hub, uniform=u, **b)
-        return out
+        return ops_forward.edge_logits(self, graph, q, k, bias)
 
     def edge_probs(self, graph: Graph, q: Any, k: Any, bias: Any, tau: float = 1.0, top_k: int = 0) -> DeviceArray:
-        """float32 [E]: segment_softmax(edge_logits(q, k, bias), tau, top_k) in ONE dispatch (hubs,
-        segments of more than 256 edges, add one); the logits are never stored (q, k float
-        [N, d]; bias float [E])."""
-        q, k, bias = self._dev(q), self._dev(k), self._dev(bias)
-        dim = q.shape[1] if q.ndim == 2 else 0
-        return self._probs(graph, q, k, bias, dim, float(tau), top_k, 0)
-
-    def _softmax(self, graph: Graph, logits: Any, tau: float, top_k: Any, mode: int) -> DeviceArray:
-        dummy = self.runtime.dummy()
-        return self._probs(graph, dummy, dummy, self._dev(logits), 0, tau, top_k, mode)
+        return ops_forward.edge_probs(self, graph, q, k, bias, tau, top_k)
 
     def segment_softmax(self, graph: Graph, logits: Any, tau: float = 1.0, top_k: int = 0) -> DeviceArray:
-        return self._softmax(graph, logits, float(tau), top_k, 0)
+        return ops_forward.segment_softmax(self, graph, logits, tau, top_k)
 
     def segment_topk(self, graph: Graph, values: Any, k: int) -> DeviceArray:
-        return self._softmax(graph, values, 1.0, k, 1)
+        return ops_forward.segment_topk(self, graph, values, k)
 
-    @staticmethod
-    def _batch(energies: DeviceArray, n: int) -> tuple[int, bool]:
-        if energies.ndim == 1:
-            return 1, True
-        return energies.shape[0], False
+    def energy_scatter(self, graph: Graph, energies: Any, pi: Any, alpha: float = 1.0, active: Any = None,
+                       retain_sinks: bool = False, return_flow: bool = False) -> Any:
+        return ops_forward.energy_scatter(self, graph, energies, pi, alpha, active, retain_sinks, return_flow)
 
-    def energy_scatter(
-        self,
-        graph: Graph,
-        energies: Any,
-        pi: Any,
-        alpha: float = 1.0,
-        active: Any = None,
-        retain_sinks: bool = False,
-        return_flow: bool = False,
-    ) -> Any:
-        gd = self.graph_data(graph)
-        energies, pi = self._dev(energies), self._dev(pi)
-        # node-major copy of the energies (and mask), then the gather writes [B, N]
-        state, act = node_major.to_node_major(self, gd, energies, None if active is None else self._dev(active))
-        out = node_major.scatter(self, gd, state, pi, alpha, act, retain_sinks, False, energies.shape)
-        if return_flow:
-            return out, self.edge_flow(graph, energies, pi, alpha, active)
-        return out
-
-    # ------------------------------------------------------------------ the router's scatter state
     def scatter_state(self, graph: Graph, energies: Any, active: Any) -> tuple[Any, Any]:
-        """Node-major copies of ``energies`` float [B, N] and ``active`` (node_major.py): one
-        ``scatter_transpose`` dispatch."""
-        gd = self.graph_data(graph)
-        return node_major.to_node_major(self, gd, self._dev(energies), None if active is None else self._dev(active))
+        return ops_forward.scatter_state(self, graph, energies, active)
 
     def scatter_step(self, graph: Graph, state: Any, pi: Any, alpha: float, active_state: Any, retain_sinks: bool,
                      last: bool) -> Any:
-        """One step from a node-major state: node-major next state, or float [B, N] when ``last``."""
-        return node_major.scatter(self, self.graph_data(graph), state, self._dev(pi), alpha, active_state,
-                                  retain_sinks, not last)
+        return ops_forward.scatter_step(self, graph, state, pi, alpha, active_state, retain_sinks, last)
 
     def scatter_step_backward(self, graph, state, pi, grad_next, alpha, active_state, retain_sinks,  # type: ignore[no-untyped-def]
                               grad_energies, grad_pi_acc, last):
@@ -382,87 +315,14 @@ class WgpuBackend(PackedArrays, Backend):
                                                   retain_sinks, grad_energies, grad_pi_acc, last)
 
     def public_state(self, state: Any) -> Any:
-        """``state`` as float [B, N] (one ``scatter_rows`` dispatch for a node-major state
-        whose [B, N] form is not known yet)."""
-        return node_major.to_rows(self, state)
+        return ops_forward.public_state(self, state)
 
     def edge_flow(self, graph: Graph, energies: Any, pi: Any, alpha: float = 1.0, active: Any = None) -> DeviceArray:
-        """As :meth:`Backend.edge_flow`. A [B, E] flow larger than the binding limit lives in one
-        buffer (up to the device's maxBufferSize) written in batch chunks of whole rows, each
-        bound as its own range (bit-identical to one dispatch: every element is computed alone);
-        it can be read back but not passed whole to another op."""
-        gd = self.graph_data(graph)
-        energies, pi = self._dev(energies), self._dev(pi)
-        batch, flat = self._batch(energies, gd.num_nodes)
-        act = self._opt(active)
-        shape = (gd.num_edges,) if flat else (batch, gd.num_edges)
-        out = self.runtime.pool.new_large_array(self, shape, np.float32, "edge_flow")
-        edge_blocks = -(-gd.num_edges // _FLOW_WG)
-        u = dict(batch=batch, n_nodes=gd.num_nodes, n_edges=gd.num_edges, has_active=1 if active is not None else 0,
-                 alpha=np.float32(alpha), edge_blocks=edge_blocks, row0=0, out0=0)
-        b = dict(src=gd.src, pi=pi, energies=energies, act_mask=act)
-        # one workgroup per (batch row, WG edges): the shader never forms b * E before the bounds check
-        for row0, rows, view, out0 in self._row_chunks(out, batch, gd.num_edges):
-            self.runtime.dispatch("edge_flow", workgroups=rows * edge_blocks,
-                                  uniform={**u, "batch": rows, "row0": row0, "out0": out0}, flow=view, **b)
-        return out
+        return ops_forward.edge_flow(self, graph, energies, pi, alpha, active)
 
-    def _row_chunks(self, out: DeviceArray, batch: int, row_len: int) -> Any:
-        """(first row, rows, bindable range, element offset of the first row in it) covering the
-        [batch, row_len] float ``out`` in chunks of whole rows that fit the binding limit: the
-        whole array when it fits, else ranges from an aligned offset before each chunk's row."""
-        rt = self.runtime
-        limit, align = rt.max_binding_size // 16 * 16, rt.offset_alignment  # views bind multiples of 16
-        if batch * row_len * 4 <= limit:
-            yield 0, batch, out, 0
-            return
-        per = (limit - align) // (row_len * 4)  # the aligned start adds < align bytes
-        if per < 1:
-            raise DeviceLimitError(
-                f"one row of {row_len * 4} bytes (and its {align}-byte alignment) does not fit the binding limit "
-                f"of {limit} bytes"
-            )
-        for row0 in range(0, batch, per):
-            rows = min(per, batch - row0)
-            start = row0 * row_len * 4
-            base = start // align * align
-            out0 = (start - base) // 4
-            yield row0, rows, rt.view(out, base, (out0 + rows * row_len,)), out0
-
-    def step_metrics(
-        self,
-        graph: Graph,
-        energies: Any,
-        next_energies: Any,
-        pi: Any,
-        alpha: float = 1.0,
-        active: Any = None,
-    ) -> DeviceArray:
-        gd = self.graph_data(graph)
-        energies, next_energies, pi = self._dev(energies), self._dev(next_energies), self._dev(pi)
-        batch, _ = self._batch(energies, gd.num_nodes)
-        if energies.ndim == 2 and energies.shape[0] == 0:
-            batch = 0
-        act = self._opt(active)
-        # workgroups: flat ranges over B*N and E, and a [B, E] grid of edge_blocks per row taken
-        # with a stride of n_parts (metrics.wgsl; B*E is never formed on the device, it can pass
-        # 2^32), as many as the partials' binding holds (8 floats each, at most 2^20)
-        edge_blocks = -(-gd.num_edges // _REDUCE_SPAN)
-        grid = batch * edge_blocks
-        cap = max(1, min(2**20, self.runtime.max_binding_size // 32))
-        n_parts = max(-(-batch * gd.num_nodes // _REDUCE_SPAN), edge_blocks, min(grid, cap))
-        if grid + n_parts >= 2**32:
-            raise DeviceLimitError(f"step_metrics: B = {batch} x {edge_blocks} edge blocks of 4096 is past 2^32 blocks")
-        partials = self.empty((max(1, n_parts) * 8,))
-        out = self.empty((5,))
-        has_act = 1 if active is not None else 0
-        u = dict(batch=batch, n_nodes=gd.num_nodes, n_edges=gd.num_edges, has_active=has_act, alpha=np.float32(alpha),
-                 n_total=n_parts, n_nonempty=gd.n_nonempty, edge_blocks=edge_blocks, grid_blocks=grid)
-        self.runtime.dispatch("metrics_partials", workgroups=n_parts, uniform=u, src=gd.src, pi=pi, energies=energies,
-                              next_e=next_energies, act_mask=act, partials=partials)
-        self.runtime.dispatch("metrics_final", workgroups=1, uniform={**u, "n_total": n_parts}, partials=partials,
-                              metrics_out=out)
-        return out
+    def step_metrics(self, graph: Graph, energies: Any, next_energies: Any, pi: Any, alpha: float = 1.0,
+                     active: Any = None) -> DeviceArray:
+        return ops_forward.step_metrics(self, graph, energies, next_energies, pi, alpha, active)
 
     # ------------------------------------------------------------------ elementwise / reductions
     def add(self, a: Any, b: Any) -> DeviceArray:
