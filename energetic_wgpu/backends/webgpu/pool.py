@@ -110,13 +110,7 @@ class BufferPool:
             if len(self._buckets) > 4096:
                 self._buckets.clear()
             self._buckets[nbytes] = size
-        lst = self.free.get((size, self.storage_usage))
-        if lst:
-            self.free_bytes -= size
-            pooled = heapq.heappop(lst)[1]
-        else:
-            pooled = self.new_buffer(size, self.storage_usage)
-        return new_device_array(backend, Allocation(self, pooled), shape, dt)
+        return self._array_in(size, backend, shape, dt)
 
     def new_large_array(self, backend: Any, shape: tuple[int, ...], dtype: Any, what: str = "array") -> DeviceArray:
         """An uninitialized array that may exceed the binding limit (up to the device's
@@ -133,6 +127,10 @@ class BufferPool:
                 f"{self.max_buffer_size} bytes ({self.limit_desc[1]}); use a smaller batch or graph"
             )
         size = min(round_size(nbytes), self.max_buffer_size // 4 * 4)
+        return self._array_in(size, backend, shape, dt)
+
+    def _array_in(self, size: int, backend: Any, shape: tuple[int, ...], dt: np.dtype) -> DeviceArray:
+        """A DeviceArray in a storage buffer of ``size`` bytes: a pooled one (lowest uid first) or a new one."""
         lst = self.free.get((size, self.storage_usage))
         if lst:
             self.free_bytes -= size
