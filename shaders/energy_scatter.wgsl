@@ -16,6 +16,9 @@
 // * scatter_rows: xt -> next_e [B, N] (a node-major state handed out in the public layout).
 // Both scatter kernels write next_e node-major ([N, 4 ceil(B/4)] floats, flags bit 2) or
 // [B, N] (the public layout).
+// A batch split into chunks (batch_chunks.py) runs these kernels once per chunk of rows: the
+// [B, N] arrays (energies, act_mask, a [B, N] next_e) are bound from an aligned offset before
+// the chunk's first row, which lies e0 elements into the bound range (0 when not split).
 
 struct ScatterParams {
     batch: u32,
@@ -24,7 +27,7 @@ struct ScatterParams {
     n_large: u32,
     alpha: f32,
     small_max: u32,
-    _pad0: u32,
+    e0: u32,         // element of the bound [B, N] ranges where row 0 starts (batch chunks)
     _pad1: u32,
 }
 
@@ -51,7 +54,7 @@ fn out_index(b: u32, k: u32) -> u32 {
     if ((P.flags & 4u) != 0u) {
         return k * 4u * n_chunks() + b;
     }
-    return b * P.n_nodes + k;
+    return P.e0 + b * P.n_nodes + k;
 }
 
 // x of the 4 rows of chunk c of node j: alpha * energies, 0 where inactive
@@ -78,14 +81,14 @@ fn row_value(b: u32, j: u32) -> f32 {
     if (b >= P.batch) {
         return 0.0;
     }
-    return energies[b * P.n_nodes + j];
+    return energies[P.e0 + b * P.n_nodes + j];
 }
 
 fn row_active(b: u32, j: u32) -> u32 {
     if (b >= P.batch) {
         return 0u;
     }
-    return select(0u, 1u, act_mask[b * P.n_nodes + j] != 0u);
+    return select(0u, 1u, act_mask[P.e0 + b * P.n_nodes + j] != 0u);
 }
 
 // thread i: chunk c = i / n_nodes of 4 rows, node j = i mod n_nodes (reads along rows)
@@ -116,7 +119,7 @@ fn scatter_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     }
     let b = i / P.n_nodes;
     let j = i - b * P.n_nodes;
-    next_e[i] = xt[j * n_chunks() + b / 4u][b % 4u];
+    next_e[P.e0 + i] = xt[j * n_chunks() + b / 4u][b % 4u];
 }
 
 // ---------------------------------------------------------------- small in-degrees

@@ -14,6 +14,9 @@
 // write theirs directly. The loss of a train step is reduced by adamw_prepare instead of
 // loss_final (adamw.wgsl), with the same code and order: the same bits.
 // The trees are workgroup_reduce.wgsl's tree_sum and count_sum.
+// An array larger than one binding (a batch split into chunks) is reduced by one partials
+// dispatch per range of whole workgroups (n elements from workgroup w0 on, bound from there):
+// every workgroup sums the same elements as unsplit, so the partials and the loss are the same bits.
 // WG must be 256 (LWG) for the reductions.
 
 struct LossParams {
@@ -25,6 +28,10 @@ struct LossParams {
     div: f32,       // ce: B; entropy: 1
     eps: f32,       // ce clamp
     lam: f32,       // entropy: lam
+    w0: u32,        // first workgroup of this dispatch in the whole array (batch chunks)
+    n_all: u32,     // elements of the whole array (n when not split)
+    _pad0: u32,
+    _pad1: u32,
 }
 
 const ITEMS: u32 = 16u;
@@ -55,7 +62,7 @@ fn mse_partials(
     var acc = vec2<f32>(0.0, 0.0);
     var cnt = 0u;
     let fused = (P.flags & 2u) != 0u;
-    let scale = 2.0 / f32(P.n);  // the count when there is no mask: loss_final's 2 / count
+    let scale = 2.0 / f32(P.n_all);  // the count when there is no mask: loss_final's 2 / count
     for (var r = 0u; r < ITEMS; r = r + 1u) {
         let i = base + lid + r * LWG;
         if (i < P.n && masked(i)) {
@@ -70,8 +77,8 @@ fn mse_partials(
     let total = tree_sum(lid, acc);
     let c = count_sum(lid, cnt);
     if (lid == 0u) {
-        partials[2u * w] = total;
-        partials[2u * w + 1u] = bitcast<f32>(c);
+        partials[2u * (P.w0 + w)] = total;
+        partials[2u * (P.w0 + w) + 1u] = bitcast<f32>(c);
     }
 }
 
@@ -171,7 +178,7 @@ fn ce_partials(
     }
     let total = tree_sum(lid, acc);
     if (lid == 0u) {
-        partials[2u * w] = total;
+        partials[2u * (P.w0 + w)] = total;
     }
 }
 
@@ -202,6 +209,6 @@ fn ent_partials(
     }
     let total = tree_sum(lid, acc);
     if (lid == 0u) {
-        partials[2u * w] = total;
+        partials[2u * (P.w0 + w)] = total;
     }
 }

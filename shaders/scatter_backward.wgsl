@@ -9,7 +9,12 @@
 // grad_pi[e] = sum_b alpha * active[b, src[e]] * energies[b, src[e]] * g[b, col[e]]
 //   * scatter_bwd_pi: thread per edge, rows loaded 4 at a time, one compensated sum over
 //     b = 0, 1, ... in order; with flags bit 2 the result is acc_in[e] + that sum (the
-//     gradient of earlier steps).
+//     gradient of earlier steps). A batch split into chunks (batch_chunks.py) runs it once per
+//     chunk of rows, in row order, carrying the running compensated sum (sum, comp) in
+//     out[e], out[n_edges + e] (out is then [2, E]): flags bit 6 resumes from it, bit 7 stores
+//     it instead of the result (every chunk but the last), so the sum is the unsplit one.
+//   The [B, N] arrays are bound from an aligned offset before the chunk's first row, which
+//   lies e0 elements into the bound range (0 when not split).
 //
 // Layouts: the state (energies and act_mask), grad_next and out are each [B, N] or node-major
 // (element (b, j) at j * 4 ceil(B/4) + b, rows b >= B zero), by flags bits 3, 4, 5. Node-major,
@@ -19,12 +24,13 @@ struct ScatterBwdParams {
     batch: u32,
     n_nodes: u32,
     flags: u32,      // bit 0: act_mask given; bit 1: retain_sinks; bit 2: scatter_bwd_pi adds acc_in;
-                     // node-major: bit 3 energies and act_mask, bit 4 grad_next, bit 5 out
+                     // node-major: bit 3 energies and act_mask, bit 4 grad_next, bit 5 out;
+                     // scatter_bwd_pi carry: bit 6 resume from out, bit 7 store to out
     n_large: u32,
     alpha: f32,
     small_max: u32,
     n_edges: u32,
-    _pad0: u32,
+    e0: u32,         // element of the bound [B, N] ranges where row 0 starts (batch chunks)
 }
 
 @group(0) @binding(0) var<uniform> P: ScatterBwdParams;
@@ -45,7 +51,7 @@ fn at(b: u32, j: u32, bit: u32) -> u32 {
     if ((P.flags & bit) != 0u) {
         return j * 4u * ((P.batch + 3u) / 4u) + b;
     }
-    return b * P.n_nodes + j;
+    return P.e0 + b * P.n_nodes + j;
 }
 
 fn is_active(b: u32, j: u32) -> bool {
@@ -195,6 +201,9 @@ fn scatter_bwd_pi(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     let sj = src[e];
     let ck = col_idx[e];
     var acc = vec2<f32>(0.0, 0.0);
+    if ((P.flags & 64u) != 0u) {  // a later batch chunk: resume the running sum
+        acc = vec2<f32>(out[e], out[P.n_edges + e]);
+    }
     let nc4 = (P.batch + 3u) / 4u;
     for (var c = 0u; c < nc4; c = c + 1u) {
         // 4 rows loaded at once, summed in row order (b = 0, 1, 2, ...: the same bits as a
@@ -205,6 +214,11 @@ fn scatter_bwd_pi(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
         for (var l = 0u; l < rows; l = l + 1u) {
             acc = kahan_add(acc, p[l]);
         }
+    }
+    if ((P.flags & 128u) != 0u) {  // not the last batch chunk: hand the running sum on
+        out[e] = acc.x;
+        out[P.n_edges + e] = acc.y;
+        return;
     }
     var total = acc.x - acc.y;
     if ((P.flags & 4u) != 0u) {

@@ -69,8 +69,10 @@ class WgpuBackend(PackedArrays, Backend):
             int multiple of 256, or above the device's limit).
 
     Arrays larger than the binding limit in use (128 MiB with default limits) are refused
-    with :class:`DeviceLimitError`; they are never split, except :meth:`edge_flow`'s output
-    (written in batch chunks, up to the device's maxBufferSize).
+    with :class:`DeviceLimitError`, except arrays given to :meth:`asarray`, :meth:`edge_flow`'s
+    output and the router's [B, N] energies, targets and gradients: one buffer each up to the
+    device's maxBufferSize, which the router's forward, backward and losses run over in batch
+    chunks (batch_chunks.py).
     """
 
     name = "wgpu"
@@ -200,7 +202,9 @@ class WgpuBackend(PackedArrays, Backend):
         ):
             return x
         host, dt = self._host(x, dtype)
-        out = self.runtime.new_array(self, host.shape, dt)
+        # past one binding (e.g. [B, N] energies of a batch split into chunks): one buffer up to
+        # maxBufferSize, bound by ops in ranges
+        out = self.runtime.pool.new_large_array(self, host.shape, dt)
         self.runtime.upload(out.pooled, host.reshape(-1))
         return out
 

@@ -27,11 +27,23 @@ import numpy as np
 from .arrays import DeviceArray
 from .kernels import SMALL_DEGREE_MAX
 
-__all__ = ["NodeMajor", "new_state", "to_node_major", "scatter", "to_rows"]
+__all__ = ["BatchShape", "NodeMajor", "new_state", "to_node_major", "scatter", "rows_into", "to_rows"]
+
+
+class BatchShape:
+    """The logical shape of a batched state with ``batch`` (B) and ``n_nodes`` (N) attributes."""
+
+    batch: int
+    n_nodes: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(B, N): the logical shape."""
+        return (self.batch, self.n_nodes)
 
 
 @dataclass(eq=False)
-class NodeMajor:
+class NodeMajor(BatchShape):
     """A batched state [B, N] stored node-major.
 
     Attributes:
@@ -47,11 +59,6 @@ class NodeMajor:
     batch: int
     n_nodes: int
     rows: DeviceArray | None = None
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(B, N): the logical shape."""
-        return (self.batch, self.n_nodes)
 
 
 def new_state(be: Any, batch: int, n: int, dtype: Any = np.float32) -> NodeMajor:
@@ -69,34 +76,43 @@ def _unused_output(be: Any) -> DeviceArray:
     return be.node_major_scratch
 
 
-def to_node_major(be: Any, gd: Any, energies: DeviceArray, active: Any) -> tuple[NodeMajor, NodeMajor | None]:
+def to_node_major(be: Any, gd: Any, energies: DeviceArray, active: Any, batch: int | None = None,
+                  e0: int = 0) -> tuple[NodeMajor, NodeMajor | None]:
     """(state, active state) of ``energies`` float [B, N] (or [N]: B = 1) and ``active``
-    (bool [B, N] or None): one ``scatter_transpose`` dispatch (none when B or N is 0)."""
-    batch = 1 if energies.ndim == 1 else int(energies.shape[0])
+    (bool [B, N] or None): one ``scatter_transpose`` dispatch (none when B or N is 0).
+    A batch chunk (batch_chunks.py) passes its ``batch`` rows and the element ``e0`` where its
+    first row starts in the bound ranges of ``energies`` and ``active``."""
+    if batch is None:
+        batch = 1 if energies.ndim == 1 else int(energies.shape[0])
     n = gd.num_nodes
     state = new_state(be, batch, n)
     act = None if active is None else new_state(be, batch, n, np.uint32)
     act_out = _unused_output(be) if act is None else act.data
     u = dict(batch=batch, n_nodes=n, flags=0 if active is None else 1, n_large=0, alpha=np.float32(1.0),
-             small_max=SMALL_DEGREE_MAX)
+             small_max=SMALL_DEGREE_MAX, e0=e0)
     be.runtime.dispatch("scatter_transpose", threads=-(-batch // 4) * n, uniform=u, energies=energies,
                         act_mask=be._opt(active), xt_out=state.data, act_out=act_out)
-    state.rows = energies if energies.ndim == 2 else None
+    state.rows = energies if energies.ndim == 2 and not e0 and energies.shape[0] == batch else None
     return state, act
 
 
 def scatter(
     be: Any, gd: Any, state: NodeMajor, pi: DeviceArray, alpha: float, active: NodeMajor | None,
-    retain_sinks: bool, node_major: bool, shape: tuple[int, ...] | None = None,
+    retain_sinks: bool, node_major: bool, shape: tuple[int, ...] | None = None, out: Any = None, e0: int = 0,
 ) -> Any:
     """The next energies of ``state`` (:meth:`Backend.energy_scatter`): a :class:`NodeMajor`
-    when ``node_major``, else a float array of ``shape`` (default [B, N]) in the public layout."""
+    when ``node_major``, else a float array of ``shape`` (default [B, N]) in the public layout,
+    or written into ``out`` (a batch chunk's bound range of [B, N] rows, which start at element
+    ``e0`` of it; ``out`` is returned)."""
     batch, n = state.batch, gd.num_nodes
     flags = (1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if node_major else 0)
     nxt = new_state(be, batch, n) if node_major else None
-    out = nxt.data if nxt is not None else be.empty(shape if shape is not None else (batch, n))
+    if nxt is not None:
+        out = nxt.data
+    elif out is None:
+        out = be.empty(shape if shape is not None else (batch, n))
     u = dict(batch=batch, n_nodes=n, flags=flags, n_large=gd.n_large_in, alpha=np.float32(alpha),
-             small_max=SMALL_DEGREE_MAX)
+             small_max=SMALL_DEGREE_MAX, e0=e0)
     common = dict(rev_ptr=gd.rev_ptr, rev_pairs=gd.rev_pairs, pi=pi, sink=gd.sink, next_e=out, xt=state.data,
                   act_t=be._opt(None if active is None else active.data))
     if batch and n:
@@ -107,16 +123,20 @@ def scatter(
     return nxt if nxt is not None else out
 
 
+def rows_into(be: Any, state: NodeMajor, out: DeviceArray, e0: int = 0) -> None:
+    """Write ``state`` in the public layout into ``out`` (its [B, N] rows from element ``e0``
+    of the bound range): one ``scatter_rows`` dispatch."""
+    u = dict(batch=state.batch, n_nodes=state.n_nodes, flags=0, n_large=0, alpha=np.float32(1.0),
+             small_max=SMALL_DEGREE_MAX, e0=e0)
+    be.runtime.dispatch("scatter_rows", threads=state.batch * state.n_nodes, uniform=u, xt=state.data, next_e=out)
+
+
 def to_rows(be: Any, state: Any) -> DeviceArray:
     """``state`` as a float [B, N] array: its ``rows`` when known, else one ``scatter_rows``
     dispatch (cached on the state). A plain array is returned as it is."""
     if not isinstance(state, NodeMajor):
         return state
     if state.rows is None:
-        out = be.empty(state.shape)
-        u = dict(batch=state.batch, n_nodes=state.n_nodes, flags=0, n_large=0, alpha=np.float32(1.0),
-                 small_max=SMALL_DEGREE_MAX)
-        be.runtime.dispatch("scatter_rows", threads=state.batch * state.n_nodes, uniform=u, xt=state.data,
-                            next_e=out)
-        state.rows = out
+        state.rows = be.empty(state.shape)
+        rows_into(be, state, state.rows)
     return state.rows

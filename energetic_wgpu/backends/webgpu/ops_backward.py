@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from . import sumsq
+from . import batch_chunks, sumsq
 from .kernels import SMALL_DEGREE_MAX
 from .node_major import NodeMajor, new_state
 
@@ -68,6 +68,10 @@ def scatter_step_backward(
     ``grad_next`` a :class:`NodeMajor` or float [B, N] (the loss gradient); grad_energies comes
     back node-major, or [B, N] when ``last`` (the forward's first step)."""
     be = backend
+    if isinstance(state, batch_chunks.Chunked):  # a batch split into chunks (batch_chunks.py)
+        return batch_chunks.scatter_step_backward(be, be.graph_data(graph), state, be._dev(pi), grad_next, alpha,
+                                                  active, retain_sinks, grad_energies, grad_pi_acc, last,
+                                                  _scatter_backward)
     return _scatter_backward(be, be.graph_data(graph), state.data, None if active is None else active.data, True,
                              pi, grad_next, alpha, retain_sinks, grad_energies, grad_pi_acc,
                              out_shape=state.shape if last else None)
@@ -76,29 +80,40 @@ def scatter_step_backward(
 def _scatter_backward(
     be: Any, gd: Any, energies: Any, active: Any, state_nm: bool, pi: Any, grad_next: Any, alpha: float,
     retain_sinks: bool, grad_energies: bool, grad_pi_acc: Any, out_shape: tuple[int, ...] | None,
+    chunk: Any = None,
 ) -> tuple[Any, Any]:
     """Both backward kernels. ``energies`` / ``active``: node-major data when ``state_nm``, else
     [B, N]; ``grad_next``: a NodeMajor or [B, N]; the input-energy gradient is written with
-    ``out_shape`` in the public layout, node-major when ``out_shape`` is None."""
+    ``out_shape`` in the public layout, node-major when ``out_shape`` is None.
+
+    ``chunk`` (batch_chunks.py, one batch chunk of a split batch): a
+    :class:`~.batch_chunks.ChunkCall` giving the chunk's rows, the element ``e0`` where they
+    start in the bound [B, N] ranges, the [B, N] output range (or None), and the [2, E]
+    running-sum buffer of grad_pi with the carry flags."""
     rt = be.runtime
     n, e = gd.num_nodes, gd.num_edges
     pi = be._dev(pi)
     grad_nm = isinstance(grad_next, NodeMajor)
     if not grad_nm:
         grad_next = be._dev(grad_next)
-    batch = grad_next.batch if grad_nm else (1 if grad_next.ndim == 1 else int(grad_next.shape[0]))
+    if chunk is not None:
+        batch = chunk.rows
+    else:
+        batch = grad_next.batch if grad_nm else (1 if grad_next.ndim == 1 else int(grad_next.shape[0]))
     g = grad_next.data if grad_nm else grad_next
     flags = ((1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if grad_pi_acc is not None else 0)
              | (8 if state_nm else 0) | (16 if grad_nm else 0) | (32 if out_shape is None else 0))
-    grad_pi = be.empty((e,))
+    grad_pi = be.empty((e,)) if chunk is None else chunk.grad_pi
     u = dict(batch=batch, n_nodes=n, flags=flags, n_large=gd.n_large_out, alpha=np.float32(alpha),
-             small_max=SMALL_DEGREE_MAX, n_edges=e)
+             small_max=SMALL_DEGREE_MAX, n_edges=e, e0=0 if chunk is None else chunk.e0)
     act = be._opt(active)
     grad_e = None
     if grad_energies:  # the input-energy gradient: skipped when nothing reads it
         if out_shape is None:
             grad_e = new_state(be, batch, n)
             out = grad_e.data
+        elif chunk is not None:
+            grad_e = out = chunk.out
         else:
             grad_e = out = be.empty(out_shape)
         common = dict(row_ptr=gd.row_ptr, col_idx=gd.col_idx, pi=pi, grad_next=g, act_mask=act, sink=gd.sink,
@@ -107,6 +122,8 @@ def _scatter_backward(
         if gd.n_large_out and batch:
             rt.dispatch("scatter_bwd_large", workgroups=gd.n_large_out * batch, uniform=u, large_nodes=gd.large_out,
                         **common)
+    if chunk is not None:
+        u = {**u, "flags": flags | chunk.carry}
     # B = 0: the kernel writes zeros (an empty sum) for every edge
     rt.dispatch("scatter_bwd_pi", threads=e, uniform=u, col_idx=gd.col_idx, grad_next=g, act_mask=act,
                 out=grad_pi, src=gd.src, energies=energies, acc_in=be._opt(grad_pi_acc))

@@ -15,7 +15,7 @@ import numpy as np
 from ...errors import DeviceLimitError
 from ...graph import Graph
 from ...validation import check_int
-from . import node_major
+from . import batch_chunks, node_major
 from .arrays import DeviceArray
 from .kernels import REDUCE_ITEMS
 
@@ -98,19 +98,30 @@ def energy_scatter(be: Any,
 
 def scatter_state(be: Any, graph: Graph, energies: Any, active: Any) -> tuple[Any, Any]:
     """Node-major copies of ``energies`` float [B, N] and ``active`` (node_major.py): one
-    ``scatter_transpose`` dispatch."""
+    ``scatter_transpose`` dispatch; per batch chunk when the state is over one binding
+    (batch_chunks.py: then :class:`~.batch_chunks.Chunked` states)."""
     gd = be.graph_data(graph)
-    return node_major.to_node_major(be, gd, be._dev(energies), None if active is None else be._dev(active))
+    energies = be._dev(energies)
+    active = None if active is None else be._dev(active)
+    chunks = batch_chunks.plan(be, int(energies.shape[0]), gd.num_nodes) if energies.ndim == 2 else None
+    if chunks is not None:
+        return batch_chunks.scatter_state(be, gd, energies, active, chunks)
+    return node_major.to_node_major(be, gd, energies, active)
 
 def scatter_step(be: Any, graph: Graph, state: Any, pi: Any, alpha: float, active_state: Any, retain_sinks: bool,
                  last: bool) -> Any:
     """One step from a node-major state: node-major next state, or float [B, N] when ``last``."""
+    if isinstance(state, batch_chunks.Chunked):
+        return batch_chunks.scatter_step(be, be.graph_data(graph), state, be._dev(pi), alpha, active_state,
+                                         retain_sinks, last)
     return node_major.scatter(be, be.graph_data(graph), state, be._dev(pi), alpha, active_state,
                               retain_sinks, not last)
 
 def public_state(be: Any, state: Any) -> Any:
-    """``state`` as float [B, N] (one ``scatter_rows`` dispatch for a node-major state
-    whose [B, N] form is not known yet)."""
+    """``state`` as float [B, N] (one ``scatter_rows`` dispatch, per batch chunk when split,
+    for a node-major state whose [B, N] form is not known yet)."""
+    if isinstance(state, batch_chunks.Chunked):
+        return batch_chunks.to_rows(be, state)
     return node_major.to_rows(be, state)
 
 def edge_flow(be: Any, graph: Graph, energies: Any, pi: Any, alpha: float = 1.0, active: Any = None) -> DeviceArray:

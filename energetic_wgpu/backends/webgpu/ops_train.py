@@ -51,7 +51,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import sumsq
+from . import batch_chunks, sumsq
 from .kernels import REDUCE_ITEMS
 
 __all__ = [
@@ -95,29 +95,55 @@ def sumsq_partials(rt: Any, arrays: Sequence[Any], partials: Any) -> int:
     return offset
 
 
+def _pieces(be: Any, n: int, *arrays: Any) -> Any:
+    """(first workgroup, elements, arrays) of each partials dispatch over ``arrays`` (flat, n
+    4-byte elements each; None stays None): the arrays themselves when they fit one binding,
+    else ranges of whole reduction workgroups (batch_chunks.flat_ranges), each dispatch then
+    writing the partials the unsplit one writes."""
+    ranges = batch_chunks.flat_ranges(be, n, _SPAN)
+    if ranges is None:
+        yield 0, n, arrays
+        return
+    rt = be.runtime
+    for s, m in ranges:
+        yield s // _SPAN, m, [None if a is None else rt.view(a, s * 4, (m,), a.dtype) for a in arrays]
+
+
+def _grad_like(be: Any, pred: Any) -> Any:
+    """An uninitialized float array of ``pred``'s shape (one buffer past one binding, written in ranges)."""
+    return be.runtime.pool.new_large_array(be, pred.shape, np.float32, "loss gradient")
+
+
 def mse(backend: Any, pred: Any, target: Any, mask: Any = None, final: bool = True) -> tuple[Any, Any]:
     be, rt = backend, backend.runtime
     pred, target = be._dev(pred), be._dev(target)
     n = pred.size
     loss = be.empty((1,))
-    grad = be.empty(pred.shape)
+    grad = _grad_like(be, pred)
     parts = _parts(n)
     partials = be.empty((2 * parts + 1,))
-    m = be._opt(mask)
+    mask = None if mask is None else be._dev(mask)
     # no mask: the count is n, and mse_partials writes the gradient too (flags bit 1)
-    u = dict(n=n, flags=2 if mask is None else 1, n_parts=parts, mode=0, mul=0.0, div=0.0, eps=0.0, lam=0.0)
-    rt.dispatch("mse_partials", workgroups=parts, uniform=u, pred=pred, target_=target, mask=m, partials=partials,
-                grad=grad)
+    u = dict(n=n, flags=2 if mask is None else 1, n_parts=parts, mode=0, mul=0.0, div=0.0, eps=0.0, lam=0.0, w0=0,
+             n_all=n)
     counted = mask is not None and parts <= COUNTED_PARTS_MAX
+    for w0, m, (p, t, mk, g) in _pieces(be, n, pred, target, mask, grad):
+        uc = u if m == n else {**u, "n": m, "w0": w0}
+        rt.dispatch("mse_partials", workgroups=_parts(m), uniform=uc, pred=p, target_=t, mask=be._opt(mk),
+                    partials=partials, grad=g)
     if counted:  # the gradient kernel sums the counts itself: loss_final is not needed first
-        rt.dispatch("mse_grad_counted", workgroups=parts, uniform=u, pred=pred, target_=target, mask=m,
-                    partials=partials, grad=grad)
+        for w0, m, (p, t, mk, g) in _pieces(be, n, pred, target, mask, grad):
+            uc = u if m == n else {**u, "n": m, "w0": w0}
+            rt.dispatch("mse_grad_counted", workgroups=_parts(m), uniform=uc, pred=p, target_=t, mask=mk,
+                        partials=partials, grad=g)
     if final or (mask is not None and not counted):
         rt.dispatch("loss_final", workgroups=1, uniform=u, partials=partials, loss=loss)
     else:  # the next adamw_step given this loss finishes it (adamw_prepare), else finish_loss
         _state(be).pending_loss[loss] = (partials, parts, u)
     if mask is not None and not counted:
-        rt.dispatch("mse_grad", threads=n, uniform=u, pred=pred, target_=target, mask=m, partials=partials, grad=grad)
+        for w0, m, (p, t, mk, g) in _pieces(be, n, pred, target, mask, grad):
+            uc = u if m == n else {**u, "n": m, "w0": w0}
+            rt.dispatch("mse_grad", threads=m, uniform=uc, pred=p, target_=t, mask=mk, partials=partials, grad=g)
     return loss, grad
 
 
@@ -137,11 +163,14 @@ def cross_entropy(backend: Any, pred: Any, target: Any, eps: float = 1e-12) -> t
     batch = 1 if pred.ndim == 1 else int(pred.shape[0])
     n = pred.size
     loss = be.empty((1,))
-    grad = be.empty(pred.shape)
+    grad = _grad_like(be, pred)
     parts = _parts(n)
     partials = be.empty((2 * parts + 1,))
-    u = dict(n=n, flags=0, n_parts=parts, mode=1, mul=-1.0, div=max(batch, 1), eps=np.float32(eps), lam=0.0)
-    rt.dispatch("ce_partials", workgroups=parts, uniform=u, pred=pred, target_=target, partials=partials, grad=grad)
+    u = dict(n=n, flags=0, n_parts=parts, mode=1, mul=-1.0, div=max(batch, 1), eps=np.float32(eps), lam=0.0, w0=0,
+             n_all=n)
+    for w0, m, (p, t, g) in _pieces(be, n, pred, target, grad):
+        uc = u if m == n else {**u, "n": m, "w0": w0}
+        rt.dispatch("ce_partials", workgroups=_parts(m), uniform=uc, pred=p, target_=t, partials=partials, grad=g)
     rt.dispatch("loss_final", workgroups=1, uniform=u, partials=partials, loss=loss)  # n_parts = 0 gives 0
     return loss, grad
 
@@ -155,7 +184,7 @@ def entropy_regularization(backend: Any, graph: Any, pi: Any, lam: float) -> tup
     parts = _parts(n)
     partials = be.empty((2 * parts + 1,))
     lam32 = np.float32(lam)
-    u = dict(n=n, flags=0, n_parts=parts, mode=1, mul=-lam32, div=1.0, eps=0.0, lam=lam32)
+    u = dict(n=n, flags=0, n_parts=parts, mode=1, mul=-lam32, div=1.0, eps=0.0, lam=lam32, w0=0, n_all=n)
     rt.dispatch("ent_partials", workgroups=parts, uniform=u, pred=pi, partials=partials, grad=grad)
     rt.dispatch("loss_final", workgroups=1, uniform=u, partials=partials, loss=loss)
     return loss, grad

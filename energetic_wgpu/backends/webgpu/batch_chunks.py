@@ -1,0 +1,234 @@
+"""Batch chunks: the router's [B, N] state past one storage binding.
+
+Energies, targets and gradients [B, N] and the node-major scatter state [N, 4 ceil(B/4)] must
+each fit one storage binding (``runtime.max_binding_size``, 128 MiB on WebGPU's default
+limits). When the node-major state of the whole batch does not, the router's forward and
+backward run over *batch chunks* of ``Bc`` rows (:func:`plan`: a multiple of 4, the largest
+whose state and whose [Bc, N] rows, bound from an aligned offset, fit the limit), all encoded
+into the same pending command encoder (one submit per train step as unsplit):
+
+* the user-visible [B, N] arrays (input energies, active mask, the last state, the loss
+  gradient, the input-energy gradient) are one buffer each, up to the device's maxBufferSize
+  (``pool.new_large_array``); a chunk binds its rows as a range (:func:`rows_view`). A row
+  range starts at byte ``r0 * N * 4``, in general not a multiple of the offset alignment
+  (256): the range is bound from the aligned-down offset, and the kernels get the element
+  ``e0`` where row ``r0`` lies in it (the ``e0`` uniform field of energy_scatter.wgsl and
+  scatter_backward.wgsl), so any N works;
+* each chunk's node-major state is its own buffer (:class:`Chunked` holds them);
+* every chunk runs the same kernels as the unsplit batch on its rows. Per-row results
+  (next energies, input-energy gradients) do not depend on other rows: bit-identical to the
+  unsplit run. ``grad_pi`` sums over the batch (one compensated sum over b = 0, 1, ... per
+  edge): the chunks run in row order and hand the running (sum, compensation) pair of each
+  edge on in a [2, E] buffer (``scatter_bwd_pi`` flags bits 6 and 7), so the sum is exactly
+  the unsplit one;
+* losses reduce a flat [B * N] array in workgroups of 4096 elements: they are split into
+  ranges of whole workgroups (:func:`flat_ranges`), each partial written where the unsplit
+  dispatch writes it; the final pass is unchanged (the same bits).
+
+Nothing here runs for a batch that fits: unsplit problems keep their dispatches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...errors import DeviceLimitError
+from . import node_major
+from .arrays import DeviceArray, new_device_array
+from .node_major import BatchShape, NodeMajor
+
+__all__ = ["Chunked", "ChunkCall", "plan", "rows_view", "flat_ranges", "scatter_state", "scatter_step", "to_rows",
+           "scatter_step_backward"]
+
+
+@dataclass(eq=False)
+class Chunked(BatchShape):
+    """A batched state [B, N] split into batch chunks.
+
+    Attributes:
+        parts: one :class:`NodeMajor` per chunk (rows ``starts[i] .. starts[i] + parts[i].batch``).
+        starts: the first row of each chunk.
+        batch, n_nodes: B and N.
+        rows: the whole state as one float [B, N] device array (over one binding: only bound
+            in row ranges, or read back) when it exists, else None.
+    """
+
+    parts: list[NodeMajor]
+    starts: list[int]
+    batch: int
+    n_nodes: int
+    rows: DeviceArray | None = None
+
+
+@dataclass
+class ChunkCall:
+    """What one chunk's backward dispatches need (ops_backward._scatter_backward).
+
+    Attributes:
+        rows: rows of the chunk. e0: element of the bound [B, N] ranges where they start.
+        out: the bound range of the [B, N] input-energy gradient (or None).
+        grad_pi: the [2, E] running-sum buffer, bound whole. carry: scatter_bwd_pi flags
+            (64: resume the running sum; 128: store it, not the result).
+    """
+
+    rows: int
+    e0: int
+    out: Any
+    grad_pi: DeviceArray
+    carry: int
+
+
+def _state_bytes(batch: int, n: int) -> int:
+    return n * 4 * (-(-batch // 4)) * 4
+
+
+def plan(be: Any, batch: int, n: int) -> list[tuple[int, int]] | None:
+    """None when the node-major state of ``batch`` rows of ``n`` nodes fits the binding limit in
+    use; else the (first row, rows) of each batch chunk, in row order.
+
+    Raises:
+        DeviceLimitError: not even 4 rows fit (one node-major chunk is a multiple of 4 rows).
+    """
+    rt = be.runtime
+    limit = rt.max_binding_size
+    if batch == 0 or n == 0 or _state_bytes(batch, n) <= limit:
+        return None
+    # a chunk's [Bc, N] rows are bound from up to `align` bytes before them, rounded up to 16
+    room = limit // 16 * 16 - rt.offset_alignment
+    per = room // (16 * n) * 4
+    if per < 4:
+        raise DeviceLimitError(
+            f"a batch of {batch} rows of N = {n} nodes needs {_state_bytes(batch, n)} bytes of node-major state, "
+            f"over the binding limit of {limit} bytes, and even a chunk of 4 rows ({16 * n} bytes, plus "
+            f"{rt.offset_alignment} bytes of alignment) does not fit it: use a graph of fewer nodes or a larger "
+            f"binding limit"
+        )
+    return [(r0, min(per, batch - r0)) for r0 in range(0, batch, per)]
+
+
+def rows_view(be: Any, arr: DeviceArray, r0: int, rows: int, n: int) -> tuple[DeviceArray, int]:
+    """(bindable range, e0) of rows ``r0 .. r0 + rows`` of the [B, N] array ``arr`` (4-byte
+    elements): the range starts at the aligned offset at or before row ``r0``, which lies
+    ``e0`` elements into it."""
+    rt = be.runtime
+    start = r0 * n * 4
+    base = start // rt.offset_alignment * rt.offset_alignment
+    e0 = (start - base) // 4
+    return rt.view(arr, base, (e0 + rows * n,), arr.dtype), e0
+
+
+def flat_ranges(be: Any, n: int, span: int) -> list[tuple[int, int]] | None:
+    """None when ``n`` 4-byte elements fit one binding; else (first element, elements) of
+    ranges of whole ``span``-element workgroups that each fit it (``span * 4`` must be a
+    multiple of the offset alignment)."""
+    limit = be.runtime.max_binding_size
+    if n * 4 <= limit:
+        return None
+    per = limit // (span * 4) * span
+    if per < span:
+        raise DeviceLimitError(
+            f"an array of {n} elements ({n * 4} bytes) is over the binding limit of {limit} bytes, and one reduction "
+            f"workgroup's range ({span * 4} bytes) does not fit it either"
+        )
+    return [(s, min(per, n - s)) for s in range(0, n, per)]
+
+
+def large_rows(be: Any, batch: int, n: int) -> DeviceArray:
+    """An uninitialized float [B, N] array that may exceed the binding limit (one buffer up to
+    maxBufferSize), written in row ranges."""
+    return be.runtime.pool.new_large_array(be, (batch, n), np.float32, "batched energies")
+
+
+def scatter_state(be: Any, gd: Any, energies: DeviceArray, active: Any,
+                  chunks: list[tuple[int, int]]) -> tuple[Chunked, Chunked | None]:
+    """:func:`node_major.to_node_major` per chunk: one ``scatter_transpose`` dispatch each."""
+    n = gd.num_nodes
+    batch = int(energies.shape[0])
+    parts, acts = [], []
+    for r0, rows in chunks:
+        view, e0 = rows_view(be, energies, r0, rows, n)
+        act_view = None if active is None else rows_view(be, active, r0, rows, n)[0]
+        state, act = node_major.to_node_major(be, gd, view, act_view, batch=rows, e0=e0)
+        parts.append(state)
+        acts.append(act)
+    starts = [r0 for r0, _ in chunks]
+    act_state = None if active is None else Chunked(acts, starts, batch, n)
+    return Chunked(parts, starts, batch, n, rows=energies), act_state
+
+
+def scatter_step(be: Any, gd: Any, state: Chunked, pi: DeviceArray, alpha: float, active: Chunked | None,
+                 retain_sinks: bool, last: bool) -> Any:
+    """One step per chunk: the next :class:`Chunked` state, or float [B, N] (one buffer) when ``last``."""
+    n = gd.num_nodes
+    out = large_rows(be, state.batch, n) if last else None
+    parts = []
+    for i, (r0, part) in enumerate(zip(state.starts, state.parts)):
+        act = None if active is None else active.parts[i]
+        if last:
+            view, e0 = rows_view(be, out, r0, part.batch, n)
+            node_major.scatter(be, gd, part, pi, alpha, act, retain_sinks, False, out=view, e0=e0)
+        else:
+            parts.append(node_major.scatter(be, gd, part, pi, alpha, act, retain_sinks, True))
+    return out if last else Chunked(parts, list(state.starts), state.batch, n)
+
+
+def to_rows(be: Any, state: Chunked) -> DeviceArray:
+    """``state`` as one float [B, N] array: its ``rows`` when known, else one ``scatter_rows``
+    dispatch per chunk (cached on the state)."""
+    if state.rows is None:
+        out = large_rows(be, state.batch, state.n_nodes)
+        for r0, part in zip(state.starts, state.parts):
+            view, e0 = rows_view(be, out, r0, part.batch, state.n_nodes)
+            node_major.rows_into(be, part, view, e0)
+        state.rows = out
+    return state.rows
+
+
+def _grad_pi_carry(be: Any, n_edges: int) -> DeviceArray:
+    """The [2, E] running sums of grad_pi across chunks (its first E floats end as grad_pi)."""
+    limit = be.runtime.max_binding_size
+    if 8 * n_edges > limit:
+        raise DeviceLimitError(
+            f"a batch split into chunks carries grad_pi's running sums in a [2, E] buffer of {8 * n_edges} bytes "
+            f"(E = {n_edges}), over the binding limit of {limit} bytes"
+        )
+    return be.empty((2 * max(n_edges, 1),))
+
+
+def scatter_step_backward(be: Any, gd: Any, state: Chunked, pi: Any, grad_next: Any, alpha: float,
+                          active: Chunked | None, retain_sinks: bool, grad_energies: bool, grad_pi_acc: Any,
+                          last: bool, backward: Any) -> tuple[Any, DeviceArray]:
+    """The backward of :func:`scatter_step` per chunk, in row order. ``grad_next``: a
+    :class:`Chunked` state or float [B, N] (one buffer); the input-energy gradient comes back
+    :class:`Chunked`, or float [B, N] when ``last`` (None without ``grad_energies``).
+    ``backward``: ops_backward._scatter_backward."""
+    n, e = gd.num_nodes, gd.num_edges
+    carry = _grad_pi_carry(be, e)
+    out = large_rows(be, state.batch, n) if grad_energies and last else None
+    parts = []
+    count = len(state.parts)
+    for i, (r0, part) in enumerate(zip(state.starts, state.parts)):
+        rows = part.batch
+        if isinstance(grad_next, Chunked):
+            g, e0 = grad_next.parts[i], 0
+        else:
+            g, e0 = rows_view(be, grad_next, r0, rows, n)
+        view = None
+        if out is not None:
+            view, e0_out = rows_view(be, out, r0, rows, n)
+            e0 = e0_out  # rows r0.. start at the same element of every [B, N] range
+        flags = (64 if i else 0) | (128 if i < count - 1 else 0)
+        call = ChunkCall(rows=rows, e0=e0, out=view, grad_pi=carry, carry=flags)
+        act = None if active is None else active.parts[i].data
+        ge, _ = backward(be, gd, part.data, act, True, pi, g, alpha, retain_sinks, grad_energies, grad_pi_acc,
+                         (rows, n) if last else None, chunk=call)
+        if grad_energies and not last:
+            parts.append(ge)
+    grad_pi = new_device_array(be, carry._alloc, (e,), np.dtype(np.float32))
+    if not grad_energies:
+        return None, grad_pi
+    return (out if last else Chunked(parts, list(state.starts), state.batch, n)), grad_pi
+
