@@ -15,6 +15,11 @@ struct FlowParams {
     edge_blocks: u32,  // ceil(n_edges / WG)
     row0: u32,         // first batch row of this dispatch
     out0: u32,         // element of the bound flow range where row row0 starts
+    e0: u32,           // energies / act_mask bound in row ranges (over one binding): the element
+                       // of the range where row row0 starts (then row0 = 0); else 0
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: FlowParams;
@@ -36,7 +41,7 @@ fn edge_flow(
     if (b >= P.batch || e >= P.n_edges) {
         return;
     }
-    let j = (P.row0 + b) * P.n_nodes + src[e];
+    let j = P.e0 + (P.row0 + b) * P.n_nodes + src[e];
     var x = energies[j] * P.alpha;
     if (P.has_active != 0u && act_mask[j] == 0u) {
         x = 0.0;

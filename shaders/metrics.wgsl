@@ -12,6 +12,12 @@
 // more partials than one binding holds.
 // Pass 2 (metrics_final) sums the partials in order (te over w < ceil(B*N / 4096), h over
 // w < edge_blocks: the same terms in the same order whatever n_total is) and divides.
+// A batch whose [B, N] arrays are over one binding (batch_chunks.py) runs pass 1 as several
+// dispatches that each write some fields of a range of slots, the values the unsplit dispatch
+// writes there: flat dispatches (fields bit 0) over ranges of whole blocks of B*N, with
+// energies, next_e and act_mask bound from block w0; grid dispatches (bit 1) over the blocks of
+// a chunk of rows (n_total >= grid_blocks then: one block per slot), energies and act_mask
+// bound from an aligned offset before row row0, which lies e0 elements into the range.
 // WG must be 256.
 
 struct MetricParams {
@@ -23,7 +29,11 @@ struct MetricParams {
     n_total: u32,      // workgroups of metrics_partials (partials written); the same for the final pass
     n_nonempty: u32,   // number of non-empty segments
     edge_blocks: u32,  // ceil(n_edges / (WG * ITEMS)): blocks per batch row of the [B, E] grid
-    grid_blocks: u32,  // batch * edge_blocks
+    grid_blocks: u32,  // batch * edge_blocks (a grid dispatch of a split batch: its last block + 1)
+    w0: u32,           // first partials slot of this dispatch (0 when not split)
+    fields: u32,       // bit 0: write te, an, h; bit 1: write ae, mf (3 when not split)
+    row0: u32,         // first batch row of the bound energies / act_mask range
+    e0: u32,           // element of that range where row row0 (flat: block w0) starts
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -70,7 +80,7 @@ fn metrics_partials(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let w = group_index(wid, nwg);
+    let w = P.w0 + group_index(wid, nwg);
     if (w >= P.n_total) {
         return;
     }
@@ -78,9 +88,11 @@ fn metrics_partials(
     let bn = P.batch * P.n_nodes;  // the size of energies: fits in u32
     // flat ranges (B*N and E items) only for the workgroups that reach them: w * span stays
     // below B*N + span and E + span
-    let flat_bn = w < (bn + span - 1u) / span;
-    let flat_e = w < P.edge_blocks;
+    let flat = (P.fields & 1u) != 0u;
+    let flat_bn = flat && w < (bn + span - 1u) / span;
+    let flat_e = flat && w < P.edge_blocks;
     let base = w * span;
+    let local = (w - P.w0) * span;  // the block in the bound energies / next_e / act_mask range
     var te = vec2<f32>(0.0, 0.0);
     var an = 0.0;
     var ae = 0.0;
@@ -89,8 +101,9 @@ fn metrics_partials(
     for (var r = 0u; r < ITEMS; r = r + 1u) {
         let i = base + lid + r * LWG;
         if (flat_bn && i < bn) {
-            te = kahan_add(te, next_e[i]);
-            if (is_active(i) && energies[i] != 0.0) {
+            let li = local + lid + r * LWG;
+            te = kahan_add(te, next_e[li]);
+            if (is_active(li) && energies[li] != 0.0) {
                 an = an + 1.0;
             }
         }
@@ -102,9 +115,13 @@ fn metrics_partials(
         }
     }
     // counts and a max: the same bits whichever workgroup takes a block
-    for (var g = w; g < P.grid_blocks; g = g + P.n_total) {
+    var g_end = P.grid_blocks;
+    if ((P.fields & 2u) == 0u) {
+        g_end = 0u;
+    }
+    for (var g = w; g < g_end; g = g + P.n_total) {
         let rc = block_origin(g, P.edge_blocks, span);
-        let row = rc.x * P.n_nodes;
+        let row = P.e0 + (rc.x - P.row0) * P.n_nodes;
         for (var r = 0u; r < ITEMS; r = r + 1u) {
             let e = rc.y + lid + r * LWG;
             if (e < P.n_edges) {
@@ -128,11 +145,15 @@ fn metrics_partials(
     tree(lid);
     if (lid == 0u) {
         let o = w * 8u;
-        partials[o] = r_te[0].x - r_te[0].y;
-        partials[o + 1u] = r_an[0];
-        partials[o + 2u] = r_ae[0];
-        partials[o + 3u] = r_mf[0];
-        partials[o + 4u] = r_h[0].x - r_h[0].y;
+        if (flat) {
+            partials[o] = r_te[0].x - r_te[0].y;
+            partials[o + 1u] = r_an[0];
+            partials[o + 4u] = r_h[0].x - r_h[0].y;
+        }
+        if ((P.fields & 2u) != 0u) {
+            partials[o + 2u] = r_ae[0];
+            partials[o + 3u] = r_mf[0];
+        }
     }
 }
 

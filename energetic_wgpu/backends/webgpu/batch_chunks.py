@@ -85,6 +85,21 @@ def _state_bytes(batch: int, n: int) -> int:
     return n * 4 * (-(-batch // 4)) * 4
 
 
+def rows_per_range(be: Any, n: int) -> int:
+    """The most rows (a multiple of 4, at least 4) of ``n`` 4-byte elements whose range, bound
+    from the aligned offset before it (rounded up to 16 bytes), fits the binding limit."""
+    rt = be.runtime
+    room = rt.max_binding_size // 16 * 16 - rt.offset_alignment
+    per = room // (16 * n) * 4
+    if per < 4:
+        raise DeviceLimitError(
+            f"a chunk of 4 batch rows of N = {n} nodes ({16 * n} bytes, plus {rt.offset_alignment} bytes of "
+            f"alignment) does not fit the binding limit of {rt.max_binding_size} bytes: use a graph of fewer nodes "
+            f"or a larger binding limit"
+        )
+    return per
+
+
 def plan(be: Any, batch: int, n: int) -> list[tuple[int, int]] | None:
     """None when the node-major state of ``batch`` rows of ``n`` nodes fits the binding limit in
     use; else the (first row, rows) of each batch chunk, in row order.
@@ -96,16 +111,7 @@ def plan(be: Any, batch: int, n: int) -> list[tuple[int, int]] | None:
     limit = rt.max_binding_size
     if batch == 0 or n == 0 or _state_bytes(batch, n) <= limit:
         return None
-    # a chunk's [Bc, N] rows are bound from up to `align` bytes before them, rounded up to 16
-    room = limit // 16 * 16 - rt.offset_alignment
-    per = room // (16 * n) * 4
-    if per < 4:
-        raise DeviceLimitError(
-            f"a batch of {batch} rows of N = {n} nodes needs {_state_bytes(batch, n)} bytes of node-major state, "
-            f"over the binding limit of {limit} bytes, and even a chunk of 4 rows ({16 * n} bytes, plus "
-            f"{rt.offset_alignment} bytes of alignment) does not fit it: use a graph of fewer nodes or a larger "
-            f"binding limit"
-        )
+    per = rows_per_range(be, n)  # the [Bc, N] rows (bound from an aligned offset) and the state fit
     return [(r0, min(per, batch - r0)) for r0 in range(0, batch, per)]
 
 

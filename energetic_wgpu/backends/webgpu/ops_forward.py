@@ -128,7 +128,8 @@ def edge_flow(be: Any, graph: Graph, energies: Any, pi: Any, alpha: float = 1.0,
     """As :meth:`Backend.edge_flow`. A [B, E] flow larger than the binding limit lives in one
     buffer (up to the device's maxBufferSize) written in batch chunks of whole rows, each
     bound as its own range (bit-identical to one dispatch: every element is computed alone);
-    it can be read back but not passed whole to another op."""
+    it can be read back but not passed whole to another op. [B, N] energies (and mask) over
+    one binding are bound in the same row ranges (batch_chunks.rows_view)."""
     gd = be.graph_data(graph)
     energies, pi = be._dev(energies), be._dev(pi)
     batch, flat = _batch(energies, gd.num_nodes)
@@ -137,21 +138,31 @@ def edge_flow(be: Any, graph: Graph, energies: Any, pi: Any, alpha: float = 1.0,
     out = be.runtime.pool.new_large_array(be, shape, np.float32, "edge_flow")
     edge_blocks = -(-gd.num_edges // _FLOW_WG)
     u = dict(batch=batch, n_nodes=gd.num_nodes, n_edges=gd.num_edges, has_active=1 if active is not None else 0,
-             alpha=np.float32(alpha), edge_blocks=edge_blocks, row0=0, out0=0)
+             alpha=np.float32(alpha), edge_blocks=edge_blocks, row0=0, out0=0, e0=0)
     b = dict(src=gd.src, pi=pi, energies=energies, act_mask=act)
+    ranged = energies.nbytes > be.runtime.max_binding_size  # energies in row ranges too
+    max_rows = batch_chunks.rows_per_range(be, gd.num_nodes) if ranged else None
     # one workgroup per (batch row, WG edges): the shader never forms b * E before the bounds check
-    for row0, rows, view, out0 in _row_chunks(be, out, batch, gd.num_edges):
-        be.runtime.dispatch("edge_flow", workgroups=rows * edge_blocks,
-                              uniform={**u, "batch": rows, "row0": row0, "out0": out0}, flow=view, **b)
+    for row0, rows, view, out0 in _row_chunks(be, out, batch, gd.num_edges, max_rows):
+        uc = {**u, "batch": rows, "row0": row0, "out0": out0}
+        if ranged:
+            ev, e0 = batch_chunks.rows_view(be, energies, row0, rows, gd.num_nodes)
+            av = act if active is None else batch_chunks.rows_view(be, act, row0, rows, gd.num_nodes)[0]
+            uc.update(row0=0, e0=e0)
+            bc = {**b, "energies": ev, "act_mask": av}
+        else:
+            bc = b
+        be.runtime.dispatch("edge_flow", workgroups=rows * edge_blocks, uniform=uc, flow=view, **bc)
     return out
 
-def _row_chunks(be: Any, out: DeviceArray, batch: int, row_len: int) -> Any:
+def _row_chunks(be: Any, out: DeviceArray, batch: int, row_len: int, max_rows: int | None = None) -> Any:
     """(first row, rows, bindable range, element offset of the first row in it) covering the
-    [batch, row_len] float ``out`` in chunks of whole rows that fit the binding limit: the
-    whole array when it fits, else ranges from an aligned offset before each chunk's row."""
+    [batch, row_len] float ``out`` in chunks of whole rows (at most ``max_rows``) that fit the
+    binding limit: the whole array when it fits (and no ``max_rows``), else ranges from an
+    aligned offset before each chunk's row."""
     rt = be.runtime
     limit, align = rt.max_binding_size // 16 * 16, rt.offset_alignment  # views bind multiples of 16
-    if batch * row_len * 4 <= limit:
+    if batch * row_len * 4 <= limit and max_rows is None:
         yield 0, batch, out, 0
         return
     per = (limit - align) // (row_len * 4)  # the aligned start adds < align bytes
@@ -160,6 +171,7 @@ def _row_chunks(be: Any, out: DeviceArray, batch: int, row_len: int) -> Any:
             f"one row of {row_len * 4} bytes (and its {align}-byte alignment) does not fit the binding limit "
             f"of {limit} bytes"
         )
+    per = per if max_rows is None else min(per, max_rows)
     for row0 in range(0, batch, per):
         rows = min(per, batch - row0)
         start = row0 * row_len * 4
@@ -190,13 +202,54 @@ def step_metrics(be: Any,
     n_parts = max(-(-batch * gd.num_nodes // _REDUCE_SPAN), edge_blocks, min(grid, cap))
     if grid + n_parts >= 2**32:
         raise DeviceLimitError(f"step_metrics: B = {batch} x {edge_blocks} edge blocks of 4096 is past 2^32 blocks")
+    ranged = energies.ndim == 2 and energies.nbytes > be.runtime.max_binding_size
+    if ranged and grid > n_parts:  # one [B, E] block per slot (metrics.wgsl)
+        n_parts = grid
+        if n_parts * 32 > be.runtime.max_binding_size:
+            raise DeviceLimitError(
+                f"step_metrics: a batch split into chunks needs {n_parts} partials of 32 bytes, over the binding "
+                f"limit of {be.runtime.max_binding_size} bytes"
+            )
     partials = be.empty((max(1, n_parts) * 8,))
     out = be.empty((5,))
     has_act = 1 if active is not None else 0
     u = dict(batch=batch, n_nodes=gd.num_nodes, n_edges=gd.num_edges, has_active=has_act, alpha=np.float32(alpha),
-             n_total=n_parts, n_nonempty=gd.n_nonempty, edge_blocks=edge_blocks, grid_blocks=grid)
-    be.runtime.dispatch("metrics_partials", workgroups=n_parts, uniform=u, src=gd.src, pi=pi, energies=energies,
-                          next_e=next_energies, act_mask=act, partials=partials)
+             n_total=n_parts, n_nonempty=gd.n_nonempty, edge_blocks=edge_blocks, grid_blocks=grid, w0=0, fields=3,
+             row0=0, e0=0)
+    b = dict(src=gd.src, pi=pi, energies=energies, next_e=next_energies, act_mask=act, partials=partials)
+    if ranged:
+        _metrics_ranged(be, gd, u, b, active is not None)
+    else:
+        be.runtime.dispatch("metrics_partials", workgroups=n_parts, uniform=u, **b)
     be.runtime.dispatch("metrics_final", workgroups=1, uniform={**u, "n_total": n_parts}, partials=partials,
                           metrics_out=out)
     return out
+
+def _metrics_ranged(be: Any, gd: Any, u: dict[str, Any], b: dict[str, Any], masked: bool) -> None:
+    """metrics_partials of [B, N] arrays over one binding (metrics.wgsl): the flat fields over
+    ranges of whole blocks of B*N, the grid fields per chunk of rows, and the slots past
+    either written with their empty values; every slot gets what the unsplit dispatch writes."""
+    rt, n = be.runtime, gd.num_nodes
+    batch, n_parts, eb, grid = u["batch"], u["n_total"], u["edge_blocks"], u["grid_blocks"]
+    dummy = rt.dummy()
+    bn_blocks = 0
+    for s, m in batch_chunks.flat_ranges(be, batch * n, _REDUCE_SPAN) or []:
+        views = {k: rt.view(b[k], s * 4, (m,), b[k].dtype) for k in ("energies", "next_e") + (("act_mask",) * masked)}
+        blocks = -(-m // _REDUCE_SPAN)
+        rt.dispatch("metrics_partials", workgroups=blocks, uniform={**u, "w0": s // _REDUCE_SPAN, "fields": 1},
+                    **{**b, **views})
+        bn_blocks = s // _REDUCE_SPAN + blocks
+    per = batch_chunks.rows_per_range(be, n)
+    for r0 in range(0, batch, per):
+        rows = min(per, batch - r0)
+        ev, e0 = batch_chunks.rows_view(be, b["energies"], r0, rows, n)
+        av = batch_chunks.rows_view(be, b["act_mask"], r0, rows, n)[0] if masked else dummy
+        rt.dispatch("metrics_partials", workgroups=rows * eb, uniform={
+            **u, "w0": r0 * eb, "fields": 2, "grid_blocks": (r0 + rows) * eb, "row0": r0, "e0": e0,
+        }, **{**b, "energies": ev, "act_mask": av, "next_e": dummy})
+    tails = ((bn_blocks, 1), (grid, 2))  # slots past the flat blocks / the grid: empty values
+    for first, fields in tails:
+        if first < n_parts:
+            rt.dispatch("metrics_partials", workgroups=n_parts - first, uniform={
+                **u, "w0": first, "fields": fields, "grid_blocks": 0,
+            }, **{**b, "energies": dummy, "next_e": dummy, "act_mask": dummy})
