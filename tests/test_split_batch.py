@@ -1,0 +1,171 @@
+"""Batch chunks: the router's [B, N] state past one storage binding (batch_chunks.py).
+
+With a forced small binding limit (``backend.binding_limit``) a batch of B = 150 rows over
+N = 300 nodes splits into 3 chunks of 52, 52 and 46 rows (B is a multiple of neither 4 nor
+52; a chunk starts at byte 62,400 * i, not a multiple of 256, so ranges are bound from the
+aligned-down offset). The graph has a hub of in-degree 300 and one of out-degree 300, so the
+workgroup-per-node kernels run per chunk too. Forward (every kept state, edge flow, metrics),
+backward (every gradient), the losses and several AdamW steps are bit-identical to the
+unsplit run on the default limits, and within 1e-5 * max(1, max|ref|) of NumPy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+from parity import assert_parity
+
+from energetic_wgpu import AdamW, Graph, Router, RouterParams
+from energetic_wgpu.backends.webgpu import batch_chunks
+from energetic_wgpu.errors import DeviceLimitError
+
+N, E, B, D = 300, 1500, 150, 4
+LIMIT = 65536  # bytes per binding: node-major state of 52 rows = 62,400 bytes
+CHUNKS = [(0, 52), (52, 52), (104, 46)]
+
+
+def _graph() -> Graph:
+    rng = np.random.default_rng(3)
+    rest = E - 600
+    src = np.concatenate([np.full(300, 7), rng.integers(0, N, 300), rng.integers(0, N, rest)])
+    dst = np.concatenate([rng.integers(0, N, 300), np.full(300, 11), rng.integers(0, N, rest)])
+    order = np.argsort(src, kind="stable")
+    return Graph.from_edges(src[order], dst[order], num_nodes=N)
+
+
+GRAPH = _graph()
+PARAMS = RouterParams.init(GRAPH, D, tau=0.8, alpha=0.9, top_k=0, seed=1, noise=0.1)
+
+
+def _data(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    en = (rng.random((B, N)) * (rng.random((B, N)) < 0.3)).astype(np.float32)
+    act = rng.random((B, N)) < 0.8
+    tgt = (rng.random((B, N)) * 0.1).astype(np.float32)
+    return en, act, tgt
+
+
+def _limit(be, split: bool):
+    return be.binding_limit(LIMIT) if split else contextlib.nullcontext()
+
+
+def test_plan(gpu_backend):
+    be = gpu_backend
+    assert batch_chunks.plan(be, B, N) is None  # default limits: one chunk, today's dispatches
+    with be.binding_limit(LIMIT):
+        assert batch_chunks.plan(be, B, N) == CHUNKS
+        assert batch_chunks.plan(be, 52, N) is None  # 62,400 bytes of state fit
+        assert batch_chunks.plan(be, 53, N) == [(0, 52), (52, 1)]
+    with be.binding_limit(4096):
+        with pytest.raises(DeviceLimitError, match=r"a chunk of 4 batch rows of N = 300 nodes \(4800 bytes, plus "
+                                                   r"256 bytes of alignment\) does not fit the binding limit of 4096"):
+            batch_chunks.plan(be, B, N)
+
+
+def _forward(be, split: bool, steps: int, masked: bool):
+    en, act, _ = _data()
+    r = Router(GRAPH, PARAMS, be)
+    with _limit(be, split):
+        before = be.counters()["dispatches"]
+        out = r.forward(en, active=act if masked else None, steps=steps, retain_sinks=True)
+        states = [be.to_numpy(out.energies_at(t)) for t in range(steps + 1)]
+        dispatches = be.counters()["dispatches"] - before
+        flow = be.to_numpy(out.edge_flow)
+        metrics = be.to_numpy(out.metrics_array)
+    return states, flow, metrics, dispatches
+
+
+@pytest.mark.parametrize("steps,masked", [(1, False), (3, True)])
+def test_forward_split_bit_identical(gpu_backend, np_backend, steps, masked):
+    whole = _forward(gpu_backend, False, steps, masked)
+    split = _forward(gpu_backend, True, steps, masked)
+    # per chunk: a transpose and a scatter per step (+ the hub kernel), the rows of earlier states
+    assert split[3] > whole[3] + 2 * steps
+    for t, (a, b) in enumerate(zip(split[0], whole[0])):
+        assert a.shape == (B, N)
+        assert a.tobytes() == b.tobytes(), f"state {t}"
+    assert split[1].tobytes() == whole[1].tobytes()
+    assert split[2].tobytes() == whole[2].tobytes()
+    en, act, _ = _data()
+    ref = Router(GRAPH, PARAMS, np_backend).forward(en, active=act if masked else None, steps=steps,
+                                                    retain_sinks=True)
+    for t in range(steps + 1):
+        assert_parity(split[0][t], ref.energies_at(t), f"state {t}")
+    assert_parity(split[1], ref.edge_flow, "edge_flow")
+    assert_parity(split[2], np.asarray(ref.metrics_array), "metrics")
+
+
+def _backward(be, split: bool, steps: int):
+    en, act, tgt = _data(1)
+    r = Router(GRAPH, PARAMS, be)
+    with _limit(be, split):
+        out = r.forward(en, active=act, steps=steps, retain_sinks=True)
+        g = r.backward(out, tgt, energies_grad=True)
+        grads = [be.to_numpy(x) for x in (g.q, g.k, g.bias, g.energies)]
+        lg = r.loss_and_grads(en, tgt, loss="cross_entropy", active=act, steps=steps)
+        grads += [be.to_numpy(x) for x in lg.grads.as_list()] + [be.to_numpy(lg.loss_array)]
+    return grads
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_backward_split_bit_identical(gpu_backend, np_backend, steps):
+    split = _backward(gpu_backend, True, steps)
+    whole = _backward(gpu_backend, False, steps)
+    names = ["q", "k", "bias", "energies", "ce q", "ce k", "ce bias", "ce loss"]
+    for name, a, b in zip(names, split, whole):
+        assert a.tobytes() == b.tobytes(), name
+    ref = _backward(np_backend, False, steps)
+    for name, a, b in zip(names, split, ref):
+        assert_parity(a, b, name)
+
+
+def _train(be, split: bool, n_steps: int = 3):
+    en, act, tgt = _data(2)
+    mask = np.random.default_rng(5).random((B, N)) < 0.5
+    r = Router(GRAPH, PARAMS, be)
+    opt = AdamW(r, lr=0.01, betas=(0.85, 0.97), eps=1e-4, weight_decay=0.02)
+    losses, submits = [], []
+    with _limit(be, split):
+        ge, ga, gt, gm = (be.asarray(x) for x in (en, act, tgt, mask))
+        for _ in range(n_steps):
+            before = be.counters()["submits"]
+            res = r.train_step(ge, gt, opt, mask=gm, active=ga, steps=3, retain_sinks=True)
+            submits.append(be.counters()["submits"] - before)
+            losses.append(be.to_numpy(res.loss_array))
+        p = r.params()
+    return [p.q, p.k, p.bias], np.concatenate(losses), submits
+
+
+def test_train_steps_split_bit_identical(gpu_backend, np_backend):
+    params, losses, submits = _train(gpu_backend, True)
+    assert submits == [1, 1, 1]  # every chunk of a step in the step's one submit
+    whole_params, whole_losses, _ = _train(gpu_backend, False)
+    assert losses.tobytes() == whole_losses.tobytes()
+    for a, b in zip(params, whole_params):
+        assert a.tobytes() == b.tobytes()
+    ref_params, ref_losses, _ = _train(np_backend, False)
+    assert_parity(losses, ref_losses, "loss")
+    for name, a, b in zip(("q", "k", "bias"), params, ref_params):
+        assert_parity(a, b, name)
+
+
+def test_array_over_max_buffer_size_refused(gpu_backend):
+    be = gpu_backend
+    pool = be.runtime.pool
+    en, _, _ = _data()
+    r = Router(GRAPH, PARAMS, be)
+    with be.binding_limit(LIMIT):  # (which sets the pool's maxBufferSize from the device's)
+        pool.max_buffer_size = 131072  # forced below the [150, 300] energies' 180,000 bytes
+        before = be.counters()
+        with pytest.raises(DeviceLimitError, match=r"array of shape \(150, 300\) \(float32\) needs 180000 "
+                                                   r"bytes, over the device's maxBufferSize = 131072 bytes"):
+            r.forward(en)
+        after = be.counters()
+        assert (after["buffers_created"], after["dispatches"]) == (before["buffers_created"], before["dispatches"])
+    assert pool.max_buffer_size == be.limits["max_buffer_size"]  # restored with the binding limit
+    # the backend stays usable: the same forward runs split
+    with be.binding_limit(LIMIT):
+        out = r.forward(en[:60])
+        assert be.to_numpy(out.next_energies).shape == (60, N)
