@@ -87,9 +87,12 @@ def _state_bytes(batch: int, n: int) -> int:
 
 def rows_per_range(be: Any, n: int) -> int:
     """The most rows (a multiple of 4, at least 4) of ``n`` 4-byte elements whose range, bound
-    from the aligned offset before it (rounded up to 16 bytes), fits the binding limit."""
+    from the aligned offset before it (rounded up to 16 bytes), fits the binding limit. Chunks
+    start at multiples of it: when 4 rows are a multiple of the offset alignment (e.g. N = 2^20)
+    every start is aligned and no room is kept for the alignment."""
     rt = be.runtime
-    room = rt.max_binding_size // 16 * 16 - rt.offset_alignment
+    align = 0 if (16 * n) % rt.offset_alignment == 0 else rt.offset_alignment
+    room = rt.max_binding_size // 16 * 16 - align
     per = room // (16 * n) * 4
     if per < 4:
         raise DeviceLimitError(
