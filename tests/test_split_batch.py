@@ -169,3 +169,24 @@ def test_array_over_max_buffer_size_refused(gpu_backend):
     with be.binding_limit(LIMIT):
         out = r.forward(en[:60])
         assert be.to_numpy(out.next_energies).shape == (60, N)
+
+
+def _public_ops(be, split: bool):
+    en, act, tgt = _data(3)
+    pi = Router(GRAPH, PARAMS, be).forward(en[:1]).edge_pi
+    acc = np.linspace(-1, 1, E, dtype=np.float32)
+    with _limit(be, split):
+        nxt = be.energy_scatter(GRAPH, en, pi, 0.9, act, retain_sinks=True)
+        ge, gpi = be.energy_scatter_backward(GRAPH, en, pi, tgt, 0.9, act, retain_sinks=True, grad_pi_acc=acc)
+        loss, grad = be.mse(nxt, tgt, act)
+        return [be.to_numpy(x) for x in (nxt, ge, gpi, loss, grad)]
+
+
+def test_public_ops_split_bit_identical(gpu_backend, np_backend):
+    """energy_scatter, energy_scatter_backward and a masked mse on [B, N] arrays over one binding."""
+    split = _public_ops(gpu_backend, True)
+    whole = _public_ops(gpu_backend, False)
+    ref = _public_ops(np_backend, False)
+    for name, a, b, c in zip(("next", "grad_energies", "grad_pi", "loss", "mse grad"), split, whole, ref):
+        assert a.tobytes() == b.tobytes(), name
+        assert_parity(a, c, name)

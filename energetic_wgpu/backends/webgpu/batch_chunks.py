@@ -40,7 +40,7 @@ from . import node_major
 from .arrays import DeviceArray, new_device_array
 from .node_major import BatchShape, NodeMajor
 
-__all__ = ["Chunked", "ChunkCall", "plan", "rows_view", "flat_ranges", "scatter_state", "scatter_step", "to_rows",
+__all__ = ["Chunked", "ChunkCall", "plan", "rows_per_range", "row_e0", "rows_view", "flat_ranges", "scatter_state", "scatter_step", "to_rows",
            "scatter_step_backward"]
 
 
@@ -118,15 +118,18 @@ def plan(be: Any, batch: int, n: int) -> list[tuple[int, int]] | None:
     return [(r0, min(per, batch - r0)) for r0 in range(0, batch, per)]
 
 
+def row_e0(be: Any, r0: int, n: int) -> int:
+    """The element where row ``r0`` of a [B, N] array lies in its range bound from the aligned
+    offset at or before it (arrays start at aligned offsets: the same for every array)."""
+    return r0 * n * 4 % be.runtime.offset_alignment // 4
+
+
 def rows_view(be: Any, arr: DeviceArray, r0: int, rows: int, n: int) -> tuple[DeviceArray, int]:
     """(bindable range, e0) of rows ``r0 .. r0 + rows`` of the [B, N] array ``arr`` (4-byte
     elements): the range starts at the aligned offset at or before row ``r0``, which lies
-    ``e0`` elements into it."""
-    rt = be.runtime
-    start = r0 * n * 4
-    base = start // rt.offset_alignment * rt.offset_alignment
-    e0 = (start - base) // 4
-    return rt.view(arr, base, (e0 + rows * n,), arr.dtype), e0
+    ``e0`` elements into it (:func:`row_e0`)."""
+    e0 = row_e0(be, r0, n)
+    return be.runtime.view(arr, r0 * n * 4 - 4 * e0, (e0 + rows * n,), arr.dtype), e0
 
 
 def flat_ranges(be: Any, n: int, span: int) -> list[tuple[int, int]] | None:
@@ -207,37 +210,37 @@ def _grad_pi_carry(be: Any, n_edges: int) -> DeviceArray:
     return be.empty((2 * max(n_edges, 1),))
 
 
-def scatter_step_backward(be: Any, gd: Any, state: Chunked, pi: Any, grad_next: Any, alpha: float,
-                          active: Chunked | None, retain_sinks: bool, grad_energies: bool, grad_pi_acc: Any,
-                          last: bool, backward: Any) -> tuple[Any, DeviceArray]:
-    """The backward of :func:`scatter_step` per chunk, in row order. ``grad_next``: a
-    :class:`Chunked` state or float [B, N] (one buffer); the input-energy gradient comes back
-    :class:`Chunked`, or float [B, N] when ``last`` (None without ``grad_energies``).
-    ``backward``: ops_backward._scatter_backward."""
+def scatter_step_backward(be: Any, gd: Any, state: Any, pi: Any, grad_next: Any, alpha: float, active: Any,
+                          retain_sinks: bool, grad_energies: bool, grad_pi_acc: Any, last: bool, backward: Any,
+                          chunks: list[tuple[int, int]] | None = None) -> tuple[Any, DeviceArray]:
+    """The backward of :func:`scatter_step` per chunk, in row order. ``state`` and ``active``:
+    :class:`Chunked` states, or float / bool [B, N] arrays (``Backend.energy_scatter_backward``)
+    split into ``chunks``; ``grad_next``: a :class:`Chunked` state or float [B, N] (one
+    buffer). The input-energy gradient comes back :class:`Chunked`, or float [B, N] when
+    ``last`` (None without ``grad_energies``). ``backward``: ops_backward._scatter_backward."""
     n, e = gd.num_nodes, gd.num_edges
+    nm = isinstance(state, Chunked)
+    spans = [(r0, part.batch) for r0, part in zip(state.starts, state.parts)] if nm else chunks
+    batch = state.batch if nm else int(state.shape[0])
     carry = _grad_pi_carry(be, e)
-    out = large_rows(be, state.batch, n) if grad_energies and last else None
+    out = large_rows(be, batch, n) if grad_energies and last else None
     parts = []
-    count = len(state.parts)
-    for i, (r0, part) in enumerate(zip(state.starts, state.parts)):
-        rows = part.batch
-        if isinstance(grad_next, Chunked):
-            g, e0 = grad_next.parts[i], 0
+    for i, (r0, rows) in enumerate(spans):
+        e0 = row_e0(be, r0, n)  # the same in every [B, N] range of these rows
+        if nm:
+            x, act = state.parts[i].data, None if active is None else active.parts[i].data
         else:
-            g, e0 = rows_view(be, grad_next, r0, rows, n)
-        view = None
-        if out is not None:
-            view, e0_out = rows_view(be, out, r0, rows, n)
-            e0 = e0_out  # rows r0.. start at the same element of every [B, N] range
-        flags = (64 if i else 0) | (128 if i < count - 1 else 0)
+            x = rows_view(be, state, r0, rows, n)[0]
+            act = None if active is None else rows_view(be, active, r0, rows, n)[0]
+        g = grad_next.parts[i] if isinstance(grad_next, Chunked) else rows_view(be, grad_next, r0, rows, n)[0]
+        view = None if out is None else rows_view(be, out, r0, rows, n)[0]
+        flags = (64 if i else 0) | (128 if i < len(spans) - 1 else 0)
         call = ChunkCall(rows=rows, e0=e0, out=view, grad_pi=carry, carry=flags)
-        act = None if active is None else active.parts[i].data
-        ge, _ = backward(be, gd, part.data, act, True, pi, g, alpha, retain_sinks, grad_energies, grad_pi_acc,
+        ge, _ = backward(be, gd, x, act, nm, pi, g, alpha, retain_sinks, grad_energies, grad_pi_acc,
                          (rows, n) if last else None, chunk=call)
         if grad_energies and not last:
             parts.append(ge)
     grad_pi = new_device_array(be, carry._alloc, (e,), np.dtype(np.float32))
     if not grad_energies:
         return None, grad_pi
-    return (out if last else Chunked(parts, list(state.starts), state.batch, n)), grad_pi
-
+    return (out if last else Chunked(parts, [r0 for r0, _ in spans], batch, n)), grad_pi

@@ -54,8 +54,16 @@ def energy_scatter_backward(
 ) -> tuple[Any, Any]:
     be = backend
     grad_next = be._dev(grad_next)
+    gd = be.graph_data(graph)
+    chunks = None
+    if grad_next.ndim == 2 and grad_next.nbytes > be.runtime.max_binding_size:
+        chunks = batch_chunks.plan(be, int(grad_next.shape[0]), gd.num_nodes)
+    if chunks is not None:  # [B, N] over one binding: per batch chunk (batch_chunks.py)
+        return batch_chunks.scatter_step_backward(be, gd, be._dev(energies), be._dev(pi), grad_next, alpha,
+                                                  None if active is None else be._dev(active), retain_sinks,
+                                                  grad_energies, grad_pi_acc, True, _scatter_backward, chunks)
     return _scatter_backward(
-        be, be.graph_data(graph), be._dev(energies), None if active is None else be._dev(active), False, pi,
+        be, gd, be._dev(energies), None if active is None else be._dev(active), False, pi,
         grad_next, alpha, retain_sinks, grad_energies, grad_pi_acc, out_shape=grad_next.shape,
     )
 

@@ -89,9 +89,13 @@ def energy_scatter(be: Any,
 ) -> Any:
     gd = be.graph_data(graph)
     energies, pi = be._dev(energies), be._dev(pi)
-    # node-major copy of the energies (and mask), then the gather writes [B, N]
-    state, act = node_major.to_node_major(be, gd, energies, None if active is None else be._dev(active))
-    out = node_major.scatter(be, gd, state, pi, alpha, act, retain_sinks, False, energies.shape)
+    # node-major copy of the energies (and mask), then the gather writes [B, N] (per batch
+    # chunk when the state is over one binding)
+    state, act = scatter_state(be, graph, energies, active)
+    if isinstance(state, batch_chunks.Chunked):
+        out = batch_chunks.scatter_step(be, gd, state, pi, alpha, act, retain_sinks, True)
+    else:
+        out = node_major.scatter(be, gd, state, pi, alpha, act, retain_sinks, False, energies.shape)
     if return_flow:
         return out, edge_flow(be, graph, energies, pi, alpha, active)
     return out
