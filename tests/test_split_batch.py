@@ -58,6 +58,9 @@ def test_plan(gpu_backend):
         assert batch_chunks.plan(be, B, N) == CHUNKS
         assert batch_chunks.plan(be, 52, N) is None  # 62,400 bytes of state fit
         assert batch_chunks.plan(be, 53, N) == [(0, 52), (52, 1)]
+    with pytest.raises(DeviceLimitError, match=r"array of 4294967296 elements \(17179869184 bytes\) is past 2\^32 "
+                                               r"elements"):
+        batch_chunks.plan(be, 2**22, 2**10)  # only reachable where maxBufferSize >= 16 GiB
     with be.binding_limit(4096):
         with pytest.raises(DeviceLimitError, match=r"a chunk of 4 batch rows of N = 300 nodes \(4800 bytes, plus "
                                                    r"256 bytes of alignment\) does not fit the binding limit of 4096"):

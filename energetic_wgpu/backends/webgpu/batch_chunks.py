@@ -40,8 +40,8 @@ from . import node_major
 from .arrays import DeviceArray, new_device_array
 from .node_major import BatchShape, NodeMajor
 
-__all__ = ["Chunked", "ChunkCall", "plan", "rows_per_range", "row_e0", "rows_view", "flat_ranges", "scatter_state", "scatter_step", "to_rows",
-           "scatter_step_backward"]
+__all__ = ["Chunked", "ChunkCall", "plan", "rows_per_range", "row_e0", "rows_view", "flat_ranges", "large_rows",
+           "scatter_state", "scatter_step", "to_rows", "scatter_step_backward"]
 
 
 @dataclass(eq=False)
@@ -85,6 +85,15 @@ def _state_bytes(batch: int, n: int) -> int:
     return n * 4 * (-(-batch // 4)) * 4
 
 
+def _check_u32(elements: int) -> None:
+    """Refuse a split array of 2^32 elements or more (the kernels count elements in u32)."""
+    if elements >= 2**32:
+        raise DeviceLimitError(
+            f"an array of {elements} elements ({4 * elements} bytes) is past 2^32 elements, the kernels' u32 "
+            f"element range: use smaller batches"
+        )
+
+
 def rows_per_range(be: Any, n: int) -> int:
     """The most rows (a multiple of 4, at least 4) of ``n`` 4-byte elements whose range, bound
     from the aligned offset before it (rounded up to 16 bytes), fits the binding limit. Chunks
@@ -114,6 +123,7 @@ def plan(be: Any, batch: int, n: int) -> list[tuple[int, int]] | None:
     limit = rt.max_binding_size
     if batch == 0 or n == 0 or _state_bytes(batch, n) <= limit:
         return None
+    _check_u32(batch * n)
     per = rows_per_range(be, n)  # the [Bc, N] rows (bound from an aligned offset) and the state fit
     return [(r0, min(per, batch - r0)) for r0 in range(0, batch, per)]
 
@@ -139,6 +149,7 @@ def flat_ranges(be: Any, n: int, span: int) -> list[tuple[int, int]] | None:
     limit = be.runtime.max_binding_size
     if n * 4 <= limit:
         return None
+    _check_u32(n)
     per = limit // (span * 4) * span
     if per < span:
         raise DeviceLimitError(
