@@ -20,6 +20,10 @@ Degree strategies (SMALL = ``kernels.SMALL_DEGREE_MAX`` = 256):
   between steps (``scatter_state``, ``scatter_step``, ``scatter_step_backward``).
 * ``step_metrics`` and ``sum_squares``: two-pass fixed-order reductions (per-workgroup
   partials, then one workgroup).
+* Batch chunks (batch_chunks.py): when the [B, N] state is over one binding, the router's
+  forward and backward, ``energy_scatter(_backward)``, the losses, ``edge_flow`` and
+  ``step_metrics`` run per chunk of batch rows (the [B, N] arrays one buffer each, bound as
+  row ranges), bit-identical to the unsplit run.
 
 All results are bit-identical run to run (no atomics on floats, fixed summation orders).
 """
