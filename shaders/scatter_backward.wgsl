@@ -9,10 +9,11 @@
 // grad_pi[e] = sum_b alpha * active[b, src[e]] * energies[b, src[e]] * g[b, col[e]]
 //   * scatter_bwd_pi: thread per edge, rows loaded 4 at a time, one compensated sum over
 //     b = 0, 1, ... in order; with flags bit 2 the result is acc_in[e] + that sum (the
-//     gradient of earlier steps). A batch split into chunks (batch_chunks.py) runs it once per
-//     chunk of rows, in row order, carrying the running compensated sum (sum, comp) in
-//     out[e], out[n_edges + e] (out is then [2, E]): flags bit 6 resumes from it, bit 7 stores
-//     it instead of the result (every chunk but the last), so the sum is the unsplit one.
+//     gradient of earlier steps). A batch split into chunks (batch_chunks.py) runs it (or
+//     scatter_bwd_pi_nm) once per chunk of rows, in row order, carrying the running
+//     compensated sum (sum, comp) in out[e], out[n_edges + e] (out is then [2, E]): flags
+//     bit 6 resumes from it, bit 7 stores it instead of the result (every chunk but the
+//     last), so the sum is the unsplit one.
 //   The [B, N] arrays are bound from an aligned offset before the chunk's first row, which
 //   lies e0 elements into the bound range (0 when not split).
 //
@@ -45,6 +46,10 @@ struct ScatterBwdParams {
 @group(0) @binding(9) var<storage, read> src: array<u32>;
 @group(0) @binding(10) var<storage, read> energies: array<f32>;
 @group(0) @binding(11) var<storage, read> acc_in: array<f32>;
+// the same bindings read 4 rows at a time, for scatter_bwd_pi_nm (node-major data only: a
+// node's rows 4c .. 4c+3 are one vec4)
+@group(0) @binding(5) var<storage, read> act_mask4: array<vec4<u32>>;
+@group(0) @binding(10) var<storage, read> energies4: array<vec4<f32>>;
 
 // the index of element (b, j) in the layout selected by `bit`
 fn at(b: u32, j: u32, bit: u32) -> u32 {
@@ -200,22 +205,42 @@ fn scatter_bwd_pi(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     }
     let sj = src[e];
     let ck = col_idx[e];
-    var acc = vec2<f32>(0.0, 0.0);
-    if ((P.flags & 64u) != 0u) {  // a later batch chunk: resume the running sum
-        acc = vec2<f32>(out[e], out[P.n_edges + e]);
-    }
+    var acc = start_pi(e);
     let nc4 = (P.batch + 3u) / 4u;
     for (var c = 0u; c < nc4; c = c + 1u) {
         // 4 rows loaded at once, summed in row order (b = 0, 1, 2, ...: the same bits as a
         // row-by-row loop); padding rows are skipped, not added (a compensated sum is not
         // unchanged by adding 0)
-        let p = x4(c, sj) * grad4(c, ck);
-        let rows = min(4u, P.batch - 4u * c);
-        for (var l = 0u; l < rows; l = l + 1u) {
-            acc = kahan_add(acc, p[l]);
-        }
+        acc = add_rows(acc, x4(c, sj) * grad4(c, ck), c);
     }
-    if ((P.flags & 128u) != 0u) {  // not the last batch chunk: hand the running sum on
+    store_pi(e, acc);
+}
+
+// acc plus the terms p of rows 4c .. 4c+3 below the batch, in row order
+fn add_rows(acc: vec2<f32>, p: vec4<f32>, c: u32) -> vec2<f32> {
+    let rows = min(4u, P.batch - 4u * c);
+    if (rows == 4u) {  // straight-line: the same additions as the loop below
+        return kahan_add(kahan_add(kahan_add(kahan_add(acc, p.x), p.y), p.z), p.w);
+    }
+    var a = acc;
+    for (var l = 0u; l < rows; l = l + 1u) {
+        a = kahan_add(a, p[l]);
+    }
+    return a;
+}
+
+// the running sum grad_pi[e] starts from: the previous batch chunk's (flags bit 6), else 0
+fn start_pi(e: u32) -> vec2<f32> {
+    if ((P.flags & 64u) != 0u) {
+        return vec2<f32>(out[e], out[P.n_edges + e]);
+    }
+    return vec2<f32>(0.0, 0.0);
+}
+
+// grad_pi[e]: the compensated sum acc, plus acc_in[e] with flags bit 2; every batch chunk but
+// the last (flags bit 7) stores the running sum instead
+fn store_pi(e: u32, acc: vec2<f32>) {
+    if ((P.flags & 128u) != 0u) {
         out[e] = acc.x;
         out[P.n_edges + e] = acc.y;
         return;
@@ -225,4 +250,27 @@ fn scatter_bwd_pi(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
         total = acc_in[e] + total;
     }
     out[e] = total;
+}
+
+// scatter_bwd_pi for node-major energies and act_mask (flags bit 3 set; the host picks it): the
+// same sum in the same order, the source node's 4 rows loaded as one vec4.
+@compute @workgroup_size(WG)
+fn scatter_bwd_pi_nm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = thread_index(gid, nwg);
+    if (e >= P.n_edges) {
+        return;
+    }
+    let nc4 = (P.batch + 3u) / 4u;
+    let xs = src[e] * nc4;
+    let ck = col_idx[e];
+    let masked = (P.flags & 1u) != 0u;
+    var acc = start_pi(e);
+    for (var c = 0u; c < nc4; c = c + 1u) {
+        var x = energies4[xs + c] * P.alpha;
+        if (masked) {
+            x = select(vec4<f32>(0.0), x, act_mask4[xs + c] != vec4<u32>(0u));
+        }
+        acc = add_rows(acc, x * grad4(c, ck), c);
+    }
+    store_pi(e, acc);
 }
