@@ -105,9 +105,9 @@ def rows_per_range(be: Any, n: int) -> int:
     per = room // (16 * n) * 4
     if per < 4:
         raise DeviceLimitError(
-            f"a chunk of 4 batch rows of N = {n} nodes ({16 * n} bytes, plus {rt.offset_alignment} bytes of "
-            f"alignment) does not fit the binding limit of {rt.max_binding_size} bytes: use a graph of fewer nodes "
-            f"or a larger binding limit"
+            f"a chunk of 4 batch rows of N = {n} nodes ({16 * n} bytes, plus {align} bytes of alignment) does not "
+            f"fit the binding limit of {rt.max_binding_size} bytes (the node-major state pads the batch to a multiple "
+            f"of 4 rows): use a graph of fewer nodes or a larger binding limit"
         )
     return per
 
