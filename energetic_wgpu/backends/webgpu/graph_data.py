@@ -127,6 +127,8 @@ class GraphData:
     n_large_out: int
     n_large_in: int
     n_nonempty: int
+    max_out_degree: int
+    max_in_degree: int
     bins: DegreeBins
     seg_list: DeviceArray | None  # u32: bins.nodes (None when every node has out-degree 0)
     bins_out: SegmentBins  # source segments binned by out-degree (the backward)
@@ -170,6 +172,8 @@ def upload_graph(backend: Any, graph: Graph) -> GraphData:
         n_large_out=int(large_out.size),
         n_large_in=int(large_in.size),
         n_nonempty=int(np.count_nonzero(graph.out_degree)),
+        max_out_degree=int(graph.out_degree.max(initial=0)),
+        max_in_degree=int(graph.in_degree.max(initial=0)),
         bins=bins,
         seg_list=up(bins.nodes) if bins.nodes.size else None,
         bins_out=seg_bins(graph.row_ptr),
