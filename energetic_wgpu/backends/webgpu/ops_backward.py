@@ -175,7 +175,9 @@ def softmax_logits_backward(
     top = max(gd.max_out_degree, gd.max_in_degree)
     ts = min(top, be.thread_degree_max) if gd.bins_out.n_small or gd.bins_in.n_small else 0
     ms = min(top, GROUP_DEGREE_MAX) if gd.bins_out.n_mid or gd.bins_in.n_mid else 0
-    cost = max((-(-dim // 4) + 5) * (ts + 1), (-(-dim // 32) + 3) * (ms + 1)) + 64
+    per_thread = max(-(-b.n_small // b.serial_threads) if b.serial and b.n_small else 1
+                     for b in (gd.bins_out, gd.bins_in))  # segment_bwd_serial's nodes per thread
+    cost = max((-(-dim // 4) + 5) * (ts + 1) * per_thread, (-(-dim // 32) + 3) * (ms + 1)) + 64
     if hub:
         cost = max(cost, -(-hub // 64) * (dim + 3) + 10 * dim + 64)
     loop_cap.check(be, cost, "the softmax + logits backward" + (f" over a hub of {hub:,} entries" if hub else "")
@@ -197,6 +199,8 @@ def _segment_bwd(rt: Any, bins: Any, u: dict[str, Any], **bindings: Any) -> None
     ``segment_bwd_serial`` (thread and partial per node) when every node is in the thread bin."""
     u.update(bins.uniform(u["n_nodes"]))
     if bins.serial:
-        rt.dispatch("segment_bwd_serial", threads=bins.n_small, uniform=u, **bindings)
+        u["n_threads"] = bins.serial_threads
+        rt.dispatch("segment_bwd_serial", threads=bins.serial_threads, uniform=u, **bindings)
     else:
+        u["n_threads"] = 0
         rt.dispatch("segment_bwd", workgroups=bins.workgroups, uniform=u, **bindings)
