@@ -8,6 +8,8 @@
 //   out[j, c] = sum_{e in segment j} dl[e] * feat[idx[e], c] (grad_q)
 // mode 1, over the reverse index (seg = rev_ptr, idx = rev_pairs: (edge, source), feat = q):
 //   out[n, c] = sum_{r in range n} dl[edge_r] * feat[source_r, c]   (grad_k; dl from mode 0)
+// mode 2, mode 1 on the split reverse index (idx = the sources by target [E], dl gathered into
+//   reverse-index order: dl[r] = grad_logits[edge_r]): the same terms, mode 0's indexing
 //
 // `seg` holds the pointers [n_nodes + 1] followed (at P.bins_off) by the nodes ordered by bin:
 // n_small nodes of degree <= 16, n_mid of degree <= 256, then n_hub larger ones. Workgroups
@@ -77,7 +79,7 @@ fn group_sum(lid: u32, width: u32, acc: vec2<f32>) -> f32 {
 
 // entry r's term of column c: dl * feat[other, c]
 fn term(r: u32, c: u32) -> f32 {
-    if (P.mode == 0u) {
+    if (P.mode != 1u) {
         return dl[r] * feat[idx[r] * P.dim + c];
     }
     return dl[idx[2u * r]] * feat[idx[2u * r + 1u] * P.dim + c];
