@@ -180,6 +180,9 @@ def test_packed_ranges():
                    (192, 195, [(2, 0, 3)])]
     assert packed_ranges([(0, 10), (64, 70), (192, 3)], 195, 1024) == [(0, 195, [(0, 0, 10), (1, 0, 70), (2, 0, 3)])]
     assert packed_ranges([(0, 0)], 0, 256) == []
+    # a limit that is not a multiple of 256 (an adapter's 2^31 - 1): ranges of whole 256 bytes
+    assert packed_ranges([(0, 10), (64, 70), (192, 3)], 195, 511) == packed_ranges(
+        [(0, 10), (64, 70), (192, 3)], 195, 256)
 
 
 def test_parameters_over_128_mib_build_on_default_limits(gpu_backend):

@@ -283,11 +283,12 @@ def _packed_layout(
 
 def packed_ranges(offsets: Sequence[tuple[int, int]], n_total: int, limit: int) -> list[tuple[int, int, list]]:
     """The ranges of a packed buffer that ``adamw_update_packed`` updates one dispatch each when
-    the buffer is larger than one binding of ``limit`` bytes (a multiple of 256): consecutive
-    ranges [start, end) of at most ``limit // 4`` elements from element 0 (so every start is
-    256-byte aligned), each with the parts of the regions ((element offset, length), in order)
-    it holds as (region index, first element of the region in the range, length)."""
-    step = limit // 4
+    the buffer is larger than one binding of ``limit`` bytes: consecutive ranges [start, end)
+    of ``limit`` rounded down to 256 bytes (64 elements; the last one shorter) from element 0,
+    so every start is 256-byte aligned (WebGPU's largest storage offset alignment), each with
+    the parts of the regions ((element offset, length), in order) it holds as (region index,
+    first element of the region in the range, length)."""
+    step = limit // 256 * 64
     out = []
     for start in range(0, n_total, step):
         end = min(start + step, n_total)
