@@ -308,12 +308,11 @@ def _update_packed_ranges(rt: Any, params: Sequence[Any], grads: Sequence[Any], 
     """``adamw_update_packed`` over :func:`packed_ranges` of the flat parameter, m and v buffers
     (each range bound as a view from its aligned start, the gradients as views of the same
     elements): the same arithmetic per element as one dispatch, so the same bits."""
-    base = [(p.offset // 4, p.size) for p in params]
-    first = base[0][0]  # the flat buffer's element 0 as seen from region 0's view: offsets are relative to it
-    regions = [(off - first, ln) for off, ln in base]
+    first = params[0].offset // 4  # element offsets from region 0's (aligned) start
+    regions = [(p.offset // 4 - first, p.size) for p in params]
     for start, end, parts in packed_ranges(regions, n_total - first, rt.max_binding_bytes):
         n = end - start
-        flat = [rt.view(a[0], (start - regions[0][0]) * 4, (n,)) for a in (params, exp_avg, exp_avg_sq)]
+        flat = [rt.view(a[0], start * 4, (n,)) for a in (params, exp_avg, exp_avg_sq)]
         offs, lens, gs = [], [], []
         for r, j0, ln in parts:
             offs.append(regions[r][0] + j0 - start)
