@@ -12,8 +12,9 @@
 // (degree-0 nodes have nothing to write). The entry point `edge_probs` (SWG = 64 invocations per
 // workgroup) serves the first two in one dispatch (`edge_probs_small` when there are no mid
 // segments):
-// * workgroups [0, small_wg): one thread per segment of degree 1..SMALL_MAX, the z in registers,
-//   the top-k by pairwise ranks;
+// * workgroups [0, small_wg): one thread per segment of the thread bin: degree 1..SMALL_MAX with
+//   the z in registers and the top-k by pairwise ranks; degrees 17..32 (only with the "cpu"
+//   degree bins) through `result`, by the rank-(k-1) entry;
 // * [small_wg, small_wg + mid_wg): a group of 32 lanes per segment of degree SMALL_MAX+1..MID_MAX,
 //   2 segments per workgroup; lane l takes edges l, l + 32, ...; the z go to workgroup memory,
 //   each lane ranks its own edges against the segment, and max and sum are per-lane partials
@@ -141,6 +142,80 @@ fn seg_small(j: u32) {
         if (i < deg) {
             result[s + i] = bitcast<u32>(zs[i] / total);
         }
+    }
+}
+
+// One thread per segment of degree SMALL_MAX+1..32 (the "cpu" degree bins put them in the thread
+// bin): the z are stored in `result` (the invocation rereads only its own segment), the top-k
+// threshold is the entry of rank k - 1 by (key descending, edge ascending), and max, sum and
+// the final division run in edge order as in seg_small (the same bits for the same z). The
+// ranks take deg^2 steps: llvmpipe ends an invocation's loops after 65,535 iterations in all,
+// so this path must stay for small degrees.
+fn seg_serial(j: u32) {
+    let s = row_ptr[j];
+    let t = row_ptr[j + 1u];
+    let qb = j * P.dim;
+    for (var e = s; e < t; e = e + 1u) {
+        result[e] = bitcast<u32>(edge_z(e, qb));
+    }
+    let k = P.top_k;
+    let use_k = k != 0u && t - s > k;
+    var tkey = 0u; // kept <=> key > tkey, or key == tkey and edge <= tedge
+    var tedge = t;
+    if (use_k) {
+        for (var e = s; e < t; e = e + 1u) {
+            let key = zkey(bitcast<f32>(result[e]));
+            var rank = 0u;
+            for (var o = s; o < t; o = o + 1u) {
+                let ko = zkey(bitcast<f32>(result[o]));
+                if (ko > key || (ko == key && o < e)) {
+                    rank = rank + 1u;
+                }
+            }
+            if (rank == k - 1u) {
+                tkey = key;
+                tedge = e;
+            }
+        }
+    }
+    var m = -f32_max();
+    for (var e = s; e < t; e = e + 1u) {
+        let z = bitcast<f32>(result[e]);
+        let key = zkey(z);
+        if (!use_k || key > tkey || (key == tkey && e <= tedge)) {
+            m = max(m, z);
+        }
+    }
+    var total = 0.0;
+    for (var e = s; e < t; e = e + 1u) {
+        let z = bitcast<f32>(result[e]);
+        let key = zkey(z);
+        if (!use_k || key > tkey || (key == tkey && e <= tedge)) {
+            total = total + exp(z - m);
+        } else {
+            total = total + 0.0;
+        }
+    }
+    for (var e = s; e < t; e = e + 1u) {
+        let z = bitcast<f32>(result[e]);
+        let key = zkey(z);
+        let kept = !use_k || key > tkey || (key == tkey && e <= tedge);
+        if (P.mode == 1u) {
+            result[e] = select(0u, 1u, kept);
+        } else if (kept) {
+            result[e] = bitcast<u32>(exp(z - m) / total);
+        } else {
+            result[e] = 0u;
+        }
+    }
+}
+
+// a segment of the thread bin: in registers up to SMALL_MAX, else through `result`
+fn seg_thread(j: u32) {
+    if (row_ptr[j + 1u] - row_ptr[j] <= SMALL_MAX) {
+        seg_small(j);
+    } else {
+        seg_serial(j);
     }
 }
 
@@ -386,7 +461,7 @@ fn edge_probs(
     if (w < P.small_wg) {
         let i = w * SWG + lid;
         if (i < P.n_small) {
-            seg_small(seg_list[i]);
+            seg_thread(seg_list[i]);
         }
         return;
     }
@@ -407,7 +482,7 @@ fn edge_probs_small(
     // WG must be SWG (64): the host passes it.
     let i = group_index(wid, nwg) * SWG + lid;
     if (i < P.n_small) {
-        seg_small(seg_list[i]);
+        seg_thread(seg_list[i]);
     }
 }
 

@@ -39,6 +39,10 @@ struct ScatterBwdParams {
 @group(0) @binding(9) var<storage, read> src: array<u32>;
 @group(0) @binding(10) var<storage, read> energies: array<f32>;
 @group(0) @binding(11) var<storage, read> acc_in: array<f32>;
+// the same bindings read 4 rows at a time, for scatter_bwd_pi_nm (node-major data only: a
+// node's rows 4c .. 4c+3 are one vec4)
+@group(0) @binding(5) var<storage, read> act_mask4: array<vec4<u32>>;
+@group(0) @binding(10) var<storage, read> energies4: array<vec4<f32>>;
 
 // the index of element (b, j) in the layout selected by `bit`
 fn at(b: u32, j: u32, bit: u32) -> u32 {
@@ -200,15 +204,52 @@ fn scatter_bwd_pi(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
         // 4 rows loaded at once, summed in row order (b = 0, 1, 2, ...: the same bits as a
         // row-by-row loop); padding rows are skipped, not added (a compensated sum is not
         // unchanged by adding 0)
-        let p = x4(c, sj) * grad4(c, ck);
-        let rows = min(4u, P.batch - 4u * c);
-        for (var l = 0u; l < rows; l = l + 1u) {
-            acc = kahan_add(acc, p[l]);
-        }
+        acc = add_rows(acc, x4(c, sj) * grad4(c, ck), c);
     }
+    store_pi(e, acc);
+}
+
+// acc plus the terms p of rows 4c .. 4c+3 below the batch, in row order
+fn add_rows(acc: vec2<f32>, p: vec4<f32>, c: u32) -> vec2<f32> {
+    let rows = min(4u, P.batch - 4u * c);
+    if (rows == 4u) {  // straight-line: the same additions as the loop below
+        return kahan_add(kahan_add(kahan_add(kahan_add(acc, p.x), p.y), p.z), p.w);
+    }
+    var a = acc;
+    for (var l = 0u; l < rows; l = l + 1u) {
+        a = kahan_add(a, p[l]);
+    }
+    return a;
+}
+
+// grad_pi[e]: the compensated sum acc, plus acc_in[e] with flags bit 2
+fn store_pi(e: u32, acc: vec2<f32>) {
     var total = acc.x - acc.y;
     if ((P.flags & 4u) != 0u) {
         total = acc_in[e] + total;
     }
     out[e] = total;
+}
+
+// scatter_bwd_pi for node-major energies and act_mask (flags bit 3 set; the host picks it): the
+// same sum in the same order, the source node's 4 rows loaded as one vec4.
+@compute @workgroup_size(WG)
+fn scatter_bwd_pi_nm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = thread_index(gid, nwg);
+    if (e >= P.n_edges) {
+        return;
+    }
+    let nc4 = (P.batch + 3u) / 4u;
+    let xs = src[e] * nc4;
+    let ck = col_idx[e];
+    let masked = (P.flags & 1u) != 0u;
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var c = 0u; c < nc4; c = c + 1u) {
+        var x = energies4[xs + c] * P.alpha;
+        if (masked) {
+            x = select(vec4<f32>(0.0), x, act_mask4[xs + c] != vec4<u32>(0u));
+        }
+        acc = add_rows(acc, x * grad4(c, ck), c);
+    }
+    store_pi(e, acc);
 }

@@ -120,6 +120,42 @@ fn dot_part(s: u32, t: u32, first: u32, step: u32) -> vec2<f32> {
     return acc;
 }
 
+// entry r's terms of columns c .. c+3: dl * feat[other, c .. c+3]
+fn term4(r: u32, c: u32) -> vec4<f32> {
+    var w = 0.0;
+    var o = 0u;
+    if (P.mode != 1u) {
+        w = dl[r];
+        o = idx[r] * P.dim + c;
+    } else {
+        w = dl[idx[2u * r]];
+        o = idx[2u * r + 1u] * P.dim + c;
+    }
+    return w * vec4<f32>(feat[o], feat[o + 1u], feat[o + 2u], feat[o + 3u]);
+}
+
+// every column of node j (entries [s, t)) as `columns(j, s, t, 0u, 1u, sq)`, 4 columns per pass
+// over the entries: each column is the same compensated sum in the same order (the same bits),
+// the entries' dl and indices are read once per 4 columns
+fn columns_by4(j: u32, s: u32, t: u32, sq_in: vec2<f32>) -> vec2<f32> {
+    var sq = sq_in;
+    let d4 = P.dim & ~3u;
+    for (var c = 0u; c < d4; c = c + 4u) {
+        var sum = vec4<f32>(0.0);
+        var comp = vec4<f32>(0.0);
+        for (var r = s; r < t; r = r + 1u) {
+            kahan4(&sum, &comp, term4(r, c));
+        }
+        let v = sum - comp;
+        out[j * P.dim + c] = v.x;
+        out[j * P.dim + c + 1u] = v.y;
+        out[j * P.dim + c + 2u] = v.z;
+        out[j * P.dim + c + 3u] = v.w;
+        sq = kahan_add(kahan_add(kahan_add(kahan_add(sq, v.x * v.x), v.y * v.y), v.z * v.z), v.w * v.w);
+    }
+    return columns(j, s, t, d4, 1u, sq);
+}
+
 fn small_node(j: u32) -> vec2<f32> {
     let s = seg[j];
     let t = seg[j + 1u];
@@ -128,7 +164,7 @@ fn small_node(j: u32) -> vec2<f32> {
         let acc = dot_part(s, t, 0u, 1u);
         sq = write_dl(s, t, 0u, 1u, acc.x - acc.y, sq);  // read back by this invocation only
     }
-    return columns(j, s, t, 0u, 1u, sq);
+    return columns_by4(j, s, t, sq);
 }
 
 // m: the node's place in the mid bin (>= n_mid: an idle group, which still meets the barriers)
@@ -205,4 +241,18 @@ fn segment_bwd(
     if (lid == 0u) {
         partials[P.out_offset + w] = total;
     }
+}
+
+// The same when every node is in the thread bin (SegmentBins.serial; the host picks it): one
+// thread per node and one sum-of-squares partial per node, partials[P.out_offset + i] for the
+// node of list place i; no barrier and no workgroup memory in the pipeline (on llvmpipe a
+// pipeline with barriers runs every invocation several times slower).
+@compute @workgroup_size(WG)
+fn segment_bwd_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = thread_index(gid, nwg);
+    if (i >= P.n_small) {
+        return;
+    }
+    let sq = small_node(seg[P.bins_off + i]);
+    partials[P.out_offset + i] = sq.x - sq.y;
 }

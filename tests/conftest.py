@@ -91,6 +91,23 @@ def gpu_backend(request):
     return wgpu_backend_for(request.param)
 
 
+@pytest.fixture(autouse=True)
+def _degree_bins_back_to_auto():
+    """A test may switch a wgpu backend's ``degree_bins`` (to run both the "gpu" and the "cpu"
+    bins on one adapter): the session's backends go back to "auto" after every test."""
+    yield
+    for b in _wgpu_backends.values():
+        if not isinstance(b, Exception):
+            b.degree_bins = "auto"
+
+
+def use_bins(backend, bins: str):
+    """Switch a wgpu ``backend`` to the degree bins ``bins`` ("gpu" or "cpu"); NumPy: no-op."""
+    if hasattr(backend, "degree_bins"):
+        backend.degree_bins = bins
+    return backend
+
+
 @pytest.fixture(scope="session")
 def np_backend():
     from energetic_wgpu.backends.numpy_backend import NumpyBackend

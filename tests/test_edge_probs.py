@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from graphs import degree_graph
+from conftest import use_bins
 from parity import assert_parity, numpy_and_wgpu, to_host
 
 from energetic_wgpu.errors import InvalidArgumentError
@@ -53,11 +54,28 @@ def grid_inputs(g, dim, seed=0, levels=3):
 # --------------------------------------------------------------------------- the bins
 
 
+def test_degree_bins_follow_the_backend_policy(gpu_backend):
+    """"auto" is "cpu" on these CPU adapters; switching re-bins the graph: degrees 17..32 move
+    from the 32-lane group bin to the thread bin and back."""
+    be = gpu_backend
+    assert be.degree_bins == "cpu" and be.thread_degree_max == 32  # lavapipe / llvmpipe
+    g = bins_graph()
+    cpu = be.graph_data(g).bins
+    use_bins(be, "gpu")
+    gpu = be.graph_data(g).bins
+    assert (be.degree_bins, be.thread_degree_max) == ("gpu", T)
+    n_17_32 = sum(1 for d in BIN_DEGREES if T < d <= 32)
+    assert cpu.n_small == gpu.n_small + n_17_32 and cpu.n_mid == gpu.n_mid - n_17_32 and cpu.n_hub == gpu.n_hub
+    with pytest.raises(InvalidArgumentError, match=r"degree_bins must be 'auto', 'gpu' or 'cpu', got 'warp'"):
+        be.degree_bins = "warp"
+    assert be.degree_bins == "gpu"
+
+
 def test_degree_bins_split_and_order():
     degs = np.array([0, 1, T, T + 1, G, G + 1, 5, 0, 40 * G])
     b = degree_bins(degs)
     assert (b.n_small, b.n_mid, b.n_hub) == (3, 2, 2)
-    assert b.nodes.tolist() == [1, 2, 6, 3, 4, 5, 8]
+    assert b.nodes.tolist() == [1, 6, 2, 3, 4, 5, 8]  # each bin by degree, ties in node order
     assert (b.small_wg, b.mid_wg, b.workgroups) == (1, 1, 2)  # hubs: their own dispatch
     many = degree_bins(np.concatenate([np.full(1000, T + 1), np.full(65, 1)]))
     assert (many.n_small, many.small_wg) == (65, 2)  # 64 segments per workgroup
@@ -80,10 +98,17 @@ def test_bin_bounds_match_the_shader():
 # --------------------------------------------------------------------------- parity
 
 
+#: both degree bins on every adapter: "gpu" (thread <= 16, 32-lane group <= 256, hub) and "cpu"
+#: (thread <= 32: degrees 17..32 take the serial path through the output, group <= 256, hub)
+BINS = pytest.mark.parametrize("bins", ["gpu", "cpu"])
+
+
+@BINS
 @pytest.mark.parametrize("dim", DIMS)
 @pytest.mark.parametrize("top_k", [0, 3])
 @numpy_and_wgpu()
-def test_edge_probs_every_bin(backend, dim, top_k):
+def test_edge_probs_every_bin(backend, dim, top_k, bins):
+    use_bins(backend, bins)
     g = bins_graph()
     q, k, bias = normal_inputs(g, dim, seed=dim)
     return {"pi": backend.edge_probs(g, q, k, bias, tau=0.8, top_k=top_k)}
@@ -100,10 +125,12 @@ def test_edge_probs_thread_bin_only(backend, dim, top_k):
             "kept": backend.segment_topk(g, backend.asarray(bias), 2)}
 
 
+@BINS
 @pytest.mark.parametrize("top_k", [1, 2, T, T + 1, 32, 33, G, G + 1])
 @numpy_and_wgpu()
-def test_edge_probs_ties_every_bin(backend, top_k):
+def test_edge_probs_ties_every_bin(backend, top_k, bins):
     """Exact logits with many ties: the kept sets (and so pi) must match NumPy's exactly."""
+    use_bins(backend, bins)
     g = bins_graph(1)
     q, k, bias = grid_inputs(g, 5, seed=top_k)
     pi = backend.edge_probs(g, q, k, bias, tau=1.0, top_k=top_k)
@@ -111,9 +138,11 @@ def test_edge_probs_ties_every_bin(backend, top_k):
     return {"pi": pi, "kept": kept, "pi_positive": backend.asarray(backend.to_numpy(pi) > 0)}
 
 
+@BINS
 @pytest.mark.parametrize("top_k", [0, 4])
 @numpy_and_wgpu()
-def test_edge_probs_power_law(backend, top_k):
+def test_edge_probs_power_law(backend, top_k, bins):
+    use_bins(backend, bins)
     rng = np.random.default_rng(7)
     degrees = np.minimum(rng.zipf(1.7, size=3000), 2000)  # mostly 1-3, a tail of hubs
     g = degree_graph(degrees, 7)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import use_bins
 from graphs import degree_graph
 from parity import assert_parity
 
@@ -51,9 +52,10 @@ def test_bins_cover_every_node_once():
     assert int(np.sum(GRAPH.in_degree > SMALL_DEGREE_MAX)) >= 1  # an in-hub for grad_k
 
 
+@pytest.mark.parametrize("bins", ["gpu", "cpu"])
 @pytest.mark.parametrize("dim,top_k,tau", [(1, 0, 1.0), (5, 4, 0.7), (33, 0, 0.3), (70, 2, 1.5)])
-def test_parity_and_bit_identical(gpu_backend, dim, top_k, tau):
-    be = gpu_backend
+def test_parity_and_bit_identical(gpu_backend, dim, top_k, tau, bins):
+    be = use_bins(gpu_backend, bins)
     x = _inputs(GRAPH, dim, top_k, seed=dim)
     ref = NP.edge_logits_backward(GRAPH, x[2], x[3], NP.segment_softmax_backward(GRAPH, x[0], x[1], tau))
     d0 = be.counters()["dispatches"]
@@ -69,6 +71,44 @@ def test_parity_and_bit_identical(gpu_backend, dim, top_k, tau):
                                   be.segment_softmax_backward(GRAPH, be.asarray(x[0]), be.asarray(x[1]), tau))
     for name, g, r in zip(("grad_q", "grad_k", "grad_bias"), got, sep):
         assert_parity(be.to_numpy(g), be.to_numpy(r), name)
+
+
+def _serial_graph():
+    """Every out- and in-degree <= 32 (17..32 included): with the "cpu" bins both directions are
+    all thread bin (the barrier-free segment_bwd_serial, one partial per node)."""
+    degrees = [0, 1, 2, THREAD_DEGREE_MAX, THREAD_DEGREE_MAX + 1, 31, 32, 5, 0, 32, 9] * 6
+    g = degree_graph(degrees, 11)
+    assert g.out_degree.max() == 32 and 17 <= g.in_degree.max() <= 32, g.in_degree.max()
+    return g
+
+
+@pytest.mark.parametrize("bins", ["gpu", "cpu"])
+@pytest.mark.parametrize("dim", [1, 6, 33])
+def test_serial_dispatch_parity_and_partials(gpu_backend, bins, dim):
+    """Degrees 0..32 in both directions: the "cpu" bins run segment_bwd_serial twice (thread and
+    partial per node), the "gpu" bins segment_bwd (17..32 in the group bin); both match NumPy,
+    rerun bit-identically and leave partials that sum to the gradients' sum of squares."""
+    from energetic_wgpu.backends.webgpu import sumsq
+
+    be = use_bins(gpu_backend, bins)
+    g = _serial_graph()
+    gd = be.graph_data(g)
+    assert gd.bins_out.serial == gd.bins_in.serial == (bins == "cpu")
+    x = _inputs(g, dim, 3, seed=dim)
+    ref = NP.edge_logits_backward(g, x[2], x[3], NP.segment_softmax_backward(g, x[0], x[1], 0.8))
+    d0 = be.counters()["dispatches"]
+    got = _run(be, g, x, 0.8)
+    assert be.counters()["dispatches"] - d0 == 2
+    for name, a, r in zip(("grad_q", "grad_k", "grad_bias"), got, ref):
+        assert_parity(be.to_numpy(a), r, name)
+    again = _run(be, g, x, 0.8)
+    assert all(be.to_numpy(a).tobytes() == be.to_numpy(b).tobytes() for a, b in zip(got, again))
+    partials, count = sumsq.partials_for(be, list(again))
+    expect_count = 2 * g.num_nodes if bins == "cpu" else gd.bins_out.workgroups + gd.bins_in.workgroups
+    assert count == expect_count
+    ref_sq = sum(float(np.sum(be.to_numpy(a).astype(np.float64) ** 2)) for a in again)
+    total = float(np.sum(be.to_numpy(partials)[:count].astype(np.float64)))
+    assert abs(total - ref_sq) <= 1e-5 * max(1.0, ref_sq)
 
 
 def test_recorded_partials_sum_to_the_squares(gpu_backend):

@@ -34,10 +34,11 @@ import numpy as np
 
 from ...errors import InvalidArgumentError, ShapeError
 from ...graph import Graph
+from ..auto import is_software_adapter
 from ..base import Backend, check_purpose
 from . import ops_backward, ops_forward, ops_train, sumsq
 from .graph_data import GraphData, upload_graph
-from .kernels import REDUCE_ITEMS
+from .kernels import CPU_THREAD_DEGREE_MAX, REDUCE_ITEMS, THREAD_DEGREE_MAX
 from .packed import PackedArrays
 from .runtime import DeviceArray, Runtime
 
@@ -62,6 +63,12 @@ class WgpuBackend(PackedArrays, Backend):
         max_binding_bytes: None (the device's maxStorageBufferBindingSize), or a smaller
             binding size limit in bytes (a multiple of 256, >= 256) used for every size
             decision, e.g. to exercise size limits at small sizes in tests.
+        degree_bins: how segments are spread over lanes by degree (docs/kernels.md):
+            "gpu" (one thread per segment up to degree 16, a 32-lane group up to 256, a
+            workgroup above), "cpu" (one thread per segment up to degree 32: on a CPU adapter,
+            where lanes are SIMD lanes and workgroup barriers are expensive), or
+            "auto" (default: "cpu" on a CPU/software adapter, else "gpu"). Settable later as
+            :attr:`degree_bins`. Results agree within float32 rounding across the two.
 
     Raises:
         BackendUnavailable: wgpu is missing, or no adapter matches (the message lists them).
@@ -78,7 +85,7 @@ class WgpuBackend(PackedArrays, Backend):
 
     def __init__(
         self, adapter: Any = None, limits: str = "default", dtype: Any = "float32", features: Sequence[str] = (),
-        max_binding_bytes: Any = None,
+        max_binding_bytes: Any = None, degree_bins: str = "auto",
     ) -> None:
         try:
             dt = np.dtype(dtype)
@@ -94,6 +101,31 @@ class WgpuBackend(PackedArrays, Backend):
         self._last_graph: tuple[Any, GraphData] | None = None
         #: node_major.py's never-written output buffer (made on first use)
         self.node_major_scratch: DeviceArray | None = None
+        self.degree_bins = degree_bins
+
+    # ------------------------------------------------------------------ degree bins
+    @property
+    def degree_bins(self) -> str:
+        """The degree bins in use, "gpu" or "cpu" (see the constructor). Setting it ("auto",
+        "gpu" or "cpu") re-bins every graph on its next use."""
+        return self._degree_bins
+
+    @degree_bins.setter
+    def degree_bins(self, value: str) -> None:
+        if value not in ("auto", "gpu", "cpu"):
+            raise InvalidArgumentError(f"degree_bins must be 'auto', 'gpu' or 'cpu', got {value!r}")
+        if value == "auto":
+            value = "cpu" if is_software_adapter(self.runtime.adapter_info) else "gpu"
+        if value != getattr(self, "_degree_bins", value):
+            self._graphs.clear()
+            self._last_graph = None
+        self._degree_bins = value
+
+    @property
+    def thread_degree_max(self) -> int:
+        """The largest degree served one thread per segment: THREAD_DEGREE_MAX (16, "gpu" bins)
+        or CPU_THREAD_DEGREE_MAX (32, "cpu" bins)."""
+        return CPU_THREAD_DEGREE_MAX if self._degree_bins == "cpu" else THREAD_DEGREE_MAX
 
     # ------------------------------------------------------------------ info
     @property

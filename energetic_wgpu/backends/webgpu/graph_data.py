@@ -23,7 +23,7 @@ _GROUPS_PER_WG = 2
 class DegreeBins:
     """The forward's degree bins of one graph (edge_probs.wgsl): ``nodes`` (int64) lists the
     nodes of out-degree 1..THREAD_DEGREE_MAX (``n_small``), then THREAD+1..GROUP_DEGREE_MAX
-    (``n_mid``), then larger (``n_hub``), each in node order. ``small_wg`` and ``mid_wg``
+    (``n_mid``), then larger (``n_hub``), each sorted by degree (ties in node order). ``small_wg`` and ``mid_wg``
     are the workgroups of the first two bins (64 segments and 2 segments per workgroup of 64),
     ``workgroups`` their sum: the ``edge_probs`` dispatch (hubs: ``edge_probs_hub``, one
     workgroup each)."""
@@ -46,12 +46,17 @@ class DegreeBins:
         return self.small_wg + self.mid_wg
 
 
-def degree_bins(out_degree: np.ndarray) -> DegreeBins:
-    """The :class:`DegreeBins` of a graph with these out-degrees ([N] int)."""
+def degree_bins(out_degree: np.ndarray, thread_max: int = THREAD_DEGREE_MAX) -> DegreeBins:
+    """The :class:`DegreeBins` of a graph with these out-degrees ([N] int); ``thread_max``: the
+    thread bin's largest degree (THREAD_DEGREE_MAX, or GROUP_DEGREE_MAX for the "cpu" bins)."""
     deg = np.asarray(out_degree)
-    small = np.flatnonzero((deg >= 1) & (deg <= THREAD_DEGREE_MAX))
-    mid = np.flatnonzero((deg > THREAD_DEGREE_MAX) & (deg <= GROUP_DEGREE_MAX))
-    hub = np.flatnonzero(deg > GROUP_DEGREE_MAX)
+    # each bin sorted by degree (ties in node order): neighbouring lanes take the same path
+    # through the kernel and loops of similar lengths
+    order = np.argsort(deg, kind="stable")
+    d = deg[order]
+    small = order[(d >= 1) & (d <= thread_max)]
+    mid = order[(d > thread_max) & (d <= GROUP_DEGREE_MAX)]
+    hub = order[d > GROUP_DEGREE_MAX]
     return DegreeBins(np.concatenate([small, mid, hub]), int(small.size), int(mid.size), int(hub.size))
 
 
@@ -70,24 +75,37 @@ class SegmentBins:
 
     @property
     def workgroups(self) -> int:
-        """Workgroups of one dispatch over every node (hence its sum-of-squares partials)."""
+        """Workgroups of one ``segment_bwd`` dispatch over every node (hence its sum-of-squares
+        partials)."""
         return -(-self.n_small // BIN_WG) + -(-self.n_mid // 2) + self.n_hub
+
+    @property
+    def serial(self) -> bool:
+        """True when every node is in the thread bin: the barrier-free ``segment_bwd_serial``
+        runs instead (one thread and one sum-of-squares partial per node)."""
+        return self.n_mid == 0 and self.n_hub == 0
+
+    @property
+    def partials(self) -> int:
+        """The sum-of-squares partials one dispatch over these bins writes."""
+        return self.n_small if self.serial else self.workgroups
 
     def uniform(self, num_nodes: int) -> dict[str, int]:
         """The bin fields of the kernel's uniform."""
         return dict(bins_off=num_nodes + 1, n_small=self.n_small, n_mid=self.n_mid, n_hub=self.n_hub)
 
 
-def binned_segments(ptr: np.ndarray) -> tuple[np.ndarray, int, int, int]:
+def binned_segments(ptr: np.ndarray, thread_max: int = THREAD_DEGREE_MAX) -> tuple[np.ndarray, int, int, int]:
     """(pointers followed by the binned node list as u32, n_small, n_mid, n_hub) for the
-    pointer array ``ptr`` [N+1] of segments (CSR) or in-ranges (reverse index)."""
+    pointer array ``ptr`` [N+1] of segments (CSR) or in-ranges (reverse index); ``thread_max``
+    as in :func:`degree_bins`."""
     ptr = np.asarray(ptr, dtype=np.int64)
     deg = np.diff(ptr)
     # each bin sorted by degree (stable): neighbouring lanes run loops of similar lengths
     order = np.argsort(deg, kind="stable")
     d = deg[order]
-    small = order[d <= THREAD_DEGREE_MAX]
-    mid = order[(d > THREAD_DEGREE_MAX) & (d <= GROUP_DEGREE_MAX)]
+    small = order[d <= thread_max]
+    mid = order[(d > thread_max) & (d <= GROUP_DEGREE_MAX)]
     hub = order[d > GROUP_DEGREE_MAX]
     seg = np.concatenate([ptr, small, mid, hub]).astype(np.uint32)
     return seg, int(small.size), int(mid.size), int(hub.size)
@@ -125,17 +143,19 @@ class GraphData:
 
 def upload_graph(backend: Any, graph: Graph) -> GraphData:
     """Upload ``graph``'s CSR and reverse (CSC) indices (the latter split past one binding:
-    reverse_index.py), sinks, large-degree node lists and the forward's degree bins."""
+    reverse_index.py), sinks, large-degree node lists and the forward's degree bins (the
+    thread bin up to ``backend.thread_degree_max``)."""
 
     def up(a: np.ndarray) -> DeviceArray:
         return backend.asarray(np.ascontiguousarray(a, dtype=np.uint32), np.uint32)
 
     large_out = np.flatnonzero(graph.out_degree > SMALL_DEGREE_MAX)
     large_in = np.flatnonzero(graph.in_degree > SMALL_DEGREE_MAX)
-    bins = degree_bins(graph.out_degree)
+    thread_max = backend.thread_degree_max
+    bins = degree_bins(graph.out_degree, thread_max)
 
     def seg_bins(ptr: np.ndarray) -> SegmentBins:
-        seg, n_small, n_mid, n_hub = binned_segments(ptr)
+        seg, n_small, n_mid, n_hub = binned_segments(ptr, thread_max)
         return SegmentBins(up(seg), n_small, n_mid, n_hub)
 
     return GraphData(

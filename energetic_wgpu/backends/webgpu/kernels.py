@@ -45,6 +45,7 @@ __all__ = [
     "SMALL_DEGREE_MAX",
     "THREAD_DEGREE_MAX",
     "GROUP_DEGREE_MAX",
+    "CPU_THREAD_DEGREE_MAX",
     "REDUCE_ITEMS",
     "BIN_WG",
 ]
@@ -58,6 +59,10 @@ SMALL_DEGREE_MAX = 256
 #: THREAD+1..GROUP a group of 32 lanes per segment, larger a workgroup
 THREAD_DEGREE_MAX = 16
 GROUP_DEGREE_MAX = 256
+#: the thread bin's largest degree with the "cpu" degree bins (WgpuBackend(degree_bins=...)):
+#: Poisson-like graphs then need no 32-lane group bin (no barriers). Kept small because
+#: llvmpipe ends every invocation's loops after 65,535 iterations in all (docs/kernels.md).
+CPU_THREAD_DEGREE_MAX = 32
 #: workgroup size of the binned backward (nodes per thread-bin workgroup)
 BIN_WG = 64
 #: elements per thread in the reduction kernels (reduce.wgsl, metrics.wgsl)
@@ -362,6 +367,8 @@ KERNELS: dict[str, KernelSpec] = {
         KernelSpec("scatter_bwd_large", "scatter_backward.wgsl", SCATTER_BWD, _SCATTER_BWD + ("large_nodes",), 256),
         KernelSpec("scatter_bwd_pi", "scatter_backward.wgsl", SCATTER_BWD,
                    ("col_idx", "grad_next", "act_mask", "out", "src", "energies", "acc_in")),
+        KernelSpec("scatter_bwd_pi_nm", "scatter_backward.wgsl", SCATTER_BWD,
+                   ("col_idx", "grad_next", "act_mask4", "out", "src", "energies4", "acc_in")),
         KernelSpec("softmax_bwd_small", "softmax_backward.wgsl", SOFTMAX_BWD, ("row_ptr", "pi", "gpi", "out")),
         KernelSpec("softmax_bwd_large", "softmax_backward.wgsl", SOFTMAX_BWD,
                    ("row_ptr", "pi", "gpi", "out", "large_nodes"), 256),
@@ -369,6 +376,8 @@ KERNELS: dict[str, KernelSpec] = {
         KernelSpec("logits_bwd_large", "logits_backward.wgsl", LOGITS_BWD, _LOGITS_BWD + ("large_nodes",), 256),
         KernelSpec("segment_bwd", "segment_backward.wgsl", SEG_BWD,
                    ("seg", "idx", "pi", "gpi", "dl", "feat", "out", "partials"), BIN_WG),
+        KernelSpec("segment_bwd_serial", "segment_backward.wgsl", SEG_BWD,
+                   ("seg", "idx", "pi", "gpi", "dl", "feat", "out", "partials")),
         # losses and AdamW (ops_train.py)
         KernelSpec("mse_partials", "losses.wgsl", LOSS, ("pred", "target_", "mask", "partials", "grad"), 256),
         KernelSpec("loss_final", "losses.wgsl", LOSS, ("partials", "loss"), 256),

@@ -23,7 +23,9 @@ bit-identical from run to run.
   grad_k. Nodes are binned by degree in the graph data (thread per node up to
   ``THREAD_DEGREE_MAX``, a 32-lane group up to SMALL, a workgroup per hub). Both dispatches
   also write per-workgroup sums of squares of what they produce; the optimizer's gradient
-  norm reduces those (sumsq.py) instead of a separate pass.
+  norm reduces those (sumsq.py) instead of a separate pass. When every node of a direction is
+  in the thread bin, its dispatch is the barrier-free ``segment_bwd_serial`` (one partial per
+  node).
 """
 
 from __future__ import annotations
@@ -109,8 +111,13 @@ def _scatter_backward(
             rt.dispatch("scatter_bwd_large", workgroups=gd.n_large_out * batch, uniform=u, large_nodes=gd.large_out,
                         **common)
     # B = 0: the kernel writes zeros (an empty sum) for every edge
-    rt.dispatch("scatter_bwd_pi", threads=e, uniform=u, col_idx=gd.col_idx, grad_next=g, act_mask=act,
-                out=grad_pi, src=gd.src, energies=energies, acc_in=be._opt(grad_pi_acc))
+    acc_in = be._opt(grad_pi_acc)
+    if state_nm:  # the source's rows 4 at a time as vec4 loads
+        rt.dispatch("scatter_bwd_pi_nm", threads=e, uniform=u, col_idx=gd.col_idx, grad_next=g, act_mask4=act,
+                    out=grad_pi, src=gd.src, energies4=energies, acc_in=acc_in)
+    else:
+        rt.dispatch("scatter_bwd_pi", threads=e, uniform=u, col_idx=gd.col_idx, grad_next=g, act_mask=act,
+                    out=grad_pi, src=gd.src, energies=energies, acc_in=acc_in)
     return grad_e, grad_pi
 
 
@@ -164,16 +171,25 @@ def softmax_logits_backward(
     gl = be.empty((gd.num_edges,))
     grad_q = be.empty((n, dim))
     grad_k = be.empty((n, dim))
-    w_out, w_in = gd.bins_out.workgroups, gd.bins_in.workgroups
+    w_out, w_in = gd.bins_out.partials, gd.bins_in.partials
     partials = be.empty((max(1, w_out + w_in),))
-    u = dict(n_nodes=n, dim=dim, mode=0, **gd.bins_out.uniform(n), out_offset=0, tau=np.float32(tau))
-    rt.dispatch("segment_bwd", workgroups=w_out, uniform=u, seg=gd.bins_out.seg, idx=gd.col_idx, pi=pi, gpi=grad_pi,
-                dl=gl, feat=k, out=grad_q, partials=partials)
-    rev_idx, rev_gl, split = reverse_inputs(be, gd, gl)  # mode 2: the split reverse index
-    u = dict(n_nodes=n, dim=dim, mode=2 if split else 1, **gd.bins_in.uniform(n), out_offset=w_out,
-             tau=np.float32(1.0))
     dummy = rt.dummy()
-    rt.dispatch("segment_bwd", workgroups=w_in, uniform=u, seg=gd.bins_in.seg, idx=rev_idx, pi=dummy, gpi=dummy,
-                dl=rev_gl, feat=q, out=grad_k, partials=partials)
+    _segment_bwd(rt, gd.bins_out, dict(n_nodes=n, dim=dim, mode=0, out_offset=0, tau=np.float32(tau)),
+                 seg=gd.bins_out.seg, idx=gd.col_idx, pi=pi, gpi=grad_pi, dl=gl, feat=k, out=grad_q, partials=partials)
+    rev_idx, rev_gl, split = reverse_inputs(be, gd, gl)  # mode 2: the split reverse index
+    _segment_bwd(rt, gd.bins_in, dict(n_nodes=n, dim=dim, mode=2 if split else 1, out_offset=w_out,
+                                      tau=np.float32(1.0)),
+                 seg=gd.bins_in.seg, idx=rev_idx, pi=dummy, gpi=dummy, dl=rev_gl, feat=q, out=grad_k,
+                 partials=partials)
     sumsq.remember(be, (grad_q, grad_k, gl), partials, w_out + w_in)
     return grad_q, grad_k, gl
+
+
+def _segment_bwd(rt: Any, bins: Any, u: dict[str, Any], **bindings: Any) -> None:
+    """One ``segment_bwd`` dispatch over ``bins`` (a SegmentBins): the barrier-free
+    ``segment_bwd_serial`` (thread and partial per node) when every node is in the thread bin."""
+    u.update(bins.uniform(u["n_nodes"]))
+    if bins.serial:
+        rt.dispatch("segment_bwd_serial", threads=bins.n_small, uniform=u, **bindings)
+    else:
+        rt.dispatch("segment_bwd", workgroups=bins.workgroups, uniform=u, **bindings)
