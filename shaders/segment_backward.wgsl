@@ -22,7 +22,7 @@
 // dl[e] back (after a storageBarrier where other lanes of the workgroup wrote it).
 //
 // partials[P.out_offset + w] = the sum of squares of every value workgroup w wrote (dl and
-// out in mode 0, out in mode 1), its lanes' compensated sums reduced by the same fixed tree.
+// out in mode 0, out in modes 1 and 2), its lanes' compensated sums reduced by the same fixed tree.
 // WG must be 64.
 
 struct SegBwdParams {
