@@ -67,11 +67,19 @@ fn grad4(c: u32, j: u32) -> vec4<f32> {
         let o = at(b, j, 16u);
         return vec4<f32>(grad_next[o], grad_next[o + 1u], grad_next[o + 2u], grad_next[o + 3u]);
     }
+    // straight-line, no loop (llvmpipe caps an invocation's loop iterations: loop_cap.py)
     var g = vec4<f32>(0.0);
-    for (var l = 0u; l < 4u; l = l + 1u) {
-        if (b + l < P.batch) {
-            g[l] = grad_next[at(b + l, j, 16u)];
-        }
+    if (b < P.batch) {
+        g.x = grad_next[at(b, j, 16u)];
+    }
+    if (b + 1u < P.batch) {
+        g.y = grad_next[at(b + 1u, j, 16u)];
+    }
+    if (b + 2u < P.batch) {
+        g.z = grad_next[at(b + 2u, j, 16u)];
+    }
+    if (b + 3u < P.batch) {
+        g.w = grad_next[at(b + 3u, j, 16u)];
     }
     return g;
 }
@@ -88,18 +96,20 @@ fn x4(c: u32, j: u32) -> vec4<f32> {
         }
         return x;
     }
-    var x = vec4<f32>(0.0);
-    for (var l = 0u; l < 4u; l = l + 1u) {
-        if (b + l < P.batch) {
-            let i = at(b + l, j, 8u);
-            var v = energies[i] * P.alpha;
-            if ((P.flags & 1u) != 0u && act_mask[i] == 0u) {
-                v = 0.0;
-            }
-            x[l] = v;
-        }
+    // straight-line, no loop (as grad4)
+    return vec4<f32>(x1(b, j), x1(b + 1u, j), x1(b + 2u, j), x1(b + 3u, j));
+}
+
+// alpha * active * energies of row b of node j in the [B, N] layout (0 for b >= batch)
+fn x1(b: u32, j: u32) -> f32 {
+    if (b >= P.batch) {
+        return 0.0;
     }
-    return x;
+    let i = at(b, j, 8u);
+    if ((P.flags & 1u) != 0u && act_mask[i] == 0u) {
+        return 0.0;
+    }
+    return energies[i] * P.alpha;
 }
 
 fn finish_energy(b: u32, j: u32, total: f32) -> f32 {

@@ -35,7 +35,7 @@ struct SegBwdParams {
     n_hub: u32,
     out_offset: u32, // first partials slot of this dispatch
     tau: f32,
-    _pad0: u32,
+    n_threads: u32,  // segment_bwd_serial: its invocations (thread i takes nodes i, i + n_threads, ...)
     _pad1: u32,
     _pad2: u32,
 }
@@ -243,16 +243,21 @@ fn segment_bwd(
     }
 }
 
-// The same when every node is in the thread bin (SegmentBins.serial; the host picks it): one
-// thread per node and one sum-of-squares partial per node, partials[P.out_offset + i] for the
-// node of list place i; no barrier and no workgroup memory in the pipeline (on llvmpipe a
-// pipeline with barriers runs every invocation several times slower).
+// The same when every node is in the thread bin (SegmentBins.serial; the host picks it): thread
+// i takes the nodes of list places i, i + n_threads, ... (one each unless the graph has more
+// nodes than SegmentBins.serial_threads allows) and writes one sum-of-squares partial,
+// partials[P.out_offset + i]; no barrier and no workgroup memory in the pipeline (on llvmpipe
+// a pipeline with barriers runs every invocation several times slower).
 @compute @workgroup_size(WG)
 fn segment_bwd_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = thread_index(gid, nwg);
-    if (i >= P.n_small) {
+    if (i >= P.n_threads) {
         return;
     }
-    let sq = small_node(seg[P.bins_off + i]);
+    var sq = vec2<f32>(0.0, 0.0);
+    for (var m = i; m < P.n_small; m = m + P.n_threads) {
+        let v = small_node(seg[P.bins_off + m]);
+        sq = kahan_add(sq, v.x - v.y);
+    }
     partials[P.out_offset + i] = sq.x - sq.y;
 }

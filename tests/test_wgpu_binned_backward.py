@@ -82,14 +82,18 @@ def _serial_graph():
     return g
 
 
-@pytest.mark.parametrize("bins", ["gpu", "cpu"])
+@pytest.mark.parametrize("bins,threads", [("gpu", None), ("cpu", None), ("cpu", 7)])
 @pytest.mark.parametrize("dim", [1, 6, 33])
-def test_serial_dispatch_parity_and_partials(gpu_backend, bins, dim):
+def test_serial_dispatch_parity_and_partials(gpu_backend, bins, threads, dim, monkeypatch):
     """Degrees 0..32 in both directions: the "cpu" bins run segment_bwd_serial twice (thread and
-    partial per node), the "gpu" bins segment_bwd (17..32 in the group bin); both match NumPy,
-    rerun bit-identically and leave partials that sum to the gradients' sum of squares."""
-    from energetic_wgpu.backends.webgpu import sumsq
+    partial per node; with ``threads`` = 7, 7 invocations taking 10 nodes each, as a graph of
+    millions of nodes does), the "gpu" bins segment_bwd (17..32 in the group bin); all match
+    NumPy, rerun bit-identically and leave partials that sum to the gradients' sum of squares."""
+    from energetic_wgpu.backends.webgpu import graph_data, sumsq
 
+    if threads:
+        monkeypatch.setattr(graph_data, "SERIAL_THREADS", threads)
+        monkeypatch.setattr(graph_data, "SERIAL_NODES_PER_THREAD", 16)
     be = use_bins(gpu_backend, bins)
     g = _serial_graph()
     gd = be.graph_data(g)
@@ -104,7 +108,10 @@ def test_serial_dispatch_parity_and_partials(gpu_backend, bins, dim):
     again = _run(be, g, x, 0.8)
     assert all(be.to_numpy(a).tobytes() == be.to_numpy(b).tobytes() for a, b in zip(got, again))
     partials, count = sumsq.partials_for(be, list(again))
-    expect_count = 2 * g.num_nodes if bins == "cpu" else gd.bins_out.workgroups + gd.bins_in.workgroups
+    expect_count = gd.bins_out.workgroups + gd.bins_in.workgroups
+    if bins == "cpu":
+        expect_count = 2 * (threads or g.num_nodes)
+        assert gd.bins_out.serial_threads == (threads or g.num_nodes)
     assert count == expect_count
     ref_sq = sum(float(np.sum(be.to_numpy(a).astype(np.float64) ** 2)) for a in again)
     total = float(np.sum(be.to_numpy(partials)[:count].astype(np.float64)))

@@ -14,6 +14,10 @@ from .kernels import BIN_WG, GROUP_DEGREE_MAX, SMALL_DEGREE_MAX, THREAD_DEGREE_M
 
 __all__ = ["GraphData", "DegreeBins", "degree_bins", "SegmentBins", "binned_segments", "upload_graph"]
 
+#: segment_bwd_serial's invocations: one per node up to this many nodes ...
+SERIAL_THREADS = 1 << 18
+#: ... then at most this many nodes per invocation
+SERIAL_NODES_PER_THREAD = 64
 #: segments per workgroup of the forward's thread bin and 32-lane-group bin (edge_probs.wgsl)
 _THREADS_PER_WG = 64
 _GROUPS_PER_WG = 2
@@ -86,9 +90,16 @@ class SegmentBins:
         return self.n_mid == 0 and self.n_hub == 0
 
     @property
+    def serial_threads(self) -> int:
+        """Invocations of ``segment_bwd_serial``: one per node up to SERIAL_THREADS, then at
+        most SERIAL_NODES_PER_THREAD nodes per invocation (bounds the partials the optimizer's
+        one-workgroup reduction reads, and one invocation's loops)."""
+        return max(min(self.n_small, SERIAL_THREADS), -(-self.n_small // SERIAL_NODES_PER_THREAD))
+
+    @property
     def partials(self) -> int:
         """The sum-of-squares partials one dispatch over these bins writes."""
-        return self.n_small if self.serial else self.workgroups
+        return self.serial_threads if self.serial else self.workgroups
 
     def uniform(self, num_nodes: int) -> dict[str, int]:
         """The bin fields of the kernel's uniform."""
@@ -128,6 +139,8 @@ class GraphData:
     n_large_out: int
     n_large_in: int
     n_nonempty: int
+    max_out_degree: int
+    max_in_degree: int
     bins: DegreeBins
     seg_list: DeviceArray | None  # u32: bins.nodes (None when every node has out-degree 0)
     bins_out: SegmentBins  # source segments binned by out-degree (the backward)
@@ -172,6 +185,8 @@ def upload_graph(backend: Any, graph: Graph) -> GraphData:
         n_large_out=int(large_out.size),
         n_large_in=int(large_in.size),
         n_nonempty=int(np.count_nonzero(graph.out_degree)),
+        max_out_degree=int(graph.out_degree.max(initial=0)),
+        max_in_degree=int(graph.in_degree.max(initial=0)),
         bins=bins,
         seg_list=up(bins.nodes) if bins.nodes.size else None,
         bins_out=seg_bins(graph.row_ptr),

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from . import sumsq
-from .kernels import SMALL_DEGREE_MAX
+from . import loop_cap, sumsq
+from .kernels import GROUP_DEGREE_MAX, SMALL_DEGREE_MAX
 from .node_major import NodeMajor, new_state
 from .reverse_index import reverse_inputs
 
@@ -90,6 +90,8 @@ def _scatter_backward(
     if not grad_nm:
         grad_next = be._dev(grad_next)
     batch = grad_next.batch if grad_nm else (1 if grad_next.ndim == 1 else int(grad_next.shape[0]))
+    if e:
+        loop_cap.check(be, 2 * -(-batch // 4) + 8, f"the energy scatter's backward (dL/dpi) over a batch of {batch:,} rows")
     g = grad_next.data if grad_nm else grad_next
     flags = ((1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if grad_pi_acc is not None else 0)
              | (8 if state_nm else 0) | (16 if grad_nm else 0) | (32 if out_shape is None else 0))
@@ -171,6 +173,19 @@ def softmax_logits_backward(
     gl = be.empty((gd.num_edges,))
     grad_q = be.empty((n, dim))
     grad_k = be.empty((n, dim))
+    hub = max(gd.max_out_degree if gd.bins_out.n_hub else 0, gd.max_in_degree if gd.bins_in.n_hub else 0)
+    # one invocation's loop iterations (loop_cap.py): a thread-bin node takes 4 columns per pass
+    # over its entries, a 32-lane group's lane d / 32 columns, a hub's lane deg / 64 entries per column
+    top = max(gd.max_out_degree, gd.max_in_degree)
+    ts = min(top, be.thread_degree_max) if gd.bins_out.n_small or gd.bins_in.n_small else 0
+    ms = min(top, GROUP_DEGREE_MAX) if gd.bins_out.n_mid or gd.bins_in.n_mid else 0
+    per_thread = max(-(-b.n_small // b.serial_threads) if b.serial and b.n_small else 1
+                     for b in (gd.bins_out, gd.bins_in))  # segment_bwd_serial's nodes per thread
+    cost = max((-(-dim // 4) + 5) * (ts + 1) * per_thread, (-(-dim // 32) + 3) * (ms + 1)) + 64
+    if hub:
+        cost = max(cost, -(-hub // 64) * (dim + 3) + 10 * dim + 64)
+    loop_cap.check(be, cost, "the softmax + logits backward" + (f" over a hub of {hub:,} entries" if hub else "")
+                   + f" with d = {dim}")
     w_out, w_in = gd.bins_out.partials, gd.bins_in.partials
     partials = be.empty((max(1, w_out + w_in),))
     dummy = rt.dummy()
@@ -190,6 +205,8 @@ def _segment_bwd(rt: Any, bins: Any, u: dict[str, Any], **bindings: Any) -> None
     ``segment_bwd_serial`` (thread and partial per node) when every node is in the thread bin."""
     u.update(bins.uniform(u["n_nodes"]))
     if bins.serial:
-        rt.dispatch("segment_bwd_serial", threads=bins.n_small, uniform=u, **bindings)
+        u["n_threads"] = bins.serial_threads
+        rt.dispatch("segment_bwd_serial", threads=bins.serial_threads, uniform=u, **bindings)
     else:
+        u["n_threads"] = 0
         rt.dispatch("segment_bwd", workgroups=bins.workgroups, uniform=u, **bindings)

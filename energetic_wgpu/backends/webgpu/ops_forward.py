@@ -15,9 +15,9 @@ import numpy as np
 from ...errors import DeviceLimitError
 from ...graph import Graph
 from ...validation import check_int
-from . import node_major
+from . import loop_cap, node_major
 from .arrays import DeviceArray
-from .kernels import REDUCE_ITEMS
+from .kernels import GROUP_DEGREE_MAX, REDUCE_ITEMS
 
 _REDUCE_SPAN = 256 * REDUCE_ITEMS  # elements covered by one reduction workgroup
 _FLOW_WG = 64  # edge_flow's workgroup size (kernels.py): edges per workgroup
@@ -41,8 +41,18 @@ def _probs(be: Any, graph: Graph, q: Any, k: Any, bias: Any, dim: int, tau: floa
     as the logits."""
     top_k = check_int(top_k, "top_k", 0)
     gd = be.graph_data(graph)
-    out = be.empty((gd.num_edges,), np.bool_ if mode == 1 else np.float32)
     bins = gd.bins
+    # one invocation's loop iterations (loop_cap.py): a z costs `row` (row_dot); a thread-bin
+    # segment ranks its z pairwise, a 32-lane group's lane ranks its (<= 8) edges against the segment
+    row = -(-dim // 4) + 2
+    ts = min(gd.max_out_degree, be.thread_degree_max) if bins.n_small else 0
+    ms = min(gd.max_out_degree, GROUP_DEGREE_MAX) if bins.n_mid else 0
+    cost = max(ts * (row + ts + 1), -(-ms // 32) * (row + ms + 1)) + 64
+    if bins.n_hub:
+        cost = max(cost, -(-gd.max_out_degree // 256) * (row + 14) + 2200)
+    loop_cap.check(be, cost, "the segment softmax / top-k" + (f" with a segment of {gd.max_out_degree:,} edges"
+                                                               if bins.n_hub else "") + (f" with d = {dim}" if dim else ""))
+    out = be.empty((gd.num_edges,), np.bool_ if mode == 1 else np.float32)
     if gd.seg_list is None:
         return out  # no edges
     u = dict(n_small=bins.n_small, n_mid=bins.n_mid, n_hub=bins.n_hub, small_wg=bins.small_wg,
