@@ -332,7 +332,12 @@ class Router:
 
     # -------------------------------------------------------------- parameters
     def set_params(self, params: RouterParams) -> None:
-        """Validate ``params`` against the graph and upload them to the backend."""
+        """Validate ``params`` against the graph and upload them to the backend.
+
+        Raises:
+            DeviceLimitError: (wgpu) q, k or bias alone larger than one storage binding (128 MiB
+                on WebGPU's default limits); together they may exceed it (they are split).
+        """
         be = self.backend
         p = params.validate(self.graph, be.dtype)
         # one allocation on backends that pack (wgpu: views into one flat buffer, so that the

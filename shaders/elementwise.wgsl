@@ -1,4 +1,5 @@
-// elementwise.wgsl: out[i] = a[i] + b[i] for i < n.
+// elementwise.wgsl: add: out[i] = a[i] + b[i] for i < n; gather: out[i] = a[index[i]] for i < n
+// (the split reverse index, reverse_index.py, puts per-edge values in reverse-index order).
 
 struct AddParams {
     n: u32,
@@ -11,6 +12,7 @@ struct AddParams {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> index: array<u32>;
 
 @compute @workgroup_size(WG)
 fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -19,4 +21,13 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
         return;
     }
     out[i] = a[i] + b[i];
+}
+
+@compute @workgroup_size(WG)
+fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = thread_index(gid, nwg);
+    if (i >= P.n) {
+        return;
+    }
+    out[i] = a[index[i]];
 }

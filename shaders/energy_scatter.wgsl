@@ -15,7 +15,9 @@
 //   small_max); strided compensated partial sums and a fixed-order tree.
 // * scatter_rows: xt -> next_e [B, N] (a node-major state handed out in the public layout).
 // Both scatter kernels write next_e node-major ([N, 4 ceil(B/4)] floats, flags bit 2) or
-// [B, N] (the public layout).
+// [B, N] (the public layout). With flags bit 3 the reverse index is split (reverse_index.py):
+// rev_pairs holds only the sources by target (u32 [E], read two per vec2) and pi is in
+// reverse-index order (entry r's weight at pi[r]).
 // A batch split into chunks (batch_chunks.py) runs these kernels once per chunk of rows: the
 // [B, N] arrays (energies, act_mask, a [B, N] next_e) are bound from an aligned offset before
 // the chunk's first row, which lies e0 elements into the bound range (0 when not split).
@@ -23,7 +25,7 @@
 struct ScatterParams {
     batch: u32,
     n_nodes: u32,
-    flags: u32,      // bit 0: act mask given; bit 1: retain_sinks; bit 2: next_e node-major
+    flags: u32,      // bit 0: act mask given; bit 1: retain_sinks; bit 2: next_e node-major; bit 3: split index
     n_large: u32,
     alpha: f32,
     small_max: u32,
@@ -73,6 +75,16 @@ fn finish(b: u32, k: u32, total: f32) -> f32 {
         return total + xt[k * n_chunks() + b / 4u][b % 4u];
     }
     return total;
+}
+
+// entry r of the reverse index as (index into pi, source): rev_pairs[r], or on the split index
+// (flags bit 3) r and the r-th source
+fn rev_entry(r: u32) -> vec2<u32> {
+    if ((P.flags & 8u) == 0u) {
+        return rev_pairs[r];
+    }
+    let two = rev_pairs[r >> 1u];
+    return vec2<u32>(r, select(two.x, two.y, (r & 1u) != 0u));
 }
 
 // ---------------------------------------------------------------- layout
@@ -172,8 +184,8 @@ fn scatter_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     // two edges per iteration (independent loads in flight), then the same sequential sums
     var r = s;
     for (; r + 1u < t; r = r + 2u) {
-        let pair0 = rev_pairs[r];
-        let pair1 = rev_pairs[r + 1u];
+        let pair0 = rev_entry(r);
+        let pair1 = rev_entry(r + 1u);
         let p0 = pi[pair0.x];
         let p1 = pi[pair1.x];
         let xa0 = xval4(pair0.y, c4);
@@ -202,7 +214,7 @@ fn scatter_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         }
     }
     if (r < t) {
-        let pair = rev_pairs[r];
+        let pair = rev_entry(r);
         let p = pi[pair.x];
         blk_a = blk_a + xval4(pair.y, c4) * p;
         if (two) {
@@ -245,7 +257,7 @@ fn scatter_large(
     var blk = 0.0;
     var nb = 0u;
     for (var r = s + lid; r < t; r = r + LWG) {
-        let pair = rev_pairs[r];
+        let pair = rev_entry(r);
         blk = blk + xval4(pair.y, c)[l] * pi[pair.x];
         nb = nb + 1u;
         if (nb == 16u) {

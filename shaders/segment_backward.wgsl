@@ -8,6 +8,8 @@
 //   out[j, c] = sum_{e in segment j} dl[e] * feat[idx[e], c] (grad_q)
 // mode 1, over the reverse index (seg = rev_ptr, idx = rev_pairs: (edge, source), feat = q):
 //   out[n, c] = sum_{r in range n} dl[edge_r] * feat[source_r, c]   (grad_k; dl from mode 0)
+// mode 2, mode 1 on the split reverse index (idx = the sources by target [E], dl gathered into
+//   reverse-index order: dl[r] = grad_logits[edge_r]): the same terms, mode 0's indexing
 //
 // `seg` holds the pointers [n_nodes + 1] followed (at P.bins_off) by the nodes ordered by bin:
 // n_small nodes of degree <= 16, n_mid of degree <= 256, then n_hub larger ones. Workgroups
@@ -20,7 +22,7 @@
 // dl[e] back (after a storageBarrier where other lanes of the workgroup wrote it).
 //
 // partials[P.out_offset + w] = the sum of squares of every value workgroup w wrote (dl and
-// out in mode 0, out in mode 1), its lanes' compensated sums reduced by the same fixed tree.
+// out in mode 0, out in modes 1 and 2), its lanes' compensated sums reduced by the same fixed tree.
 // WG must be 64.
 
 struct SegBwdParams {
@@ -77,7 +79,7 @@ fn group_sum(lid: u32, width: u32, acc: vec2<f32>) -> f32 {
 
 // entry r's term of column c: dl * feat[other, c]
 fn term(r: u32, c: u32) -> f32 {
-    if (P.mode == 0u) {
+    if (P.mode != 1u) {
         return dl[r] * feat[idx[r] * P.dim + c];
     }
     return dl[idx[2u * r]] * feat[idx[2u * r + 1u] * P.dim + c];
@@ -122,7 +124,7 @@ fn dot_part(s: u32, t: u32, first: u32, step: u32) -> vec2<f32> {
 fn term4(r: u32, c: u32) -> vec4<f32> {
     var w = 0.0;
     var o = 0u;
-    if (P.mode == 0u) {
+    if (P.mode != 1u) {
         w = dl[r];
         o = idx[r] * P.dim + c;
     } else {

@@ -60,13 +60,13 @@ def test_min_bytes_formula():
 
 
 def test_sizes_past_the_time_budget_are_built_until_refused(gpu_backend):
-    # E = 1,000 fits a 32 KiB binding (parameters 16,896 bytes), E = 3,000 does not (50,432)
-    with gpu_backend.binding_limit(32768):
+    # E = 1,000 fits a 16 KiB binding (q and k 6,400 bytes each; the parameters' 16,896 bytes
+    # together are split), E = 3,000 does not (q alone 19,200)
+    with gpu_backend.binding_limit(16384):
         report = sweep.main(["--dry-run", "--no-numpy", "--gpu-max-seconds", "0"], gpu=[("mid", gpu_backend)])
     res = report["results"][0]
     assert [r["edges"] for r in res["rows"]] == [1000]
     wall = res["walls"]["1"]
     assert wall.startswith("stopped timing before E = 3000: about ")
     assert "built untimed at E = []; refused at E = 3000, B = 1: " in wall
-    # q, k 19,200 bytes each, bias 12,000 rounded to 12,032 (256-byte regions)
-    assert "packed arrays of shape (12608,) (float32) needs 50432 bytes, over max_binding_bytes = 32768" in wall
+    assert "packed array 0 of shape (300, 16) needs 19200 bytes, over max_binding_bytes = 16384" in wall

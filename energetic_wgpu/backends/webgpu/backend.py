@@ -81,9 +81,10 @@ class WgpuBackend(PackedArrays, Backend):
 
     Arrays larger than the binding limit in use (128 MiB with default limits) are refused
     with :class:`DeviceLimitError`, except arrays given to :meth:`asarray`, :meth:`edge_flow`'s
-    output and the router's [B, N] energies, targets and gradients: one buffer each up to the
+    output and the router's [B, N] energies, targets and gradients (one buffer each up to the
     device's maxBufferSize, which the router's forward, backward and losses run over in batch
-    chunks (batch_chunks.py).
+    chunks: batch_chunks.py) and packed arrays (:meth:`pack`: the Router's parameters and
+    AdamW's moments), which are split past one binding (packed.py).
     """
 
     name = "wgpu"
@@ -162,6 +163,19 @@ class WgpuBackend(PackedArrays, Backend):
         finally:
             dev = self.runtime.limits["max_storage_buffer_binding_size"]
             self.runtime.set_max_binding_bytes(None if old == dev else old)
+
+    @contextlib.contextmanager
+    def buffer_limit(self, max_buffer_bytes: Any) -> Iterator[None]:
+        """``with backend.buffer_limit(n):`` runs its body with the buffer size limit in use set
+        to ``n`` bytes (None: the device's maxBufferSize; else an int multiple of 256, at most
+        the device's; never below the binding limit), restoring the previous setting afterwards.
+        Packed arrays (:meth:`pack`) over it are made as one buffer per region; tests use it
+        to reach that layout at small sizes."""
+        old = self.runtime.set_max_buffer_bytes(max_buffer_bytes)
+        try:
+            yield
+        finally:
+            self.runtime.set_max_buffer_bytes(old)
 
     def memory(self) -> dict[str, int]:
         """Live device bytes by purpose: graph, parameters, optimizer, activations, workspace,
@@ -256,12 +270,25 @@ class WgpuBackend(PackedArrays, Backend):
 
     def read_packed(self, arrays: Sequence[Any]) -> np.ndarray:
         """float32 1-D: the float ``arrays`` raveled and concatenated, in ONE readback (each
-        array is copied into the reused staging buffer; one submit, one map)."""
+        array is copied into the reused staging buffer; one submit, one map) — or one per
+        group of consecutive arrays when together they exceed the buffer size limit in use
+        (the staging buffer is one buffer)."""
         devs = [self._dev(a) for a in arrays]
         for a in devs:
             if a.dtype != np.float32:
                 raise ShapeError(f"read_packed: arrays must be float32, got {a.dtype}")
-        return self.runtime.read_many(devs).view(np.float32)
+        limit = self.runtime.max_buffer_bytes
+        groups: list[list[DeviceArray]] = [[]]
+        size = 0
+        for a in devs:
+            if groups[-1] and size + a.nbytes > limit:
+                groups.append([])
+                size = 0
+            groups[-1].append(a)
+            size += a.nbytes
+        if len(groups) == 1:
+            return self.runtime.read_many(devs).view(np.float32)
+        return np.concatenate([self.runtime.read_many(g).view(np.float32) for g in groups])
 
     def read_async(self, x: DeviceArray) -> Any:
         """Start reading ``x`` back; returns a handle whose ``result()`` gives the numpy array."""

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ...graph import Graph
+from . import reverse_index
 from .arrays import DeviceArray
 from .kernels import BIN_WG, GROUP_DEGREE_MAX, SMALL_DEGREE_MAX, THREAD_DEGREE_MAX
 
@@ -131,7 +132,7 @@ class GraphData:
     col_idx: DeviceArray  # u32 [E]
     src: DeviceArray  # u32 [E]
     rev_ptr: DeviceArray  # u32 [N+1]
-    rev_pairs: DeviceArray  # u32 [E, 2]: (edge, source) grouped by target
+    rev_pairs: DeviceArray | None  # u32 [E, 2]: (edge, source) grouped by target (None: split, reverse_index.py)
     sink: DeviceArray  # u32 [N]: 1 for out-degree 0
     large_out: DeviceArray | None  # u32: nodes with out-degree > SMALL
     large_in: DeviceArray | None  # u32: nodes with in-degree > SMALL
@@ -144,6 +145,8 @@ class GraphData:
     seg_list: DeviceArray | None  # u32: bins.nodes (None when every node has out-degree 0)
     bins_out: SegmentBins  # source segments binned by out-degree (the backward)
     bins_in: SegmentBins  # reverse-index ranges binned by in-degree (the backward)
+    rev_src: DeviceArray | None = None  # u32 [E]: the sources grouped by target (split layout only)
+    rev_edges: DeviceArray | None = None  # u32 [E]: the edges grouped by target (split layout only)
 
     def device_arrays(self) -> list[DeviceArray]:
         """Every device array of the graph data (the bins' ``seg`` arrays included)."""
@@ -152,14 +155,13 @@ class GraphData:
 
 
 def upload_graph(backend: Any, graph: Graph) -> GraphData:
-    """Upload ``graph``'s CSR and reverse (CSC) indices, sinks, large-degree node lists and the
-    forward's degree bins (the thread bin up to ``backend.thread_degree_max``)."""
+    """Upload ``graph``'s CSR and reverse (CSC) indices (the latter split past one binding:
+    reverse_index.py), sinks, large-degree node lists and the forward's degree bins (the
+    thread bin up to ``backend.thread_degree_max``)."""
 
     def up(a: np.ndarray) -> DeviceArray:
         return backend.asarray(np.ascontiguousarray(a, dtype=np.uint32), np.uint32)
 
-    rev_perm = graph.rev_perm
-    pairs = np.stack([rev_perm, graph.src[rev_perm]], axis=1) if graph.num_edges else np.zeros((0, 2))
     large_out = np.flatnonzero(graph.out_degree > SMALL_DEGREE_MAX)
     large_in = np.flatnonzero(graph.in_degree > SMALL_DEGREE_MAX)
     thread_max = backend.thread_degree_max
@@ -176,7 +178,7 @@ def upload_graph(backend: Any, graph: Graph) -> GraphData:
         col_idx=up(graph.col_idx),
         src=up(graph.src),
         rev_ptr=up(graph.rev_ptr),
-        rev_pairs=up(pairs),
+        **reverse_index.upload(up, graph, backend.runtime.max_binding_bytes),
         sink=up(graph.sink_mask.astype(np.uint32)),
         large_out=up(large_out) if large_out.size else None,
         large_in=up(large_in) if large_in.size else None,

@@ -349,6 +349,7 @@ KERNELS: dict[str, KernelSpec] = {
         # forward (backend.py)
         KernelSpec("copy_vec4", "copy.wgsl", COPY, ("src", "dst")),
         KernelSpec("add", "elementwise.wgsl", ADD, ("a", "b", "out")),
+        KernelSpec("gather", "elementwise.wgsl", ADD, ("a", "index", "out")),
         KernelSpec("edge_logits", "edge_logits.wgsl", LOGITS, ("src", "col_idx", "q", "k", "bias", "logits")),
         KernelSpec("edge_probs", "edge_probs.wgsl", PROBS, _PROBS, 64),
         KernelSpec("edge_probs_small", "edge_probs.wgsl", PROBS, _PROBS, 64),

@@ -33,33 +33,36 @@ __all__ = ["check_binding_bytes_type", "check_binding_bytes_range", "memory_repo
 MIN_BINDING_BYTES = 256
 
 
-def check_binding_bytes_type(value: Any) -> None:
-    """``max_binding_bytes`` must be None or an int >= 256 and a multiple of 256 (checked
-    before the device opens); InvalidArgumentError otherwise."""
+def check_binding_bytes_type(value: Any, name: str = "max_binding_bytes") -> None:
+    """``max_binding_bytes`` (or the limit ``name``, e.g. ``max_buffer_bytes``) must be None or
+    an int >= 256 and a multiple of 256 (checked before the device opens);
+    InvalidArgumentError otherwise."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
         raise InvalidArgumentError(
-            f"max_binding_bytes must be None or an int (bytes, a multiple of {MIN_BINDING_BYTES}), "
+            f"{name} must be None or an int (bytes, a multiple of {MIN_BINDING_BYTES}), "
             f"got {type(value).__name__} {value!r}"
         )
     v = int(value.__index__())
     if v < MIN_BINDING_BYTES or v % MIN_BINDING_BYTES:
         raise InvalidArgumentError(
-            f"max_binding_bytes must be a multiple of {MIN_BINDING_BYTES} and at least {MIN_BINDING_BYTES} "
+            f"{name} must be a multiple of {MIN_BINDING_BYTES} and at least {MIN_BINDING_BYTES} "
             f"bytes, got {v}"
         )
 
 
-def check_binding_bytes_range(value: Any, device_max: int, limits_mode: str) -> int:
+def check_binding_bytes_range(value: Any, device_max: int, limits_mode: str, name: str = "max_binding_bytes",
+                              device_name: str = "maxStorageBufferBindingSize") -> int:
     """The binding limit in use: ``value`` (type-checked already) when at most the device's
-    maxStorageBufferBindingSize ``device_max``, the device's own when None."""
+    maxStorageBufferBindingSize ``device_max``, the device's own when None (or the limit
+    ``name`` against the device's ``device_name``, e.g. max_buffer_bytes and maxBufferSize)."""
     if value is None:
         return int(device_max)
     v = int(value.__index__())
     if v > device_max:
         raise InvalidArgumentError(
-            f"max_binding_bytes must be at most the device's maxStorageBufferBindingSize = {device_max} bytes "
+            f"{name} must be at most the device's {device_name} = {device_max} bytes "
             f"({limits_mode} limits), got {v}; pass limits='adapter' for the adapter's own maximum"
         )
     return v

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .reverse_index import reverse_inputs
 from .arrays import DeviceArray
 from .kernels import SMALL_DEGREE_MAX
 
@@ -105,17 +106,19 @@ def scatter(
     or written into ``out`` (a batch chunk's bound range of [B, N] rows, which start at element
     ``e0`` of it; ``out`` is returned)."""
     batch, n = state.batch, gd.num_nodes
-    flags = (1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if node_major else 0)
     nxt = new_state(be, batch, n) if node_major else None
     if nxt is not None:
         out = nxt.data
     elif out is None:
         out = be.empty(shape if shape is not None else (batch, n))
-    u = dict(batch=batch, n_nodes=n, flags=flags, n_large=gd.n_large_in, alpha=np.float32(alpha),
-             small_max=SMALL_DEGREE_MAX, e0=e0)
-    common = dict(rev_ptr=gd.rev_ptr, rev_pairs=gd.rev_pairs, pi=pi, sink=gd.sink, next_e=out, xt=state.data,
-                  act_t=be._opt(None if active is None else active.data))
     if batch and n:
+        pairs, pi, split = reverse_inputs(be, gd, pi)
+        flags = (1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if node_major else 0) | (
+            8 if split else 0)
+        u = dict(batch=batch, n_nodes=n, flags=flags, n_large=gd.n_large_in, alpha=np.float32(alpha),
+                 small_max=SMALL_DEGREE_MAX, e0=e0)
+        common = dict(rev_ptr=gd.rev_ptr, rev_pairs=pairs, pi=pi, sink=gd.sink, next_e=out, xt=state.data,
+                      act_t=be._opt(None if active is None else active.data))
         be.runtime.dispatch("scatter_small", threads=-(-batch // 8) * n, uniform=u, **common)
         if gd.n_large_in:
             be.runtime.dispatch("scatter_large", workgroups=gd.n_large_in * batch, uniform=u,

@@ -37,6 +37,7 @@ import numpy as np
 from . import batch_chunks, loop_cap, sumsq
 from .kernels import GROUP_DEGREE_MAX, SMALL_DEGREE_MAX
 from .node_major import NodeMajor, new_state
+from .reverse_index import reverse_inputs
 
 __all__ = ["energy_scatter_backward", "scatter_step_backward", "segment_softmax_backward", "edge_logits_backward",
            "softmax_logits_backward"]
@@ -168,13 +169,16 @@ def edge_logits_backward(backend: Any, graph: Any, q: Any, k: Any, grad_logits: 
     dim = int(q.shape[1])
     grad_q = be.empty((n, dim))
     grad_k = be.empty((n, dim))
+    # the split reverse index (reverse_index.py): sources by target and grad_logits in
+    # reverse-index order, read as mode 0 reads its CSR segments
+    rev_idx, rev_gl, split = reverse_inputs(be, gd, gl)
     jobs = (
-        (0, gd.row_ptr, gd.col_idx, k, grad_q, gd.large_out, gd.n_large_out),
-        (1, gd.rev_ptr, gd.rev_pairs, q, grad_k, gd.large_in, gd.n_large_in),
+        (0, gd.row_ptr, gd.col_idx, gl, k, grad_q, gd.large_out, gd.n_large_out),
+        (0 if split else 1, gd.rev_ptr, rev_idx, rev_gl, q, grad_k, gd.large_in, gd.n_large_in),
     )
-    for mode, seg_ptr, idx, feat, out, large, n_large in jobs:
+    for mode, seg_ptr, idx, values, feat, out, large, n_large in jobs:
         u = dict(n_nodes=n, dim=dim, mode=mode, n_large=n_large, small_max=SMALL_DEGREE_MAX)
-        common = dict(seg_ptr=seg_ptr, idx=idx, grad_logits=gl, feat=feat, out=out)
+        common = dict(seg_ptr=seg_ptr, idx=idx, grad_logits=values, feat=feat, out=out)
         rt.dispatch("logits_bwd_small", threads=n * dim, uniform=u, **common)
         if n_large:
             rt.dispatch("logits_bwd_large", workgroups=n_large * dim, uniform=u, large_nodes=large, **common)
@@ -212,8 +216,10 @@ def softmax_logits_backward(
     dummy = rt.dummy()
     _segment_bwd(rt, gd.bins_out, dict(n_nodes=n, dim=dim, mode=0, out_offset=0, tau=np.float32(tau)),
                  seg=gd.bins_out.seg, idx=gd.col_idx, pi=pi, gpi=grad_pi, dl=gl, feat=k, out=grad_q, partials=partials)
-    _segment_bwd(rt, gd.bins_in, dict(n_nodes=n, dim=dim, mode=1, out_offset=w_out, tau=np.float32(1.0)),
-                 seg=gd.bins_in.seg, idx=gd.rev_pairs, pi=dummy, gpi=dummy, dl=gl, feat=q, out=grad_k,
+    rev_idx, rev_gl, split = reverse_inputs(be, gd, gl)  # mode 2: the split reverse index
+    _segment_bwd(rt, gd.bins_in, dict(n_nodes=n, dim=dim, mode=2 if split else 1, out_offset=w_out,
+                                      tau=np.float32(1.0)),
+                 seg=gd.bins_in.seg, idx=rev_idx, pi=dummy, gpi=dummy, dl=rev_gl, feat=q, out=grad_k,
                  partials=partials)
     sumsq.remember(be, (grad_q, grad_k, gl), partials, w_out + w_in)
     return grad_q, grad_k, gl

@@ -310,6 +310,50 @@ def _packed_layout(
     return (P, M, V), tail, n_total
 
 
+def packed_ranges(offsets: Sequence[tuple[int, int]], n_total: int, limit: int) -> list[tuple[int, int, list]]:
+    """The ranges of a packed buffer that ``adamw_update_packed`` updates one dispatch each when
+    the buffer is larger than one binding of ``limit`` bytes: consecutive ranges [start, end)
+    of ``limit`` rounded down to 256 bytes (64 elements; the last one shorter) from element 0,
+    so every start is 256-byte aligned (WebGPU's largest storage offset alignment), each with
+    the parts of the regions ((element offset, length), in order) it holds as (region index,
+    first element of the region in the range, length)."""
+    step = limit // 256 * 64
+    out = []
+    for start in range(0, n_total, step):
+        end = min(start + step, n_total)
+        parts = []
+        for r, (off, ln) in enumerate(offsets):
+            lo, hi = max(off, start), min(off + ln, end)
+            if lo < hi:
+                parts.append((r, lo - off, hi - lo))
+        if parts:
+            out.append((start, end, parts))
+    return out
+
+
+def _update_packed_ranges(rt: Any, params: Sequence[Any], grads: Sequence[Any], exp_avg: Sequence[Any],
+                          exp_avg_sq: Sequence[Any], n_total: int, slot: int, hyper: dict[str, Any], scal: Any,
+                          hyper_buf: Any) -> None:
+    """``adamw_update_packed`` over :func:`packed_ranges` of the flat parameter, m and v buffers
+    (each range bound as a view from its aligned start, the gradients as views of the same
+    elements): the same arithmetic per element as one dispatch, so the same bits."""
+    first = params[0].offset // 4  # element offsets from region 0's (aligned) start
+    regions = [(p.offset // 4 - first, p.size) for p in params]
+    for start, end, parts in packed_ranges(regions, n_total - first, rt.max_binding_bytes):
+        n = end - start
+        flat = [rt.view(a[0], start * 4, (n,)) for a in (params, exp_avg, exp_avg_sq)]
+        offs, lens, gs = [], [], []
+        for r, j0, ln in parts:
+            offs.append(regions[r][0] + j0 - start)
+            lens.append(ln)
+            gs.append(rt.view(grads[r], j0 * 4, (ln,)))
+        pad = 3 - len(parts)
+        g0, g1, g2 = gs + [rt.dummy()] * pad
+        u = dict(n=n, slot=slot, **hyper, off=tuple(offs + [n] * pad + [0]), len=tuple(lens + [0] * pad + [0]))
+        rt.dispatch("adamw_update_packed", threads=n, uniform=u, p_flat=flat[0], m_flat=flat[1], v_flat=flat[2],
+                    grad0=g0, grad1=g1, grad2=g2, scal_p=scal, hyper_p=hyper_buf)
+
+
 def adamw_step(
     backend: Any,
     params: Sequence[Any],
@@ -378,10 +422,13 @@ def adamw_step(
     packed = _packed_layout(params, grads, exp_avg, exp_avg_sq)
     if packed is not None:
         (pb, mb, vb), tail, n_total = packed
-        g0, g1, g2 = list(grads) + [rt.dummy()] * (3 - len(grads))
-        u = dict(n=n_total, slot=slot, **hyper, off=tail[:4], len=tail[4:])
-        rt.dispatch("adamw_update_packed", threads=n_total, uniform=u, p_flat=pb, m_flat=mb, v_flat=vb, grad0=g0,
-                    grad1=g1, grad2=g2, scal_p=scal, hyper_p=st.hyper)
+        if max(pb.size, mb.size, vb.size) > rt.max_binding_bytes:  # past one binding: in ranges
+            _update_packed_ranges(rt, params, grads, exp_avg, exp_avg_sq, n_total, slot, hyper, scal, st.hyper)
+        else:
+            g0, g1, g2 = list(grads) + [rt.dummy()] * (3 - len(grads))
+            u = dict(n=n_total, slot=slot, **hyper, off=tail[:4], len=tail[4:])
+            rt.dispatch("adamw_update_packed", threads=n_total, uniform=u, p_flat=pb, m_flat=mb, v_flat=vb,
+                        grad0=g0, grad1=g1, grad2=g2, scal_p=scal, hyper_p=st.hyper)
     else:
         for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq):
             u = dict(n=p.size, slot=slot, **hyper)

@@ -2,6 +2,18 @@
 
 ``Router.set_params`` packs q, k and bias and ``AdamW`` allocates m and v with the same layout,
 so the optimizer update is one dispatch (``adamw_update_packed``, ops_train.py).
+
+Past one storage binding (the binding limit in use, 128 MiB on WebGPU's default limits) the
+packed array is split, never refused for its total size:
+
+* total <= the buffer size limit (maxBufferSize, 256 MiB by default): still ONE buffer
+  (``BufferPool.new_large_array``) with the same layout; the ops that would bind it whole
+  (the fused AdamW update) run over ranges of at most one binding from aligned offsets;
+* larger: each region is a buffer of its own (whole arrays, not views); the optimizer
+  updates them one array at a time (``adamw_update``).
+
+Each region (q, k, bias) must fit one binding (the forward and backward bind it whole): a
+larger one is refused with :class:`DeviceLimitError` before anything is allocated.
 """
 
 from __future__ import annotations
@@ -11,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ...errors import DeviceLimitError
 from .arrays import DeviceArray
 
 __all__ = ["PackedArrays"]
@@ -34,15 +47,37 @@ class PackedArrays:
         return offsets, max(off, 16)
 
     def _views(self, total: int, offsets: Sequence[int], shapes: Sequence[tuple[int, ...]],
-               dtypes: Sequence[Any]) -> tuple[DeviceArray, list[DeviceArray]]:
+               dtypes: Sequence[Any]) -> tuple[list[DeviceArray], list[DeviceArray]]:
+        """(the buffers' arrays, the region arrays): views into one buffer of ``total`` bytes,
+        or one whole array per region when ``total`` exceeds the buffer size limit."""
         rt = self.runtime
-        flat = rt.new_array(self, (total // 4,), np.float32, "packed arrays")
-        return flat, [rt.view(flat, o, shp, dt) for o, shp, dt in zip(offsets, shapes, dtypes)]
+        if total <= rt.max_binding_bytes:  # the common case: one buffer, bound whole
+            flat = rt.new_array(self, (total // 4,), np.float32, "packed arrays")
+            return [flat], [rt.view(flat, o, shp, dt) for o, shp, dt in zip(offsets, shapes, dtypes)]
+        for i, shp in enumerate(shapes):
+            need = rt.view_bind_size(math.prod(shp) * 4)
+            if need > rt.max_binding_bytes:
+                desc, where = rt.pool.limit_desc
+                raise DeviceLimitError(
+                    f"packed array {i} of shape {shp} needs {need} bytes, over {desc} = {rt.max_binding_bytes} "
+                    f"bytes ({where}); each packed array (e.g. the Router's q, k or bias) must fit one storage "
+                    f"binding: use a smaller graph or dimension, or limits='adapter'"
+                )
+        if total <= rt.max_buffer_bytes:  # one buffer, bound in ranges (ops_train.adamw_step)
+            flat = rt.pool.new_large_array(self, (total // 4,), np.float32, "packed arrays")
+            return [flat], [rt.view(flat, o, shp, dt) for o, shp, dt in zip(offsets, shapes, dtypes)]
+        regions = [rt.new_array(self, shp, dt, "packed array") for shp, dt in zip(shapes, dtypes)]
+        return regions, regions
 
     def pack(self, arrays: Sequence[Any]) -> list[DeviceArray]:
         """The arrays uploaded into ONE pooled buffer: a list of views, region i at a multiple
         of the device's minStorageBufferOffsetAlignment (256 by default), the layout a function
-        of the sizes only. A DeviceArray of this backend is copied on the device."""
+        of the sizes (and the limits in use) only; over the buffer size limit, one buffer per
+        array (see the module docstring). A DeviceArray of this backend is copied on the device.
+
+        Raises:
+            DeviceLimitError: an array larger than one storage binding (bytes and limit named).
+        """
         items = []
         for a in arrays:
             if isinstance(a, DeviceArray) and a.backend is self:
@@ -63,7 +98,8 @@ class PackedArrays:
 
     def zeros_like_packed(self, arrays: Sequence[Any]) -> list[DeviceArray]:
         """Zero-filled float32 views in one new buffer: at the offsets of ``arrays`` when they
-        are views of one buffer (the layout of a :meth:`pack`), else in a fresh packed layout."""
+        are views of one buffer (the layout of a :meth:`pack`), else in a fresh packed layout
+        (one buffer per array over the buffer size limit, as :meth:`pack`)."""
         arrays = list(arrays)
         if not arrays:
             return []
@@ -76,6 +112,7 @@ class PackedArrays:
             total = max(o + rt.view_bind_size(math.prod(s) * 4) for o, s in zip(offsets, shapes))
         else:
             offsets, total = self._packed_layout([math.prod(s) * 4 for s in shapes])
-        flat, views = self._views(total, offsets, shapes, [np.float32] * len(shapes))
-        self.runtime.clear(flat)
+        buffers, views = self._views(total, offsets, shapes, [np.float32] * len(shapes))
+        for b in buffers:
+            self.runtime.clear(b)
         return views

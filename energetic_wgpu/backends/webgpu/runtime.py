@@ -62,7 +62,9 @@ class Runtime:
         self.submission = Submission(self.device, ev.pass_begun)
         self.pool = BufferPool(self.device, self.submission, self.max_binding_size, limit_desc, self.STORAGE_USAGE,
                                ev.created)
-        self.pool.max_buffer_size = max(self.max_binding_bytes, int(self.limits.get("max_buffer_size", 0)))
+        #: a buffer size limit set with :meth:`set_max_buffer_bytes` (None: the device's maxBufferSize)
+        self.forced_buffer_bytes: int | None = None
+        self._apply_buffer_limit()
         self.pipelines = PipelineCache(self.device, ev.built)
         self.uniforms = UniformCache(self.queue, self.pool.new_buffer, self.pool.destroy, self.submission,
                                      w.BufferUsage.UNIFORM | w.BufferUsage.COPY_DST)
@@ -124,9 +126,34 @@ class Runtime:
         pool = self.pool
         pool.max_binding_size = new
         pool.limit_desc = self._limit_desc(value is not None)
-        pool.max_buffer_size = max(new, int(self.limits.get("max_buffer_size", 0)))
+        self._apply_buffer_limit()
         pool.forget_sizes()
         return old
+
+    @property
+    def max_buffer_bytes(self) -> int:
+        """The buffer size limit size decisions use (bytes): the device's maxBufferSize, or the
+        smaller value set with :meth:`set_max_buffer_bytes`; never below the binding limit."""
+        return self.pool.max_buffer_size
+
+    def set_max_buffer_bytes(self, value: Any) -> int | None:
+        """Set the buffer size limit size decisions use (``None``: the device's maxBufferSize;
+        else an int multiple of 256, >= 256, at most the device's; below the binding limit in
+        use it counts as the binding limit). Returns the previous setting (None or bytes).
+        Tests use it to reach the "one buffer per region" layout of packed arrays at small
+        sizes. InvalidArgumentError naming ``max_buffer_bytes`` for a bad value."""
+        check_binding_bytes_type(value, "max_buffer_bytes")
+        check_binding_bytes_range(value, int(self.limits.get("max_buffer_size", 0)), self.limits_mode,
+                                  "max_buffer_bytes", "maxBufferSize")
+        old = self.forced_buffer_bytes
+        self.forced_buffer_bytes = None if value is None else int(value.__index__())
+        self._apply_buffer_limit()
+        return old
+
+    def _apply_buffer_limit(self) -> None:
+        forced = self.forced_buffer_bytes
+        device = int(self.limits.get("max_buffer_size", 0))
+        self.pool.max_buffer_size = max(self.max_binding_bytes, device if forced is None else forced)
 
     def limits_in_use(self) -> dict[str, Any]:
         """The limits size decisions use: ``limits_mode`` ("default" or "adapter"),
