@@ -11,9 +11,9 @@
 //     b = 0, 1, ... in order; with flags bit 2 the result is acc_in[e] + that sum (the
 //     gradient of earlier steps). A batch split into chunks (batch_chunks.py) runs it (or
 //     scatter_bwd_pi_nm) once per chunk of rows, in row order, carrying the running
-//     compensated sum (sum, comp) in out[e], out[n_edges + e] (out is then [2, E]): flags
-//     bit 6 resumes from it, bit 7 stores it instead of the result (every chunk but the
-//     last), so the sum is the unsplit one.
+//     compensated sum (sum, comp) in out[e], carry_comp[e]: flags bit 6 resumes from it,
+//     bit 7 stores it instead of the result (every chunk but the last), so the sum is the
+//     unsplit one.
 //   The [B, N] arrays are bound from an aligned offset before the chunk's first row, which
 //   lies e0 elements into the bound range (0 when not split).
 //
@@ -46,6 +46,7 @@ struct ScatterBwdParams {
 @group(0) @binding(9) var<storage, read> src: array<u32>;
 @group(0) @binding(10) var<storage, read> energies: array<f32>;
 @group(0) @binding(11) var<storage, read> acc_in: array<f32>;
+@group(0) @binding(12) var<storage, read_write> carry_comp: array<f32>;  // [E]: batch chunks' compensations
 // the same bindings read 4 rows at a time, for scatter_bwd_pi_nm (node-major data only: a
 // node's rows 4c .. 4c+3 are one vec4)
 @group(0) @binding(5) var<storage, read> act_mask4: array<vec4<u32>>;
@@ -242,7 +243,7 @@ fn add_rows(acc: vec2<f32>, p: vec4<f32>, c: u32) -> vec2<f32> {
 // the running sum grad_pi[e] starts from: the previous batch chunk's (flags bit 6), else 0
 fn start_pi(e: u32) -> vec2<f32> {
     if ((P.flags & 64u) != 0u) {
-        return vec2<f32>(out[e], out[P.n_edges + e]);
+        return vec2<f32>(out[e], carry_comp[e]);
     }
     return vec2<f32>(0.0, 0.0);
 }
@@ -252,7 +253,7 @@ fn start_pi(e: u32) -> vec2<f32> {
 fn store_pi(e: u32, acc: vec2<f32>) {
     if ((P.flags & 128u) != 0u) {
         out[e] = acc.x;
-        out[P.n_edges + e] = acc.y;
+        carry_comp[e] = acc.y;
         return;
     }
     var total = acc.x - acc.y;

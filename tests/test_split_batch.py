@@ -26,9 +26,9 @@ LIMIT = 65536  # bytes per binding: node-major state of 52 rows = 62,400 bytes
 CHUNKS = [(0, 52), (52, 52), (104, 46)]
 
 
-def _graph() -> Graph:
+def _graph(e: int = E) -> Graph:
     rng = np.random.default_rng(3)
-    rest = E - 600
+    rest = e - 600
     src = np.concatenate([np.full(300, 7), rng.integers(0, N, 300), rng.integers(0, N, rest)])
     dst = np.concatenate([rng.integers(0, N, 300), np.full(300, 11), rng.integers(0, N, rest)])
     order = np.argsort(src, kind="stable")
@@ -193,3 +193,58 @@ def test_public_ops_split_bit_identical(gpu_backend, np_backend):
     for name, a, b, c in zip(("next", "grad_energies", "grad_pi", "loss", "mse grad"), split, whole, ref):
         assert a.tobytes() == b.tobytes(), name
         assert_parity(a, c, name)
+
+
+def _all_splits(be, split: bool):
+    """d = 8, E = 2,500 under a 16 KiB limit: the packed parameters (29,200 bytes) and the
+    reverse index pairs (20,000 bytes) split too, and the batch runs in 13 chunks of 12 rows."""
+    g = _graph(2500)
+    params = RouterParams.init(g, 8, tau=0.8, alpha=0.9, top_k=0, seed=2, noise=0.1)
+    en, act, tgt = _data(4)
+    with (be.binding_limit(16384) if split else contextlib.nullcontext()):
+        if split:
+            assert len(batch_chunks.plan(be, B, N)) == 13
+        r = Router(g, params, be)
+        opt = AdamW(r, lr=0.01, eps=1e-4)
+        out = r.forward(en, active=act, steps=2, retain_sinks=True)
+        gr = r.backward(out, tgt, energies_grad=True)
+        got = [be.to_numpy(x) for x in (out.next_energies, gr.q, gr.k, gr.bias, gr.energies)]
+        for _ in range(2):
+            got.append(be.to_numpy(r.train_step(en, tgt, opt, active=act, steps=2).loss_array))
+        got += [r.params().q, r.params().bias]
+    return got
+
+
+def test_batch_parameter_and_reverse_index_splits_together(gpu_backend, np_backend):
+    split = _all_splits(gpu_backend, True)
+    whole = _all_splits(gpu_backend, False)
+    ref = _all_splits(np_backend, False)
+    names = ["next", "grad q", "grad k", "grad bias", "grad energies", "loss 1", "loss 2", "q", "bias"]
+    for name, a, b, c in zip(names, split, whole, ref):
+        assert a.tobytes() == b.tobytes(), name
+        assert_parity(a, c, name)
+
+
+@pytest.mark.parametrize("node_major", [False, True])
+def test_grad_pi_carry_protocol(gpu_backend, node_major):
+    """scatter_bwd_pi(_nm)'s hand-over between batch chunks, on chunks of 0 rows (nothing is
+    added): a middle chunk (flags 64 | 128) passes (sum, compensation) on unchanged, the last
+    (64) returns sum - compensation + acc_in. (On lavapipe the compiler drops Kahan's
+    compensation inside a sum, so the bit-identity tests above never see a non-zero one.)"""
+    from energetic_wgpu.backends.webgpu import ops_backward
+
+    be = gpu_backend
+    gd = be.graph_data(GRAPH)
+    sums = np.linspace(1.0, 2.0, E, dtype=np.float32)
+    comps = np.linspace(-2.0**-20, 2.0**-20, E, dtype=np.float32)
+    acc = np.full(E, 0.5, np.float32)
+    gp, comp = be.asarray(sums), be.asarray(comps)
+    pi, rows = be.asarray(np.full(E, 0.3, np.float32)), be.zeros((4 * N,))
+    for flags in (64 | 128, 64):
+        call = batch_chunks.ChunkCall(rows=0, e0=0, out=None, grad_pi=gp, comp=comp, carry=flags)
+        ops_backward._scatter_backward(be, gd, rows, None, node_major, pi, rows, 1.0, False, False, be.asarray(acc),
+                                       (0, N), chunk=call)
+        if flags & 128:
+            assert be.to_numpy(gp).tobytes() == sums.tobytes()
+            assert be.to_numpy(comp).tobytes() == comps.tobytes()
+    np.testing.assert_array_equal(be.to_numpy(gp), acc + (sums - comps))

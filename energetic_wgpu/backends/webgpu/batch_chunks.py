@@ -19,8 +19,8 @@ into the same pending command encoder (one submit per train step as unsplit):
   (next energies, input-energy gradients) do not depend on other rows: bit-identical to the
   unsplit run. ``grad_pi`` sums over the batch (one compensated sum over b = 0, 1, ... per
   edge): the chunks run in row order and hand the running (sum, compensation) pair of each
-  edge on in a [2, E] buffer (``scatter_bwd_pi`` flags bits 6 and 7), so the sum is exactly
-  the unsplit one;
+  edge on (the sums in grad_pi itself, the compensations in a second [E] array;
+  ``scatter_bwd_pi`` flags bits 6 and 7), so the sum is exactly the unsplit one;
 * losses reduce a flat [B * N] array in workgroups of 4096 elements: they are split into
   ranges of whole workgroups (:func:`flat_ranges`), each partial written where the unsplit
   dispatch writes it; the final pass is unchanged (the same bits).
@@ -37,7 +37,7 @@ import numpy as np
 
 from ...errors import DeviceLimitError
 from . import node_major
-from .arrays import DeviceArray, new_device_array
+from .arrays import DeviceArray
 from .node_major import BatchShape, NodeMajor
 
 __all__ = ["Chunked", "ChunkCall", "plan", "rows_per_range", "row_e0", "rows_view", "flat_ranges", "large_rows",
@@ -70,14 +70,16 @@ class ChunkCall:
     Attributes:
         rows: rows of the chunk. e0: element of the bound [B, N] ranges where they start.
         out: the bound range of the [B, N] input-energy gradient (or None).
-        grad_pi: the [2, E] running-sum buffer, bound whole. carry: scatter_bwd_pi flags
-            (64: resume the running sum; 128: store it, not the result).
+        grad_pi, comp: float [E], the running compensated sums (sum, compensation) of grad_pi
+            across chunks; grad_pi ends as the result. carry: scatter_bwd_pi flags (64: resume
+            the running sum; 128: store it, not the result).
     """
 
     rows: int
     e0: int
     out: Any
     grad_pi: DeviceArray
+    comp: DeviceArray
     carry: int
 
 
@@ -210,17 +212,6 @@ def to_rows(be: Any, state: Chunked) -> DeviceArray:
     return state.rows
 
 
-def _grad_pi_carry(be: Any, n_edges: int) -> DeviceArray:
-    """The [2, E] running sums of grad_pi across chunks (its first E floats end as grad_pi)."""
-    limit = be.runtime.max_binding_size
-    if 8 * n_edges > limit:
-        raise DeviceLimitError(
-            f"a batch split into chunks carries grad_pi's running sums in a [2, E] buffer of {8 * n_edges} bytes "
-            f"(E = {n_edges}), over the binding limit of {limit} bytes"
-        )
-    return be.empty((2 * max(n_edges, 1),))
-
-
 def scatter_step_backward(be: Any, gd: Any, state: Any, pi: Any, grad_next: Any, alpha: float, active: Any,
                           retain_sinks: bool, grad_energies: bool, grad_pi_acc: Any, last: bool, backward: Any,
                           chunks: list[tuple[int, int]] | None = None) -> tuple[Any, DeviceArray]:
@@ -233,7 +224,7 @@ def scatter_step_backward(be: Any, gd: Any, state: Any, pi: Any, grad_next: Any,
     nm = isinstance(state, Chunked)
     spans = [(r0, part.batch) for r0, part in zip(state.starts, state.parts)] if nm else chunks
     batch = state.batch if nm else int(state.shape[0])
-    carry = _grad_pi_carry(be, e)
+    grad_pi, comp = be.empty((e,)), be.empty((e,))  # the running sums: grad_pi holds the sums
     out = large_rows(be, batch, n) if grad_energies and last else None
     parts = []
     for i, (r0, rows) in enumerate(spans):
@@ -246,12 +237,11 @@ def scatter_step_backward(be: Any, gd: Any, state: Any, pi: Any, grad_next: Any,
         g = grad_next.parts[i] if isinstance(grad_next, Chunked) else rows_view(be, grad_next, r0, rows, n)[0]
         view = None if out is None else rows_view(be, out, r0, rows, n)[0]
         flags = (64 if i else 0) | (128 if i < len(spans) - 1 else 0)
-        call = ChunkCall(rows=rows, e0=e0, out=view, grad_pi=carry, carry=flags)
+        call = ChunkCall(rows=rows, e0=e0, out=view, grad_pi=grad_pi, comp=comp, carry=flags)
         ge, _ = backward(be, gd, x, act, nm, pi, g, alpha, retain_sinks, grad_energies, grad_pi_acc,
                          (rows, n) if last else None, chunk=call)
         if grad_energies and not last:
             parts.append(ge)
-    grad_pi = new_device_array(be, carry._alloc, (e,), np.dtype(np.float32))
     if not grad_energies:
         return None, grad_pi
     return (out if last else Chunked(parts, [r0 for r0, _ in spans], batch, n)), grad_pi

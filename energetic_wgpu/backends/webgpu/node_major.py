@@ -68,9 +68,10 @@ def new_state(be: Any, batch: int, n: int, dtype: Any = np.float32) -> NodeMajor
     return NodeMajor(be.empty((n * 4 * (-(-batch // 4)),), dtype), batch, n)
 
 
-def _unused_output(be: Any) -> DeviceArray:
-    """The buffer bound as ``act_out`` when there is no mask (never written). It must be
-    writable and not the shared dummy (bound read-only as ``act_mask`` in the same dispatch);
+def unused_output(be: Any) -> DeviceArray:
+    """The buffer bound as ``act_out`` when there is no mask, and as ``scatter_bwd_pi``'s
+    ``carry_comp`` when the batch is not split (never written). It must be writable and not
+    the shared dummy (bound read-only, e.g. as ``act_mask``, in the same dispatch);
     one per backend, kept, so a steady-state step takes the same pooled buffers every time."""
     if be.node_major_scratch is None:
         be.node_major_scratch = be.empty((4,), np.uint32)
@@ -88,7 +89,7 @@ def to_node_major(be: Any, gd: Any, energies: DeviceArray, active: Any, batch: i
     n = gd.num_nodes
     state = new_state(be, batch, n)
     act = None if active is None else new_state(be, batch, n, np.uint32)
-    act_out = _unused_output(be) if act is None else act.data
+    act_out = unused_output(be) if act is None else act.data
     u = dict(batch=batch, n_nodes=n, flags=0 if active is None else 1, n_large=0, alpha=np.float32(1.0),
              small_max=SMALL_DEGREE_MAX, e0=e0)
     be.runtime.dispatch("scatter_transpose", threads=-(-batch // 4) * n, uniform=u, energies=energies,

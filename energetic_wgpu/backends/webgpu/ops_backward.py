@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from . import batch_chunks, loop_cap, sumsq
+from . import batch_chunks, loop_cap, node_major, sumsq
 from .kernels import GROUP_DEGREE_MAX, SMALL_DEGREE_MAX
 from .node_major import NodeMajor, new_state
 from .reverse_index import reverse_inputs
@@ -139,12 +139,14 @@ def _scatter_backward(
         u = {**u, "flags": flags | chunk.carry}
     # B = 0: the kernel writes zeros (an empty sum) for every edge
     acc_in = be._opt(grad_pi_acc)
+    # the compensations a batch chunk hands on; else a never-written scratch buffer
+    comp = node_major.unused_output(be) if chunk is None else chunk.comp
     if state_nm:  # the source's rows 4 at a time as vec4 loads
         rt.dispatch("scatter_bwd_pi_nm", threads=e, uniform=u, col_idx=gd.col_idx, grad_next=g, act_mask4=act,
-                    out=grad_pi, src=gd.src, energies4=energies, acc_in=acc_in)
+                    out=grad_pi, src=gd.src, energies4=energies, acc_in=acc_in, carry_comp=comp)
     else:
         rt.dispatch("scatter_bwd_pi", threads=e, uniform=u, col_idx=gd.col_idx, grad_next=g, act_mask=act,
-                    out=grad_pi, src=gd.src, energies=energies, acc_in=acc_in)
+                    out=grad_pi, src=gd.src, energies=energies, acc_in=acc_in, carry_comp=comp)
     return grad_e, grad_pi
 
 
