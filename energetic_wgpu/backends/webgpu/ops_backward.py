@@ -99,8 +99,8 @@ def _scatter_backward(
 
     ``chunk`` (batch_chunks.py, one batch chunk of a split batch): a
     :class:`~.batch_chunks.ChunkCall` giving the chunk's rows, the element ``e0`` where they
-    start in the bound [B, N] ranges, the [B, N] output range (or None), and the [2, E]
-    running-sum buffer of grad_pi with the carry flags."""
+    start in the bound [B, N] ranges, the [B, N] output range (or None), and grad_pi's running
+    sums and compensations (two float [E]) with the carry flags."""
     rt = be.runtime
     n, e = gd.num_nodes, gd.num_edges
     pi = be._dev(pi)
