@@ -55,6 +55,7 @@ struct ProbParams {
 // the bin bounds (kernels.py THREAD_DEGREE_MAX and GROUP_DEGREE_MAX)
 const SMALL_MAX: u32 = 16u;
 const MID_MAX: u32 = 256u;
+const SELECT_MAX: u32 = 8u;  // seg_small's top-k by k selection passes up to this k, else by ranks
 const SWG: u32 = 64u;      // the workgroup size of edge_probs (the host passes it as WG)
 const GROUP: u32 = 32u;
 const GROUPS: u32 = 2u;    // SWG / GROUP
@@ -101,7 +102,30 @@ fn seg_small(j: u32) {
     }
     let k = P.top_k;
     var keep = (1u << deg) - 1u; // bit i: edge s + i kept
-    if (k != 0u && deg > k) {
+    if (k != 0u && deg > k && k <= SELECT_MAX) {
+        // k passes, each keeping the best entry (z descending, edge ascending) not kept yet:
+        // k * SMALL_MAX steps instead of SMALL_MAX^2, the same set as the ranks below (a NaN z,
+        // which no comparison ranks below anything, is kept first as there, outside the k)
+        keep = 0u;
+        for (var i = 0u; i < SMALL_MAX; i = i + 1u) {
+            if (i < deg && (bitcast<u32>(zs[i]) & 0x7fffffffu) > 0x7f800000u) {
+                keep = keep | (1u << i);
+            }
+        }
+        for (var p = 0u; p < k; p = p + 1u) {
+            var bi = SMALL_MAX;
+            var bz = 0.0;
+            for (var i = 0u; i < SMALL_MAX; i = i + 1u) {
+                if (i < deg && ((keep >> i) & 1u) == 0u && (bi == SMALL_MAX || zs[i] > bz)) {
+                    bi = i;
+                    bz = zs[i];
+                }
+            }
+            if (bi < SMALL_MAX) {
+                keep = keep | (1u << bi);
+            }
+        }
+    } else if (k != 0u && deg > k) {
         keep = 0u;
         for (var i = 0u; i < SMALL_MAX; i = i + 1u) {
             var rank = 0u;
