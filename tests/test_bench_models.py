@@ -47,3 +47,18 @@ def test_roofline_table_rows_and_bounds():
     assert "| 0.675-0.702 ms |" in h100_large and h100_large.endswith("| device |")
     h100_default = [r for r in rows if r.startswith("| default") and "H100" in r][0]
     assert h100_default.endswith("| host |")
+
+
+def test_host_floor_measures_the_steps_own_dispatches(gpu_backend):
+    """benchmarks/host_floor.py on the first adapter: the replay holds the train step's 9
+    dispatches, and every figure is a positive time (2 samples: a dry run, not a measurement)."""
+    pytest.importorskip("energetic_wgpu.backends.webgpu")
+    import host_floor
+
+    if "Vulkan" not in gpu_backend.describe():
+        pytest.skip("one adapter is enough (the script opens its own device)")
+    res = host_floor.measure(0, 2)
+    assert res["dispatches"] == 9 and res["samples"] == 2
+    for key in ("empty_submit_ms", "replay_public_ms", "replay_native_ms", "train_step_ms",
+                "train_step_back_to_back_cpu_ms"):
+        assert res[key] > 0, key
