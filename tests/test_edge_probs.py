@@ -55,10 +55,15 @@ def grid_inputs(g, dim, seed=0, levels=3):
 
 
 def test_degree_bins_follow_the_backend_policy(gpu_backend):
-    """"auto" is "cpu" on these CPU adapters; switching re-bins the graph: degrees 17..32 move
-    from the 32-lane group bin to the thread bin and back."""
+    """"auto" is "cpu" on a CPU adapter (lavapipe, llvmpipe), "gpu" on hardware; switching
+    re-bins the graph: degrees 17..32 move from the thread bin to the 32-lane group bin."""
+    from energetic_wgpu.backends.auto import is_software_adapter
+
     be = gpu_backend
-    assert be.degree_bins == "cpu" and be.thread_degree_max == 32  # lavapipe / llvmpipe
+    auto = "cpu" if is_software_adapter(be.runtime.adapter_info) else "gpu"
+    assert (be.degree_bins, be.thread_degree_max) == (auto, 32 if auto == "cpu" else T)
+    use_bins(be, "cpu")
+    assert (be.degree_bins, be.thread_degree_max) == ("cpu", 32)
     g = bins_graph()
     cpu = be.graph_data(g).bins
     use_bins(be, "gpu")

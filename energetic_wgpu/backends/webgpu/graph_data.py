@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,26 +78,26 @@ class SegmentBins:
     n_mid: int
     n_hub: int
 
-    @property
+    @functools.cached_property
     def workgroups(self) -> int:
         """Workgroups of one ``segment_bwd`` dispatch over every node (hence its sum-of-squares
         partials)."""
         return -(-self.n_small // BIN_WG) + -(-self.n_mid // 2) + self.n_hub
 
-    @property
+    @functools.cached_property
     def serial(self) -> bool:
         """True when every node is in the thread bin: the barrier-free ``segment_bwd_serial``
         runs instead (one thread and one sum-of-squares partial per node)."""
         return self.n_mid == 0 and self.n_hub == 0
 
-    @property
+    @functools.cached_property
     def serial_threads(self) -> int:
         """Invocations of ``segment_bwd_serial``: one per node up to SERIAL_THREADS, then at
         most SERIAL_NODES_PER_THREAD nodes per invocation (bounds the partials the optimizer's
         one-workgroup reduction reads, and one invocation's loops)."""
         return max(min(self.n_small, SERIAL_THREADS), -(-self.n_small // SERIAL_NODES_PER_THREAD))
 
-    @property
+    @functools.cached_property
     def partials(self) -> int:
         """The sum-of-squares partials one dispatch over these bins writes."""
         return self.serial_threads if self.serial else self.workgroups
