@@ -49,8 +49,24 @@ def _data(seed: int = 0):
     return en, act, tgt
 
 
-def _limit(be, split: bool):
-    return be.binding_limit(LIMIT) if split else contextlib.nullcontext()
+BUFFER = 131072  # bytes per buffer in the "buffer" mode: [B, N] arrays (180,000 bytes) split over buffers
+#: the forced limits of each split mode: "binding" splits the batch into chunks; "buffer" also
+#: puts every [B, N] and [B, E] array in several buffers of 104 rows at most (two chunks), the
+#: first ending at element 31,200 inside a reduction workgroup of 4096 (losses, metrics)
+MODES = ["binding", "buffer"]
+
+
+@contextlib.contextmanager
+def _limit(be, split):
+    if not split:
+        yield
+        return
+    with be.binding_limit(LIMIT):
+        if split == "buffer":
+            with be.buffer_limit(BUFFER):
+                yield
+        else:
+            yield
 
 
 def test_plan(gpu_backend):
@@ -82,10 +98,11 @@ def _forward(be, split: bool, steps: int, masked: bool):
     return states, flow, metrics, dispatches
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("steps,masked", [(1, False), (3, True)])
-def test_forward_split_bit_identical(gpu_backend, np_backend, steps, masked):
+def test_forward_split_bit_identical(gpu_backend, np_backend, steps, masked, mode):
     whole = _forward(gpu_backend, False, steps, masked)
-    split = _forward(gpu_backend, True, steps, masked)
+    split = _forward(gpu_backend, mode, steps, masked)
     # per chunk: a transpose and a scatter per step (+ the hub kernel), the rows of earlier states
     assert split[3] > whole[3] + 2 * steps
     for t, (a, b) in enumerate(zip(split[0], whole[0])):
@@ -114,9 +131,10 @@ def _backward(be, split: bool, steps: int):
     return grads
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("steps", [1, 3])
-def test_backward_split_bit_identical(gpu_backend, np_backend, steps):
-    split = _backward(gpu_backend, True, steps)
+def test_backward_split_bit_identical(gpu_backend, np_backend, steps, mode):
+    split = _backward(gpu_backend, mode, steps)
     whole = _backward(gpu_backend, False, steps)
     names = ["q", "k", "bias", "energies", "ce q", "ce k", "ce bias", "ce loss"]
     for name, a, b in zip(names, split, whole):
@@ -143,8 +161,9 @@ def _train(be, split: bool, n_steps: int = 3):
     return [p.q, p.k, p.bias], np.concatenate(losses), submits
 
 
-def test_train_steps_split_bit_identical(gpu_backend, np_backend):
-    params, losses, submits = _train(gpu_backend, True)
+@pytest.mark.parametrize("mode", MODES)
+def test_train_steps_split_bit_identical(gpu_backend, np_backend, mode):
+    params, losses, submits = _train(gpu_backend, mode)
     assert submits == [1, 1, 1]  # every chunk of a step in the step's one submit
     whole_params, whole_losses, _ = _train(gpu_backend, False)
     assert losses.tobytes() == whole_losses.tobytes()
@@ -156,24 +175,39 @@ def test_train_steps_split_bit_identical(gpu_backend, np_backend):
         assert_parity(a, b, name)
 
 
-def test_array_over_max_buffer_size_refused(gpu_backend):
+def test_arrays_past_the_buffer_size_split_over_buffers(gpu_backend):
+    """In the "buffer" mode [B, N] arrays live in parts of 104 rows (two batch chunks of 52),
+    each from a pad that keeps every element at its offset modulo 256; they are written,
+    read back and bound in row ranges; what is still refused says why."""
+    from energetic_wgpu.backends.webgpu.arrays import binding_of, parts_of
+
     be = gpu_backend
-    pool = be.runtime.pool
-    en, _, _ = _data()
-    r = Router(GRAPH, PARAMS, be)
-    with be.binding_limit(LIMIT):  # (which sets the pool's maxBufferSize from the device's)
-        pool.max_buffer_size = 131072  # forced below the [150, 300] energies' 180,000 bytes
+    en, act, _ = _data()
+    with _limit(be, "buffer"):
+        x, m = be.asarray(en), be.asarray(act)
+        parts = parts_of(x)
+        assert [(s, c, pad) for s, c, _, pad in parts] == [(0, 104 * N, 0), (104 * N, 46 * N, 124800 % 256)]
+        assert [(s, c) for s, c, *_ in parts_of(m)] == [(0, 104 * N), (104 * N, 46 * N)]
+        assert x.is_split and "2 buffers" in repr(x)
+        assert be.to_numpy(x).tobytes() == en.tobytes()
+        assert be.read_async(x).result().tobytes() == en.tobytes()
+        np.testing.assert_array_equal(be.to_numpy(m), act)
+        view, e0 = batch_chunks.rows_view(be, x, 104, 46, N)
+        assert e0 == 124800 % 256 // 4 and view.shape == (e0 + 46 * N,)
         before = be.counters()
-        with pytest.raises(DeviceLimitError, match=r"array of shape \(150, 300\) \(float32\) needs 180000 "
-                                                   r"bytes, over the device's maxBufferSize = 131072 bytes"):
-            r.forward(en)
-        after = be.counters()
-        assert (after["buffers_created"], after["dispatches"]) == (before["buffers_created"], before["dispatches"])
-    assert pool.max_buffer_size == be.limits["max_buffer_size"]  # restored with the binding limit
-    # the backend stays usable: the same forward runs split
-    with be.binding_limit(LIMIT):
-        out = r.forward(en[:60])
-        assert be.to_numpy(out.next_energies).shape == (60, N)
+        with pytest.raises(DeviceLimitError, match=r"an array of 180000 bytes split over 2 buffers \(past the buffer "
+                                                   r"size limit in use\) cannot be bound whole by this op"):
+            binding_of(x)  # what an op that binds its inputs whole meets
+        with pytest.raises(DeviceLimitError, match=r"needs 180000 bytes, over max_binding_bytes = 65536 bytes"):
+            be.add(x, x)  # (its output is refused first)
+        with pytest.raises(DeviceLimitError, match=r"elements 15600 .. 46800 of a split array cross the boundary of "
+                                                   r"its buffers at 31200"):
+            batch_chunks.rows_view(be, x, 52, 104, N)
+        assert be.counters()["dispatches"] == before["dispatches"]
+        with pytest.raises(DeviceLimitError, match=r"has 4294967296 elements, past 2\^32"):
+            batch_chunks.new_rows(be, (2**22, 2**10), np.float32, "energies")
+    # the backend stays usable
+    assert be.to_numpy(be.add(be.asarray(en[:2]), be.asarray(en[:2]))).tobytes() == (en[:2] * 2).tobytes()
 
 
 def _public_ops(be, split: bool):
@@ -187,9 +221,10 @@ def _public_ops(be, split: bool):
         return [be.to_numpy(x) for x in (nxt, ge, gpi, loss, grad)]
 
 
-def test_public_ops_split_bit_identical(gpu_backend, np_backend):
+@pytest.mark.parametrize("mode", MODES)
+def test_public_ops_split_bit_identical(gpu_backend, np_backend, mode):
     """energy_scatter, energy_scatter_backward and a masked mse on [B, N] arrays over one binding."""
-    split = _public_ops(gpu_backend, True)
+    split = _public_ops(gpu_backend, mode)
     whole = _public_ops(gpu_backend, False)
     ref = _public_ops(np_backend, False)
     for name, a, b, c in zip(("next", "grad_energies", "grad_pi", "loss", "mse grad"), split, whole, ref):
@@ -250,3 +285,21 @@ def test_grad_pi_carry_protocol(gpu_backend, node_major):
             assert be.to_numpy(gp).tobytes() == sums.tobytes()
             assert be.to_numpy(comp).tobytes() == comps.tobytes()
     np.testing.assert_array_equal(be.to_numpy(gp), acc + (sums - comps))
+
+
+def test_flat_pieces_cut_at_buffers_and_copy_the_straddling_workgroup(gpu_backend):
+    """A reduction over B * N = 45,000 elements under the "buffer" mode: ranges of 4 workgroups
+    of 4096 (one binding), cut where the split arrays change buffers (element 31,200); the
+    workgroup 7 across that cut runs on copies, and a masked mse through it is bit-identical
+    to the unsplit one (its gradient copied back into both buffers)."""
+    be = gpu_backend
+    en, act, tgt = _data(6)
+    whole = [be.to_numpy(x) for x in be.mse(en, tgt, act)]
+    with _limit(be, "buffer"):
+        x, t = be.asarray(en), be.asarray(tgt)
+        pieces = [(w0, m, v[0] is x or v[0].is_view) for w0, m, v in
+                  batch_chunks.flat_pieces(be, B * N, 4096, [x, t], n_out=1)]
+        assert pieces == [(0, 16384, True), (4, 12288, True), (7, 4096, False), (8, 12232, True)]
+        split = [be.to_numpy(y) for y in be.mse(x, t, be.asarray(act))]
+    assert split[0].tobytes() == whole[0].tobytes()
+    assert split[1].tobytes() == whole[1].tobytes()

@@ -7,15 +7,16 @@ by ``Runtime.view`` / ``backend.pack``). :func:`binding_of` gives what a dispatc
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Any
 
 import numpy as np
 
-from ...errors import InvalidArgumentError
+from ...errors import DeviceLimitError, InvalidArgumentError
 
 __all__ = ["PooledBuffer", "DeviceArray", "binding_of", "decode", "new_device_array", "make_view", "view_bind_size",
-           "Allocation", "ViewAllocation"]
+           "Allocation", "ViewAllocation", "PartsAllocation", "parts_of", "range_view"]
 
 
 class PooledBuffer:
@@ -74,6 +75,58 @@ class _ViewAllocation(_Allocation):
 
     def __del__(self) -> None:
         pass
+
+
+class _PartsAllocation:
+    """An array past the buffer size limit in use: consecutive element ranges, each in its own
+    pooled buffer (``parts``: one whole-buffer :class:`_Allocation` each, which returns its
+    buffer when this allocation and every view into it are gone).
+
+    Part ``i`` holds elements ``starts[i] .. starts[i] + counts[i]`` at byte ``pads[i]`` of its
+    buffer, ``pads[i] = 4 * starts[i] % alignment``: an element lies at the same offset modulo
+    the storage offset alignment as in one contiguous buffer, so a range bound from the
+    aligned-down offset before it (:func:`range_view`) starts the same number of elements
+    into its binding either way. Nothing binds such an array whole (:attr:`pooled` raises):
+    the ops that take one bind ranges inside a part (batch_chunks.py)."""
+
+    __slots__ = ("parts", "starts", "counts", "pads", "__weakref__")
+
+    offset = 0
+
+    def __init__(self, parts: list[_Allocation], starts: list[int], counts: list[int], pads: list[int]) -> None:
+        self.parts = parts
+        self.starts = starts
+        self.counts = counts
+        self.pads = pads
+
+    @property
+    def pooled(self) -> PooledBuffer:
+        total = 4 * (self.starts[-1] + self.counts[-1])
+        raise DeviceLimitError(
+            f"an array of {total} bytes split over {len(self.parts)} buffers (past the buffer size limit in use) "
+            f"cannot be bound whole by this op: only the router's batch chunks, the losses, step metrics and "
+            f"edge_flow take such [B, N] arrays (in row ranges); read it back with to_numpy"
+        )
+
+    @property
+    def bkey(self) -> Any:
+        return self.pooled  # raises: never part of a dispatch record
+
+    def part_array(self, backend: Any, i: int, dtype: np.dtype) -> "DeviceArray":
+        """Part ``i``'s whole buffer as a flat DeviceArray (from byte 0, pad included)."""
+        pooled = self.parts[i].pooled
+        return new_device_array(backend, self.parts[i], (pooled.size // 4,), dtype)
+
+    def locate(self, elem0: int, count: int) -> int:
+        """The part holding elements ``elem0 .. elem0 + count`` (all of them)."""
+        i = bisect.bisect_right(self.starts, elem0) - 1
+        if i < 0 or elem0 + count > self.starts[i] + self.counts[i]:
+            raise DeviceLimitError(
+                f"elements {elem0} .. {elem0 + count} of a split array cross the boundary of its buffers at "
+                f"{self.starts[i] + self.counts[i] if i >= 0 else 0} (the array was made under another binding "
+                f"limit than the one in use: make it again under this one)"
+            )
+        return i
 
 
 class DeviceArray:
@@ -158,7 +211,15 @@ class DeviceArray:
             "a DeviceArray lives on the GPU; use backend.to_numpy(x) (or energetic_wgpu.to_numpy(x)) to read it back"
         )
 
+    @property
+    def is_split(self) -> bool:
+        """Whether the array lives in several buffers (past the buffer size limit; see
+        :func:`parts_of`): it is read back, written and bound in ranges, never bound whole."""
+        return type(self._alloc) is _PartsAllocation
+
     def __repr__(self) -> str:
+        if self.is_split:
+            return f"DeviceArray(shape={self.shape}, dtype={self.dtype.name}, {len(self._alloc.parts)} buffers)"
         off = f"+{self.offset}" if self.offset else ""
         return f"DeviceArray(shape={self.shape}, dtype={self.dtype.name}, buffer#{self.pooled.uid}{off})"
 
@@ -205,6 +266,36 @@ def make_view(base: DeviceArray, offset: int, shape: tuple[int, ...], dtype: Any
     return new_device_array(base.backend, _ViewAllocation(owner, offset, bind), shape, dt)
 
 
+def parts_of(x: DeviceArray) -> list[tuple[int, int, PooledBuffer, int]] | None:
+    """None for an array in one buffer; else (first element, elements, buffer, byte offset in
+    it) of each of its parts, in element order."""
+    a = x._alloc
+    if type(a) is not _PartsAllocation:
+        return None
+    return [(s, c, p.pooled, pad) for s, c, p, pad in zip(a.starts, a.counts, a.parts, a.pads)]
+
+
+def range_view(x: DeviceArray, elem0: int, count: int, align: int) -> tuple[DeviceArray, int]:
+    """(bindable view, e0): elements ``elem0 .. elem0 + count`` of ``x`` (4-byte elements; one
+    buffer or a split array, in which they must lie in one part) bound from the ``align``-ed
+    offset at or before them, where they start ``e0`` elements in. ``e0`` does not depend on
+    the layout: ``4 * elem0 % align // 4`` plus ``x``'s own offset's share (0 for whole
+    buffers and split arrays)."""
+    a = x._alloc
+    if type(a) is _PartsAllocation:
+        i = a.locate(elem0, count)
+        local = a.pads[i] + 4 * (elem0 - a.starts[i])
+        base_arr = a.part_array(x.backend, i, x.dtype)
+        shift = 0
+    else:
+        local = 4 * elem0
+        base_arr = x
+        shift = a.offset
+    base = (local + shift) // align * align - shift
+    e0 = (local - base) // 4
+    return make_view(base_arr, base, (e0 + count,), x.dtype, align), e0
+
+
 def binding_of(x: Any) -> tuple[PooledBuffer, int, int]:
     """(pooled buffer, byte offset, bound size) of a binding: a whole-buffer DeviceArray or a
     PooledBuffer binds the whole buffer, a view its region."""
@@ -227,3 +318,4 @@ def decode(raw: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarr
 
 Allocation = _Allocation
 ViewAllocation = _ViewAllocation
+PartsAllocation = _PartsAllocation

@@ -40,9 +40,10 @@ from ...errors import InvalidArgumentError, ShapeError
 from ...graph import Graph
 from ..auto import is_software_adapter
 from ..base import Backend, check_purpose
-from . import ops_backward, ops_forward, ops_train, sumsq
+from . import batch_chunks, ops_backward, ops_forward, ops_train, sumsq
 from .graph_data import GraphData, upload_graph
 from .kernels import CPU_THREAD_DEGREE_MAX, REDUCE_ITEMS, THREAD_DEGREE_MAX
+from .arrays import parts_of
 from .packed import PackedArrays
 from .runtime import DeviceArray, Runtime
 
@@ -82,8 +83,8 @@ class WgpuBackend(PackedArrays, Backend):
     Arrays larger than the binding limit in use (128 MiB with default limits) are refused
     with :class:`DeviceLimitError`, except arrays given to :meth:`asarray`, :meth:`edge_flow`'s
     output and the router's [B, N] energies, targets and gradients (one buffer each up to the
-    device's maxBufferSize, which the router's forward, backward and losses run over in batch
-    chunks: batch_chunks.py) and packed arrays (:meth:`pack`: the Router's parameters and
+    device's maxBufferSize, several buffers of whole batch chunks past it; the router's
+    forward, backward and losses run over them in batch chunks: batch_chunks.py) and packed arrays (:meth:`pack`: the Router's parameters and
     AdamW's moments), which are split past one binding (packed.py).
     """
 
@@ -190,7 +191,8 @@ class WgpuBackend(PackedArrays, Backend):
         check_purpose(purpose)
         for a in arrays:
             if isinstance(a, DeviceArray) and a.backend is self:
-                self.runtime.pool.tag(a.pooled, purpose)
+                for *_, pooled, _ in parts_of(a) or [(a.pooled, 0)]:
+                    self.runtime.pool.tag(pooled, purpose)
 
     @property
     def adapter_info(self) -> dict[str, Any]:
@@ -253,9 +255,12 @@ class WgpuBackend(PackedArrays, Backend):
             return x
         host, dt = self._host(x, dtype)
         # past one binding (e.g. [B, N] energies of a batch split into chunks): one buffer up to
-        # maxBufferSize, bound by ops in ranges
-        out = self.runtime.pool.new_large_array(self, host.shape, dt)
-        self.runtime.upload(out.pooled, host.reshape(-1))
+        # maxBufferSize (2-D: several past it), bound by ops in ranges
+        if host.ndim == 2:  # [B, N] data: split over buffers past the buffer size limit
+            out = batch_chunks.new_rows(self, host.shape, dt, "array")
+        else:
+            out = self.runtime.pool.new_large_array(self, host.shape, dt)
+        self.runtime.write(out, host)
         return out
 
     def to_numpy(self, x: Any) -> np.ndarray:
@@ -277,6 +282,8 @@ class WgpuBackend(PackedArrays, Backend):
         for a in devs:
             if a.dtype != np.float32:
                 raise ShapeError(f"read_packed: arrays must be float32, got {a.dtype}")
+        if any(a.is_split for a in devs):  # an array over several buffers: each read on its own
+            return np.concatenate([self.runtime.read(a).reshape(-1) for a in devs]) if devs else np.zeros(0, np.float32)
         limit = self.runtime.max_buffer_bytes
         groups: list[list[DeviceArray]] = [[]]
         size = 0

@@ -8,8 +8,9 @@ whose state and whose [Bc, N] rows, bound from an aligned offset, fit the limit)
 into the same pending command encoder (one submit per train step as unsplit):
 
 * the user-visible [B, N] arrays (input energies, active mask, the last state, the loss
-  gradient, the input-energy gradient) are one buffer each, up to the device's maxBufferSize
-  (``pool.new_large_array``); a chunk binds its rows as a range (:func:`rows_view`). A row
+  gradient, the input-energy gradient) are one buffer each up to the device's maxBufferSize
+  (``pool.new_large_array``), and past it split over buffers of whole chunks (:func:`new_rows`,
+  ``arrays.PartsAllocation``); a chunk binds its rows as a range (:func:`rows_view`). A row
   range starts at byte ``r0 * N * 4``, in general not a multiple of the offset alignment
   (256): the range is bound from the aligned-down offset, and the kernels get the element
   ``e0`` where row ``r0`` lies in it (the ``e0`` uniform field of energy_scatter.wgsl and
@@ -23,7 +24,8 @@ into the same pending command encoder (one submit per train step as unsplit):
   ``scatter_bwd_pi`` flags bits 6 and 7), so the sum is exactly the unsplit one;
 * losses reduce a flat [B * N] array in workgroups of 4096 elements: they are split into
   ranges of whole workgroups (:func:`flat_ranges`), each partial written where the unsplit
-  dispatch writes it; the final pass is unchanged (the same bits).
+  dispatch writes it; the final pass is unchanged (the same bits). Split arrays also cut the
+  ranges where a buffer ends; the workgroup across the cut runs on copies (:func:`flat_pieces`).
 
 Nothing here runs for a batch that fits: unsplit problems keep their dispatches.
 """
@@ -37,10 +39,11 @@ import numpy as np
 
 from ...errors import DeviceLimitError
 from . import node_major
-from .arrays import DeviceArray
+from .arrays import DeviceArray, parts_of, range_view
 from .node_major import BatchShape, NodeMajor
 
-__all__ = ["Chunked", "ChunkCall", "plan", "rows_per_range", "row_e0", "rows_view", "flat_ranges", "large_rows",
+__all__ = ["Chunked", "ChunkCall", "plan", "rows_per_range", "row_e0", "rows_view", "row_quantum", "new_rows",
+           "flat_ranges", "flat_pieces", "large_rows",
            "scatter_state", "scatter_step", "to_rows", "scatter_step_backward"]
 
 
@@ -138,10 +141,29 @@ def row_e0(be: Any, r0: int, n: int) -> int:
 
 def rows_view(be: Any, arr: DeviceArray, r0: int, rows: int, n: int) -> tuple[DeviceArray, int]:
     """(bindable range, e0) of rows ``r0 .. r0 + rows`` of the [B, N] array ``arr`` (4-byte
-    elements): the range starts at the aligned offset at or before row ``r0``, which lies
-    ``e0`` elements into it (:func:`row_e0`)."""
-    e0 = row_e0(be, r0, n)
-    return be.runtime.view(arr, r0 * n * 4 - 4 * e0, (e0 + rows * n,), arr.dtype), e0
+    elements; one buffer, or split over buffers with the rows in one part): the range starts
+    at the aligned offset at or before row ``r0``, which lies ``e0`` elements into it
+    (:func:`row_e0`, the same for both layouts)."""
+    return range_view(arr, r0 * n, rows * n, be.runtime.offset_alignment)
+
+
+def row_quantum(be: Any, n: int) -> int:
+    """Elements per part boundary of a split [B, N] array: the rows of a batch chunk
+    (:func:`rows_per_range`) times N, so no chunk crosses a part; N when not even 4 rows fit
+    a binding (such a batch cannot be chunked; the array can still be uploaded and read)."""
+    try:
+        return rows_per_range(be, n) * n
+    except DeviceLimitError:
+        return max(1, n)
+
+
+def new_rows(be: Any, shape: tuple[int, ...], dtype: Any, what: str) -> DeviceArray:
+    """An uninitialized array of ``shape`` for [B, N] data: one buffer up to the buffer size
+    limit, else split over buffers at batch-chunk boundaries (:func:`row_quantum`; 1-D
+    arrays at whole reduction workgroups of 4096 elements)."""
+    quantum = row_quantum(be, shape[-1]) if len(shape) == 2 else 4096
+    rt = be.runtime
+    return rt.pool.new_split_array(be, shape, dtype, quantum, rt.offset_alignment, what)
 
 
 def flat_ranges(be: Any, n: int, span: int) -> list[tuple[int, int]] | None:
@@ -161,10 +183,69 @@ def flat_ranges(be: Any, n: int, span: int) -> list[tuple[int, int]] | None:
     return [(s, min(per, n - s)) for s in range(0, n, per)]
 
 
+def flat_pieces(be: Any, n: int, span: int, arrays: list[Any], n_out: int = 0) -> Any:
+    """Yield (first workgroup, elements, bindable arrays) of the dispatches of a reduction over
+    ``arrays`` (flat, ``n`` 4-byte elements each; None stays None) in workgroups of ``span``
+    elements, each dispatch writing the partials the unsplit one writes:
+
+    * the arrays themselves when they fit one binding;
+    * else ranges of whole workgroups (:func:`flat_ranges`), cut where a split array
+      (``arrays.parts_of``) changes buffers;
+    * a workgroup that straddles such a cut (a part ends inside it) runs on copies: its
+      elements are copied (exact bytes) into one ``span``-element buffer per array before its
+      dispatch, and the last ``n_out`` arrays (outputs) are copied back after it.
+    """
+    ranges = flat_ranges(be, n, span)
+    if ranges is None:
+        yield 0, n, arrays
+        return
+    rt = be.runtime
+    align = rt.offset_alignment
+    cuts = sorted({s for a in arrays if a is not None for s, *_ in (parts_of(a) or [])[1:]})
+    for s, m in ranges:
+        pos, end = s, s + m
+        while pos < end:
+            cut = next((c for c in cuts if c > pos), end)
+            stop = end if cut >= end else pos + (cut - pos) // span * span
+            if stop > pos:  # whole workgroups inside one part of every array
+                yield pos // span, stop - pos, [None if a is None else range_view(a, pos, stop - pos, align)[0]
+                                                for a in arrays]
+                pos = stop
+                continue
+            stop = min(pos + span, n)  # the workgroup across the cut, on copies
+            temps = [None if a is None else be.empty((span,), a.dtype) for a in arrays]
+            for a, t in zip(arrays, temps):
+                if a is not None:
+                    _copy_elements(rt, a, pos, stop, t, to_temp=True)
+            yield pos // span, stop - pos, temps
+            for a, t in list(zip(arrays, temps))[len(arrays) - n_out:]:
+                if a is not None:
+                    _copy_elements(rt, a, pos, stop, t, to_temp=False)
+            pos = stop
+
+
+def _copy_elements(rt: Any, a: DeviceArray, lo: int, hi: int, temp: DeviceArray, to_temp: bool) -> None:
+    """Copy elements ``lo .. hi`` of ``a`` (one buffer or split) to the start of ``temp``
+    (``to_temp``) or back from it, outside the compute pass (the same encoder)."""
+    enc = rt.submission.outside_pass()
+    pieces = parts_of(a) or [(0, a.size, a.pooled, a.offset)]
+    for start, count, pooled, pad in pieces:
+        a0, a1 = max(lo, start), min(hi, start + count)
+        if a1 <= a0:
+            continue
+        src = (pooled, pad + 4 * (a0 - start))
+        dst = (temp.pooled, temp.offset + 4 * (a0 - lo))
+        if not to_temp:
+            src, dst = dst, src
+        enc.copy_buffer_to_buffer(src[0].buffer, src[1], dst[0].buffer, dst[1], 4 * (a1 - a0))
+        rt.submission.in_flight.add(pooled.uid)
+        rt.submission.in_flight.add(temp.pooled.uid)
+
+
 def large_rows(be: Any, batch: int, n: int) -> DeviceArray:
     """An uninitialized float [B, N] array that may exceed the binding limit (one buffer up to
-    maxBufferSize), written in row ranges."""
-    return be.runtime.pool.new_large_array(be, (batch, n), np.float32, "batched energies")
+    maxBufferSize, split over buffers past it: :func:`new_rows`), written in row ranges."""
+    return new_rows(be, (batch, n), np.float32, "batched energies")
 
 
 def scatter_state(be: Any, gd: Any, energies: DeviceArray, active: Any,

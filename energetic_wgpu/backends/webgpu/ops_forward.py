@@ -16,7 +16,7 @@ from ...errors import DeviceLimitError
 from ...graph import Graph
 from ...validation import check_int
 from . import batch_chunks, loop_cap, node_major
-from .arrays import DeviceArray
+from .arrays import DeviceArray, parts_of, range_view
 from .kernels import GROUP_DEGREE_MAX, REDUCE_ITEMS
 
 _REDUCE_SPAN = 256 * REDUCE_ITEMS  # elements covered by one reduction workgroup
@@ -140,24 +140,28 @@ def public_state(be: Any, state: Any) -> Any:
 
 def edge_flow(be: Any, graph: Graph, energies: Any, pi: Any, alpha: float = 1.0, active: Any = None) -> DeviceArray:
     """As :meth:`Backend.edge_flow`. A [B, E] flow larger than the binding limit lives in one
-    buffer (up to the device's maxBufferSize) written in batch chunks of whole rows, each
-    bound as its own range (bit-identical to one dispatch: every element is computed alone);
-    it can be read back but not passed whole to another op. [B, N] energies (and mask) over
-    one binding are bound in the same row ranges (batch_chunks.rows_view)."""
+    buffer (up to the buffer size limit; split over buffers past it: batch_chunks.new_rows)
+    written in chunks of whole rows, each bound as its own range (bit-identical to one
+    dispatch: every element is computed alone); it can be read back but not passed whole to
+    another op. [B, N] energies (and mask) over one binding are bound in the same row ranges
+    (batch_chunks.rows_view); no chunk crosses a buffer of a split array."""
     gd = be.graph_data(graph)
     energies, pi = be._dev(energies), be._dev(pi)
     batch, flat = _batch(energies, gd.num_nodes)
     act = be._opt(active)
     shape = (gd.num_edges,) if flat else (batch, gd.num_edges)
-    out = be.runtime.pool.new_large_array(be, shape, np.float32, "edge_flow")
+    out = batch_chunks.new_rows(be, shape, np.float32, "edge_flow")
     edge_blocks = -(-gd.num_edges // _FLOW_WG)
     u = dict(batch=batch, n_nodes=gd.num_nodes, n_edges=gd.num_edges, has_active=1 if active is not None else 0,
              alpha=np.float32(alpha), edge_blocks=edge_blocks, row0=0, out0=0, e0=0)
     b = dict(src=gd.src, pi=pi, energies=energies, act_mask=act)
     ranged = energies.nbytes > be.runtime.max_binding_size  # energies in row ranges too
     max_rows = batch_chunks.rows_per_range(be, gd.num_nodes) if ranged else None
+    breaks = _row_breaks(out, gd.num_edges) | _row_breaks(energies, gd.num_nodes)
+    if active is not None:
+        breaks |= _row_breaks(act, gd.num_nodes)
     # one workgroup per (batch row, WG edges): the shader never forms b * E before the bounds check
-    for row0, rows, view, out0 in _row_chunks(be, out, batch, gd.num_edges, max_rows):
+    for row0, rows, view, out0 in _row_chunks(be, out, batch, gd.num_edges, max_rows, breaks):
         uc = {**u, "batch": rows, "row0": row0, "out0": out0}
         if ranged:
             ev, e0 = batch_chunks.rows_view(be, energies, row0, rows, gd.num_nodes)
@@ -169,14 +173,21 @@ def edge_flow(be: Any, graph: Graph, energies: Any, pi: Any, alpha: float = 1.0,
         be.runtime.dispatch("edge_flow", workgroups=rows * edge_blocks, uniform=uc, flow=view, **bc)
     return out
 
-def _row_chunks(be: Any, out: DeviceArray, batch: int, row_len: int, max_rows: int | None = None) -> Any:
+
+def _row_breaks(x: DeviceArray, row_len: int) -> set[int]:
+    """The rows where a split array (arrays.parts_of) changes buffers (its parts hold whole rows)."""
+    return {start // row_len for start, *_ in (parts_of(x) or [])[1:]}
+
+
+def _row_chunks(be: Any, out: DeviceArray, batch: int, row_len: int, max_rows: int | None = None,
+                breaks: set[int] = frozenset()) -> Any:
     """(first row, rows, bindable range, element offset of the first row in it) covering the
     [batch, row_len] float ``out`` in chunks of whole rows (at most ``max_rows``) that fit the
-    binding limit: the whole array when it fits (and no ``max_rows``), else ranges from an
-    aligned offset before each chunk's row."""
+    binding limit and end at each row of ``breaks``: the whole array when it fits (and no
+    ``max_rows`` or breaks), else ranges from an aligned offset before each chunk's row."""
     rt = be.runtime
     limit, align = rt.max_binding_size // 16 * 16, rt.offset_alignment  # views bind multiples of 16
-    if batch * row_len * 4 <= limit and max_rows is None:
+    if batch * row_len * 4 <= limit and max_rows is None and not breaks:
         yield 0, batch, out, 0
         return
     per = (limit - align) // (row_len * 4)  # the aligned start adds < align bytes
@@ -186,12 +197,13 @@ def _row_chunks(be: Any, out: DeviceArray, batch: int, row_len: int, max_rows: i
             f"of {limit} bytes"
         )
     per = per if max_rows is None else min(per, max_rows)
-    for row0 in range(0, batch, per):
-        rows = min(per, batch - row0)
-        start = row0 * row_len * 4
-        base = start // align * align
-        out0 = (start - base) // 4
-        yield row0, rows, rt.view(out, base, (out0 + rows * row_len,)), out0
+    stops = sorted(b for b in breaks if 0 < b < batch) + [batch]
+    row0 = 0
+    while row0 < batch:
+        rows = min(per, next(b for b in stops if b > row0) - row0)
+        view, out0 = range_view(out, row0 * row_len, rows * row_len, align)
+        yield row0, rows, view, out0
+        row0 += rows
 
 def step_metrics(be: Any,
     graph: Graph,
@@ -247,12 +259,12 @@ def _metrics_ranged(be: Any, gd: Any, u: dict[str, Any], b: dict[str, Any], mask
     batch, n_parts, eb, grid = u["batch"], u["n_total"], u["edge_blocks"], u["grid_blocks"]
     dummy = rt.dummy()
     bn_blocks = 0
-    for s, m in batch_chunks.flat_ranges(be, batch * n, _REDUCE_SPAN) or []:
-        views = {k: rt.view(b[k], s * 4, (m,), b[k].dtype) for k in ("energies", "next_e") + (("act_mask",) * masked)}
+    keys = ("energies", "next_e") + (("act_mask",) * masked)
+    for w0, m, views in batch_chunks.flat_pieces(be, batch * n, _REDUCE_SPAN, [b[k] for k in keys]):
         blocks = -(-m // _REDUCE_SPAN)
-        rt.dispatch("metrics_partials", workgroups=blocks, uniform={**u, "w0": s // _REDUCE_SPAN, "fields": 1},
-                    **{**b, **views})
-        bn_blocks = s // _REDUCE_SPAN + blocks
+        rt.dispatch("metrics_partials", workgroups=blocks, uniform={**u, "w0": w0, "fields": 1},
+                    **{**b, **dict(zip(keys, views))})
+        bn_blocks = w0 + blocks
     per = batch_chunks.rows_per_range(be, n)
     for r0 in range(0, batch, per):
         rows = min(per, batch - r0)

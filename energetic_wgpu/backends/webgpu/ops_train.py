@@ -97,21 +97,16 @@ def sumsq_partials(rt: Any, arrays: Sequence[Any], partials: Any) -> int:
 
 def _pieces(be: Any, n: int, *arrays: Any) -> Any:
     """(first workgroup, elements, arrays) of each partials dispatch over ``arrays`` (flat, n
-    4-byte elements each; None stays None): the arrays themselves when they fit one binding,
-    else ranges of whole reduction workgroups (batch_chunks.flat_ranges), each dispatch then
-    writing the partials the unsplit one writes."""
-    ranges = batch_chunks.flat_ranges(be, n, _SPAN)
-    if ranges is None:
-        yield 0, n, arrays
-        return
-    rt = be.runtime
-    for s, m in ranges:
-        yield s // _SPAN, m, [None if a is None else rt.view(a, s * 4, (m,), a.dtype) for a in arrays]
+    4-byte elements each; None stays None; the last one the gradient written): the arrays
+    themselves when they fit one binding, else ranges of whole reduction workgroups
+    (batch_chunks.flat_pieces), each dispatch then writing the partials the unsplit one
+    writes."""
+    return batch_chunks.flat_pieces(be, n, _SPAN, list(arrays), n_out=1)
 
 
 def _grad_like(be: Any, pred: Any) -> Any:
     """An uninitialized float array of ``pred``'s shape (one buffer past one binding, written in ranges)."""
-    return be.runtime.pool.new_large_array(be, pred.shape, np.float32, "loss gradient")
+    return batch_chunks.new_rows(be, pred.shape, np.float32, "loss gradient")
 
 
 def mse(backend: Any, pred: Any, target: Any, mask: Any = None, final: bool = True) -> tuple[Any, Any]:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ...errors import DeviceError, DeviceLimitError
-from .arrays import Allocation, DeviceArray, PooledBuffer, new_device_array
+from .arrays import Allocation, DeviceArray, PartsAllocation, PooledBuffer, new_device_array
 from .submission import Submission
 
 __all__ = ["BufferPool", "round_size", "MAX_FREE_BYTES"]
@@ -129,15 +129,56 @@ class BufferPool:
         size = min(round_size(nbytes), self.max_buffer_size // 4 * 4)
         return self._array_in(size, backend, shape, dt)
 
+    def new_split_array(self, backend: Any, shape: tuple[int, ...], dtype: Any, quantum: int, align: int,
+                        what: str = "array") -> DeviceArray:
+        """An uninitialized array of any size: :meth:`new_large_array` up to the buffer size
+        limit in use, past it a split array (``arrays.PartsAllocation``): parts of a whole
+        number of ``quantum`` elements each (e.g. the rows of a batch chunk, so that a chunk
+        lies in one part), as many per buffer as fit with the ``align``-ment pad.
+
+        Raises:
+            DeviceLimitError: 2^32 elements or more (the kernels count in u32), or one quantum
+                does not fit a buffer.
+        """
+        dt = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
+        shape = tuple(map(int, shape))
+        total = math.prod(shape)
+        if total * 4 <= self.max_buffer_size:
+            return self.new_large_array(backend, shape, dt, what)
+        if total >= 2**32:
+            raise DeviceLimitError(
+                f"{what} of shape {shape} ({dt.name}) has {total} elements, past 2^32 (the kernels' u32 element "
+                f"range): use a smaller batch or graph"
+            )
+        per = (self.max_buffer_size - align) // (4 * quantum) * quantum
+        if per < quantum:
+            raise DeviceLimitError(
+                f"{what} of shape {shape} ({dt.name}) is split over buffers of at most {self.max_buffer_size} bytes "
+                f"({self.limit_desc[1]}), but one part of {quantum} elements (and its {align}-byte alignment) does "
+                f"not fit one: use a smaller graph"
+            )
+        parts, starts, counts, pads = [], [], [], []
+        for s in range(0, total, per):
+            count = min(per, total - s)
+            pad = 4 * s % align
+            size = min(round_size(-(-(pad + 4 * count) // 16) * 16), self.max_buffer_size // 16 * 16)
+            parts.append(Allocation(self, self._take(size)))
+            starts.append(s)
+            counts.append(count)
+            pads.append(pad)
+        return new_device_array(backend, PartsAllocation(parts, starts, counts, pads), shape, dt)
+
     def _array_in(self, size: int, backend: Any, shape: tuple[int, ...], dt: np.dtype) -> DeviceArray:
-        """A DeviceArray in a storage buffer of ``size`` bytes: a pooled one (lowest uid first) or a new one."""
+        """A DeviceArray in a storage buffer of ``size`` bytes (:meth:`_take`)."""
+        return new_device_array(backend, Allocation(self, self._take(size)), shape, dt)
+
+    def _take(self, size: int) -> PooledBuffer:
+        """A storage buffer of ``size`` bytes: a pooled one (lowest uid first) or a new one."""
         lst = self.free.get((size, self.storage_usage))
         if lst:
             self.free_bytes -= size
-            pooled = heapq.heappop(lst)[1]
-        else:
-            pooled = self.new_buffer(size, self.storage_usage)
-        return new_device_array(backend, Allocation(self, pooled), shape, dt)
+            return heapq.heappop(lst)[1]
+        return self.new_buffer(size, self.storage_usage)
 
     def dummy(self) -> PooledBuffer:
         """A small buffer bound where an optional input is absent."""

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ...errors import DeviceError
-from .arrays import DeviceArray, PooledBuffer, decode
+from .arrays import DeviceArray, PooledBuffer, decode, parts_of
 from .device import require_wgpu
 from .submission import TS_MAX_PASSES, Submission
 
@@ -44,6 +44,19 @@ class ReadHandle:
             self._value = decode(raw, self._shape, self._dtype)
             self._readback.staging_free.append(self._staging)
             self._staging = None
+        return self._value
+
+
+class _DoneHandle:
+    """A read handle whose result is already on the host (a split array's read_async)."""
+
+    def __init__(self, value: np.ndarray) -> None:
+        self._value = value
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> np.ndarray:
         return self._value
 
 
@@ -112,6 +125,9 @@ class Readback:
         dtype = x.dtype
         if x.size == 0:
             return np.zeros(x.shape, dtype=dtype)
+        parts = parts_of(x)
+        if parts is not None:
+            return self._read_split(x, parts)
         for listener in self.listeners:
             listener.read(x)
         nbytes = x.size * 4
@@ -120,6 +136,19 @@ class Readback:
         self.submission.in_flight.add(x.pooled.uid)
         self.flush()
         return decode(self.map_read(staging, nbytes), x.shape, dtype)
+
+    def _read_split(self, x: DeviceArray, parts: list[tuple[int, int, PooledBuffer, int]]) -> np.ndarray:
+        """A split array (arrays.parts_of) read back part by part (one readback each, through
+        the staging buffer) into one host array."""
+        raw = np.empty(x.size * 4, dtype=np.uint8)
+        for start, count, pooled, pad in parts:
+            nbytes = 4 * count
+            staging = self.staging(nbytes)
+            self.submission.outside_pass().copy_buffer_to_buffer(pooled.buffer, pad, staging, 0, nbytes)
+            self.submission.in_flight.add(pooled.uid)
+            self.flush()
+            raw[4 * start:4 * start + nbytes] = self.map_read(staging, nbytes)
+        return decode(raw, x.shape, x.dtype)
 
     def read_many(self, arrays: Any) -> np.ndarray:
         """uint8 bytes of ``arrays`` one after the other: each copied at its offset into the
@@ -150,7 +179,11 @@ class Readback:
         return self.map_read(staging, nbytes)
 
     def read_async(self, x: DeviceArray) -> ReadHandle:
-        """Submit a copy of ``x`` into its own staging buffer now; map when ``result()`` is called."""
+        """Submit a copy of ``x`` into its own staging buffer now; map when ``result()`` is called
+        (a split array is read now, part by part, and the handle holds the result)."""
+        parts = parts_of(x)
+        if parts is not None:
+            return _DoneHandle(self._read_split(x, parts))  # type: ignore[return-value]
         if x.size:
             for listener in self.listeners:
                 listener.read(x)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import DeviceError, InvalidArgumentError
-from .arrays import DeviceArray, PooledBuffer, make_view, view_bind_size
+from .arrays import DeviceArray, PooledBuffer, make_view, parts_of, view_bind_size
 from .device import DEFAULT_LIMITS, list_adapters, open_device, require_wgpu
 from .encoder import Encoder
 from .memory import check_binding_bytes_range, check_binding_bytes_type, memory_report
@@ -224,7 +224,12 @@ class Runtime:
         raw = np.ascontiguousarray(data).reshape(-1)
         if raw.size != x.size or raw.itemsize != 4:
             raise InvalidArgumentError(f"write: need {x.size} 4-byte elements, got {raw.size} of {raw.dtype}")
-        self.upload(x.pooled, raw, x.offset)
+        parts = parts_of(x)
+        if parts is None:
+            self.upload(x.pooled, raw, x.offset)
+            return
+        for start, count, pooled, pad in parts:  # a split array: each part into its buffer
+            self.upload(pooled, raw[start:start + count], pad)
 
     # ------------------------------------------------------------------ encoding
     def dispatch(
