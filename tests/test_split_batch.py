@@ -192,6 +192,13 @@ def test_arrays_past_the_buffer_size_split_over_buffers(gpu_backend):
         assert be.to_numpy(x).tobytes() == en.tobytes()
         assert be.read_async(x).result().tobytes() == en.tobytes()
         np.testing.assert_array_equal(be.to_numpy(m), act)
+        junk = be.asarray(np.full((B, N), 7.0, np.float32))
+        del junk  # its buffers go back to the pool: zeros below takes them
+        be.synchronize()
+        z = be.zeros((B, N))  # as asarray: split past the buffer limit, every part cleared
+        assert z.is_split and not be.to_numpy(z).any()
+        z1 = be.zeros((B, N), np.bool_)
+        assert z1.is_split and be.to_numpy(z1).dtype == np.bool_ and not be.to_numpy(z1).any()
         view, e0 = batch_chunks.rows_view(be, x, 104, 46, N)
         assert e0 == 124800 % 256 // 4 and view.shape == (e0 + 46 * N,)
         before = be.counters()

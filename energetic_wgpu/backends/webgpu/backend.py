@@ -31,6 +31,7 @@ All results are bit-identical run to run (no atomics on floats, fixed summation 
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from typing import Any, Iterator, Sequence
 
@@ -315,6 +316,12 @@ class WgpuBackend(PackedArrays, Backend):
         if any(s < 0 for s in shape):
             raise ShapeError(f"shape must be non-negative, got {shape}")
         dt = np.dtype(np.float32) if dtype is None else self._target_dtype(np.zeros(0, dtype=dtype), dtype)
+        if len(shape) == 2 and math.prod(shape) * 4 > self.runtime.max_binding_size:
+            # [B, N] data past one binding, as asarray makes it (split past the buffer size limit)
+            out = batch_chunks.new_rows(self, shape, dt, "array")
+            for part in parts_of(out) or [None]:
+                self.runtime.clear(out if part is None else part[2])
+            return out
         out = self.runtime.new_array(self, shape, dt)
         self.runtime.clear(out)
         return out
