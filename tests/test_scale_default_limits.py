@@ -5,7 +5,8 @@ The [B, N] energies, targets and gradients are 256 MiB each (the default maxBuff
 the 128 MiB binding limit): the router runs them in 2 batch chunks of 32 rows. The packed
 parameters (2*N*d + E floats, about 176 MB) and the AdamW moments are over one binding too:
 the test needs a Router whose parameters exceed one binding, and skips (saying so) on a build
-that still refuses it. NumPy checks a few sampled batch rows only (the whole graph, B = 3).
+that still refuses it. NumPy checks a few sampled batch rows only (the whole graph, B = 3). A second test takes the
+batch past maxBufferSize (B = 96: [B, N] arrays of 384 MiB, each in 2 buffers).
 """
 
 from __future__ import annotations
@@ -103,3 +104,31 @@ def test_scale_n_2_20_degree_10_d16_b64_default_limits():
     if reason is not None:
         pytest.skip(f"packed parameters past one binding are not supported on this build yet: {reason}")
     run_scale(be, DIM)
+
+
+@pytest.mark.slow
+def test_batch_past_max_buffer_size_default_limits():
+    """B = 96 rows of N = 2^20 nodes on default limits: each [B, N] array is 384 MiB, past the
+    256 MiB maxBufferSize, so it lives in 2 buffers (64 + 32 rows) and the router runs 3 batch
+    chunks of 32 rows. A train step (out-degree 2, d = 4) runs; sampled rows of its forward
+    match NumPy and its loss is finite."""
+    from energetic_wgpu.backends.webgpu.arrays import parts_of
+
+    be = _vulkan_backend()
+    assert be.limits_in_use()["max_buffer_size"] == 2**28
+    n, b, d = 2**20, 96, 4
+    rng = np.random.default_rng(5)
+    src = np.repeat(np.arange(n, dtype=np.int64), 2)
+    g = Graph.from_edges(src, rng.integers(0, n, src.size), num_nodes=n)
+    params = RouterParams(q=(0.3 * rng.standard_normal((n, d))).astype(np.float32),
+                          k=(0.3 * rng.standard_normal((n, d))).astype(np.float32),
+                          bias=np.zeros(src.size, np.float32), tau=0.8, alpha=0.9)
+    energies = be.asarray(rng.random((b, n), dtype=np.float32))
+    assert [(s, c) for s, c, *_ in parts_of(energies)] == [(0, 64 * n), (64 * n, 32 * n)]
+    r = Router(g, params, be)
+    res = r.train_step(energies, be.asarray(0.5 * rng.random((b, n), dtype=np.float32)), AdamW(r, lr=1e-3))
+    assert np.isfinite(res.loss) and res.loss > 0 and not res.skipped
+    rows = [0, 63, 64, 95]  # either side of the buffers' boundary
+    got = be.to_numpy(res.output.next_energies)[rows]
+    ref = Router(g, params, NumpyBackend()).forward(be.to_numpy(energies)[rows]).next_energies
+    assert_parity(got, ref, "sampled rows of next_energies")

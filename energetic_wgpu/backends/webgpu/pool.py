@@ -150,7 +150,9 @@ class BufferPool:
                 f"{what} of shape {shape} ({dt.name}) has {total} elements, past 2^32 (the kernels' u32 element "
                 f"range): use a smaller batch or graph"
             )
-        per = (self.max_buffer_size - align) // (4 * quantum) * quantum
+        # parts start at multiples of the quantum: no pad at all when its bytes are aligned
+        slack = 0 if 4 * quantum % align == 0 else align
+        per = (self.max_buffer_size - slack) // (4 * quantum) * quantum
         if per < quantum:
             raise DeviceLimitError(
                 f"{what} of shape {shape} ({dt.name}) is split over buffers of at most {self.max_buffer_size} bytes "
