@@ -1,11 +1,13 @@
 // edge_logits.wgsl: logit[e] = dot(q[src[e]], k[col_idx[e]]) + bias[e], thread per edge, rows
 // read as vec4 (row_dot.wgsl). The forward itself does not store logits (edge_probs.wgsl computes
-// the same values in registers); this kernel serves the public edge_logits op.
+// the same values in registers); this kernel serves the public edge_logits op. Edge t of the
+// dispatch is element e0 + t of the bound [E] ranges (an edge window, graph_data.EdgeWindows:
+// ranges bound from an aligned offset; 0 otherwise).
 
 struct LogitParams {
     n_edges: u32,
     dim: u32,
-    _pad0: u32,
+    e0: u32,
     _pad1: u32,
 }
 
@@ -19,9 +21,10 @@ struct LogitParams {
 
 @compute @workgroup_size(WG)
 fn edge_logits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let e = thread_index(gid, nwg);
-    if (e >= P.n_edges) {
+    let t = thread_index(gid, nwg);
+    if (t >= P.n_edges) {
         return;
     }
+    let e = P.e0 + t;
     logits[e] = row_dot(src[e] * P.dim, col_idx[e] * P.dim, P.dim) + bias[e];
 }

@@ -38,7 +38,7 @@ struct ProbParams {
     top_k: u32,
     mode: u32,
     tau: f32,
-    _pad0: u32,
+    ebase: u32,  // row_ptr[j] - ebase indexes the bound [E] ranges (an edge window; 0: the whole graph)
     _pad1: u32,
     _pad2: u32,
 }
@@ -90,8 +90,8 @@ fn zkey(z: f32) -> u32 {
 // ---------------------------------------------------------------- one thread per segment
 
 fn seg_small(j: u32) {
-    let s = row_ptr[j];
-    let deg = row_ptr[j + 1u] - s;
+    let s = row_ptr[j] - P.ebase;
+    let deg = row_ptr[j + 1u] - row_ptr[j];
     let qb = j * P.dim;
     // constant trip counts: the loops unroll and zs stays in registers
     var zs: array<f32, SMALL_MAX>;
@@ -176,8 +176,8 @@ fn seg_small(j: u32) {
 // ranks take deg^2 steps: llvmpipe ends an invocation's loops after 65,535 iterations in all,
 // so this path must stay for small degrees.
 fn seg_serial(j: u32) {
-    let s = row_ptr[j];
-    let t = row_ptr[j + 1u];
+    let s = row_ptr[j] - P.ebase;
+    let t = row_ptr[j + 1u] - P.ebase;
     let qb = j * P.dim;
     for (var e = s; e < t; e = e + 1u) {
         result[e] = bitcast<u32>(edge_z(e, qb));
@@ -257,8 +257,8 @@ fn seg_mid(mw: u32, lid: u32) {
     var qb = 0u;
     if (gi < P.n_mid) {
         let j = seg_list[P.n_small + gi];
-        s = row_ptr[j];
-        deg = row_ptr[j + 1u] - s;
+        s = row_ptr[j] - P.ebase;
+        deg = row_ptr[j + 1u] - row_ptr[j];
         qb = j * P.dim;
     }
     let base = g * MID_MAX;
@@ -400,8 +400,8 @@ fn hub_kept(z: f32, e: u32, s: u32, use_k: bool, tkey: u32, tidx: u32) -> bool {
 
 // Called in uniform control flow (j is the same for the whole workgroup).
 fn seg_hub(j: u32, lid: u32) {
-    let s = row_ptr[j];
-    let t = row_ptr[j + 1u];
+    let s = row_ptr[j] - P.ebase;
+    let t = row_ptr[j + 1u] - P.ebase;
     let deg = t - s;
     let qb = j * P.dim;
     for (var e = s + lid; e < t; e = e + LWG) {

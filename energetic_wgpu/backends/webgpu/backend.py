@@ -85,8 +85,11 @@ class WgpuBackend(PackedArrays, Backend):
     with :class:`DeviceLimitError`, except arrays given to :meth:`asarray`, :meth:`edge_flow`'s
     output and the router's [B, N] energies, targets and gradients (one buffer each up to the
     device's maxBufferSize, several buffers of whole batch chunks past it; the router's
-    forward, backward and losses run over them in batch chunks: batch_chunks.py) and packed arrays (:meth:`pack`: the Router's parameters and
-    AdamW's moments), which are split past one binding (packed.py).
+    forward, backward and losses run over them in batch chunks: batch_chunks.py), packed
+    arrays (:meth:`pack`: the Router's parameters and AdamW's moments), which are split past
+    one binding (packed.py), and the [E] arrays of a graph past one binding, cut into edge
+    windows that edge_logits, edge_probs, segment_softmax and segment_topk run over
+    (edge_windows.py; the other graph ops refuse such a graph).
     """
 
     name = "wgpu"
@@ -257,7 +260,7 @@ class WgpuBackend(PackedArrays, Backend):
         host, dt = self._host(x, dtype)
         # past one binding (e.g. [B, N] energies of a batch split into chunks): one buffer up to
         # maxBufferSize (2-D: several past it), bound by ops in ranges
-        if host.ndim == 2:  # [B, N] data: split over buffers past the buffer size limit
+        if host.ndim in (1, 2):  # [B, N] or [E] data: split over buffers past the buffer size limit
             out = batch_chunks.new_rows(self, host.shape, dt, "array")
         else:
             out = self.runtime.pool.new_large_array(self, host.shape, dt)

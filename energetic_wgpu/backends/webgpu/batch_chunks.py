@@ -160,9 +160,13 @@ def row_quantum(be: Any, n: int) -> int:
 def new_rows(be: Any, shape: tuple[int, ...], dtype: Any, what: str) -> DeviceArray:
     """An uninitialized array of ``shape`` for [B, N] data: one buffer up to the buffer size
     limit, else split over buffers at batch-chunk boundaries (:func:`row_quantum`; 1-D
-    arrays at whole reduction workgroups of 4096 elements)."""
-    quantum = row_quantum(be, shape[-1]) if len(shape) == 2 else 4096
+    arrays at whole reduction workgroups of 4096 elements, or of 256 bytes under a buffer
+    limit below 16 KiB)."""
     rt = be.runtime
+    if len(shape) == 2:
+        quantum = row_quantum(be, shape[-1])
+    else:  # whole reduction workgroups of 4096 elements where a buffer holds one, else 256 bytes
+        quantum = 4096 if 4 * 4096 <= rt.pool.max_buffer_size else rt.offset_alignment // 4
     return rt.pool.new_split_array(be, shape, dtype, quantum, rt.offset_alignment, what)
 
 

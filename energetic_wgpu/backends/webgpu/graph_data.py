@@ -8,9 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import DeviceLimitError
 from ...graph import Graph
-from . import reverse_index
+from . import edge_windows, reverse_index
 from .arrays import DeviceArray
+from .edge_windows import EdgeWindow
 from .kernels import BIN_WG, GROUP_DEGREE_MAX, SMALL_DEGREE_MAX, THREAD_DEGREE_MAX
 
 __all__ = ["GraphData", "DegreeBins", "degree_bins", "SegmentBins", "binned_segments", "upload_graph"]
@@ -148,10 +150,31 @@ class GraphData:
     bins_in: SegmentBins  # reverse-index ranges binned by in-degree (the backward)
     rev_src: DeviceArray | None = None  # u32 [E]: the sources grouped by target (split layout only)
     rev_edges: DeviceArray | None = None  # u32 [E]: the edges grouped by target (split layout only)
+    #: the edge windows of a graph whose [E] arrays are past one binding (edge_windows.py), else None
+    windows: list[EdgeWindow] | None = None
+    #: why a windowed graph's reverse index is absent (the limit named), for refusals
+    limit_desc: str = ""
+
+    def whole(self, op: str) -> "GraphData":
+        """``self``, unless the graph is split into edge windows, which ``op`` does not run over.
+
+        Raises:
+            DeviceLimitError: naming ``op``, the edges and the limit.
+        """
+        if self.windows is not None:
+            raise DeviceLimitError(
+                f"{op}: the graph's {self.num_edges} edges are past one storage binding ({self.limit_desc}), so its "
+                f"edge arrays are split into {len(self.windows)} edge windows; edge_logits, edge_probs, "
+                f"segment_softmax and segment_topk run over them, {op} does not yet: use a graph of fewer edges, "
+                f"or limits='adapter' where the adapter binds more"
+            )
+        return self
 
     def device_arrays(self) -> list[DeviceArray]:
-        """Every device array of the graph data (the bins' ``seg`` arrays included)."""
+        """Every device array of the graph data (the bins' ``seg`` arrays and the windows'
+        node lists included)."""
         values = [getattr(v, "seg", v) for v in vars(self).values()]
+        values += [w.seg_list for w in self.windows or []]
         return [v for v in values if isinstance(v, DeviceArray)]
 
 
@@ -163,6 +186,9 @@ def upload_graph(backend: Any, graph: Graph) -> GraphData:
     def up(a: np.ndarray) -> DeviceArray:
         return backend.asarray(np.ascontiguousarray(a, dtype=np.uint32), np.uint32)
 
+    rt = backend.runtime
+    if 4 * graph.num_edges > rt.max_binding_bytes:
+        return _upload_windowed(backend, graph, up)
     large_out = np.flatnonzero(graph.out_degree > SMALL_DEGREE_MAX)
     large_in = np.flatnonzero(graph.in_degree > SMALL_DEGREE_MAX)
     thread_max = backend.thread_degree_max
@@ -192,4 +218,55 @@ def upload_graph(backend: Any, graph: Graph) -> GraphData:
         seg_list=up(bins.nodes) if bins.nodes.size else None,
         bins_out=seg_bins(graph.row_ptr),
         bins_in=seg_bins(graph.rev_ptr),
+    )
+
+
+def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
+    """:func:`upload_graph` of a graph whose [E] arrays are past one binding: its edge windows
+    (edge_windows.py), col_idx and src in the windows' layout, the windows' degree bins; no
+    reverse index (the ops that read it refuse the graph: ``GraphData.whole``)."""
+    rt = backend.runtime
+    desc, where = rt.pool.limit_desc
+    limit_desc = f"{desc} = {rt.max_binding_bytes} bytes, {where}"
+    max_edges = edge_windows.max_window_edges(rt.max_binding_bytes, rt.offset_alignment)
+    thread_max = backend.thread_degree_max
+    windows = []
+    deg = graph.out_degree
+    ptr = graph.row_ptr
+    for n0, n1 in edge_windows.plan(ptr, max_edges, limit_desc):
+        b = degree_bins(deg[n0:n1], thread_max)
+        b = DegreeBins(b.nodes + n0, b.n_small, b.n_mid, b.n_hub)
+        windows.append(edge_windows.EdgeWindow(n0, n1, int(ptr[n0]), int(ptr[n1]), b,
+                                               up(b.nodes) if b.nodes.size else None))
+    cuts = [w.e0 for w in windows]
+
+    def up_edges(a: np.ndarray) -> DeviceArray:
+        arr = rt.pool.new_split_array(backend, (graph.num_edges,), np.uint32, 1, rt.offset_alignment, "edge index",
+                                      cuts=cuts)
+        rt.write(arr, np.ascontiguousarray(a, dtype=np.uint32))
+        return arr
+
+    empty = SegmentBins(up(np.zeros(1, np.uint32)), 0, 0, 0)
+    return GraphData(
+        num_nodes=graph.num_nodes,
+        num_edges=graph.num_edges,
+        row_ptr=up(ptr),
+        col_idx=up_edges(graph.col_idx),
+        src=up_edges(graph.src),
+        rev_ptr=up(graph.rev_ptr),
+        rev_pairs=None,
+        sink=up(graph.sink_mask.astype(np.uint32)),
+        large_out=None,
+        large_in=None,
+        n_large_out=0,
+        n_large_in=0,
+        n_nonempty=int(np.count_nonzero(deg)),
+        max_out_degree=int(deg.max(initial=0)),
+        max_in_degree=int(graph.in_degree.max(initial=0)),
+        bins=degree_bins(deg, thread_max),
+        seg_list=None,
+        bins_out=empty,
+        bins_in=empty,
+        windows=windows,
+        limit_desc=limit_desc,
     )

@@ -311,9 +311,9 @@ U32, I32, F32, VEC4 = "u32", "i32", "f32", "vec4<u32>"
 
 COPY = Uniform("CopyParams", n=U32, n_vec=U32, _pad0=U32, _pad1=U32)
 ADD = Uniform("AddParams", n=U32, _pad0=U32, _pad1=U32, _pad2=U32)
-LOGITS = Uniform("LogitParams", n_edges=U32, dim=U32, _pad0=U32, _pad1=U32)
+LOGITS = Uniform("LogitParams", n_edges=U32, dim=U32, e0=U32, _pad1=U32)
 PROBS = Uniform("ProbParams", n_small=U32, n_mid=U32, n_hub=U32, small_wg=U32, mid_wg=U32, dim=U32, top_k=U32,
-                mode=U32, tau=F32, _pad0=U32, _pad1=U32, _pad2=U32)
+                mode=U32, tau=F32, ebase=U32, _pad1=U32, _pad2=U32)
 SCATTER = Uniform("ScatterParams", batch=U32, n_nodes=U32, flags=U32, n_large=U32, alpha=F32, small_max=U32,
                   e0=U32, _pad1=U32)
 FLOW = Uniform("FlowParams", batch=U32, n_nodes=U32, n_edges=U32, has_active=U32, alpha=F32, edge_blocks=U32,

@@ -57,7 +57,7 @@ def energy_scatter_backward(
 ) -> tuple[Any, Any]:
     be = backend
     grad_next = be._dev(grad_next)
-    gd = be.graph_data(graph)
+    gd = be.graph_data(graph).whole("energy_scatter_backward")
     chunks = None
     if grad_next.ndim == 2 and grad_next.nbytes > be.runtime.max_binding_size:
         chunks = batch_chunks.plan(be, int(grad_next.shape[0]), gd.num_nodes)
@@ -79,11 +79,12 @@ def scatter_step_backward(
     ``grad_next`` a :class:`NodeMajor` or float [B, N] (the loss gradient); grad_energies comes
     back node-major, or [B, N] when ``last`` (the forward's first step)."""
     be = backend
+    gd = be.graph_data(graph).whole("the router's backward")
     if isinstance(state, batch_chunks.Chunked):  # a batch split into chunks (batch_chunks.py)
-        return batch_chunks.scatter_step_backward(be, be.graph_data(graph), state, be._dev(pi), grad_next, alpha,
+        return batch_chunks.scatter_step_backward(be, gd, state, be._dev(pi), grad_next, alpha,
                                                   active, retain_sinks, grad_energies, grad_pi_acc, last,
                                                   _scatter_backward)
-    return _scatter_backward(be, be.graph_data(graph), state.data, None if active is None else active.data, True,
+    return _scatter_backward(be, gd, state.data, None if active is None else active.data, True,
                              pi, grad_next, alpha, retain_sinks, grad_energies, grad_pi_acc,
                              out_shape=state.shape if last else None)
 
@@ -152,7 +153,7 @@ def _scatter_backward(
 
 def segment_softmax_backward(backend: Any, graph: Any, pi: Any, grad_pi: Any, tau: float = 1.0) -> Any:
     be, rt = backend, backend.runtime
-    gd = be.graph_data(graph)
+    gd = be.graph_data(graph).whole("segment_softmax_backward")
     pi, grad_pi = be._dev(pi), be._dev(grad_pi)
     out = be.empty((gd.num_edges,))
     u = dict(n_nodes=gd.num_nodes, n_large=gd.n_large_out, small_max=SMALL_DEGREE_MAX, tau=np.float32(tau))
@@ -165,7 +166,7 @@ def segment_softmax_backward(backend: Any, graph: Any, pi: Any, grad_pi: Any, ta
 
 def edge_logits_backward(backend: Any, graph: Any, q: Any, k: Any, grad_logits: Any) -> tuple[Any, Any, Any]:
     be, rt = backend, backend.runtime
-    gd = be.graph_data(graph)
+    gd = be.graph_data(graph).whole("edge_logits_backward")
     q, k, gl = be._dev(q), be._dev(k), be._dev(grad_logits)
     n = gd.num_nodes
     dim = int(q.shape[1])
@@ -193,7 +194,7 @@ def softmax_logits_backward(
     backend: Any, graph: Any, pi: Any, grad_pi: Any, tau: float, q: Any, k: Any
 ) -> tuple[Any, Any, Any]:
     be, rt = backend, backend.runtime
-    gd = be.graph_data(graph)
+    gd = be.graph_data(graph).whole("softmax_logits_backward")
     pi, grad_pi, q, k = be._dev(pi), be._dev(grad_pi), be._dev(q), be._dev(k)
     n = gd.num_nodes
     dim = int(q.shape[1])

@@ -15,7 +15,7 @@ import numpy as np
 from ...errors import DeviceLimitError
 from ...graph import Graph
 from ...validation import check_int
-from . import batch_chunks, loop_cap, node_major
+from . import batch_chunks, edge_windows, loop_cap, node_major
 from .arrays import DeviceArray, parts_of, range_view
 from .kernels import GROUP_DEGREE_MAX, REDUCE_ITEMS
 
@@ -27,9 +27,17 @@ def edge_logits(be: Any, graph: Graph, q: Any, k: Any, bias: Any) -> DeviceArray
     gd = be.graph_data(graph)
     q, k, bias = be._dev(q), be._dev(k), be._dev(bias)
     dim = q.shape[1] if q.ndim == 2 else 0
+    if gd.windows is not None:  # one dispatch per edge window (edge_windows.py)
+        bias = edge_windows.in_windows(be, gd, bias, "bias")
+        out = edge_windows.new_edge_array(be, gd, np.float32, "edge_logits")
+        for w in gd.windows:
+            (s, e0), c, b, o = (edge_windows.window_view(be, x, w) for x in (gd.src, gd.col_idx, bias, out))
+            be.runtime.dispatch("edge_logits", threads=w.e1 - w.e0, uniform=dict(n_edges=w.e1 - w.e0, dim=dim, e0=e0),
+                                src=s, col_idx=c[0], q=q, k=k, bias=b[0], logits=o[0])
+        return out
     out = be.empty((gd.num_edges,))
     be.runtime.dispatch(
-        "edge_logits", threads=gd.num_edges, uniform=dict(n_edges=gd.num_edges, dim=dim),
+        "edge_logits", threads=gd.num_edges, uniform=dict(n_edges=gd.num_edges, dim=dim, e0=0),
         src=gd.src, col_idx=gd.col_idx, q=q, k=k, bias=bias, logits=out,
     )
     return out
@@ -52,18 +60,34 @@ def _probs(be: Any, graph: Graph, q: Any, k: Any, bias: Any, dim: int, tau: floa
         cost = max(cost, -(-gd.max_out_degree // 256) * (row + 14) + 2200)
     loop_cap.check(be, cost, "the segment softmax / top-k" + (f" with a segment of {gd.max_out_degree:,} edges"
                                                                if bins.n_hub else "") + (f" with d = {dim}" if dim else ""))
-    out = be.empty((gd.num_edges,), np.bool_ if mode == 1 else np.float32)
+    dt = np.bool_ if mode == 1 else np.float32
+    if gd.windows is not None:  # per edge window, its own bins (edge_windows.py)
+        bias = edge_windows.in_windows(be, gd, bias, "bias" if dim else "logits")
+        out = edge_windows.new_edge_array(be, gd, dt, "edge_probs")
+        for w in gd.windows:
+            if w.seg_list is not None:
+                (c, e0), bv, o = (edge_windows.window_view(be, x, w) for x in (gd.col_idx, bias, out))
+                _probs_dispatch(be, w.bins, w.seg_list, w.e0 - e0, dim, top_k, mode, tau, dict(
+                    row_ptr=gd.row_ptr, col_idx=c, q=q, k=k, bias=bv[0], result=o[0]))
+        return out
+    out = be.empty((gd.num_edges,), dt)
     if gd.seg_list is None:
         return out  # no edges
+    _probs_dispatch(be, bins, gd.seg_list, 0, dim, top_k, mode, tau, dict(
+        row_ptr=gd.row_ptr, col_idx=gd.col_idx, q=q, k=k, bias=bias, result=out))
+    return out
+
+
+def _probs_dispatch(be: Any, bins: Any, seg_list: Any, ebase: int, dim: int, top_k: int, mode: int, tau: float,
+                    b: dict[str, Any]) -> None:
+    """The ``edge_probs`` dispatch over ``bins`` (and ``edge_probs_hub`` with hubs)."""
     u = dict(n_small=bins.n_small, n_mid=bins.n_mid, n_hub=bins.n_hub, small_wg=bins.small_wg,
-             mid_wg=bins.mid_wg, dim=dim, top_k=top_k, mode=mode, tau=np.float32(tau))
-    b = dict(row_ptr=gd.row_ptr, col_idx=gd.col_idx, q=q, k=k, bias=bias, result=out, seg_list=gd.seg_list)
+             mid_wg=bins.mid_wg, dim=dim, top_k=top_k, mode=mode, tau=np.float32(tau), ebase=ebase)
     if bins.workgroups:  # without mid segments: the barrier-free pipeline
         name = "edge_probs" if bins.n_mid else "edge_probs_small"
-        be.runtime.dispatch(name, workgroups=bins.workgroups, uniform=u, **b)
+        be.runtime.dispatch(name, workgroups=bins.workgroups, uniform=u, seg_list=seg_list, **b)
     if bins.n_hub:
-        be.runtime.dispatch("edge_probs_hub", workgroups=bins.n_hub, uniform=u, **b)
-    return out
+        be.runtime.dispatch("edge_probs_hub", workgroups=bins.n_hub, uniform=u, seg_list=seg_list, **b)
 
 def edge_probs(be: Any, graph: Graph, q: Any, k: Any, bias: Any, tau: float = 1.0, top_k: int = 0) -> DeviceArray:
     """float32 [E]: segment_softmax(edge_logits(q, k, bias), tau, top_k) in ONE dispatch (hubs,
@@ -97,7 +121,7 @@ def energy_scatter(be: Any,
     retain_sinks: bool = False,
     return_flow: bool = False,
 ) -> Any:
-    gd = be.graph_data(graph)
+    gd = be.graph_data(graph).whole("energy_scatter")
     energies, pi = be._dev(energies), be._dev(pi)
     # node-major copy of the energies (and mask), then the gather writes [B, N] (per batch
     # chunk when the state is over one binding)
@@ -114,7 +138,7 @@ def scatter_state(be: Any, graph: Graph, energies: Any, active: Any) -> tuple[An
     """Node-major copies of ``energies`` float [B, N] and ``active`` (node_major.py): one
     ``scatter_transpose`` dispatch; per batch chunk when the state is over one binding
     (batch_chunks.py: then :class:`~.batch_chunks.Chunked` states)."""
-    gd = be.graph_data(graph)
+    gd = be.graph_data(graph).whole("the energy scatter")
     energies = be._dev(energies)
     active = None if active is None else be._dev(active)
     chunks = batch_chunks.plan(be, int(energies.shape[0]), gd.num_nodes) if energies.ndim == 2 else None
@@ -125,11 +149,10 @@ def scatter_state(be: Any, graph: Graph, energies: Any, active: Any) -> tuple[An
 def scatter_step(be: Any, graph: Graph, state: Any, pi: Any, alpha: float, active_state: Any, retain_sinks: bool,
                  last: bool) -> Any:
     """One step from a node-major state: node-major next state, or float [B, N] when ``last``."""
+    gd = be.graph_data(graph).whole("the energy scatter")
     if isinstance(state, batch_chunks.Chunked):
-        return batch_chunks.scatter_step(be, be.graph_data(graph), state, be._dev(pi), alpha, active_state,
-                                         retain_sinks, last)
-    return node_major.scatter(be, be.graph_data(graph), state, be._dev(pi), alpha, active_state,
-                              retain_sinks, not last)
+        return batch_chunks.scatter_step(be, gd, state, be._dev(pi), alpha, active_state, retain_sinks, last)
+    return node_major.scatter(be, gd, state, be._dev(pi), alpha, active_state, retain_sinks, not last)
 
 def public_state(be: Any, state: Any) -> Any:
     """``state`` as float [B, N] (one ``scatter_rows`` dispatch, per batch chunk when split,
@@ -145,7 +168,7 @@ def edge_flow(be: Any, graph: Graph, energies: Any, pi: Any, alpha: float = 1.0,
     dispatch: every element is computed alone); it can be read back but not passed whole to
     another op. [B, N] energies (and mask) over one binding are bound in the same row ranges
     (batch_chunks.rows_view); no chunk crosses a buffer of a split array."""
-    gd = be.graph_data(graph)
+    gd = be.graph_data(graph).whole("edge_flow")
     energies, pi = be._dev(energies), be._dev(pi)
     batch, flat = _batch(energies, gd.num_nodes)
     act = be._opt(active)
@@ -213,7 +236,7 @@ def step_metrics(be: Any,
     alpha: float = 1.0,
     active: Any = None,
 ) -> DeviceArray:
-    gd = be.graph_data(graph)
+    gd = be.graph_data(graph).whole("step_metrics")
     energies, next_energies, pi = be._dev(energies), be._dev(next_energies), be._dev(pi)
     batch, _ = _batch(energies, gd.num_nodes)
     if energies.ndim == 2 and energies.shape[0] == 0:

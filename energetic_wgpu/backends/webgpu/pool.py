@@ -130,11 +130,13 @@ class BufferPool:
         return self._array_in(size, backend, shape, dt)
 
     def new_split_array(self, backend: Any, shape: tuple[int, ...], dtype: Any, quantum: int, align: int,
-                        what: str = "array") -> DeviceArray:
+                        what: str = "array", cuts: list[int] | None = None) -> DeviceArray:
         """An uninitialized array of any size: :meth:`new_large_array` up to the buffer size
         limit in use, past it a split array (``arrays.PartsAllocation``): parts of a whole
         number of ``quantum`` elements each (e.g. the rows of a batch chunk, so that a chunk
-        lies in one part), as many per buffer as fit with the ``align``-ment pad.
+        lies in one part), as many per buffer as fit with the ``align``-ment pad; or, with
+        ``cuts`` (element offsets, the first 0: e.g. edge windows), parts that start at cuts
+        only, as many consecutive ranges between cuts per buffer as fit.
 
         Raises:
             DeviceLimitError: 2^32 elements or more (the kernels count in u32), or one quantum
@@ -150,18 +152,21 @@ class BufferPool:
                 f"{what} of shape {shape} ({dt.name}) has {total} elements, past 2^32 (the kernels' u32 element "
                 f"range): use a smaller batch or graph"
             )
-        # parts start at multiples of the quantum: no pad at all when its bytes are aligned
-        slack = 0 if 4 * quantum % align == 0 else align
-        per = (self.max_buffer_size - slack) // (4 * quantum) * quantum
-        if per < quantum:
-            raise DeviceLimitError(
-                f"{what} of shape {shape} ({dt.name}) is split over buffers of at most {self.max_buffer_size} bytes "
-                f"({self.limit_desc[1]}), but one part of {quantum} elements (and its {align}-byte alignment) does "
-                f"not fit one: use a smaller graph"
-            )
+        if cuts is None:
+            # parts start at multiples of the quantum: no pad at all when its bytes are aligned
+            slack = 0 if 4 * quantum % align == 0 else align
+            per = (self.max_buffer_size - slack) // (4 * quantum) * quantum
+            if per < quantum:
+                raise DeviceLimitError(
+                    f"{what} of shape {shape} ({dt.name}) is split over buffers of at most {self.max_buffer_size} "
+                    f"bytes ({self.limit_desc[1]}), but one part of {quantum} elements (and its {align}-byte "
+                    f"alignment) does not fit one: use a smaller graph"
+                )
+            spans = [(s, min(per, total - s)) for s in range(0, total, per)]
+        else:
+            spans = self._spans_at(cuts, total, align)
         parts, starts, counts, pads = [], [], [], []
-        for s in range(0, total, per):
-            count = min(per, total - s)
+        for s, count in spans:
             pad = 4 * s % align
             size = min(round_size(-(-(pad + 4 * count) // 16) * 16), self.max_buffer_size // 16 * 16)
             parts.append(Allocation(self, self._take(size)))
@@ -169,6 +174,25 @@ class BufferPool:
             counts.append(count)
             pads.append(pad)
         return new_device_array(backend, PartsAllocation(parts, starts, counts, pads), shape, dt)
+
+    def _spans_at(self, cuts: list[int], total: int, align: int) -> list[tuple[int, int]]:
+        """(first element, elements) of parts starting at ``cuts`` only, each as long as fits a
+        buffer with its pad."""
+        bounds = sorted(set(int(c) for c in cuts if 0 < c < total)) + [total]
+        spans: list[tuple[int, int]] = []
+        s = 0
+        for i, b in enumerate(bounds):
+            nxt = bounds[i + 1] if i + 1 < len(bounds) else None
+            if nxt is not None and 4 * s % align + 4 * (nxt - s) <= self.max_buffer_size:
+                continue  # the next range fits this part too
+            if 4 * s % align + 4 * (b - s) > self.max_buffer_size:
+                raise DeviceLimitError(
+                    f"elements {s} .. {b} ({4 * (b - s)} bytes) must lie in one buffer, over the buffer size limit "
+                    f"of {self.max_buffer_size} bytes"
+                )
+            spans.append((s, b - s))
+            s = b
+        return spans
 
     def _array_in(self, size: int, backend: Any, shape: tuple[int, ...], dt: np.dtype) -> DeviceArray:
         """A DeviceArray in a storage buffer of ``size`` bytes (:meth:`_take`)."""

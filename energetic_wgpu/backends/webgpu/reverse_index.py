@@ -10,8 +10,8 @@ and the edges by target, and :func:`reverse_inputs` gathers the per-edge value i
 reverse-index order first (one ``gather`` dispatch, elementwise.wgsl: ``values[edge_r]`` at r), so each kernel
 reads entry r's source at r and its value at r. The terms, and every sum over them, are the
 same numbers in the same order: the results are bit-identical to the packed layout. Past
-E = 33.5 M on default limits the [E] arrays do not fit one binding either (refused, as every
-edge array).
+E = 33.5 M on default limits the [E] arrays do not fit one binding either: the graph is cut
+into edge windows (edge_windows.py), which have no reverse index yet.
 
 The layout is decided when the graph is uploaded (``backend.graph_data``), with the binding
 limit in use then.

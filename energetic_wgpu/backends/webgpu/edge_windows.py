@@ -1,0 +1,112 @@
+"""Edge windows: a graph whose [E] arrays are past one storage binding.
+
+When 4·E bytes exceed the binding limit in use (E > 33.5 M on WebGPU's default limits), the
+graph's edges are cut into *windows*: consecutive source ranges [n0, n1) whose out-edges
+[row_ptr[n0], row_ptr[n1]) fit one binding (a window never cuts a segment; a segment larger
+than a binding is refused). Every [E] array of such a graph (col_idx, src, and the outputs of
+the ops below) is an array of several buffers cut at window starts
+(``BufferPool.new_split_array``; one buffer while it fits the buffer size limit), and each
+window binds its range of them from the aligned offset before it
+(``arrays.range_view``: the same element offset ``e0`` in every [E] array, whatever its layout).
+
+The ops that run over windows, one dispatch (or two, with hubs) per window:
+
+* ``edge_logits``: edge t of a window's dispatch is element e0 + t of its ranges;
+* ``edge_probs``, ``segment_softmax``, ``segment_topk``: the window's own degree bins
+  (``seg_list``), and ``row_ptr[j] - ebase`` (``ebase`` = the window's first edge - e0)
+  indexes its ranges.
+
+Each segment is computed exactly as in one dispatch over the whole graph: the results are
+bit-identical. An [E] input whose buffers are cut elsewhere (an array uploaded before the
+graph) is first copied (exact bytes) into the windows' layout. The other ops (the scatter and
+everything that reads the reverse index, the backward, the metrics, the Router) refuse such a
+graph before any work (``DeviceLimitError`` naming the op): the reverse side needs windows of
+targets and gathers between the two, which are not built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...errors import DeviceLimitError
+from .arrays import DeviceArray, parts_of, range_view
+
+__all__ = ["EdgeWindow", "max_window_edges", "plan", "new_edge_array", "window_view", "in_windows"]
+
+
+@dataclass(frozen=True)
+class EdgeWindow:
+    """Sources ``n0 .. n1`` and their out-edges ``e0 .. e1``; ``bins`` (graph_data.DegreeBins,
+    global node ids) and ``seg_list`` (its nodes on the device, None without edges)."""
+
+    n0: int
+    n1: int
+    e0: int
+    e1: int
+    bins: Any
+    seg_list: DeviceArray | None
+
+
+def max_window_edges(binding_bytes: int, align: int) -> int:
+    """The most edges of a window: its range of a 4-byte [E] array, bound from the aligned offset
+    before it (up to ``align`` - 4 bytes earlier) as a multiple of 16 bytes, fits the binding."""
+    return max(0, (binding_bytes // 16 * 16 - align) // 4)
+
+
+def plan(row_ptr: np.ndarray, max_edges: int, limit_desc: str) -> list[tuple[int, int]]:
+    """The (n0, n1) source ranges of the windows of a CSR ``row_ptr`` [N+1]: greedy, each
+    holding as many whole segments as fit ``max_edges`` edges.
+
+    Raises:
+        DeviceLimitError: a segment larger than ``max_edges`` (named with its node and degree).
+    """
+    ptr = np.asarray(row_ptr, dtype=np.int64)
+    n = ptr.size - 1
+    out: list[tuple[int, int]] = []
+    n0 = 0
+    while n0 < n:
+        n1 = int(np.searchsorted(ptr, ptr[n0] + max_edges, side="right")) - 1
+        n1 = min(max(n1, n0), n)
+        if n1 == n0:
+            raise DeviceLimitError(
+                f"node {n0} has {int(ptr[n0 + 1] - ptr[n0])} out-edges, more than one storage binding holds "
+                f"({max_edges} edges of 4 bytes, {limit_desc}): a segment past one binding is not supported; "
+                f"use limits='adapter' where the adapter binds more"
+            )
+        out.append((n0, n1))
+        n0 = n1
+    return out
+
+
+def new_edge_array(be: Any, gd: Any, dtype: Any, what: str) -> DeviceArray:
+    """An uninitialized [E] array (4-byte elements) in the windows' layout of ``gd``."""
+    rt = be.runtime
+    return rt.pool.new_split_array(be, (gd.num_edges,), dtype, 1, rt.offset_alignment, what,
+                                   cuts=[w.e0 for w in gd.windows])
+
+
+def in_windows(be: Any, gd: Any, x: DeviceArray, what: str) -> DeviceArray:
+    """``x`` (an [E] array) if every window of ``gd`` lies in one of its buffers, else a copy
+    of it in the windows' layout (exact bytes, copied on the device)."""
+    parts = parts_of(x)
+    if parts is None or all(any(s <= w.e0 and w.e1 <= s + c for s, c, *_ in parts) for w in gd.windows):
+        return x
+    out = new_edge_array(be, gd, x.dtype, what)
+    enc = be.runtime.submission.outside_pass()
+    for ds, dc, dpool, dpad in parts_of(out) or [(0, out.size, out.pooled, out.offset)]:
+        for s, c, pool, pad in parts:
+            lo, hi = max(s, ds), min(s + c, ds + dc)
+            if hi > lo:
+                enc.copy_buffer_to_buffer(pool.buffer, pad + 4 * (lo - s), dpool.buffer, dpad + 4 * (lo - ds),
+                                          4 * (hi - lo))
+                be.runtime.submission.in_flight.add(pool.uid)
+                be.runtime.submission.in_flight.add(dpool.uid)
+    return out
+
+
+def window_view(be: Any, x: DeviceArray, w: EdgeWindow) -> tuple[DeviceArray, int]:
+    """(bindable range, e0) of window ``w``'s edges in the [E] array ``x``."""
+    return range_view(x, w.e0, w.e1 - w.e0, be.runtime.offset_alignment)

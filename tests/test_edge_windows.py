@@ -1,0 +1,134 @@
+"""Edge windows (edge_windows.py): a graph whose [E] arrays are past one storage binding.
+
+Under a forced 4 KiB binding limit a window holds at most 960 edges, so a graph of 3,064 edges
+over 54 nodes (out-degrees 0, 1, 16, 17, 32, 33, 256, 257, 600, then 45 and a few small ones) is cut into windows that
+each keep whole segments: thread-bin, 32-lane and hub segments (600 edges) all land in windows
+of their own bins. edge_logits, edge_probs (with and without top-k, d = 5 and 16),
+segment_softmax and segment_topk are bit-identical to the same graph on the device's limits
+(one dispatch over the whole graph) and within the parity rule of NumPy; with a 4 KiB buffer
+limit too, every [E] array is split over buffers and an input cut elsewhere is copied into the
+windows' layout first. The ops that do not run over windows, a segment larger than a window
+and the Router refuse before any work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+from parity import assert_parity
+
+from energetic_wgpu import Graph, Router, RouterParams
+from energetic_wgpu.backends.webgpu.arrays import parts_of
+from energetic_wgpu.errors import DeviceLimitError
+
+DEGREES = [0, 1, 16, 17, 32, 33, 256, 257, 600, 0, 3] + [45] * 40 + [2, 40, 7]
+LIMIT = 4096
+
+
+def _graph() -> Graph:
+    rng = np.random.default_rng(8)
+    n = len(DEGREES)
+    ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(DEGREES, out=ptr[1:])
+    return Graph.from_csr(ptr, rng.integers(0, n, int(ptr[-1])), num_nodes=n)
+
+
+def _inputs(dim: int, seed: int = 0):
+    g = _graph()
+    rng = np.random.default_rng(seed)
+    n, e = g.num_nodes, g.num_edges
+    return g, rng.standard_normal((n, dim)).astype(np.float32), rng.standard_normal((n, dim)).astype(np.float32), \
+        (0.5 * rng.standard_normal(e)).astype(np.float32)
+
+
+@contextlib.contextmanager
+def _limits(be, mode):
+    if mode is None:
+        yield
+        return
+    with be.binding_limit(LIMIT):
+        if mode == "buffers":
+            with be.buffer_limit(LIMIT):
+                yield
+        else:
+            yield
+
+
+def _run(be, mode, dim, top_k):
+    g, q, k, bias = _inputs(dim)
+    with _limits(be, mode):
+        gd = be.graph_data(g)
+        logits = be.edge_logits(g, q, k, bias)
+        out = {
+            "logits": logits,
+            "pi": be.edge_probs(g, q, k, bias, tau=0.7, top_k=top_k),
+            "softmax": be.segment_softmax(g, logits, tau=1.3, top_k=top_k),
+            "kept": be.segment_topk(g, logits, 3),
+        }
+        host = {name: be.to_numpy(x) for name, x in out.items()}
+    return host, gd
+
+
+@pytest.mark.parametrize("mode", ["ranges", "buffers"])
+@pytest.mark.parametrize("dim,top_k", [(5, 0), (16, 3), (16, 17)])
+def test_windowed_ops_bit_identical(gpu_backend, np_backend, mode, dim, top_k):
+    whole, gd_whole = _run(gpu_backend, None, dim, top_k)
+    split, gd = _run(gpu_backend, mode, dim, top_k)
+    assert gd_whole.windows is None
+    spans = [(w.n0, w.n1, w.e0, w.e1) for w in gd.windows]
+    assert spans == [(0, 8, 0, 612), (8, 18, 612, 1530), (18, 39, 1530, 2475), (39, 54, 2475, 3064)]
+    # every bin in some window: thread, 32-lane and hub segments (257 and 600 edges)
+    assert [(w.bins.n_small, w.bins.n_mid, w.bins.n_hub) for w in gd.windows] == [(4, 2, 1), (1, 7, 1), (0, 21, 0),
+                                                                                   (2, 13, 0)]
+    if mode == "buffers":
+        assert gd.col_idx.is_split
+    for name, ref in whole.items():
+        assert split[name].tobytes() == ref.tobytes(), name
+    g, q, k, bias = _inputs(dim)
+    assert_parity(split["pi"], np_backend.to_numpy(np_backend.edge_probs(g, q, k, bias, tau=0.7, top_k=top_k)), "pi")
+
+
+def test_input_cut_elsewhere_is_copied_into_the_windows(gpu_backend):
+    be = gpu_backend
+    g, q, k, bias = _inputs(4)
+    whole = be.to_numpy(be.edge_logits(_graph(), q, k, bias))
+    with _limits(be, "buffers"):
+        b = be.asarray(bias)  # its own layout: 4 KiB buffers of 1,024 elements, not the windows' cuts
+        gd = be.graph_data(g)
+        starts = [s for s, *_ in parts_of(b)]
+        assert starts == [0, 1024, 2048] and starts != [w.e0 for w in gd.windows]
+        assert be.to_numpy(be.edge_logits(g, q, k, b)).tobytes() == whole.tobytes()
+
+
+def test_ops_without_windows_refuse_before_any_work(gpu_backend):
+    be = gpu_backend
+    g, q, k, bias = _inputs(4)
+    with _limits(be, "ranges"):
+        pi = be.edge_probs(g, q, k, bias)
+        en = np.ones((2, g.num_nodes), np.float32)
+        before = be.counters()["dispatches"]
+        with pytest.raises(DeviceLimitError, match=r"energy_scatter: the graph's 3064 edges are past one storage "
+                                                   r"binding \(max_binding_bytes = 4096 bytes, .*\), so its edge arrays "
+                                                   r"are split into 4 edge windows; .* energy_scatter does not yet"):
+            be.energy_scatter(g, en, pi)
+        for call in (lambda: be.edge_flow(g, en, pi), lambda: be.step_metrics(g, en, en, pi),
+                     lambda: be.segment_softmax_backward(g, pi, pi),
+                     lambda: be.energy_scatter_backward(g, en, pi, en)):
+            with pytest.raises(DeviceLimitError, match=r"does not yet"):
+                call()
+        assert be.counters()["dispatches"] == before
+        with pytest.raises(DeviceLimitError, match=r"packed array 2 of shape \(3064,\) needs"):
+            Router(g, RouterParams(q, k, bias), be)
+    # the backend stays usable
+    assert be.to_numpy(be.edge_probs(_graph(), q, k, bias)).shape == (3064,)
+
+
+def test_segment_larger_than_a_window_refused(gpu_backend):
+    be = gpu_backend
+    g, q, k, bias = _inputs(4)
+    with be.binding_limit(2048):  # 448 edges per window: the 600-edge segment does not fit
+        with pytest.raises(DeviceLimitError, match=r"node 8 has 600 out-edges, more than one storage binding holds "
+                                                   r"\(448 edges of 4 bytes, max_binding_bytes = 2048 bytes"):
+            be.edge_probs(g, q, k, bias)
