@@ -1,8 +1,16 @@
 // elementwise.wgsl: add: out[i] = a[i] + b[i] for i < n; gather: out[i] = a[index[i]] for i < n
 // (the split reverse index, reverse_index.py, puts per-edge values in reverse-index order).
+// gather_window: the same over edge windows (edge_windows.py): entry t < n of a window of the
+// reverse index is element off + t of the bound index / out ranges; it takes a[e - base] when
+// its edge e = index[off + t] lies in the bound source window lo .. lo + count, and is left
+// alone otherwise (one dispatch per source window fills every entry once).
 
 struct AddParams {
     n: u32,
+    lo: u32,
+    count: u32,
+    base: u32,
+    off: u32,
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -30,4 +38,16 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         return;
     }
     out[i] = a[index[i]];
+}
+
+@compute @workgroup_size(WG)
+fn gather_window(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = thread_index(gid, nwg);
+    if (t >= P.n) {
+        return;
+    }
+    let e = index[P.off + t];
+    if (e - P.lo < P.count) {
+        out[P.off + t] = a[e - P.base];
+    }
 }

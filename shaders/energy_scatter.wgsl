@@ -21,6 +21,9 @@
 // A batch split into chunks (batch_chunks.py) runs these kernels once per chunk of rows: the
 // [B, N] arrays (energies, act_mask, a [B, N] next_e) are bound from an aligned offset before
 // the chunk's first row, which lies e0 elements into the bound range (0 when not split).
+// A graph cut into edge windows (edge_windows.py) runs scatter_small / scatter_large once per
+// window of targets node0 .. node0 + n_count, on its ranges of the split reverse index and of
+// pi in reverse-index order (rev_ptr[k] - rbase indexes them).
 
 struct ScatterParams {
     batch: u32,
@@ -30,7 +33,11 @@ struct ScatterParams {
     alpha: f32,
     small_max: u32,
     e0: u32,         // element of the bound [B, N] ranges where row 0 starts (batch chunks)
+    node0: u32,      // scatter_small / scatter_large: the first target node of this dispatch ...
+    n_count: u32,    // ... and its number of nodes (a window of targets; else 0 and n_nodes)
+    rbase: u32,      // rev_ptr[k] - rbase indexes the bound reverse-index ranges (a window; else 0)
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: ScatterParams;
@@ -158,15 +165,15 @@ fn scatter_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     let i = thread_index(gid, nwg);
     let nc4 = n_chunks();
     let nc8 = (P.batch + 7u) / 8u;
-    if (i >= nc8 * P.n_nodes) {
+    if (i >= nc8 * P.n_count) {
         return;
     }
-    let c = i / P.n_nodes;
-    let k = i - c * P.n_nodes;
+    let c = i / P.n_count;
+    let k = P.node0 + i - c * P.n_count;
     let c4 = 2u * c;
     let two = c4 + 1u < nc4;  // false only in the last chunk when ceil(B/4) is odd
-    let s = rev_ptr[k];
-    let t = rev_ptr[k + 1u];
+    let s = rev_ptr[k] - P.rbase;
+    let t = rev_ptr[k + 1u] - P.rbase;
     if (t - s > P.small_max) {
         if ((P.flags & 4u) != 0u) {
             for (var b = max(8u * c, P.batch); b < 4u * min(c4 + 2u, nc4); b = b + 1u) {
@@ -249,8 +256,8 @@ fn scatter_large(
     }
     let b = g / P.n_large;
     let k = large_nodes[g - b * P.n_large];
-    let s = rev_ptr[k];
-    let t = rev_ptr[k + 1u];
+    let s = rev_ptr[k] - P.rbase;
+    let t = rev_ptr[k + 1u] - P.rbase;
     let c = b / 4u;
     let l = b % 4u;
     var acc = vec2<f32>(0.0, 0.0);

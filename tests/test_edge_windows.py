@@ -4,7 +4,9 @@ Under a forced 4 KiB binding limit a window holds at most 960 edges, so a graph 
 over 54 nodes (out-degrees 0, 1, 16, 17, 32, 33, 256, 257, 600, then 45 and a few small ones) is cut into windows that
 each keep whole segments: thread-bin, 32-lane and hub segments (600 edges) all land in windows
 of their own bins. edge_logits, edge_probs (with and without top-k, d = 5 and 16),
-segment_softmax and segment_topk are bit-identical to the same graph on the device's limits
+segment_softmax and segment_topk are bit-identical to the same graph on the device's limits, and so is
+energy_scatter (pi gathered into reverse-index order per pair of windows, then the scatter per
+window of targets, an in-hub of 520 edges included)
 (one dispatch over the whole graph) and within the parity rule of NumPy; with a 4 KiB buffer
 limit too, every [E] array is split over buffers and an input cut elsewhere is copied into the
 windows' layout first. The ops that do not run over windows, a segment larger than a window
@@ -32,7 +34,10 @@ def _graph() -> Graph:
     n = len(DEGREES)
     ptr = np.zeros(n + 1, np.int64)
     np.cumsum(DEGREES, out=ptr[1:])
-    return Graph.from_csr(ptr, rng.integers(0, n, int(ptr[-1])), num_nodes=n)
+    cols = rng.integers(0, n - 1, int(ptr[-1]))
+    cols[ptr[8]:ptr[8] + 500] = n - 1  # an in-hub of 500 edges (scatter_large), most from the 600-edge segment
+    cols[ptr[20]:ptr[20] + 20] = n - 1
+    return Graph.from_csr(ptr, cols, num_nodes=n)
 
 
 def _inputs(dim: int, seed: int = 0):
@@ -109,11 +114,11 @@ def test_ops_without_windows_refuse_before_any_work(gpu_backend):
         pi = be.edge_probs(g, q, k, bias)
         en = np.ones((2, g.num_nodes), np.float32)
         before = be.counters()["dispatches"]
-        with pytest.raises(DeviceLimitError, match=r"energy_scatter: the graph's 3064 edges are past one storage "
+        with pytest.raises(DeviceLimitError, match=r"edge_flow: the graph's 3064 edges are past one storage "
                                                    r"binding \(max_binding_bytes = 4096 bytes, .*\), so its edge arrays "
-                                                   r"are split into 4 edge windows; .* energy_scatter does not yet"):
-            be.energy_scatter(g, en, pi)
-        for call in (lambda: be.edge_flow(g, en, pi), lambda: be.step_metrics(g, en, en, pi),
+                                                   r"are split into 4 edge windows; .* edge_flow does not yet"):
+            be.edge_flow(g, en, pi)
+        for call in (lambda: be.energy_scatter(g, en, pi, return_flow=True), lambda: be.step_metrics(g, en, en, pi),
                      lambda: be.segment_softmax_backward(g, pi, pi),
                      lambda: be.energy_scatter_backward(g, en, pi, en)):
             with pytest.raises(DeviceLimitError, match=r"does not yet"):
@@ -132,3 +137,41 @@ def test_segment_larger_than_a_window_refused(gpu_backend):
         with pytest.raises(DeviceLimitError, match=r"node 8 has 600 out-edges, more than one storage binding holds "
                                                    r"\(448 edges of 4 bytes, max_binding_bytes = 2048 bytes"):
             be.edge_probs(g, q, k, bias)
+
+
+def _scatter(be, mode, batch, masked, sinks):
+    g, q, k, bias = _inputs(4, seed=batch)
+    rng = np.random.default_rng(batch)
+    en = rng.random((batch, g.num_nodes)).astype(np.float32)
+    act = rng.random((batch, g.num_nodes)) < 0.7
+    pi = np.asarray(be.to_numpy(be.edge_probs(_graph(), q, k, bias, top_k=3)))
+    with _limits(be, mode):
+        gd = be.graph_data(g) if hasattr(be, "graph_data") else None
+        out = be.energy_scatter(g, en, pi, alpha=0.9, active=act if masked else None, retain_sinks=sinks)
+        return be.to_numpy(out), gd
+
+
+@pytest.mark.parametrize("mode", ["ranges", "buffers"])
+@pytest.mark.parametrize("batch,masked,sinks", [(1, False, False), (5, True, True), (33, True, False)])
+def test_energy_scatter_over_windows_bit_identical(gpu_backend, np_backend, mode, batch, masked, sinks):
+    whole, _ = _scatter(gpu_backend, None, batch, masked, sinks)
+    split, gd = _scatter(gpu_backend, mode, batch, masked, sinks)
+    assert len(gd.rwindows) == 4 and sum(r.n_large for r in gd.rwindows) == 1  # the in-hub
+    assert split.tobytes() == whole.tobytes()
+    ref, _ = _scatter(np_backend, None, batch, masked, sinks)
+    assert_parity(split, ref, "next energies")
+
+
+def test_in_degree_larger_than_a_window_refused(gpu_backend):
+    be = gpu_backend
+    rng = np.random.default_rng(2)
+    n = 40
+    g = Graph.from_edges(np.repeat(np.arange(n), 15), np.where(rng.random(600) < 0.8, 0, rng.integers(0, n, 600)),
+                         num_nodes=n)
+    with be.binding_limit(2048):  # 448 edges per window; node 0 has about 480 in-edges
+        pi = be.segment_softmax(g, np.zeros(600, np.float32))  # the forward windows work
+        before = be.counters()["dispatches"]
+        with pytest.raises(DeviceLimitError, match=r"energy_scatter: node 0 has \d+ in-edges, more than one storage "
+                                                   r"binding holds \(448 edges of 4 bytes"):
+            be.energy_scatter(g, np.ones((2, n), np.float32), pi)
+        assert be.counters()["dispatches"] == before

@@ -88,8 +88,8 @@ class WgpuBackend(PackedArrays, Backend):
     forward, backward and losses run over them in batch chunks: batch_chunks.py), packed
     arrays (:meth:`pack`: the Router's parameters and AdamW's moments), which are split past
     one binding (packed.py), and the [E] arrays of a graph past one binding, cut into edge
-    windows that edge_logits, edge_probs, segment_softmax and segment_topk run over
-    (edge_windows.py; the other graph ops refuse such a graph).
+    windows that edge_logits, edge_probs, segment_softmax, segment_topk and energy_scatter run
+    over (edge_windows.py; the other graph ops refuse such a graph).
     """
 
     name = "wgpu"
@@ -414,7 +414,8 @@ class WgpuBackend(PackedArrays, Backend):
         if a.shape != b.shape:
             raise ShapeError(f"add: shapes differ, {a.shape} and {b.shape}")
         out = self.empty(a.shape)
-        self.runtime.dispatch("add", threads=a.size, uniform=dict(n=a.size), a=a, b=b, out=out)
+        self.runtime.dispatch("add", threads=a.size, uniform=dict(n=a.size, lo=0, count=0, base=0, off=0), a=a,
+                              b=b, out=out)
         return out
 
     def copy(self, x: Any) -> DeviceArray:

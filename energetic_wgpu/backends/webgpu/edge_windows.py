@@ -14,14 +14,20 @@ The ops that run over windows, one dispatch (or two, with hubs) per window:
 * ``edge_logits``: edge t of a window's dispatch is element e0 + t of its ranges;
 * ``edge_probs``, ``segment_softmax``, ``segment_topk``: the window's own degree bins
   (``seg_list``), and ``row_ptr[j] - ebase`` (``ebase`` = the window's first edge - e0)
-  indexes its ranges.
+  indexes its ranges;
+* ``energy_scatter``: the reverse index is cut the same way into *windows of targets* (target
+  ranges whose in-edges fit one binding), kept split (sources and edges by target,
+  reverse_index.py) in their layout. pi goes into reverse-index order first
+  (:func:`to_reverse_order`: per window of targets, one ``gather_window`` dispatch per
+  source window, exact copies), then ``scatter_small`` / ``scatter_large`` run per window of
+  targets (``node0``, ``n_count``; ``rev_ptr[k] - rbase`` indexes its ranges).
 
-Each segment is computed exactly as in one dispatch over the whole graph: the results are
-bit-identical. An [E] input whose buffers are cut elsewhere (an array uploaded before the
-graph) is first copied (exact bytes) into the windows' layout. The other ops (the scatter and
-everything that reads the reverse index, the backward, the metrics, the Router) refuse such a
-graph before any work (``DeviceLimitError`` naming the op): the reverse side needs windows of
-targets and gathers between the two, which are not built.
+Each segment, and each target's sum, is computed exactly as in one dispatch over the whole
+graph: the results are bit-identical. An [E] input whose buffers are cut elsewhere (an array
+uploaded before the graph) is first copied (exact bytes) into the windows' layout. The other
+ops (``edge_flow``, ``step_metrics``, the backward ops, the Router) refuse such a graph before
+any work (``DeviceLimitError`` naming the op), and ``energy_scatter`` refuses one with a
+target of more in-edges than a window holds.
 """
 
 from __future__ import annotations
@@ -34,20 +40,26 @@ import numpy as np
 from ...errors import DeviceLimitError
 from .arrays import DeviceArray, parts_of, range_view
 
-__all__ = ["EdgeWindow", "max_window_edges", "plan", "new_edge_array", "window_view", "in_windows"]
+__all__ = ["EdgeWindow", "max_window_edges", "plan", "new_edge_array", "window_view", "in_windows",
+           "to_reverse_order"]
 
 
 @dataclass(frozen=True)
 class EdgeWindow:
     """Sources ``n0 .. n1`` and their out-edges ``e0 .. e1``; ``bins`` (graph_data.DegreeBins,
-    global node ids) and ``seg_list`` (its nodes on the device, None without edges)."""
+    global node ids) and ``seg_list`` (its nodes on the device, None without edges). A window
+    of targets (the reverse index) has ``n0 .. n1`` targets and entries ``e0 .. e1`` of the
+    reverse index, and ``large`` (u32, None when empty) lists its ``n_large`` targets of
+    in-degree over SMALL_DEGREE_MAX (``scatter_large``)."""
 
     n0: int
     n1: int
     e0: int
     e1: int
-    bins: Any
-    seg_list: DeviceArray | None
+    bins: Any = None
+    seg_list: DeviceArray | None = None
+    large: DeviceArray | None = None
+    n_large: int = 0
 
 
 def max_window_edges(binding_bytes: int, align: int) -> int:
@@ -56,9 +68,10 @@ def max_window_edges(binding_bytes: int, align: int) -> int:
     return max(0, (binding_bytes // 16 * 16 - align) // 4)
 
 
-def plan(row_ptr: np.ndarray, max_edges: int, limit_desc: str) -> list[tuple[int, int]]:
-    """The (n0, n1) source ranges of the windows of a CSR ``row_ptr`` [N+1]: greedy, each
-    holding as many whole segments as fit ``max_edges`` edges.
+def plan(row_ptr: np.ndarray, max_edges: int, limit_desc: str, what: str = "out-edges") -> list[tuple[int, int]]:
+    """The (n0, n1) node ranges of the windows of a CSR ``row_ptr`` [N+1] (or the reverse
+    index's pointers, ``what`` = "in-edges"): greedy, each holding as many whole segments as
+    fit ``max_edges`` edges.
 
     Raises:
         DeviceLimitError: a segment larger than ``max_edges`` (named with its node and degree).
@@ -72,7 +85,7 @@ def plan(row_ptr: np.ndarray, max_edges: int, limit_desc: str) -> list[tuple[int
         n1 = min(max(n1, n0), n)
         if n1 == n0:
             raise DeviceLimitError(
-                f"node {n0} has {int(ptr[n0 + 1] - ptr[n0])} out-edges, more than one storage binding holds "
+                f"node {n0} has {int(ptr[n0 + 1] - ptr[n0])} {what}, more than one storage binding holds "
                 f"({max_edges} edges of 4 bytes, {limit_desc}): a segment past one binding is not supported; "
                 f"use limits='adapter' where the adapter binds more"
             )
@@ -110,3 +123,24 @@ def in_windows(be: Any, gd: Any, x: DeviceArray, what: str) -> DeviceArray:
 def window_view(be: Any, x: DeviceArray, w: EdgeWindow) -> tuple[DeviceArray, int]:
     """(bindable range, e0) of window ``w``'s edges in the [E] array ``x``."""
     return range_view(x, w.e0, w.e1 - w.e0, be.runtime.offset_alignment)
+
+
+def to_reverse_order(be: Any, gd: Any, values: DeviceArray) -> DeviceArray:
+    """``values`` (float [E], by edge) in reverse-index order, in the target windows' layout:
+    per target window one ``gather_window`` dispatch per source window, each filling the
+    entries whose edge lies in it (exact copies; every entry written once)."""
+    values = in_windows(be, gd, values, "per-edge values")
+    rt = be.runtime
+    out = rt.pool.new_split_array(be, (gd.num_edges,), values.dtype, 1, rt.offset_alignment, "reverse-order values",
+                                  cuts=[r.e0 for r in gd.rwindows])
+    for r in gd.rwindows:
+        if r.e1 == r.e0:
+            continue
+        idx, off = window_view(be, gd.rev_edges, r)
+        dst, _ = window_view(be, out, r)
+        for w in gd.windows:
+            if w.e1 > w.e0:
+                a, e0 = window_view(be, values, w)
+                rt.dispatch("gather_window", threads=r.e1 - r.e0, uniform=dict(
+                    n=r.e1 - r.e0, lo=w.e0, count=w.e1 - w.e0, base=w.e0 - e0, off=off), a=a, index=idx, out=dst)
+    return out

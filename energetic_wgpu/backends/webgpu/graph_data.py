@@ -152,8 +152,22 @@ class GraphData:
     rev_edges: DeviceArray | None = None  # u32 [E]: the edges grouped by target (split layout only)
     #: the edge windows of a graph whose [E] arrays are past one binding (edge_windows.py), else None
     windows: list[EdgeWindow] | None = None
-    #: why a windowed graph's reverse index is absent (the limit named), for refusals
+    #: the limit a windowed graph's windows are sized by (named, for refusals)
     limit_desc: str = ""
+    #: the windows of targets over the reverse index (rev_src / rev_edges in their layout), or
+    #: None (not windowed, or refused: ``rev_refusal`` says why)
+    rwindows: list[EdgeWindow] | None = None
+    rev_refusal: str = ""
+
+    def reverse_windows(self, op: str) -> list[EdgeWindow]:
+        """The windows of targets of a windowed graph.
+
+        Raises:
+            DeviceLimitError: naming ``op``, when a target has more in-edges than one window holds.
+        """
+        if self.rwindows is None:
+            raise DeviceLimitError(f"{op}: {self.rev_refusal}")
+        return self.rwindows
 
     def whole(self, op: str) -> "GraphData":
         """``self``, unless the graph is split into edge windows, which ``op`` does not run over.
@@ -165,7 +179,8 @@ class GraphData:
             raise DeviceLimitError(
                 f"{op}: the graph's {self.num_edges} edges are past one storage binding ({self.limit_desc}), so its "
                 f"edge arrays are split into {len(self.windows)} edge windows; edge_logits, edge_probs, "
-                f"segment_softmax and segment_topk run over them, {op} does not yet: use a graph of fewer edges, "
+                f"segment_softmax, segment_topk and energy_scatter run over them, {op} does not yet: use a graph of "
+                f"fewer edges, "
                 f"or limits='adapter' where the adapter binds more"
             )
         return self
@@ -174,7 +189,7 @@ class GraphData:
         """Every device array of the graph data (the bins' ``seg`` arrays and the windows'
         node lists included)."""
         values = [getattr(v, "seg", v) for v in vars(self).values()]
-        values += [w.seg_list for w in self.windows or []]
+        values += [w.seg_list for w in self.windows or []] + [w.large for w in self.rwindows or []]
         return [v for v in values if isinstance(v, DeviceArray)]
 
 
@@ -223,8 +238,9 @@ def upload_graph(backend: Any, graph: Graph) -> GraphData:
 
 def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
     """:func:`upload_graph` of a graph whose [E] arrays are past one binding: its edge windows
-    (edge_windows.py), col_idx and src in the windows' layout, the windows' degree bins; no
-    reverse index (the ops that read it refuse the graph: ``GraphData.whole``)."""
+    (edge_windows.py), col_idx and src in the windows' layout, the windows' degree bins; the
+    windows of targets and the split reverse index (sources and edges by target) in their
+    layout, unless a target has more in-edges than a window holds (``rev_refusal``)."""
     rt = backend.runtime
     desc, where = rt.pool.limit_desc
     limit_desc = f"{desc} = {rt.max_binding_bytes} bytes, {where}"
@@ -238,21 +254,36 @@ def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
         b = DegreeBins(b.nodes + n0, b.n_small, b.n_mid, b.n_hub)
         windows.append(edge_windows.EdgeWindow(n0, n1, int(ptr[n0]), int(ptr[n1]), b,
                                                up(b.nodes) if b.nodes.size else None))
-    cuts = [w.e0 for w in windows]
-
-    def up_edges(a: np.ndarray) -> DeviceArray:
+    def up_edges(a: np.ndarray, wins: list[EdgeWindow]) -> DeviceArray:
         arr = rt.pool.new_split_array(backend, (graph.num_edges,), np.uint32, 1, rt.offset_alignment, "edge index",
-                                      cuts=cuts)
+                                      cuts=[w.e0 for w in wins])
         rt.write(arr, np.ascontiguousarray(a, dtype=np.uint32))
         return arr
+
+    rev = graph.rev_ptr
+    rwindows: list[EdgeWindow] | None = None
+    refusal = ""
+    try:
+        rwindows = []
+        in_deg = graph.in_degree
+        for k0, k1 in edge_windows.plan(rev, max_edges, limit_desc, "in-edges"):
+            large = np.flatnonzero(in_deg[k0:k1] > SMALL_DEGREE_MAX) + k0
+            rwindows.append(edge_windows.EdgeWindow(k0, k1, int(rev[k0]), int(rev[k1]),
+                                                    large=up(large) if large.size else None, n_large=int(large.size)))
+    except DeviceLimitError as exc:
+        rwindows, refusal = None, str(exc)
+    rev_fields: dict[str, Any] = dict(rev_src=None, rev_edges=None)
+    if rwindows is not None:
+        perm = graph.rev_perm
+        rev_fields = dict(rev_src=up_edges(graph.src[perm], rwindows), rev_edges=up_edges(perm, rwindows))
 
     empty = SegmentBins(up(np.zeros(1, np.uint32)), 0, 0, 0)
     return GraphData(
         num_nodes=graph.num_nodes,
         num_edges=graph.num_edges,
         row_ptr=up(ptr),
-        col_idx=up_edges(graph.col_idx),
-        src=up_edges(graph.src),
+        col_idx=up_edges(graph.col_idx, windows),
+        src=up_edges(graph.src, windows),
         rev_ptr=up(graph.rev_ptr),
         rev_pairs=None,
         sink=up(graph.sink_mask.astype(np.uint32)),
@@ -269,4 +300,7 @@ def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
         bins_in=empty,
         windows=windows,
         limit_desc=limit_desc,
+        rwindows=rwindows,
+        rev_refusal=refusal,
+        **rev_fields,
     )

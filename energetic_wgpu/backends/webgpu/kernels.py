@@ -310,12 +310,12 @@ class KernelSpec:
 U32, I32, F32, VEC4 = "u32", "i32", "f32", "vec4<u32>"
 
 COPY = Uniform("CopyParams", n=U32, n_vec=U32, _pad0=U32, _pad1=U32)
-ADD = Uniform("AddParams", n=U32, _pad0=U32, _pad1=U32, _pad2=U32)
+ADD = Uniform("AddParams", n=U32, lo=U32, count=U32, base=U32, off=U32, _pad0=U32, _pad1=U32, _pad2=U32)
 LOGITS = Uniform("LogitParams", n_edges=U32, dim=U32, e0=U32, _pad1=U32)
 PROBS = Uniform("ProbParams", n_small=U32, n_mid=U32, n_hub=U32, small_wg=U32, mid_wg=U32, dim=U32, top_k=U32,
                 mode=U32, tau=F32, ebase=U32, _pad1=U32, _pad2=U32)
 SCATTER = Uniform("ScatterParams", batch=U32, n_nodes=U32, flags=U32, n_large=U32, alpha=F32, small_max=U32,
-                  e0=U32, _pad1=U32)
+                  e0=U32, node0=U32, n_count=U32, rbase=U32, _pad1=U32, _pad2=U32)
 FLOW = Uniform("FlowParams", batch=U32, n_nodes=U32, n_edges=U32, has_active=U32, alpha=F32, edge_blocks=U32,
                row0=U32, out0=U32, e0=U32, _pad0=U32, _pad1=U32, _pad2=U32)
 METRICS = Uniform("MetricParams", batch=U32, n_nodes=U32, n_edges=U32, has_active=U32, alpha=F32, n_total=U32,
@@ -350,6 +350,7 @@ KERNELS: dict[str, KernelSpec] = {
         KernelSpec("copy_vec4", "copy.wgsl", COPY, ("src", "dst")),
         KernelSpec("add", "elementwise.wgsl", ADD, ("a", "b", "out")),
         KernelSpec("gather", "elementwise.wgsl", ADD, ("a", "index", "out")),
+        KernelSpec("gather_window", "elementwise.wgsl", ADD, ("a", "index", "out")),
         KernelSpec("edge_logits", "edge_logits.wgsl", LOGITS, ("src", "col_idx", "q", "k", "bias", "logits")),
         KernelSpec("edge_probs", "edge_probs.wgsl", PROBS, _PROBS, 64),
         KernelSpec("edge_probs_small", "edge_probs.wgsl", PROBS, _PROBS, 64),

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from . import edge_windows
 from .reverse_index import reverse_inputs
 from .arrays import DeviceArray
 from .kernels import SMALL_DEGREE_MAX
@@ -91,7 +92,7 @@ def to_node_major(be: Any, gd: Any, energies: DeviceArray, active: Any, batch: i
     act = None if active is None else new_state(be, batch, n, np.uint32)
     act_out = unused_output(be) if act is None else act.data
     u = dict(batch=batch, n_nodes=n, flags=0 if active is None else 1, n_large=0, alpha=np.float32(1.0),
-             small_max=SMALL_DEGREE_MAX, e0=e0)
+             small_max=SMALL_DEGREE_MAX, e0=e0, node0=0, n_count=n, rbase=0)
     be.runtime.dispatch("scatter_transpose", threads=-(-batch // 4) * n, uniform=u, energies=energies,
                         act_mask=be._opt(active), xt_out=state.data, act_out=act_out)
     state.rows = energies if energies.ndim == 2 and not e0 and energies.shape[0] == batch else None
@@ -112,12 +113,14 @@ def scatter(
         out = nxt.data
     elif out is None:
         out = be.empty(shape if shape is not None else (batch, n))
-    if batch and n:
+    if batch and n and gd.windows is not None:
+        _scatter_windowed(be, gd, state, pi, alpha, active, retain_sinks, node_major, out, e0)
+    elif batch and n:
         pairs, pi, split = reverse_inputs(be, gd, pi)
         flags = (1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if node_major else 0) | (
             8 if split else 0)
         u = dict(batch=batch, n_nodes=n, flags=flags, n_large=gd.n_large_in, alpha=np.float32(alpha),
-                 small_max=SMALL_DEGREE_MAX, e0=e0)
+                 small_max=SMALL_DEGREE_MAX, e0=e0, node0=0, n_count=n, rbase=0)
         common = dict(rev_ptr=gd.rev_ptr, rev_pairs=pairs, pi=pi, sink=gd.sink, next_e=out, xt=state.data,
                       act_t=be._opt(None if active is None else active.data))
         be.runtime.dispatch("scatter_small", threads=-(-batch // 8) * n, uniform=u, **common)
@@ -127,11 +130,32 @@ def scatter(
     return nxt if nxt is not None else out
 
 
+def _scatter_windowed(be: Any, gd: Any, state: NodeMajor, pi: DeviceArray, alpha: float, active: NodeMajor | None,
+                      retain_sinks: bool, node_major: bool, out: Any, e0: int) -> None:
+    """:func:`scatter` of a graph cut into edge windows (edge_windows.py): pi into reverse-index
+    order first, then ``scatter_small`` / ``scatter_large`` per window of targets on its
+    ranges of the split reverse index (each target's sum as in one dispatch)."""
+    rwindows = gd.reverse_windows("energy_scatter")
+    pi_rev = edge_windows.to_reverse_order(be, gd, pi)
+    batch = state.batch
+    flags = (1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if node_major else 0) | 8
+    for r in rwindows:
+        src, off = edge_windows.window_view(be, gd.rev_src, r)
+        u = dict(batch=batch, n_nodes=gd.num_nodes, flags=flags, n_large=r.n_large, alpha=np.float32(alpha),
+                 small_max=SMALL_DEGREE_MAX, e0=e0, node0=r.n0, n_count=r.n1 - r.n0, rbase=r.e0 - off)
+        common = dict(rev_ptr=gd.rev_ptr, rev_pairs=src, pi=edge_windows.window_view(be, pi_rev, r)[0], sink=gd.sink,
+                      next_e=out, xt=state.data, act_t=be._opt(None if active is None else active.data))
+        be.runtime.dispatch("scatter_small", threads=-(-batch // 8) * (r.n1 - r.n0), uniform=u, **common)
+        if r.n_large:
+            be.runtime.dispatch("scatter_large", workgroups=r.n_large * batch, uniform=u, large_nodes=r.large,
+                                **common)
+
+
 def rows_into(be: Any, state: NodeMajor, out: DeviceArray, e0: int = 0) -> None:
     """Write ``state`` in the public layout into ``out`` (its [B, N] rows from element ``e0``
     of the bound range): one ``scatter_rows`` dispatch."""
     u = dict(batch=state.batch, n_nodes=state.n_nodes, flags=0, n_large=0, alpha=np.float32(1.0),
-             small_max=SMALL_DEGREE_MAX, e0=e0)
+             small_max=SMALL_DEGREE_MAX, e0=e0, node0=0, n_count=state.n_nodes, rbase=0)
     be.runtime.dispatch("scatter_rows", threads=state.batch * state.n_nodes, uniform=u, xt=state.data, next_e=out)
 
 

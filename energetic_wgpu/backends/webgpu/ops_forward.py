@@ -121,7 +121,11 @@ def energy_scatter(be: Any,
     retain_sinks: bool = False,
     return_flow: bool = False,
 ) -> Any:
-    gd = be.graph_data(graph).whole("energy_scatter")
+    gd = be.graph_data(graph)
+    if gd.windows is not None:  # refusals before any work
+        gd.reverse_windows("energy_scatter")
+        if return_flow:
+            gd.whole("edge_flow")
     energies, pi = be._dev(energies), be._dev(pi)
     # node-major copy of the energies (and mask), then the gather writes [B, N] (per batch
     # chunk when the state is over one binding)
@@ -138,7 +142,7 @@ def scatter_state(be: Any, graph: Graph, energies: Any, active: Any) -> tuple[An
     """Node-major copies of ``energies`` float [B, N] and ``active`` (node_major.py): one
     ``scatter_transpose`` dispatch; per batch chunk when the state is over one binding
     (batch_chunks.py: then :class:`~.batch_chunks.Chunked` states)."""
-    gd = be.graph_data(graph).whole("the energy scatter")
+    gd = be.graph_data(graph)
     energies = be._dev(energies)
     active = None if active is None else be._dev(active)
     chunks = batch_chunks.plan(be, int(energies.shape[0]), gd.num_nodes) if energies.ndim == 2 else None
@@ -149,7 +153,7 @@ def scatter_state(be: Any, graph: Graph, energies: Any, active: Any) -> tuple[An
 def scatter_step(be: Any, graph: Graph, state: Any, pi: Any, alpha: float, active_state: Any, retain_sinks: bool,
                  last: bool) -> Any:
     """One step from a node-major state: node-major next state, or float [B, N] when ``last``."""
-    gd = be.graph_data(graph).whole("the energy scatter")
+    gd = be.graph_data(graph)
     if isinstance(state, batch_chunks.Chunked):
         return batch_chunks.scatter_step(be, gd, state, be._dev(pi), alpha, active_state, retain_sinks, last)
     return node_major.scatter(be, gd, state, be._dev(pi), alpha, active_state, retain_sinks, not last)
