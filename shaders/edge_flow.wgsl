@@ -4,7 +4,9 @@
 // lie in the output, so B * E past 2^32 cannot wrap.
 // A flow larger than one binding is written in batch chunks: a dispatch covers rows
 // [row0, row0 + batch) of energies / act_mask, and `flow` is bound from an aligned offset
-// before row row0, which lies out0 elements into the bound range.
+// before row row0, which lies out0 elements into the bound range. On a graph cut into edge
+// windows (edge_windows.py) a dispatch covers one row of one window: n_edges of its edges,
+// src and pi bound as the window's ranges (its first edge at eoff), flow as that row's part.
 
 struct FlowParams {
     batch: u32,        // rows of this dispatch
@@ -17,7 +19,7 @@ struct FlowParams {
     out0: u32,         // element of the bound flow range where row row0 starts
     e0: u32,           // energies / act_mask bound in row ranges (over one binding): the element
                        // of the range where row row0 starts (then row0 = 0); else 0
-    _pad0: u32,
+    eoff: u32,         // src / pi bound as an edge window's ranges: where its first edge lies; else 0
     _pad1: u32,
     _pad2: u32,
 }
@@ -41,10 +43,10 @@ fn edge_flow(
     if (b >= P.batch || e >= P.n_edges) {
         return;
     }
-    let j = P.e0 + (P.row0 + b) * P.n_nodes + src[e];
+    let j = P.e0 + (P.row0 + b) * P.n_nodes + src[P.eoff + e];
     var x = energies[j] * P.alpha;
     if (P.has_active != 0u && act_mask[j] == 0u) {
         x = 0.0;
     }
-    flow[P.out0 + b * P.n_edges + e] = x * pi[e];
+    flow[P.out0 + b * P.n_edges + e] = x * pi[P.eoff + e];
 }

@@ -6,7 +6,7 @@ each keep whole segments: thread-bin, 32-lane and hub segments (600 edges) all l
 of their own bins. edge_logits, edge_probs (with and without top-k, d = 5 and 16),
 segment_softmax and segment_topk are bit-identical to the same graph on the device's limits, and so is
 energy_scatter (pi gathered into reverse-index order per pair of windows, then the scatter per
-window of targets, an in-hub of 520 edges included)
+window of targets, an in-hub of 520 edges included) and its edge flow (per row and window)
 (one dispatch over the whole graph) and within the parity rule of NumPy; with a 4 KiB buffer
 limit too, every [E] array is split over buffers and an input cut elsewhere is copied into the
 windows' layout first. The ops that do not run over windows, a segment larger than a window
@@ -114,11 +114,11 @@ def test_ops_without_windows_refuse_before_any_work(gpu_backend):
         pi = be.edge_probs(g, q, k, bias)
         en = np.ones((2, g.num_nodes), np.float32)
         before = be.counters()["dispatches"]
-        with pytest.raises(DeviceLimitError, match=r"edge_flow: the graph's 3064 edges are past one storage "
+        with pytest.raises(DeviceLimitError, match=r"step_metrics: the graph's 3064 edges are past one storage "
                                                    r"binding \(max_binding_bytes = 4096 bytes, .*\), so its edge arrays "
-                                                   r"are split into 4 edge windows; .* edge_flow does not yet"):
-            be.edge_flow(g, en, pi)
-        for call in (lambda: be.energy_scatter(g, en, pi, return_flow=True), lambda: be.step_metrics(g, en, en, pi),
+                                                   r"are split into 4 edge windows; .* step_metrics does not yet"):
+            be.step_metrics(g, en, en, pi)
+        for call in (
                      lambda: be.segment_softmax_backward(g, pi, pi),
                      lambda: be.energy_scatter_backward(g, en, pi, en)):
             with pytest.raises(DeviceLimitError, match=r"does not yet"):
@@ -147,19 +147,22 @@ def _scatter(be, mode, batch, masked, sinks):
     pi = np.asarray(be.to_numpy(be.edge_probs(_graph(), q, k, bias, top_k=3)))
     with _limits(be, mode):
         gd = be.graph_data(g) if hasattr(be, "graph_data") else None
-        out = be.energy_scatter(g, en, pi, alpha=0.9, active=act if masked else None, retain_sinks=sinks)
-        return be.to_numpy(out), gd
+        out, flow = be.energy_scatter(g, en, pi, alpha=0.9, active=act if masked else None, retain_sinks=sinks,
+                                      return_flow=True)
+        return be.to_numpy(out), be.to_numpy(flow), gd
 
 
 @pytest.mark.parametrize("mode", ["ranges", "buffers"])
 @pytest.mark.parametrize("batch,masked,sinks", [(1, False, False), (5, True, True), (33, True, False)])
 def test_energy_scatter_over_windows_bit_identical(gpu_backend, np_backend, mode, batch, masked, sinks):
-    whole, _ = _scatter(gpu_backend, None, batch, masked, sinks)
-    split, gd = _scatter(gpu_backend, mode, batch, masked, sinks)
+    whole, whole_flow, _ = _scatter(gpu_backend, None, batch, masked, sinks)
+    split, flow, gd = _scatter(gpu_backend, mode, batch, masked, sinks)
     assert len(gd.rwindows) == 4 and sum(r.n_large for r in gd.rwindows) == 1  # the in-hub
     assert split.tobytes() == whole.tobytes()
-    ref, _ = _scatter(np_backend, None, batch, masked, sinks)
+    assert flow.shape == (batch, 3064) and flow.tobytes() == whole_flow.tobytes()
+    ref, ref_flow, _ = _scatter(np_backend, None, batch, masked, sinks)
     assert_parity(split, ref, "next energies")
+    assert_parity(flow, ref_flow, "edge flow")
 
 
 def test_in_degree_larger_than_a_window_refused(gpu_backend):

@@ -20,12 +20,14 @@ The ops that run over windows, one dispatch (or two, with hubs) per window:
   reverse_index.py) in their layout. pi goes into reverse-index order first
   (:func:`to_reverse_order`: per window of targets, one ``gather_window`` dispatch per
   source window, exact copies), then ``scatter_small`` / ``scatter_large`` run per window of
-  targets (``node0``, ``n_count``; ``rev_ptr[k] - rbase`` indexes its ranges).
+  targets (``node0``, ``n_count``; ``rev_ptr[k] - rbase`` indexes its ranges);
+* ``edge_flow``: one dispatch per (batch row, window), the [B, E] flow cut at every row's
+  window starts.
 
 Each segment, and each target's sum, is computed exactly as in one dispatch over the whole
 graph: the results are bit-identical. An [E] input whose buffers are cut elsewhere (an array
 uploaded before the graph) is first copied (exact bytes) into the windows' layout. The other
-ops (``edge_flow``, ``step_metrics``, the backward ops, the Router) refuse such a graph before
+ops (``step_metrics``, the backward ops, the Router) refuse such a graph before
 any work (``DeviceLimitError`` naming the op), and ``energy_scatter`` refuses one with a
 target of more in-edges than a window holds.
 """

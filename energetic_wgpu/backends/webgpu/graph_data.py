@@ -179,7 +179,8 @@ class GraphData:
             raise DeviceLimitError(
                 f"{op}: the graph's {self.num_edges} edges are past one storage binding ({self.limit_desc}), so its "
                 f"edge arrays are split into {len(self.windows)} edge windows; edge_logits, edge_probs, "
-                f"segment_softmax, segment_topk and energy_scatter run over them, {op} does not yet: use a graph of "
+                f"segment_softmax, segment_topk, energy_scatter and edge_flow run over them, {op} does not yet: use "
+                f"a graph of "
                 f"fewer edges, "
                 f"or limits='adapter' where the adapter binds more"
             )

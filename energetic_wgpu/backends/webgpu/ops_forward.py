@@ -124,8 +124,6 @@ def energy_scatter(be: Any,
     gd = be.graph_data(graph)
     if gd.windows is not None:  # refusals before any work
         gd.reverse_windows("energy_scatter")
-        if return_flow:
-            gd.whole("edge_flow")
     energies, pi = be._dev(energies), be._dev(pi)
     # node-major copy of the energies (and mask), then the gather writes [B, N] (per batch
     # chunk when the state is over one binding)
@@ -172,15 +170,17 @@ def edge_flow(be: Any, graph: Graph, energies: Any, pi: Any, alpha: float = 1.0,
     dispatch: every element is computed alone); it can be read back but not passed whole to
     another op. [B, N] energies (and mask) over one binding are bound in the same row ranges
     (batch_chunks.rows_view); no chunk crosses a buffer of a split array."""
-    gd = be.graph_data(graph).whole("edge_flow")
+    gd = be.graph_data(graph)
     energies, pi = be._dev(energies), be._dev(pi)
     batch, flat = _batch(energies, gd.num_nodes)
     act = be._opt(active)
     shape = (gd.num_edges,) if flat else (batch, gd.num_edges)
+    if gd.windows is not None:
+        return _edge_flow_windowed(be, gd, energies, pi, alpha, active, act, batch, shape)
     out = batch_chunks.new_rows(be, shape, np.float32, "edge_flow")
     edge_blocks = -(-gd.num_edges // _FLOW_WG)
     u = dict(batch=batch, n_nodes=gd.num_nodes, n_edges=gd.num_edges, has_active=1 if active is not None else 0,
-             alpha=np.float32(alpha), edge_blocks=edge_blocks, row0=0, out0=0, e0=0)
+             alpha=np.float32(alpha), edge_blocks=edge_blocks, row0=0, out0=0, e0=0, eoff=0)
     b = dict(src=gd.src, pi=pi, energies=energies, act_mask=act)
     ranged = energies.nbytes > be.runtime.max_binding_size  # energies in row ranges too
     max_rows = batch_chunks.rows_per_range(be, gd.num_nodes) if ranged else None
@@ -198,6 +198,37 @@ def edge_flow(be: Any, graph: Graph, energies: Any, pi: Any, alpha: float = 1.0,
         else:
             bc = b
         be.runtime.dispatch("edge_flow", workgroups=rows * edge_blocks, uniform=uc, flow=view, **bc)
+    return out
+
+
+def _edge_flow_windowed(be: Any, gd: Any, energies: DeviceArray, pi: DeviceArray, alpha: float, active: Any,
+                        act: Any, batch: int, shape: tuple[int, ...]) -> DeviceArray:
+    """:func:`edge_flow` on a graph cut into edge windows (edge_windows.py): one dispatch per
+    (batch row, window), the flow [B, E] cut at every row's window starts; energies (and
+    mask) over one binding bound one row at a time. Every element is computed alone, as in
+    one dispatch: bit-identical."""
+    rt, n, e = be.runtime, gd.num_nodes, gd.num_edges
+    pi = edge_windows.in_windows(be, gd, pi, "pi")
+    out = rt.pool.new_split_array(be, shape, np.float32, 1, rt.offset_alignment, "edge_flow",
+                                  cuts=[b * e + w.e0 for b in range(batch) for w in gd.windows])
+    ranged = energies.nbytes > rt.max_binding_size
+    for b in range(batch):
+        if ranged:
+            ev, e0 = batch_chunks.rows_view(be, energies, b, 1, n)
+            av = act if active is None else batch_chunks.rows_view(be, act, b, 1, n)[0]
+            row0 = 0
+        else:
+            ev, av, e0, row0 = energies, act, 0, b
+        for w in gd.windows:
+            if w.e1 == w.e0:
+                continue
+            (sv, eoff), pv = (edge_windows.window_view(be, x, w) for x in (gd.src, pi))
+            ov, out0 = range_view(out, b * e + w.e0, w.e1 - w.e0, rt.offset_alignment)
+            u = dict(batch=1, n_nodes=n, n_edges=w.e1 - w.e0, has_active=1 if active is not None else 0,
+                     alpha=np.float32(alpha), edge_blocks=-(-(w.e1 - w.e0) // _FLOW_WG), row0=row0, out0=out0, e0=e0,
+                     eoff=eoff)
+            rt.dispatch("edge_flow", workgroups=u["edge_blocks"], uniform=u, src=sv, pi=pv[0], energies=ev,
+                        act_mask=av, flow=ov)
     return out
 
 
