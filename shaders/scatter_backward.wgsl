@@ -32,6 +32,10 @@ struct ScatterBwdParams {
     small_max: u32,
     n_edges: u32,
     e0: u32,         // element of the bound [B, N] ranges where row 0 starts (batch chunks)
+    node0: u32,      // scatter_bwd_small: the first source node of this dispatch ...
+    n_count: u32,    // ... and its number of nodes (an edge window's sources; else 0 and n_nodes)
+    ebase: u32,      // row_ptr[j] - ebase indexes the bound [E] ranges (an edge window; else 0)
+    eoff: u32,       // scatter_bwd_pi(_nm): edge t of the dispatch is element eoff + t of them
 }
 
 @group(0) @binding(0) var<uniform> P: ScatterBwdParams;
@@ -153,15 +157,15 @@ fn scatter_bwd_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     let i = thread_index(gid, nwg);
     let nc4 = (P.batch + 3u) / 4u;
     let nc8 = (P.batch + 7u) / 8u;
-    if (i >= nc8 * P.n_nodes) {
+    if (i >= nc8 * P.n_count) {
         return;
     }
-    let c = i / P.n_nodes;
-    let j = i - c * P.n_nodes;
+    let c = i / P.n_count;
+    let j = P.node0 + i - c * P.n_count;
     let c4 = 2u * c;
     let two = c4 + 1u < nc4;  // false only in the last chunk when ceil(B/4) is odd
-    let s = row_ptr[j];
-    let t = row_ptr[j + 1u];
+    let s = row_ptr[j] - P.ebase;
+    let t = row_ptr[j + 1u] - P.ebase;
     var sum_a = vec4<f32>(0.0);
     var comp_a = vec4<f32>(0.0);
     var sum_b = vec4<f32>(0.0);
@@ -196,8 +200,8 @@ fn scatter_bwd_large(
     }
     let b = g / P.n_large;
     let j = large_nodes[g - b * P.n_large];
-    let s = row_ptr[j];
-    let t = row_ptr[j + 1u];
+    let s = row_ptr[j] - P.ebase;
+    let t = row_ptr[j + 1u] - P.ebase;
     var acc = vec2<f32>(0.0, 0.0);
     for (var e = s + lid; e < t; e = e + LWG) {
         acc = kahan_add(acc, pi[e] * grad_at(b, col_idx[e]));
@@ -210,10 +214,11 @@ fn scatter_bwd_large(
 
 @compute @workgroup_size(WG)
 fn scatter_bwd_pi(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let e = thread_index(gid, nwg);
-    if (e >= P.n_edges) {
+    let t = thread_index(gid, nwg);
+    if (t >= P.n_edges) {
         return;
     }
+    let e = P.eoff + t;
     let sj = src[e];
     let ck = col_idx[e];
     var acc = start_pi(e);
@@ -267,10 +272,11 @@ fn store_pi(e: u32, acc: vec2<f32>) {
 // same sum in the same order, the source node's 4 rows loaded as one vec4.
 @compute @workgroup_size(WG)
 fn scatter_bwd_pi_nm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let e = thread_index(gid, nwg);
-    if (e >= P.n_edges) {
+    let t = thread_index(gid, nwg);
+    if (t >= P.n_edges) {
         return;
     }
+    let e = P.eoff + t;
     let nc4 = (P.batch + 3u) / 4u;
     let xs = src[e] * nc4;
     let ck = col_idx[e];

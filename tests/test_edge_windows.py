@@ -120,7 +120,7 @@ def test_ops_without_windows_refuse_before_any_work(gpu_backend):
             be.step_metrics(g, en, en, pi)
         for call in (
                      lambda: be.segment_softmax_backward(g, pi, pi),
-                     lambda: be.energy_scatter_backward(g, en, pi, en)):
+                     lambda: be.edge_logits_backward(g, q, k, pi)):
             with pytest.raises(DeviceLimitError, match=r"does not yet"):
                 call()
         assert be.counters()["dispatches"] == before
@@ -178,3 +178,31 @@ def test_in_degree_larger_than_a_window_refused(gpu_backend):
                                                    r"binding holds \(448 edges of 4 bytes"):
             be.energy_scatter(g, np.ones((2, n), np.float32), pi)
         assert be.counters()["dispatches"] == before
+
+
+def _scatter_bwd(be, mode, batch, masked, with_acc):
+    g, q, k, bias = _inputs(4, seed=batch + 1)
+    rng = np.random.default_rng(batch + 1)
+    en = rng.random((batch, g.num_nodes)).astype(np.float32)
+    act = rng.random((batch, g.num_nodes)) < 0.7
+    gn = rng.standard_normal((batch, g.num_nodes)).astype(np.float32)
+    acc = rng.standard_normal(g.num_edges).astype(np.float32) if with_acc else None
+    pi = np.asarray(be.to_numpy(be.edge_probs(_graph(), q, k, bias, top_k=3)))
+    with _limits(be, mode):
+        ge, gpi = be.energy_scatter_backward(g, en, pi, gn, alpha=0.9, active=act if masked else None,
+                                             retain_sinks=True, grad_pi_acc=acc)
+        return be.to_numpy(ge), be.to_numpy(gpi)
+
+
+@pytest.mark.parametrize("mode", ["ranges", "buffers"])
+@pytest.mark.parametrize("batch,masked,with_acc", [(1, False, True), (6, True, False), (33, True, True)])
+def test_energy_scatter_backward_over_windows_bit_identical(gpu_backend, np_backend, mode, batch, masked, with_acc):
+    """Both gradients per window of sources (the 257- and 600-edge segments through
+    scatter_bwd_large); B = 33 runs in batch chunks, handing grad_pi's running sums on in the
+    windows' layout."""
+    whole = _scatter_bwd(gpu_backend, None, batch, masked, with_acc)
+    split = _scatter_bwd(gpu_backend, mode, batch, masked, with_acc)
+    ref = _scatter_bwd(np_backend, None, batch, masked, with_acc)
+    for name, a, b, c in zip(("grad_energies", "grad_pi"), split, whole, ref):
+        assert a.tobytes() == b.tobytes(), name
+        assert_parity(a, c, name)

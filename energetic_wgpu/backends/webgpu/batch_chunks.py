@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import DeviceLimitError
-from . import node_major
+from . import edge_windows, node_major
 from .arrays import DeviceArray, parts_of, range_view
 from .node_major import BatchShape, NodeMajor
 
@@ -309,7 +309,8 @@ def scatter_step_backward(be: Any, gd: Any, state: Any, pi: Any, grad_next: Any,
     nm = isinstance(state, Chunked)
     spans = [(r0, part.batch) for r0, part in zip(state.starts, state.parts)] if nm else chunks
     batch = state.batch if nm else int(state.shape[0])
-    grad_pi, comp = be.empty((e,)), be.empty((e,))  # the running sums: grad_pi holds the sums
+    # the running sums: grad_pi holds the sums (in the edge windows' layout on such a graph)
+    grad_pi, comp = edge_windows.edge_array(be, gd, "grad_pi"), edge_windows.edge_array(be, gd, "carry_comp")
     out = large_rows(be, batch, n) if grad_energies and last else None
     parts = []
     for i, (r0, rows) in enumerate(spans):

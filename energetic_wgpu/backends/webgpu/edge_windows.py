@@ -22,12 +22,15 @@ The ops that run over windows, one dispatch (or two, with hubs) per window:
   source window, exact copies), then ``scatter_small`` / ``scatter_large`` run per window of
   targets (``node0``, ``n_count``; ``rev_ptr[k] - rbase`` indexes its ranges);
 * ``edge_flow``: one dispatch per (batch row, window), the [B, E] flow cut at every row's
-  window starts.
+  window starts;
+* ``energy_scatter_backward``: ``scatter_bwd_small`` / ``scatter_bwd_large`` per window of
+  sources (``node0``, ``n_count``, ``ebase``) and ``scatter_bwd_pi(_nm)`` per window of edges
+  (``eoff``), batch chunks handing grad_pi's running sums on as without windows.
 
 Each segment, and each target's sum, is computed exactly as in one dispatch over the whole
 graph: the results are bit-identical. An [E] input whose buffers are cut elsewhere (an array
 uploaded before the graph) is first copied (exact bytes) into the windows' layout. The other
-ops (``step_metrics``, the backward ops, the Router) refuse such a graph before
+ops (``step_metrics``, the softmax and logits backward ops, the Router) refuse such a graph before
 any work (``DeviceLimitError`` naming the op), and ``energy_scatter`` refuses one with a
 target of more in-edges than a window holds.
 """
@@ -43,7 +46,7 @@ from ...errors import DeviceLimitError
 from .arrays import DeviceArray, parts_of, range_view
 
 __all__ = ["EdgeWindow", "max_window_edges", "plan", "new_edge_array", "window_view", "in_windows",
-           "to_reverse_order"]
+           "to_reverse_order", "edge_array"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,13 @@ def plan(row_ptr: np.ndarray, max_edges: int, limit_desc: str, what: str = "out-
         out.append((n0, n1))
         n0 = n1
     return out
+
+
+def edge_array(be: Any, gd: Any, what: str) -> DeviceArray:
+    """An uninitialized float [E] array of ``gd``'s graph: one binding, or the windows' layout."""
+    if gd.windows is None:
+        return be.empty((gd.num_edges,))
+    return new_edge_array(be, gd, np.float32, what)
 
 
 def new_edge_array(be: Any, gd: Any, dtype: Any, what: str) -> DeviceArray:

@@ -179,8 +179,8 @@ class GraphData:
             raise DeviceLimitError(
                 f"{op}: the graph's {self.num_edges} edges are past one storage binding ({self.limit_desc}), so its "
                 f"edge arrays are split into {len(self.windows)} edge windows; edge_logits, edge_probs, "
-                f"segment_softmax, segment_topk, energy_scatter and edge_flow run over them, {op} does not yet: use "
-                f"a graph of "
+                f"segment_softmax, segment_topk, energy_scatter, edge_flow and energy_scatter_backward run over "
+                f"them, {op} does not yet: use a graph of "
                 f"fewer edges, "
                 f"or limits='adapter' where the adapter binds more"
             )
@@ -190,7 +190,7 @@ class GraphData:
         """Every device array of the graph data (the bins' ``seg`` arrays and the windows'
         node lists included)."""
         values = [getattr(v, "seg", v) for v in vars(self).values()]
-        values += [w.seg_list for w in self.windows or []] + [w.large for w in self.rwindows or []]
+        values += [x for w in (self.windows or []) + (self.rwindows or []) for x in (w.seg_list, w.large)]
         return [v for v in values if isinstance(v, DeviceArray)]
 
 
@@ -253,8 +253,10 @@ def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
     for n0, n1 in edge_windows.plan(ptr, max_edges, limit_desc):
         b = degree_bins(deg[n0:n1], thread_max)
         b = DegreeBins(b.nodes + n0, b.n_small, b.n_mid, b.n_hub)
+        large = np.flatnonzero(deg[n0:n1] > SMALL_DEGREE_MAX) + n0
         windows.append(edge_windows.EdgeWindow(n0, n1, int(ptr[n0]), int(ptr[n1]), b,
-                                               up(b.nodes) if b.nodes.size else None))
+                                               up(b.nodes) if b.nodes.size else None,
+                                               up(large) if large.size else None, int(large.size)))
     def up_edges(a: np.ndarray, wins: list[EdgeWindow]) -> DeviceArray:
         arr = rt.pool.new_split_array(backend, (graph.num_edges,), np.uint32, 1, rt.offset_alignment, "edge index",
                                       cuts=[w.e0 for w in wins])

@@ -323,7 +323,7 @@ METRICS = Uniform("MetricParams", batch=U32, n_nodes=U32, n_edges=U32, has_activ
                   _pad0=U32, _pad1=U32, _pad2=U32)
 REDUCE = Uniform("ReduceParams", n=U32, out_offset=U32, n1=U32, n2=U32)
 SCATTER_BWD = Uniform("ScatterBwdParams", batch=U32, n_nodes=U32, flags=U32, n_large=U32, alpha=F32, small_max=U32,
-                      n_edges=U32, e0=U32)
+                      n_edges=U32, e0=U32, node0=U32, n_count=U32, ebase=U32, eoff=U32)
 SOFTMAX_BWD = Uniform("SoftmaxBwdParams", n_nodes=U32, n_large=U32, small_max=U32, _pad0=U32, tau=F32, _pad1=U32,
                       _pad2=U32, _pad3=U32)
 LOGITS_BWD = Uniform("LogitsBwdParams", n_nodes=U32, dim=U32, mode=U32, n_large=U32, small_max=U32, _pad0=U32,

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from . import batch_chunks, loop_cap, node_major, sumsq
+from . import batch_chunks, edge_windows, loop_cap, node_major, sumsq
 from .kernels import GROUP_DEGREE_MAX, SMALL_DEGREE_MAX
 from .node_major import NodeMajor, new_state
 from .reverse_index import reverse_inputs
@@ -57,7 +57,7 @@ def energy_scatter_backward(
 ) -> tuple[Any, Any]:
     be = backend
     grad_next = be._dev(grad_next)
-    gd = be.graph_data(graph).whole("energy_scatter_backward")
+    gd = be.graph_data(graph)
     chunks = None
     if grad_next.ndim == 2 and grad_next.nbytes > be.runtime.max_binding_size:
         chunks = batch_chunks.plan(be, int(grad_next.shape[0]), gd.num_nodes)
@@ -79,7 +79,7 @@ def scatter_step_backward(
     ``grad_next`` a :class:`NodeMajor` or float [B, N] (the loss gradient); grad_energies comes
     back node-major, or [B, N] when ``last`` (the forward's first step)."""
     be = backend
-    gd = be.graph_data(graph).whole("the router's backward")
+    gd = be.graph_data(graph)
     if isinstance(state, batch_chunks.Chunked):  # a batch split into chunks (batch_chunks.py)
         return batch_chunks.scatter_step_backward(be, gd, state, be._dev(pi), grad_next, alpha,
                                                   active, retain_sinks, grad_energies, grad_pi_acc, last,
@@ -117,10 +117,16 @@ def _scatter_backward(
     g = grad_next.data if grad_nm else grad_next
     flags = ((1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if grad_pi_acc is not None else 0)
              | (8 if state_nm else 0) | (16 if grad_nm else 0) | (32 if out_shape is None else 0))
-    grad_pi = be.empty((e,)) if chunk is None else chunk.grad_pi
+    grad_pi = edge_windows.edge_array(be, gd, "grad_pi") if chunk is None else chunk.grad_pi
     u = dict(batch=batch, n_nodes=n, flags=flags, n_large=gd.n_large_out, alpha=np.float32(alpha),
-             small_max=SMALL_DEGREE_MAX, n_edges=e, e0=0 if chunk is None else chunk.e0)
+             small_max=SMALL_DEGREE_MAX, n_edges=e, e0=0 if chunk is None else chunk.e0, node0=0, n_count=n, ebase=0,
+             eoff=0)
     act = be._opt(active)
+    windowed = gd.windows is not None
+    if windowed:
+        pi = edge_windows.in_windows(be, gd, pi, "pi")
+        if grad_pi_acc is not None:
+            grad_pi_acc = edge_windows.in_windows(be, gd, be._dev(grad_pi_acc), "grad_pi_acc")
     grad_e = None
     if grad_energies:  # the input-energy gradient: skipped when nothing reads it
         if out_shape is None:
@@ -132,22 +138,45 @@ def _scatter_backward(
             grad_e = out = be.empty(out_shape)
         common = dict(row_ptr=gd.row_ptr, col_idx=gd.col_idx, pi=pi, grad_next=g, act_mask=act, sink=gd.sink,
                       out=out)
-        rt.dispatch("scatter_bwd_small", threads=-(-batch // 8) * n, uniform=u, **common)
-        if gd.n_large_out and batch:
-            rt.dispatch("scatter_bwd_large", workgroups=gd.n_large_out * batch, uniform=u, large_nodes=gd.large_out,
-                        **common)
+        if windowed:  # per window of sources (edge_windows.py)
+            for w in gd.windows:
+                (c, e0w), pv = (edge_windows.window_view(be, x, w) for x in (gd.col_idx, pi))
+                uw = {**u, "n_large": w.n_large, "node0": w.n0, "n_count": w.n1 - w.n0, "ebase": w.e0 - e0w}
+                cw = {**common, "col_idx": c, "pi": pv[0]}
+                rt.dispatch("scatter_bwd_small", threads=-(-batch // 8) * (w.n1 - w.n0), uniform=uw, **cw)
+                if w.n_large and batch:
+                    rt.dispatch("scatter_bwd_large", workgroups=w.n_large * batch, uniform=uw, large_nodes=w.large,
+                                **cw)
+        else:
+            rt.dispatch("scatter_bwd_small", threads=-(-batch // 8) * n, uniform=u, **common)
+            if gd.n_large_out and batch:
+                rt.dispatch("scatter_bwd_large", workgroups=gd.n_large_out * batch, uniform=u,
+                            large_nodes=gd.large_out, **common)
     if chunk is not None:
         u = {**u, "flags": flags | chunk.carry}
     # B = 0: the kernel writes zeros (an empty sum) for every edge
     acc_in = be._opt(grad_pi_acc)
     # the compensations a batch chunk hands on; else a never-written scratch buffer
     comp = node_major.unused_output(be) if chunk is None else chunk.comp
-    if state_nm:  # the source's rows 4 at a time as vec4 loads
-        rt.dispatch("scatter_bwd_pi_nm", threads=e, uniform=u, col_idx=gd.col_idx, grad_next=g, act_mask4=act,
-                    out=grad_pi, src=gd.src, energies4=energies, acc_in=acc_in, carry_comp=comp)
-    else:
-        rt.dispatch("scatter_bwd_pi", threads=e, uniform=u, col_idx=gd.col_idx, grad_next=g, act_mask=act,
-                    out=grad_pi, src=gd.src, energies=energies, acc_in=acc_in, carry_comp=comp)
+    name = "scatter_bwd_pi_nm" if state_nm else "scatter_bwd_pi"  # _nm: the source's rows as vec4 loads
+    names = ("act_mask4", "energies4") if state_nm else ("act_mask", "energies")
+    b = dict(col_idx=gd.col_idx, grad_next=g, out=grad_pi, src=gd.src, acc_in=acc_in, carry_comp=comp,
+             **dict(zip(names, (act, energies))))
+    if not windowed:
+        rt.dispatch(name, threads=e, uniform=u, **b)
+        return grad_e, grad_pi
+    scratch = comp if chunk is None else None  # never indexed without batch chunks' carry flags
+    for w in gd.windows:
+        if w.e1 == w.e0:
+            continue
+        views = {k: edge_windows.window_view(be, b[k], w) for k in ("col_idx", "out", "src")}
+        for k in ("acc_in", "carry_comp"):
+            if b[k] is comp and scratch is not None or grad_pi_acc is None and k == "acc_in":
+                continue
+            views[k] = edge_windows.window_view(be, b[k], w)
+        eoff = views["src"][1]
+        rt.dispatch(name, threads=w.e1 - w.e0, uniform={**u, "n_edges": w.e1 - w.e0, "eoff": eoff},
+                    **{**b, **{k: v[0] for k, v in views.items()}})
     return grad_e, grad_pi
 
 
