@@ -335,7 +335,10 @@ class AdamW:
                 if name not in store:
                     raise InvalidArgumentError(f"state['{key}'] has no entry {name!r}")
                 out.append(float_array(store[name], f"state['{key}']['{name}']", tuple(p.shape), be.dtype))
-        # pack: the layout depends only on the sizes, so it matches packed parameters
+        # pack: the layout depends only on the sizes, so it matches packed parameters (the
+        # bias, an [E] array, in the graph's own layout where the backend cuts it into windows)
+        g = self.router.graph
+        new_m[-1], new_v[-1] = be.edge_input(g, new_m[-1]), be.edge_input(g, new_v[-1])
         self.exp_avg, self.exp_avg_sq = be.pack(new_m), be.pack(new_v)
         self.step_count = be.asarray(np.array([t, *counts], dtype=be.dtype))
         be.tag_memory([*self.exp_avg, *self.exp_avg_sq, self.step_count], "optimizer")

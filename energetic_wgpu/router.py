@@ -335,14 +335,15 @@ class Router:
         """Validate ``params`` against the graph and upload them to the backend.
 
         Raises:
-            DeviceLimitError: (wgpu) q, k or bias alone larger than one storage binding (128 MiB
-                on WebGPU's default limits); together they may exceed it (they are split).
+            DeviceLimitError: (wgpu) q or k alone larger than one storage binding (128 MiB on
+                WebGPU's default limits); together they may exceed it (they are split), and a
+                bias past one binding lives in the graph's edge windows.
         """
         be = self.backend
         p = params.validate(self.graph, be.dtype)
         # one allocation on backends that pack (wgpu: views into one flat buffer, so that the
         # optimizer updates every parameter in one dispatch)
-        self.q, self.k, self.bias = be.pack([p.q, p.k, p.bias])
+        self.q, self.k, self.bias = be.pack([p.q, p.k, be.edge_input(self.graph, p.bias)])
         be.tag_memory([self.q, self.k, self.bias], "parameters")  # backend.memory()'s "parameters"
         self.tau, self.alpha, self.top_k = p.tau, p.alpha, p.top_k
         self.dim = p.q.shape[1]

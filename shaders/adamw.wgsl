@@ -35,7 +35,7 @@ struct PrepareParams {
 struct UpdateParams {
     n: u32,
     slot: u32,
-    _pad0: u32,
+    e0: u32,         // element i of the dispatch is element e0 + i of the bound ranges (0: whole arrays)
     _pad1: u32,
     b1: f32,
     omb1: f32,       // 1 - beta1 (rounded once, as the reference does)
@@ -164,10 +164,11 @@ fn adamw_element(p0: f32, g0: f32, m0: f32, v0: f32, coef: f32, wdf: f32, lr: f3
 
 @compute @workgroup_size(WG)
 fn adamw_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = thread_index(gid, nwg);
-    if (i >= UP.n || scal[4] != 0.0) {
+    let t = thread_index(gid, nwg);
+    if (t >= UP.n || scal[4] != 0.0) {
         return;  // past the end, or a step skipped by the guard
     }
+    let i = UP.e0 + t;
     let r = adamw_element(param[i], grad[i], exp_avg[i], exp_avg_sq[i], scal[1], hyper[2u * UP.slot + 1u],
                           hyper[2u * UP.slot], UP.b1, UP.omb1, UP.b2, UP.omb2, UP.eps, scal[2], scal[3]);
     exp_avg[i] = r.y;

@@ -24,6 +24,15 @@
 // partials[P.out_offset + w] = the sum of squares of every value workgroup w wrote (dl and
 // out in mode 0, out in modes 1 and 2), its lanes' compensated sums reduced by the same fixed tree.
 // WG must be 64.
+//
+// A graph cut into edge windows runs these dispatches once per window (the graph's global bins,
+// only the window's nodes computed: node0, node1; its ranges bound, ebase) with `lanes` = 1:
+// each lane stores its compensated sum of squares (segment_bwd: (sum, comp) at
+// partials[128 (w - w_first) + 2 lid ..], the dispatch covering workgroups w_first .. of the
+// bins, so the lanes' scratch is bound in ranges; segment_bwd_serial: each node's value at
+// partials[m], m its place in the list), written once over the windows; then
+// segment_bwd_lanes (segment_bwd_serial_lanes) reduces them, read as `feat`, by the same tree
+// (sum) into the real partials: the same bits.
 
 struct SegBwdParams {
     n_nodes: u32,
@@ -36,7 +45,11 @@ struct SegBwdParams {
     out_offset: u32, // first partials slot of this dispatch
     tau: f32,
     n_threads: u32,  // segment_bwd_serial: its invocations (thread i takes nodes i, i + n_threads, ...)
-    _pad1: u32,
+    node0: u32,      // edge windows (edge_windows.py): only the nodes node0 .. node1 - 1 are
+    node1: u32,      //   computed (node1 = 0: every node)
+    ebase: u32,      // seg[j] - ebase indexes the bound per-entry ranges (a window; else 0)
+    lanes: u32,      // 1: write each lane's (sum, comp) of squares instead of the partial (windows)
+    w_first: u32,    // lanes: the first workgroup of this dispatch (its lanes at the bound range's start)
     _pad2: u32,
 }
 
@@ -156,9 +169,13 @@ fn columns_by4(j: u32, s: u32, t: u32, sq_in: vec2<f32>) -> vec2<f32> {
     return columns(j, s, t, d4, 1u, sq);
 }
 
+fn in_window(j: u32) -> bool {
+    return P.node1 == 0u || (j >= P.node0 && j < P.node1);
+}
+
 fn small_node(j: u32) -> vec2<f32> {
-    let s = seg[j];
-    let t = seg[j + 1u];
+    let s = seg[j] - P.ebase;
+    let t = seg[j + 1u] - P.ebase;
     var sq = vec2<f32>(0.0, 0.0);
     if (P.mode == 0u) {
         let acc = dot_part(s, t, 0u, 1u);
@@ -167,17 +184,17 @@ fn small_node(j: u32) -> vec2<f32> {
     return columns_by4(j, s, t, sq);
 }
 
-// m: the node's place in the mid bin (>= n_mid: an idle group, which still meets the barriers)
-fn mid_node(m: u32, lid: u32) -> vec2<f32> {
+// m: the node's place in the mid bin (>= n_mid, or outside the window: an idle group, which
+// still meets the barriers)
+fn mid_node(m: u32, lid: u32, busy: bool) -> vec2<f32> {
     let lane = lid % LANES;
-    let busy = m < P.n_mid;
     var j = 0u;
     var s = 0u;
     var t = 0u;
     if (busy) {
         j = seg[P.bins_off + P.n_small + m];
-        s = seg[j];
-        t = seg[j + 1u];
+        s = seg[j] - P.ebase;
+        t = seg[j + 1u] - P.ebase;
     }
     var sq = vec2<f32>(0.0, 0.0);
     if (P.mode == 0u) {
@@ -191,9 +208,15 @@ fn mid_node(m: u32, lid: u32) -> vec2<f32> {
     return sq;
 }
 
-fn hub_node(j: u32, lid: u32) -> vec2<f32> {
-    let s = seg[j];
-    let t = seg[j + 1u];
+// busy: j is in the window (the same for the whole workgroup); else an idle workgroup that
+// still meets the barriers and writes nothing
+fn hub_node(j: u32, lid: u32, busy: bool) -> vec2<f32> {
+    var s = 0u;
+    var t = 0u;
+    if (busy) {
+        s = seg[j] - P.ebase;
+        t = seg[j + 1u] - P.ebase;
+    }
     var sq = vec2<f32>(0.0, 0.0);
     if (P.mode == 0u) {
         let dot = group_sum(lid, BW, dot_part(s, t, lid, BW));
@@ -206,7 +229,7 @@ fn hub_node(j: u32, lid: u32) -> vec2<f32> {
             acc = kahan_add(acc, term(r, c));
         }
         let v = group_sum(lid, BW, acc);
-        if (lid == 0u) {
+        if (lid == 0u && busy) {
             out[j * P.dim + c] = v;
             sq = kahan_add(sq, v * v);
         }
@@ -220,24 +243,64 @@ fn segment_bwd(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let w = group_index(wid, nwg);
+    let w = P.w_first + group_index(wid, nwg);
     let ws = (P.n_small + BW - 1u) / BW;
     let wm = (P.n_mid + 1u) / 2u;
     if (w >= ws + wm + P.n_hub) {
         return;  // a padding workgroup of a 2D-folded dispatch
     }
     var sq = vec2<f32>(0.0, 0.0);
+    var mine = true;  // this lane's value belongs to this dispatch (its node in the window, or none)
     if (w < ws) {
         let i = w * BW + lid;
         if (i < P.n_small) {
-            sq = small_node(seg[P.bins_off + i]);
+            let j = seg[P.bins_off + i];
+            mine = in_window(j);
+            if (mine) {
+                sq = small_node(j);
+            }
         }
     } else if (w < ws + wm) {
-        sq = mid_node((w - ws) * 2u + lid / LANES, lid);
+        let m = (w - ws) * 2u + lid / LANES;
+        var busy = m < P.n_mid;
+        if (busy) {
+            busy = in_window(seg[P.bins_off + P.n_small + m]);
+            mine = busy;
+        }
+        sq = mid_node(m, lid, busy);
     } else {
-        sq = hub_node(seg[P.bins_off + P.n_small + P.n_mid + (w - ws - wm)], lid);
+        let j = seg[P.bins_off + P.n_small + P.n_mid + (w - ws - wm)];
+        mine = in_window(j);  // the same for the whole workgroup
+        sq = hub_node(j, lid, mine);
+    }
+    if (P.lanes != 0u) {
+        if (mine) {
+            partials[(w - P.w_first) * 2u * BW + 2u * lid] = sq.x;
+            partials[(w - P.w_first) * 2u * BW + 2u * lid + 1u] = sq.y;
+        }
+        return;
     }
     let total = group_sum(lid, BW, sq);
+    if (lid == 0u) {
+        partials[P.out_offset + w] = total;
+    }
+}
+
+// the partials of segment_bwd's windowed lanes (read as feat): workgroup w as segment_bwd ends
+@compute @workgroup_size(WG)
+fn segment_bwd_lanes(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let v = group_index(wid, nwg);
+    let w = P.w_first + v;
+    let ws = (P.n_small + BW - 1u) / BW;
+    let wm = (P.n_mid + 1u) / 2u;
+    if (w >= ws + wm + P.n_hub) {
+        return;
+    }
+    let total = group_sum(lid, BW, vec2<f32>(feat[v * 2u * BW + 2u * lid], feat[v * 2u * BW + 2u * lid + 1u]));
     if (lid == 0u) {
         partials[P.out_offset + w] = total;
     }
@@ -256,8 +319,32 @@ fn segment_bwd_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     }
     var sq = vec2<f32>(0.0, 0.0);
     for (var m = i; m < P.n_small; m = m + P.n_threads) {
-        let v = small_node(seg[P.bins_off + m]);
-        sq = kahan_add(sq, v.x - v.y);
+        let j = seg[P.bins_off + m];
+        if (P.lanes != 0u) {
+            if (in_window(j)) {
+                let v = small_node(j);
+                partials[m] = v.x - v.y;
+            }
+        } else {
+            let v = small_node(j);
+            sq = kahan_add(sq, v.x - v.y);
+        }
+    }
+    if (P.lanes == 0u) {
+        partials[P.out_offset + i] = sq.x - sq.y;
+    }
+}
+
+// the partials of segment_bwd_serial's windowed node values (read as feat), as it sums them
+@compute @workgroup_size(WG)
+fn segment_bwd_serial_lanes(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = thread_index(gid, nwg);
+    if (i >= P.n_threads) {
+        return;
+    }
+    var sq = vec2<f32>(0.0, 0.0);
+    for (var m = i; m < P.n_small; m = m + P.n_threads) {
+        sq = kahan_add(sq, feat[m]);
     }
     partials[P.out_offset + i] = sq.x - sq.y;
 }

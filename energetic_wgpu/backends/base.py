@@ -112,6 +112,13 @@ class Backend(ABC):
         The layout depends only on the arrays' sizes. Default: ``asarray`` of each."""
         return [self.asarray(a) for a in arrays]
 
+    def edge_input(self, graph: Any, x: Any) -> Any:
+        """``x`` (an [E] array of ``graph``) as :meth:`pack` should receive it: unchanged by
+        default; the wgpu backend gives a graph cut into edge windows (its [E] arrays past one
+        storage binding) a device array in the windows' layout, so a packed [E] parameter
+        keeps that layout (and its optimizer moments, :meth:`zeros_like_packed`)."""
+        return x
+
     def zeros_like_packed(self, arrays: Sequence[Any]) -> list[Any]:
         """Zero-filled float arrays with the shapes of ``arrays`` and, where ``arrays`` came
         from :meth:`pack`, the same layout (e.g. optimizer moments of packed parameters).

@@ -41,7 +41,7 @@ from ...errors import InvalidArgumentError, ShapeError
 from ...graph import Graph
 from ..auto import is_software_adapter
 from ..base import Backend, check_purpose
-from . import batch_chunks, ops_backward, ops_forward, ops_train, sumsq
+from . import batch_chunks, edge_windows, ops_backward, ops_forward, ops_train, sumsq
 from .graph_data import GraphData, upload_graph
 from .kernels import CPU_THREAD_DEGREE_MAX, REDUCE_ITEMS, THREAD_DEGREE_MAX
 from .arrays import parts_of
@@ -349,6 +349,12 @@ class WgpuBackend(PackedArrays, Backend):
         return self.runtime.dummy() if x is None else self._dev(x)
 
     # ------------------------------------------------------------------ graph data
+    def edge_input(self, graph: Graph, x: Any) -> Any:
+        gd = self.graph_data(graph)
+        if gd.windows is None:
+            return x
+        return edge_windows.in_windows(self, gd, self._dev(x), "edge array")
+
     def graph_data(self, graph: Graph) -> GraphData:
         """The device copies of ``graph``'s indices (uploaded on first use, cached)."""
         last = self._last_graph

@@ -46,7 +46,7 @@ from ...errors import DeviceLimitError
 from .arrays import DeviceArray, parts_of, range_view
 
 __all__ = ["EdgeWindow", "max_window_edges", "plan", "new_edge_array", "window_view", "in_windows",
-           "to_reverse_order", "edge_array"]
+           "to_reverse_order", "edge_array", "copy_elements", "new_split_1d"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,15 @@ def edge_array(be: Any, gd: Any, what: str) -> DeviceArray:
     return new_edge_array(be, gd, np.float32, what)
 
 
+def new_split_1d(be: Any, n: int, quantum: int, what: str) -> DeviceArray:
+    """An uninitialized float [n] array: one buffer up to the buffer size limit, else split
+    over buffers at multiples of ``quantum`` elements (bound in ranges by its users)."""
+    rt = be.runtime
+    if 4 * n <= rt.max_binding_size:
+        return be.empty((n,))
+    return rt.pool.new_split_array(be, (n,), np.float32, quantum, rt.offset_alignment, what)
+
+
 def new_edge_array(be: Any, gd: Any, dtype: Any, what: str) -> DeviceArray:
     """An uninitialized [E] array (4-byte elements) in the windows' layout of ``gd``."""
     rt = be.runtime
@@ -120,16 +129,23 @@ def in_windows(be: Any, gd: Any, x: DeviceArray, what: str) -> DeviceArray:
     if parts is None or all(any(s <= w.e0 and w.e1 <= s + c for s, c, *_ in parts) for w in gd.windows):
         return x
     out = new_edge_array(be, gd, x.dtype, what)
-    enc = be.runtime.submission.outside_pass()
-    for ds, dc, dpool, dpad in parts_of(out) or [(0, out.size, out.pooled, out.offset)]:
-        for s, c, pool, pad in parts:
+    copy_elements(be, x, out)
+    return out
+
+
+def copy_elements(be: Any, src: DeviceArray, dst: DeviceArray) -> None:
+    """Copy every element of ``src`` into ``dst`` (the same size; each one buffer or split over
+    buffers, in any layout), exact bytes, on the device (outside the compute pass)."""
+    sub = be.runtime.submission
+    enc = sub.outside_pass()
+    for ds, dc, dpool, dpad in parts_of(dst) or [(0, dst.size, dst.pooled, dst.offset)]:
+        for s, c, pool, pad in parts_of(src) or [(0, src.size, src.pooled, src.offset)]:
             lo, hi = max(s, ds), min(s + c, ds + dc)
             if hi > lo:
                 enc.copy_buffer_to_buffer(pool.buffer, pad + 4 * (lo - s), dpool.buffer, dpad + 4 * (lo - ds),
                                           4 * (hi - lo))
-                be.runtime.submission.in_flight.add(pool.uid)
-                be.runtime.submission.in_flight.add(dpool.uid)
-    return out
+                sub.in_flight.add(pool.uid)
+                sub.in_flight.add(dpool.uid)
 
 
 def window_view(be: Any, x: DeviceArray, w: EdgeWindow) -> tuple[DeviceArray, int]:

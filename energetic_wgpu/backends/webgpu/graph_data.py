@@ -179,8 +179,9 @@ class GraphData:
             raise DeviceLimitError(
                 f"{op}: the graph's {self.num_edges} edges are past one storage binding ({self.limit_desc}), so its "
                 f"edge arrays are split into {len(self.windows)} edge windows; edge_logits, edge_probs, "
-                f"segment_softmax, segment_topk, energy_scatter, edge_flow and energy_scatter_backward run over "
-                f"them, {op} does not yet: use a graph of "
+                f"segment_softmax, segment_topk, energy_scatter, edge_flow, energy_scatter_backward, "
+                f"softmax_logits_backward and the Router's forward, backward and AdamW run over them, {op} does "
+                f"not yet: use a graph of "
                 f"fewer edges, "
                 f"or limits='adapter' where the adapter binds more"
             )
@@ -280,7 +281,10 @@ def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
         perm = graph.rev_perm
         rev_fields = dict(rev_src=up_edges(graph.src[perm], rwindows), rev_edges=up_edges(perm, rwindows))
 
-    empty = SegmentBins(up(np.zeros(1, np.uint32)), 0, 0, 0)
+    def seg_bins(p: np.ndarray) -> SegmentBins:  # the global bins (windowed dispatches skip other nodes)
+        seg, n_small, n_mid, n_hub = binned_segments(p, thread_max)
+        return SegmentBins(up(seg), n_small, n_mid, n_hub)
+
     return GraphData(
         num_nodes=graph.num_nodes,
         num_edges=graph.num_edges,
@@ -299,8 +303,8 @@ def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
         max_in_degree=int(graph.in_degree.max(initial=0)),
         bins=degree_bins(deg, thread_max),
         seg_list=None,
-        bins_out=empty,
-        bins_in=empty,
+        bins_out=seg_bins(ptr),
+        bins_in=seg_bins(rev),
         windows=windows,
         limit_desc=limit_desc,
         rwindows=rwindows,

@@ -329,13 +329,14 @@ SOFTMAX_BWD = Uniform("SoftmaxBwdParams", n_nodes=U32, n_large=U32, small_max=U3
 LOGITS_BWD = Uniform("LogitsBwdParams", n_nodes=U32, dim=U32, mode=U32, n_large=U32, small_max=U32, _pad0=U32,
                      _pad1=U32, _pad2=U32)
 SEG_BWD = Uniform("SegBwdParams", n_nodes=U32, dim=U32, mode=U32, bins_off=U32, n_small=U32, n_mid=U32, n_hub=U32,
-                  out_offset=U32, tau=F32, n_threads=U32, _pad1=U32, _pad2=U32)
+                  out_offset=U32, tau=F32, n_threads=U32, node0=U32, node1=U32, ebase=U32, lanes=U32, w_first=U32,
+                  _pad2=U32)
 LOSS = Uniform("LossParams", n=U32, flags=U32, n_parts=U32, mode=U32, mul=F32, div=F32, eps=F32, lam=F32, w0=U32,
                n_all=U32, _pad0=U32, _pad1=U32)
 ADAMW_PREPARE = Uniform("PrepareParams", n_parts=U32, clip=U32, has_loss=U32, counters=U32, max_norm=F32,
                         log_b1=F32, log_b2=F32, n_loss=U32)
 _ADAMW_HYPER = dict(b1=F32, omb1=F32, b2=F32, omb2=F32, eps=F32, _pad2=F32, _pad3=F32, _pad4=F32)
-ADAMW_UPDATE = Uniform("UpdateParams", n=U32, slot=U32, _pad0=U32, _pad1=U32, **_ADAMW_HYPER)
+ADAMW_UPDATE = Uniform("UpdateParams", n=U32, slot=U32, e0=U32, _pad1=U32, **_ADAMW_HYPER)
 ADAMW_PACKED = Uniform("PackedParams", n=U32, slot=U32, _pad0=U32, _pad1=U32, **_ADAMW_HYPER, off=VEC4, len=VEC4)
 
 _PROBS = ("row_ptr", "col_idx", "q", "k", "bias", "result", "seg_list")
@@ -381,6 +382,8 @@ KERNELS: dict[str, KernelSpec] = {
                    ("seg", "idx", "pi", "gpi", "dl", "feat", "out", "partials"), BIN_WG),
         KernelSpec("segment_bwd_serial", "segment_backward.wgsl", SEG_BWD,
                    ("seg", "idx", "pi", "gpi", "dl", "feat", "out", "partials")),
+        KernelSpec("segment_bwd_lanes", "segment_backward.wgsl", SEG_BWD, ("feat", "partials"), BIN_WG),
+        KernelSpec("segment_bwd_serial_lanes", "segment_backward.wgsl", SEG_BWD, ("feat", "partials")),
         # losses and AdamW (ops_train.py)
         KernelSpec("mse_partials", "losses.wgsl", LOSS, ("pred", "target_", "mask", "partials", "grad"), 256),
         KernelSpec("loss_final", "losses.wgsl", LOSS, ("partials", "loss"), 256),

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import batch_chunks, edge_windows, loop_cap, node_major, sumsq
+from .arrays import range_view
 from .kernels import GROUP_DEGREE_MAX, SMALL_DEGREE_MAX
 from .node_major import NodeMajor, new_state
 from .reverse_index import reverse_inputs
@@ -223,11 +224,12 @@ def softmax_logits_backward(
     backend: Any, graph: Any, pi: Any, grad_pi: Any, tau: float, q: Any, k: Any
 ) -> tuple[Any, Any, Any]:
     be, rt = backend, backend.runtime
-    gd = be.graph_data(graph).whole("softmax_logits_backward")
+    gd = be.graph_data(graph)
+    rwindows = None if gd.windows is None else gd.reverse_windows("softmax_logits_backward")
     pi, grad_pi, q, k = be._dev(pi), be._dev(grad_pi), be._dev(q), be._dev(k)
     n = gd.num_nodes
     dim = int(q.shape[1])
-    gl = be.empty((gd.num_edges,))
+    gl = edge_windows.edge_array(be, gd, "grad_logits")
     grad_q = be.empty((n, dim))
     grad_k = be.empty((n, dim))
     hub = max(gd.max_out_degree if gd.bins_out.n_hub else 0, gd.max_in_degree if gd.bins_in.n_hub else 0)
@@ -246,6 +248,18 @@ def softmax_logits_backward(
     w_out, w_in = gd.bins_out.partials, gd.bins_in.partials
     partials = be.empty((max(1, w_out + w_in),))
     dummy = rt.dummy()
+    if rwindows is not None:  # per edge window (edge_windows.py)
+        pi = edge_windows.in_windows(be, gd, pi, "pi")
+        grad_pi = edge_windows.in_windows(be, gd, grad_pi, "grad_pi")
+        _windowed_segment_bwd(be, gd.bins_out, gd.windows, dict(n_nodes=n, dim=dim, mode=0, tau=np.float32(tau)), 0,
+                              partials, dict(seg=gd.bins_out.seg, feat=k, out=grad_q),
+                              dict(idx=gd.col_idx, pi=pi, gpi=grad_pi, dl=gl))
+        rev_gl = edge_windows.to_reverse_order(be, gd, gl)
+        _windowed_segment_bwd(be, gd.bins_in, rwindows, dict(n_nodes=n, dim=dim, mode=2, tau=np.float32(1.0)), w_out,
+                              partials, dict(seg=gd.bins_in.seg, feat=q, out=grad_k, pi=dummy, gpi=dummy),
+                              dict(idx=gd.rev_src, dl=rev_gl))
+        sumsq.remember(be, (grad_q, grad_k, gl), partials, w_out + w_in)
+        return grad_q, grad_k, gl
     _segment_bwd(rt, gd.bins_out, dict(n_nodes=n, dim=dim, mode=0, out_offset=0, tau=np.float32(tau)),
                  seg=gd.bins_out.seg, idx=gd.col_idx, pi=pi, gpi=grad_pi, dl=gl, feat=k, out=grad_q, partials=partials)
     rev_idx, rev_gl, split = reverse_inputs(be, gd, gl)  # mode 2: the split reverse index
@@ -257,10 +271,50 @@ def softmax_logits_backward(
     return grad_q, grad_k, gl
 
 
+def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], out_offset: int, partials: Any,
+                          fixed: dict[str, Any], per_entry: dict[str, Any]) -> None:
+    """``segment_bwd`` over ``bins`` once per window (only its nodes; the ``per_entry`` arrays
+    bound as its ranges), each lane's sum of squares stored (``lanes``), then one
+    ``segment_bwd_lanes`` (or ``_serial_lanes``) dispatch reducing them into ``partials`` from
+    ``out_offset``: the partials one dispatch over the whole graph writes."""
+    rt = be.runtime
+    ur = {**u, **bins.uniform(u["n_nodes"]), "out_offset": out_offset, "node0": 0, "node1": 0, "ebase": 0, "lanes": 0,
+          "w_first": 0}
+    if bins.serial:  # one value per node in the list: [N] fits a binding as the graph's [N+1] pointers do
+        scratch = be.empty((max(1, bins.n_small),))
+        spans = [(0, 0)]
+    else:  # 128 floats per workgroup, in ranges of workgroups that fit one binding
+        scratch = edge_windows.new_split_1d(be, bins.workgroups * 128, 128, "segment_bwd lanes")
+        per = max(1, rt.max_binding_size // 512)
+        spans = [(w0, min(per, bins.workgroups - w0)) for w0 in range(0, bins.workgroups, per)]
+    for w in windows:
+        views = {name: edge_windows.window_view(be, arr, w) for name, arr in per_entry.items()}
+        e0 = next(iter(views.values()))[1]
+        uw = {**u, "out_offset": 0, "node0": w.n0, "node1": w.n1, "ebase": w.e0 - e0, "lanes": 1}
+        bound = {**fixed, **{name: v[0] for name, v in views.items()}}
+        if bins.serial:
+            _segment_bwd(rt, bins, uw, partials=scratch, **bound)
+            continue
+        uw.update(bins.uniform(u["n_nodes"]), n_threads=0)
+        for w0, count in spans:
+            lanes = range_view(scratch, w0 * 128, count * 128, rt.offset_alignment)[0]
+            rt.dispatch("segment_bwd", workgroups=count, uniform={**uw, "w_first": w0}, partials=lanes, **bound)
+    if bins.serial:
+        rt.dispatch("segment_bwd_serial_lanes", threads=bins.serial_threads, uniform={**ur, "n_threads":
+                    bins.serial_threads}, feat=scratch, partials=partials)
+        return
+    for w0, count in spans:
+        lanes = range_view(scratch, w0 * 128, count * 128, rt.offset_alignment)[0]
+        rt.dispatch("segment_bwd_lanes", workgroups=count, uniform={**ur, "n_threads": 0, "w_first": w0}, feat=lanes,
+                    partials=partials)
+
+
 def _segment_bwd(rt: Any, bins: Any, u: dict[str, Any], **bindings: Any) -> None:
     """One ``segment_bwd`` dispatch over ``bins`` (a SegmentBins): the barrier-free
     ``segment_bwd_serial`` (thread and partial per node) when every node is in the thread bin."""
     u.update(bins.uniform(u["n_nodes"]))
+    for key in ("node0", "node1", "ebase", "lanes", "w_first"):
+        u.setdefault(key, 0)
     if bins.serial:
         u["n_threads"] = bins.serial_threads
         rt.dispatch("segment_bwd_serial", threads=bins.serial_threads, uniform=u, **bindings)

@@ -52,6 +52,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import batch_chunks, sumsq
+from .arrays import parts_of, range_view
 from .kernels import REDUCE_ITEMS
 
 __all__ = [
@@ -263,6 +264,8 @@ def _packed_layout(
     n = len(params)
     if not 1 <= n <= 3 or not (len(grads) == len(exp_avg) == len(exp_avg_sq) == n):
         return None
+    if any(getattr(a, "is_split", False) for group in (params, grads, exp_avg, exp_avg_sq) for a in group):
+        return None  # an array over several buffers (edge windows): the per-array path, in ranges
     try:
         p0, m0, v0 = params[0], exp_avg[0], exp_avg_sq[0]
         P, M, V = p0.pooled, m0.pooled, v0.pooled
@@ -349,6 +352,26 @@ def _update_packed_ranges(rt: Any, params: Sequence[Any], grads: Sequence[Any], 
                     grad0=g0, grad1=g1, grad2=g2, scal_p=scal, hyper_p=hyper_buf)
 
 
+def _update_in_ranges(rt: Any, group: Sequence[Any], slot: int, hyper: dict[str, Any], scal: Any, hyper_buf: Any) -> None:
+    """``adamw_update`` of one parameter array past one binding (param, grad, m, v: one buffer
+    or split over buffers, arrays.parts_of) over ranges that fit one binding and lie in one
+    buffer of each of the four: bound from the aligned offset before them, where the range
+    starts ``e0`` elements in (the same in the four, whatever their buffers). Each element's
+    arithmetic is the one dispatch's: the same bits."""
+    n = group[0].size
+    cuts = sorted({s for a in group for s, *_ in (parts_of(a) or [])[1:]} | {n})
+    per = (rt.max_binding_bytes // 16 * 16 - rt.offset_alignment) // 4
+    s = 0
+    for cut in cuts:
+        while s < cut:
+            count = min(per, cut - s)
+            (p, e0), g, m, v = (range_view(a, s, count, rt.offset_alignment) for a in group)
+            u = dict(n=count, slot=slot, e0=e0, **hyper)
+            rt.dispatch("adamw_update", threads=count, uniform=u, param=p, grad=g[0], exp_avg=m[0], exp_avg_sq=v[0],
+                        scal=scal, hyper=hyper_buf)
+            s += count
+
+
 def adamw_step(
     backend: Any,
     params: Sequence[Any],
@@ -426,7 +449,11 @@ def adamw_step(
                         grad0=g0, grad1=g1, grad2=g2, scal_p=scal, hyper_p=st.hyper)
     else:
         for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq):
-            u = dict(n=p.size, slot=slot, **hyper)
+            group = (p, g, m, v)
+            if any(parts_of(a) is not None or a.nbytes > rt.max_binding_bytes for a in group):
+                _update_in_ranges(rt, group, slot, hyper, scal, st.hyper)  # a region past one binding
+                continue
+            u = dict(n=p.size, slot=slot, e0=0, **hyper)
             rt.dispatch("adamw_update", threads=p.size, uniform=u, param=p, grad=g, exp_avg=m, exp_avg_sq=v, scal=scal,
                         hyper=st.hyper)
 

@@ -24,7 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...errors import DeviceLimitError
-from .arrays import DeviceArray
+from .arrays import DeviceArray, parts_of
+from .edge_windows import copy_elements
 
 __all__ = ["PackedArrays"]
 
@@ -47,26 +48,37 @@ class PackedArrays:
         return offsets, max(off, 16)
 
     def _views(self, total: int, offsets: Sequence[int], shapes: Sequence[tuple[int, ...]],
-               dtypes: Sequence[Any]) -> tuple[list[DeviceArray], list[DeviceArray]]:
+               dtypes: Sequence[Any], cuts: Sequence[Any] | None = None) -> tuple[list[DeviceArray], list[DeviceArray]]:
         """(the buffers' arrays, the region arrays): views into one buffer of ``total`` bytes,
-        or one whole array per region when ``total`` exceeds the buffer size limit."""
+        or one whole array per region when ``total`` exceeds the buffer size limit or a 1-D
+        region with ``cuts`` (element offsets: an [E] array's edge windows) exceeds one binding
+        (that region then split over buffers at those cuts)."""
         rt = self.runtime
         if total <= rt.max_binding_bytes:  # the common case: one buffer, bound whole
             flat = rt.new_array(self, (total // 4,), np.float32, "packed arrays")
             return [flat], [rt.view(flat, o, shp, dt) for o, shp, dt in zip(offsets, shapes, dtypes)]
+        cuts = list(cuts) if cuts is not None else [None] * len(shapes)
+        big = []
         for i, shp in enumerate(shapes):
             need = rt.view_bind_size(math.prod(shp) * 4)
             if need > rt.max_binding_bytes:
-                desc, where = rt.pool.limit_desc
-                raise DeviceLimitError(
-                    f"packed array {i} of shape {shp} needs {need} bytes, over {desc} = {rt.max_binding_bytes} "
-                    f"bytes ({where}); each packed array (e.g. the Router's q, k or bias) must fit one storage "
-                    f"binding: use a smaller graph or dimension, or limits='adapter'"
-                )
-        if total <= rt.max_buffer_bytes:  # one buffer, bound in ranges (ops_train.adamw_step)
+                if cuts[i] is None or len(shp) != 1:
+                    desc, where = rt.pool.limit_desc
+                    raise DeviceLimitError(
+                        f"packed array {i} of shape {shp} needs {need} bytes, over {desc} = {rt.max_binding_bytes} "
+                        f"bytes ({where}); each packed array (e.g. the Router's q or k) must fit one storage "
+                        f"binding, except an [E] array of a graph cut into edge windows: use a smaller graph or "
+                        f"dimension, or limits='adapter'"
+                    )
+                big.append(i)
+        if total <= rt.max_buffer_bytes and not big:  # one buffer, bound in ranges (ops_train.adamw_step)
             flat = rt.pool.new_large_array(self, (total // 4,), np.float32, "packed arrays")
             return [flat], [rt.view(flat, o, shp, dt) for o, shp, dt in zip(offsets, shapes, dtypes)]
-        regions = [rt.new_array(self, shp, dt, "packed array") for shp, dt in zip(shapes, dtypes)]
+        # one buffer per region; an [E] region past one binding in its graph's edge windows'
+        # layout (edge_windows.py; the optimizer updates it in ranges)
+        regions = [rt.pool.new_split_array(self, shp, dt, 1, rt.offset_alignment, "packed array", cuts=cuts[i])
+                   if i in big else rt.new_array(self, shp, dt, "packed array")
+                   for i, (shp, dt) in enumerate(zip(shapes, dtypes))]
         return regions, regions
 
     def pack(self, arrays: Sequence[Any]) -> list[DeviceArray]:
@@ -88,12 +100,15 @@ class PackedArrays:
         if not items:
             return []
         offsets, total = self._packed_layout([math.prod(shp) * 4 for _, shp, _ in items])
-        _, views = self._views(total, offsets, [shp for _, shp, _ in items], [dt for _, _, dt in items])
+        cuts = [_cuts_of(src) for src, _, _ in items]
+        _, views = self._views(total, offsets, [shp for _, shp, _ in items], [dt for _, _, dt in items], cuts)
         for (src, _, _), view in zip(items, views):
-            if isinstance(src, DeviceArray):
+            if isinstance(src, DeviceArray) and (src.is_split or view.is_split):
+                copy_elements(self, src, view)
+            elif isinstance(src, DeviceArray):
                 self.runtime.copy_buffer(src, view, src.size * 4)
             else:
-                self.runtime.upload(view.pooled, src.reshape(-1), view.offset)
+                self.runtime.write(view, src.reshape(-1))
         return views
 
     def zeros_like_packed(self, arrays: Sequence[Any]) -> list[DeviceArray]:
@@ -105,6 +120,15 @@ class PackedArrays:
             return []
         shapes = [tuple(int(s) for s in a.shape) for a in arrays]
         first = arrays[0]
+        cuts = [_cuts_of(a) if getattr(a, "is_split", False) or a.nbytes > self.runtime.max_binding_bytes else None
+                for a in arrays]
+        if any(c is not None for c in cuts):  # an [E] region past one binding: its layout again
+            offsets, total = self._packed_layout([math.prod(s) * 4 for s in shapes])
+            buffers, views = self._views(total, offsets, shapes, [np.float32] * len(shapes), cuts)
+            for b in buffers:
+                for part in parts_of(b) or [None]:
+                    self.runtime.clear(b if part is None else part[2])
+            return views
         if all(isinstance(a, DeviceArray) and a.backend is self and a.is_view and a.pooled is first.pooled
                for a in arrays):
             offsets = [a.offset for a in arrays]
@@ -116,3 +140,13 @@ class PackedArrays:
         for b in buffers:
             self.runtime.clear(b)
         return views
+
+
+def _cuts_of(a: Any) -> list[int] | None:
+    """For a DeviceArray (an [E] array in its graph's edge windows' layout, ``edge_input``):
+    where its buffers start ([0]: one buffer); None for host data (whose regions must fit one
+    binding)."""
+    if not isinstance(a, DeviceArray):
+        return None
+    parts = parts_of(a)
+    return [0] if parts is None else [start for start, *_ in parts]
