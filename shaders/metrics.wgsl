@@ -14,10 +14,14 @@
 // w < edge_blocks: the same terms in the same order whatever n_total is) and divides.
 // A batch whose [B, N] arrays are over one binding (batch_chunks.py) runs pass 1 as several
 // dispatches that each write some fields of a range of slots, the values the unsplit dispatch
-// writes there: flat dispatches (fields bit 0) over ranges of whole blocks of B*N, with
+// writes there: flat dispatches (fields bits 0 and 2) over ranges of whole blocks of B*N, with
 // energies, next_e and act_mask bound from block w0; grid dispatches (bit 1) over the blocks of
 // a chunk of rows (n_total >= grid_blocks then: one block per slot), energies and act_mask
 // bound from an aligned offset before row row0, which lies e0 elements into the range.
+// A graph cut into edge windows (edge_windows.py) also runs h (bit 2) over ranges of whole
+// blocks of E and the grid (one block per slot) per batch row and window, pi and src bound as
+// the window's ranges from edge pbase; a block across two windows runs on copies of its pi and
+// src (pbase its first edge).
 // WG must be 256.
 
 struct MetricParams {
@@ -31,10 +35,10 @@ struct MetricParams {
     edge_blocks: u32,  // ceil(n_edges / (WG * ITEMS)): blocks per batch row of the [B, E] grid
     grid_blocks: u32,  // batch * edge_blocks (a grid dispatch of a split batch: its last block + 1)
     w0: u32,           // first partials slot of this dispatch (0 when not split)
-    fields: u32,       // bit 0: write te, an, h; bit 1: write ae, mf (3 when not split)
+    fields: u32,       // bit 0: write te, an; bit 1: write ae, mf; bit 2: write h (7 when not split)
     row0: u32,         // first batch row of the bound energies / act_mask range
     e0: u32,           // element of that range where row row0 (flat: block w0) starts
-    _pad0: u32,
+    pbase: u32,        // pi and src are bound from edge pbase (an edge window's range; else 0)
     _pad1: u32,
     _pad2: u32,
 }
@@ -90,7 +94,7 @@ fn metrics_partials(
     // below B*N + span and E + span
     let flat = (P.fields & 1u) != 0u;
     let flat_bn = flat && w < (bn + span - 1u) / span;
-    let flat_e = flat && w < P.edge_blocks;
+    let flat_e = (P.fields & 4u) != 0u && w < P.edge_blocks;
     let base = w * span;
     let local = (w - P.w0) * span;  // the block in the bound energies / next_e / act_mask range
     var te = vec2<f32>(0.0, 0.0);
@@ -108,7 +112,7 @@ fn metrics_partials(
             }
         }
         if (flat_e && i < P.n_edges) {
-            let p = pi[i];
+            let p = pi[i - P.pbase];
             if (p > 0.0) {
                 h = kahan_add(h, -(p * log(p)));
             }
@@ -125,8 +129,8 @@ fn metrics_partials(
         for (var r = 0u; r < ITEMS; r = r + 1u) {
             let e = rc.y + lid + r * LWG;
             if (e < P.n_edges) {
-                let j = row + src[e];
-                let p = pi[e];
+                let j = row + src[e - P.pbase];
+                let p = pi[e - P.pbase];
                 var x = energies[j] * P.alpha;
                 if (!is_active(j)) {
                     x = 0.0;
@@ -148,6 +152,8 @@ fn metrics_partials(
         if (flat) {
             partials[o] = r_te[0].x - r_te[0].y;
             partials[o + 1u] = r_an[0];
+        }
+        if ((P.fields & 4u) != 0u) {
             partials[o + 4u] = r_h[0].x - r_h[0].y;
         }
         if ((P.fields & 2u) != 0u) {

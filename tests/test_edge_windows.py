@@ -114,15 +114,17 @@ def test_ops_without_windows_refuse_before_any_work(gpu_backend):
         pi = be.edge_probs(g, q, k, bias)
         en = np.ones((2, g.num_nodes), np.float32)
         before = be.counters()["dispatches"]
-        with pytest.raises(DeviceLimitError, match=r"step_metrics: the graph's 3064 edges are past one storage "
-                                                   r"binding \(max_binding_bytes = 4096 bytes, .*\), so its edge arrays "
-                                                   r"are split into 4 edge windows; .* step_metrics does not yet"):
+        with pytest.raises(DeviceLimitError, match=r"segment_softmax_backward: the graph's 3064 edges are past one "
+                                                   r"storage binding \(max_binding_bytes = 4096 bytes, .*\), so its edge "
+                                                   r"arrays are split into 4 edge windows; .* segment_softmax_backward "
+                                                   r"does not yet"):
+            be.segment_softmax_backward(g, pi, pi)
+        with pytest.raises(DeviceLimitError, match=r"does not yet"):
+            be.edge_logits_backward(g, q, k, pi)
+        with pytest.raises(DeviceLimitError, match=r"step_metrics: a graph cut into edge windows reduces its \[E\] "
+                                                   r"arrays in blocks of 4096 edges \(16384 bytes\), over the binding "
+                                                   r"limit of 4096 bytes"):
             be.step_metrics(g, en, en, pi)
-        for call in (
-                     lambda: be.segment_softmax_backward(g, pi, pi),
-                     lambda: be.edge_logits_backward(g, q, k, pi)):
-            with pytest.raises(DeviceLimitError, match=r"does not yet"):
-                call()
         assert be.counters()["dispatches"] == before
     # the backend stays usable
     assert be.to_numpy(be.edge_probs(_graph(), q, k, bias)).shape == (3064,)
@@ -297,3 +299,35 @@ def test_router_trains_over_windows_bit_identical(gpu_backend, np_backend, mode)
     for name, a, b, c in zip(("q", "k", "bias", "m of bias", "bias after load_state"), split_p, whole_p, ref_p):
         assert a.tobytes() == b.tobytes(), name
         assert_parity(a, c, name, rtol=1e-4)
+
+
+def _metrics(be, limit, batch, masked, n=600):
+    rng = np.random.default_rng(11)
+    deg = rng.integers(1, 40, n)
+    deg[5] = 300  # a hub
+    g = Graph.from_csr(np.concatenate([[0], np.cumsum(deg)]), rng.integers(0, n, int(deg.sum())), num_nodes=n)
+    q, k = ((0.5 * rng.standard_normal((n, 4))).astype(np.float32) for _ in range(2))
+    bias = (0.3 * rng.standard_normal(g.num_edges)).astype(np.float32)
+    en = (rng.random((batch, n)) * (rng.random((batch, n)) < 0.7)).astype(np.float32)
+    act = rng.random((batch, n)) < 0.8
+    with (be.binding_limit(limit) if limit else contextlib.nullcontext()):
+        r = Router(g, RouterParams(q, k, bias, tau=0.9, alpha=0.8, top_k=5), be)
+        out = r.forward(en, active=act if masked else None, steps=2)
+        gd = be.graph_data(g) if hasattr(be, "graph_data") else None
+        return be.to_numpy(out.metrics_array), gd
+
+
+@pytest.mark.parametrize("limit,n", [(16384, 600), (32768, 1200)])
+@pytest.mark.parametrize("batch,masked", [(3, False), (9, True)])
+def test_step_metrics_over_windows_bit_identical(gpu_backend, np_backend, batch, masked, limit, n):
+    """The step metrics of a Router forward on a graph of ~12,000 (24,000) edges cut into
+    windows of at most 4,032 (8,128) edges under a 16 KiB (32 KiB) limit: the entropy over
+    ranges of whole 4096-edge blocks and the [B, E] grid per row and window, each block across
+    two windows on copies (under 16 KiB every block: no window holds a whole one); B = 9 also
+    splits the [B, N] arrays into batch chunks."""
+    whole, _ = _metrics(gpu_backend, None, batch, masked, n)
+    split, gd = _metrics(gpu_backend, limit, batch, masked, n)
+    assert len(gd.windows) >= 3
+    assert split.tobytes() == whole.tobytes()
+    ref, _ = _metrics(np_backend, None, batch, masked, n)
+    assert_parity(split, ref, "metrics", rtol=1e-4)

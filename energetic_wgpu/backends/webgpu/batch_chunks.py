@@ -228,6 +228,11 @@ def flat_pieces(be: Any, n: int, span: int, arrays: list[Any], n_out: int = 0) -
             pos = stop
 
 
+def copy_elements_range(rt: Any, a: DeviceArray, lo: int, hi: int, temp: DeviceArray) -> None:
+    """Copy elements ``lo .. hi`` of ``a`` (one buffer or split) to the start of ``temp``."""
+    _copy_elements(rt, a, lo, hi, temp, to_temp=True)
+
+
 def _copy_elements(rt: Any, a: DeviceArray, lo: int, hi: int, temp: DeviceArray, to_temp: bool) -> None:
     """Copy elements ``lo .. hi`` of ``a`` (one buffer or split) to the start of ``temp``
     (``to_temp``) or back from it, outside the compute pass (the same encoder)."""

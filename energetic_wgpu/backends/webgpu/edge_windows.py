@@ -25,14 +25,24 @@ The ops that run over windows, one dispatch (or two, with hubs) per window:
   window starts;
 * ``energy_scatter_backward``: ``scatter_bwd_small`` / ``scatter_bwd_large`` per window of
   sources (``node0``, ``n_count``, ``ebase``) and ``scatter_bwd_pi(_nm)`` per window of edges
-  (``eoff``), batch chunks handing grad_pi's running sums on as without windows.
+  (``eoff``), batch chunks handing grad_pi's running sums on as without windows;
+* ``softmax_logits_backward`` (the Router's backward): ``segment_bwd`` over the graph's global
+  degree bins once per window (source windows for grad_q and grad_logits, target windows for
+  grad_k over grad_logits in reverse-index order), only the window's nodes computed; each
+  lane stores its sum of squares (in ranges of workgroups) and ``segment_bwd_lanes`` reduces
+  them by the same tree, so the gradient norm's partials keep their bits;
+* ``step_metrics``: the entropy over ranges of whole 4096-edge blocks and the [B, E] grid per
+  batch row and window, each block across two windows on copies of its src and pi;
+* the Router's parameters: the bias (and AdamW's moments of it, and its gradient) in the
+  windows' layout (``backend.edge_input``), updated by ``adamw_update`` in ranges.
 
 Each segment, and each target's sum, is computed exactly as in one dispatch over the whole
 graph: the results are bit-identical. An [E] input whose buffers are cut elsewhere (an array
 uploaded before the graph) is first copied (exact bytes) into the windows' layout. The other
-ops (``step_metrics``, the softmax and logits backward ops, the Router) refuse such a graph before
-any work (``DeviceLimitError`` naming the op), and ``energy_scatter`` refuses one with a
-target of more in-edges than a window holds.
+ops (``segment_softmax_backward``, ``edge_logits_backward``, and the flat reductions and
+``add`` on its [E] arrays) refuse such a graph before
+any work (``DeviceLimitError`` naming the op), and the ops that read the reverse index refuse
+one with a target of more in-edges than a window holds.
 """
 
 from __future__ import annotations

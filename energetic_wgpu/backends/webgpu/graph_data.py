@@ -179,7 +179,7 @@ class GraphData:
             raise DeviceLimitError(
                 f"{op}: the graph's {self.num_edges} edges are past one storage binding ({self.limit_desc}), so its "
                 f"edge arrays are split into {len(self.windows)} edge windows; edge_logits, edge_probs, "
-                f"segment_softmax, segment_topk, energy_scatter, edge_flow, energy_scatter_backward, "
+                f"segment_softmax, segment_topk, energy_scatter, edge_flow, step_metrics, energy_scatter_backward, "
                 f"softmax_logits_backward and the Router's forward, backward and AdamW run over them, {op} does "
                 f"not yet: use a graph of "
                 f"fewer edges, "

@@ -320,7 +320,7 @@ FLOW = Uniform("FlowParams", batch=U32, n_nodes=U32, n_edges=U32, has_active=U32
                row0=U32, out0=U32, e0=U32, eoff=U32, _pad1=U32, _pad2=U32)
 METRICS = Uniform("MetricParams", batch=U32, n_nodes=U32, n_edges=U32, has_active=U32, alpha=F32, n_total=U32,
                   n_nonempty=U32, edge_blocks=U32, grid_blocks=U32, w0=U32, fields=U32, row0=U32, e0=U32,
-                  _pad0=U32, _pad1=U32, _pad2=U32)
+                  pbase=U32, _pad1=U32, _pad2=U32)
 REDUCE = Uniform("ReduceParams", n=U32, out_offset=U32, n1=U32, n2=U32)
 SCATTER_BWD = Uniform("ScatterBwdParams", batch=U32, n_nodes=U32, flags=U32, n_large=U32, alpha=F32, small_max=U32,
                       n_edges=U32, e0=U32, node0=U32, n_count=U32, ebase=U32, eoff=U32)

@@ -271,7 +271,7 @@ def step_metrics(be: Any,
     alpha: float = 1.0,
     active: Any = None,
 ) -> DeviceArray:
-    gd = be.graph_data(graph).whole("step_metrics")
+    gd = be.graph_data(graph)
     energies, next_energies, pi = be._dev(energies), be._dev(next_energies), be._dev(pi)
     batch, _ = _batch(energies, gd.num_nodes)
     if energies.ndim == 2 and energies.shape[0] == 0:
@@ -287,7 +287,8 @@ def step_metrics(be: Any,
     if grid + n_parts >= 2**32:
         raise DeviceLimitError(f"step_metrics: B = {batch} x {edge_blocks} edge blocks of 4096 is past 2^32 blocks")
     ranged = energies.ndim == 2 and energies.nbytes > be.runtime.max_binding_size
-    if ranged and grid > n_parts:  # one [B, E] block per slot (metrics.wgsl)
+    windowed = gd.windows is not None
+    if (ranged or windowed) and grid > n_parts:  # one [B, E] block per slot (metrics.wgsl)
         n_parts = grid
         if n_parts * 32 > be.runtime.max_binding_size:
             raise DeviceLimitError(
@@ -298,10 +299,18 @@ def step_metrics(be: Any,
     out = be.empty((5,))
     has_act = 1 if active is not None else 0
     u = dict(batch=batch, n_nodes=gd.num_nodes, n_edges=gd.num_edges, has_active=has_act, alpha=np.float32(alpha),
-             n_total=n_parts, n_nonempty=gd.n_nonempty, edge_blocks=edge_blocks, grid_blocks=grid, w0=0, fields=3,
-             row0=0, e0=0)
+             n_total=n_parts, n_nonempty=gd.n_nonempty, edge_blocks=edge_blocks, grid_blocks=grid, w0=0, fields=7,
+             row0=0, e0=0, pbase=0)
     b = dict(src=gd.src, pi=pi, energies=energies, next_e=next_energies, act_mask=act, partials=partials)
-    if ranged:
+    if windowed:
+        if 4 * _REDUCE_SPAN > be.runtime.max_binding_size:
+            raise DeviceLimitError(
+                f"step_metrics: a graph cut into edge windows reduces its [E] arrays in blocks of {_REDUCE_SPAN} "
+                f"edges ({4 * _REDUCE_SPAN} bytes), over the binding limit of {be.runtime.max_binding_size} bytes"
+            )
+        b["pi"] = edge_windows.in_windows(be, gd, pi, "pi")
+        _metrics_windowed(be, gd, u, b, active is not None, ranged)
+    elif ranged:
         _metrics_ranged(be, gd, u, b, active is not None)
     else:
         be.runtime.dispatch("metrics_partials", workgroups=n_parts, uniform=u, **b)
@@ -320,7 +329,7 @@ def _metrics_ranged(be: Any, gd: Any, u: dict[str, Any], b: dict[str, Any], mask
     keys = ("energies", "next_e") + (("act_mask",) * masked)
     for w0, m, views in batch_chunks.flat_pieces(be, batch * n, _REDUCE_SPAN, [b[k] for k in keys]):
         blocks = -(-m // _REDUCE_SPAN)
-        rt.dispatch("metrics_partials", workgroups=blocks, uniform={**u, "w0": w0, "fields": 1},
+        rt.dispatch("metrics_partials", workgroups=blocks, uniform={**u, "w0": w0, "fields": 5},
                     **{**b, **dict(zip(keys, views))})
         bn_blocks = w0 + blocks
     per = batch_chunks.rows_per_range(be, n)
@@ -331,9 +340,77 @@ def _metrics_ranged(be: Any, gd: Any, u: dict[str, Any], b: dict[str, Any], mask
         rt.dispatch("metrics_partials", workgroups=rows * eb, uniform={
             **u, "w0": r0 * eb, "fields": 2, "grid_blocks": (r0 + rows) * eb, "row0": r0, "e0": e0,
         }, **{**b, "energies": ev, "act_mask": av, "next_e": dummy})
-    tails = ((bn_blocks, 1), (grid, 2))  # slots past the flat blocks / the grid: empty values
+    tails = ((bn_blocks, 5), (grid, 2))  # slots past the flat blocks / the grid: empty values
     for first, fields in tails:
         if first < n_parts:
             rt.dispatch("metrics_partials", workgroups=n_parts - first, uniform={
                 **u, "w0": first, "fields": fields, "grid_blocks": 0,
             }, **{**b, "energies": dummy, "next_e": dummy, "act_mask": dummy})
+
+
+def _metrics_windowed(be: Any, gd: Any, u: dict[str, Any], b: dict[str, Any], masked: bool, ranged: bool) -> None:
+    """metrics_partials on a graph cut into edge windows (edge_windows.py): every slot gets
+    what one dispatch over the whole graph writes there (one grid block per slot):
+
+    * te, an (fields bit 0) over B*N: one dispatch, or ranges of whole blocks when the [B, N]
+      arrays are over one binding;
+    * h (bit 2) over E: ranges of whole blocks of 4096 edges inside a window, the block across
+      two windows on copies of its pi (batch_chunks.flat_pieces; ``pbase`` its first edge);
+    * ae, mf (bit 1): per batch row and window, the blocks inside the window, then each block
+      across two windows on copies of its src and pi;
+    * the slots past each range, their empty values.
+    """
+    rt, n, e = be.runtime, gd.num_nodes, gd.num_edges
+    batch, n_parts, eb, span = u["batch"], u["n_total"], u["edge_blocks"], _REDUCE_SPAN
+    dummy = rt.dummy()
+    bn_blocks = -(-batch * n // span)
+    keys = ("energies", "next_e") + (("act_mask",) * masked)
+    if ranged:
+        for w0, m, views in batch_chunks.flat_pieces(be, batch * n, span, [b[k] for k in keys]):
+            rt.dispatch("metrics_partials", workgroups=-(-m // span), uniform={**u, "w0": w0, "fields": 1},
+                        **{**b, **dict(zip(keys, views)), "pi": dummy, "src": dummy})
+    elif bn_blocks:
+        rt.dispatch("metrics_partials", workgroups=bn_blocks, uniform={**u, "fields": 1}, **{**b, "pi": dummy,
+                                                                                           "src": dummy})
+    for w0, m, (pv,) in batch_chunks.flat_pieces(be, e, span, [b["pi"]]):
+        rt.dispatch("metrics_partials", workgroups=-(-m // span), uniform={**u, "w0": w0, "fields": 4,
+                    "pbase": w0 * span}, **{**b, "pi": pv, "src": dummy, "energies": dummy, "next_e": dummy,
+                                               "act_mask": dummy})
+    rows_per = batch_chunks.rows_per_range(be, n) if ranged else max(batch, 1)
+    seams = [j for j in range(eb) if not any(w.e0 <= j * span and min(e, (j + 1) * span) <= w.e1
+                                             for w in gd.windows)]
+    seam_arrays = {}
+    for j in seams:  # copies of the src and pi of each block across two windows
+        lo, hi = j * span, min(e, (j + 1) * span)
+        temps = []
+        for name in ("src", "pi"):
+            t = be.empty((span,), b[name].dtype)
+            batch_chunks.copy_elements_range(rt, b[name], lo, hi, t)
+            temps.append(t)
+        seam_arrays[j] = temps
+    for r0 in range(0, batch, rows_per):
+        rows = min(rows_per, batch - r0)
+        if ranged:
+            ev, e0 = batch_chunks.rows_view(be, b["energies"], r0, rows, n)
+            av = batch_chunks.rows_view(be, b["act_mask"], r0, rows, n)[0] if masked else dummy
+        else:
+            ev, e0, av = b["energies"], 0, b["act_mask"]
+        for row in range(r0, r0 + rows):
+            base = dict(u, fields=2, row0=r0 if ranged else 0, e0=e0)
+            for w in gd.windows:
+                ja, jb = -(-w.e0 // span), min(eb, w.e1 // span + (1 if w.e1 == e and e % span else 0))
+                if jb <= ja:
+                    continue
+                (sv, pe0), pv = (edge_windows.window_view(be, b[name], w) for name in ("src", "pi"))
+                rt.dispatch("metrics_partials", workgroups=jb - ja, uniform={
+                    **base, "w0": row * eb + ja, "grid_blocks": row * eb + jb, "pbase": w.e0 - pe0,
+                }, **{**b, "src": sv, "pi": pv[0], "energies": ev, "act_mask": av, "next_e": dummy})
+            for j, (st, pt) in seam_arrays.items():
+                rt.dispatch("metrics_partials", workgroups=1, uniform={
+                    **base, "w0": row * eb + j, "grid_blocks": row * eb + j + 1, "pbase": j * span,
+                }, **{**b, "src": st, "pi": pt, "energies": ev, "act_mask": av, "next_e": dummy})
+    empties = {**b, "energies": dummy, "next_e": dummy, "act_mask": dummy, "pi": dummy, "src": dummy}
+    for first, fields in ((bn_blocks, 1), (eb, 4), (batch * eb, 2)):  # slots past each range: empty values
+        if first < n_parts:
+            rt.dispatch("metrics_partials", workgroups=n_parts - first, uniform={
+                **u, "w0": first, "fields": fields, "grid_blocks": 0}, **empties)
