@@ -17,9 +17,9 @@ struct LogitsBwdParams {
     mode: u32,
     n_large: u32,
     small_max: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    node0: u32,      // an edge window (edge_windows.py): its first node ...
+    n_count: u32,    // ... and its number of nodes (else 0 and n_nodes)
+    ebase: u32,      // seg_ptr[j] - ebase indexes the bound per-entry ranges (a window; else 0)
 }
 
 @group(0) @binding(0) var<uniform> P: LogitsBwdParams;
@@ -45,13 +45,14 @@ fn term(r: u32, c: u32) -> f32 {
 @compute @workgroup_size(WG)
 fn logits_bwd_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = thread_index(gid, nwg);
-    if (i >= P.n_nodes * P.dim) {
+    if (i >= P.n_count * P.dim) {
         return;
     }
-    let j = i / P.dim;
-    let c = i - j * P.dim;
-    let s = seg_ptr[j];
-    let t = seg_ptr[j + 1u];
+    let jl = i / P.dim;
+    let c = i - jl * P.dim;
+    let j = P.node0 + jl;
+    let s = seg_ptr[j] - P.ebase;
+    let t = seg_ptr[j + 1u] - P.ebase;
     if (t - s > P.small_max) {
         return;
     }
@@ -59,7 +60,7 @@ fn logits_bwd_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     for (var r = s; r < t; r = r + 1u) {
         acc = kahan_add(acc, term(r, c));
     }
-    out[i] = acc.x - acc.y;
+    out[j * P.dim + c] = acc.x - acc.y;
 }
 
 @compute @workgroup_size(WG)
@@ -76,8 +77,8 @@ fn logits_bwd_large(
     let w = g / P.dim;
     let c = g - w * P.dim;
     let j = large_nodes[w];
-    let s = seg_ptr[j];
-    let t = seg_ptr[j + 1u];
+    let s = seg_ptr[j] - P.ebase;
+    let t = seg_ptr[j + 1u] - P.ebase;
     var acc = vec2<f32>(0.0, 0.0);
     for (var r = s + lid; r < t; r = r + LWG) {
         acc = kahan_add(acc, term(r, c));

@@ -9,10 +9,10 @@ struct SoftmaxBwdParams {
     n_nodes: u32,
     n_large: u32,
     small_max: u32,
-    _pad0: u32,
+    node0: u32,      // an edge window (edge_windows.py): its first source node ...
     tau: f32,
-    _pad1: u32,
-    _pad2: u32,
+    n_count: u32,    // ... and its number of nodes (else 0 and n_nodes)
+    ebase: u32,      // row_ptr[j] - ebase indexes the bound [E] ranges (a window; else 0)
     _pad3: u32,
 }
 
@@ -25,12 +25,13 @@ struct SoftmaxBwdParams {
 
 @compute @workgroup_size(WG)
 fn softmax_bwd_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let j = thread_index(gid, nwg);
-    if (j >= P.n_nodes) {
+    let i = thread_index(gid, nwg);
+    if (i >= P.n_count) {
         return;
     }
-    let s = row_ptr[j];
-    let t = row_ptr[j + 1u];
+    let j = P.node0 + i;
+    let s = row_ptr[j] - P.ebase;
+    let t = row_ptr[j + 1u] - P.ebase;
     if (t == s || t - s > P.small_max) {
         return;
     }
@@ -56,8 +57,8 @@ fn softmax_bwd_large(
         return;
     }
     let j = large_nodes[w];
-    let s = row_ptr[j];
-    let t = row_ptr[j + 1u];
+    let s = row_ptr[j] - P.ebase;
+    let t = row_ptr[j + 1u] - P.ebase;
     var acc = vec2<f32>(0.0, 0.0);
     for (var e = s + lid; e < t; e = e + LWG) {
         acc = kahan_add(acc, pi[e] * gpi[e]);

@@ -107,27 +107,49 @@ def test_input_cut_elsewhere_is_copied_into_the_windows(gpu_backend):
         assert be.to_numpy(be.edge_logits(g, q, k, b)).tobytes() == whole.tobytes()
 
 
-def test_ops_without_windows_refuse_before_any_work(gpu_backend):
+def test_what_a_windowed_graph_still_refuses(gpu_backend):
+    """Under a 4 KiB limit the metrics (blocks of 4096 edges, 16 KiB) are refused before any
+    dispatch, an op that binds a split array whole names the split; the backend stays usable."""
     be = gpu_backend
     g, q, k, bias = _inputs(4)
-    with _limits(be, "ranges"):
+    with _limits(be, "buffers"):
         pi = be.edge_probs(g, q, k, bias)
         en = np.ones((2, g.num_nodes), np.float32)
         before = be.counters()["dispatches"]
-        with pytest.raises(DeviceLimitError, match=r"segment_softmax_backward: the graph's 3064 edges are past one "
-                                                   r"storage binding \(max_binding_bytes = 4096 bytes, .*\), so its edge "
-                                                   r"arrays are split into 4 edge windows; .* segment_softmax_backward "
-                                                   r"does not yet"):
-            be.segment_softmax_backward(g, pi, pi)
-        with pytest.raises(DeviceLimitError, match=r"does not yet"):
-            be.edge_logits_backward(g, q, k, pi)
         with pytest.raises(DeviceLimitError, match=r"step_metrics: a graph cut into edge windows reduces its \[E\] "
                                                    r"arrays in blocks of 4096 edges \(16384 bytes\), over the binding "
                                                    r"limit of 4096 bytes"):
             be.step_metrics(g, en, en, pi)
+        with pytest.raises(DeviceLimitError, match=r"an array of 12256 bytes split over 4 buffers .* cannot be bound "
+                                                   r"whole by this op"):
+            be.sum_squares([pi])
         assert be.counters()["dispatches"] == before
     # the backend stays usable
     assert be.to_numpy(be.edge_probs(_graph(), q, k, bias)).shape == (3064,)
+
+
+def _public_bwd(be, mode, dim):
+    g, q, k, bias = _inputs(dim, seed=dim + 7)
+    rng = np.random.default_rng(dim)
+    gpi = rng.standard_normal(g.num_edges).astype(np.float32)
+    pi = np.asarray(be.to_numpy(be.edge_probs(_graph(), q, k, bias, top_k=3)))
+    with _limits(be, mode):
+        gl = be.segment_softmax_backward(g, pi, gpi, tau=0.7)
+        gq, gk, gb = be.edge_logits_backward(g, q, k, gl)
+        return [be.to_numpy(x) for x in (gl, gq, gk, gb)]
+
+
+@pytest.mark.parametrize("mode", ["ranges", "buffers"])
+@pytest.mark.parametrize("dim", [3, 16])
+def test_softmax_and_logits_backward_over_windows_bit_identical(gpu_backend, np_backend, mode, dim):
+    """segment_softmax_backward per window of sources, edge_logits_backward's grad_q per window
+    of sources and grad_k per window of targets (grad_logits in reverse-index order)."""
+    whole = _public_bwd(gpu_backend, None, dim)
+    split = _public_bwd(gpu_backend, mode, dim)
+    ref = _public_bwd(np_backend, None, dim)
+    for name, a, b, c in zip(("grad_logits", "grad_q", "grad_k", "grad_bias"), split, whole, ref):
+        assert a.tobytes() == b.tobytes(), name
+        assert_parity(a, c, name)
 
 
 def test_segment_larger_than_a_window_refused(gpu_backend):
@@ -331,3 +353,31 @@ def test_step_metrics_over_windows_bit_identical(gpu_backend, np_backend, batch,
     assert split.tobytes() == whole.tobytes()
     ref, _ = _metrics(np_backend, None, batch, masked, n)
     assert_parity(split, ref, "metrics", rtol=1e-4)
+
+
+def _train_entropy(be, limit):
+    rng = np.random.default_rng(13)
+    n = 600
+    deg = rng.integers(1, 40, n)
+    g = Graph.from_csr(np.concatenate([[0], np.cumsum(deg)]), rng.integers(0, n, int(deg.sum())), num_nodes=n)
+    q, k = ((0.5 * rng.standard_normal((n, 4))).astype(np.float32) for _ in range(2))
+    bias = (0.3 * rng.standard_normal(g.num_edges)).astype(np.float32)
+    en = rng.random((3, n)).astype(np.float32)
+    tgt = (0.1 * rng.random((3, n))).astype(np.float32)
+    with (be.binding_limit(limit) if limit else contextlib.nullcontext()):
+        r = Router(g, RouterParams(q, k, bias, tau=0.9, alpha=0.8, top_k=0), be)
+        opt = AdamW(r, lr=0.01, eps=1e-2, max_grad_norm=0.1)
+        losses = [r.train_step(en, tgt, opt, entropy_lambda=0.05).loss for _ in range(2)]
+        return np.array(losses, np.float32), r.params().bias
+
+
+def test_router_entropy_regularization_over_windows_bit_identical(gpu_backend, np_backend):
+    """train_step with entropy regularization on a graph cut into windows (16 KiB limit): the
+    entropy over ranges of whole 4096-edge blocks, the block across two windows on copies and
+    its gradient copied back into the windows' layout."""
+    whole = _train_entropy(gpu_backend, None)
+    split = _train_entropy(gpu_backend, 16384)
+    ref = _train_entropy(np_backend, None)
+    for name, a, b, c in zip(("losses", "bias"), split, whole, ref):
+        assert a.tobytes() == b.tobytes(), name
+        assert_parity(a, c, name, rtol=1e-4)

@@ -6,7 +6,8 @@ the 128 MiB binding limit): the router runs them in 2 batch chunks of 32 rows. T
 parameters (2*N*d + E floats, about 176 MB) and the AdamW moments are over one binding too:
 the test needs a Router whose parameters exceed one binding, and skips (saying so) on a build
 that still refuses it. NumPy checks a few sampled batch rows only (the whole graph, B = 3). A second test takes the
-batch past maxBufferSize (B = 96: [B, N] arrays of 384 MiB, each in 2 buffers).
+batch past maxBufferSize (B = 96: [B, N] arrays of 384 MiB, each in 2 buffers), and a third the
+edges past one binding (E = 41.9 M: the graph cut into edge windows).
 """
 
 from __future__ import annotations
@@ -131,4 +132,36 @@ def test_batch_past_max_buffer_size_default_limits():
     rows = [0, 63, 64, 95]  # either side of the buffers' boundary
     got = be.to_numpy(res.output.next_energies)[rows]
     ref = Router(g, params, NumpyBackend()).forward(be.to_numpy(energies)[rows]).next_energies
+    assert_parity(got, ref, "sampled rows of next_energies")
+
+
+@pytest.mark.slow
+def test_edges_past_one_binding_default_limits():
+    """E = 2^20 * 40 = 41,943,040 edges on default limits: every [E] array (168 MB) is past the
+    128 MiB binding, so the graph is cut into edge windows (2 source and 2 target windows) and
+    the bias, its moments and its gradient live in the windows' layout. Router + clipped AdamW
+    build, one train step (B = 4, d = 16) runs, the loss and parameters are finite and sampled
+    rows of the step's forward match NumPy."""
+    be = _vulkan_backend()
+    n, deg, d, b = 2**20, 40, 16, 4
+    rng = np.random.default_rng(21)
+    src = np.repeat(np.arange(n, dtype=np.int64), deg)
+    g = Graph.from_edges(src, rng.integers(0, n, src.size), num_nodes=n)
+    del src
+    params = RouterParams(q=(0.3 * rng.standard_normal((n, d))).astype(np.float32),
+                          k=(0.3 * rng.standard_normal((n, d))).astype(np.float32),
+                          bias=(0.1 * rng.standard_normal(g.num_edges)).astype(np.float32), tau=0.8, alpha=0.9, top_k=8)
+    energies = rng.random((b, n), dtype=np.float32)
+    target = 0.5 * rng.random((b, n), dtype=np.float32)
+    r = Router(g, params, be)
+    gd = be.graph_data(g)
+    assert 4 * g.num_edges > be.limits_in_use()["max_binding_bytes"]
+    assert len(gd.windows) == 2 and len(gd.rwindows) == 2
+    res = r.train_step(energies, target, AdamW(r, lr=1e-3, max_grad_norm=1.0))
+    assert np.isfinite(res.loss) and res.loss > 0 and not res.skipped and np.isfinite(res.grad_norm)
+    after = r.params()
+    assert np.isfinite(after.bias).all() and not np.array_equal(after.bias, params.bias)
+    rows = [0, 3]
+    got = be.to_numpy(res.output.next_energies)[rows]
+    ref = Router(g, params, NumpyBackend()).forward(energies[rows]).next_energies
     assert_parity(got, ref, "sampled rows of next_energies")

@@ -88,8 +88,8 @@ class WgpuBackend(PackedArrays, Backend):
     forward, backward and losses run over them in batch chunks: batch_chunks.py), packed
     arrays (:meth:`pack`: the Router's parameters and AdamW's moments), which are split past
     one binding (packed.py), and the [E] arrays of a graph past one binding, cut into edge
-    windows that the Router (forward, backward, metrics, AdamW) and the forward ops run over
-    (edge_windows.py; segment_softmax_backward and edge_logits_backward refuse such a graph).
+    windows that every graph op and the Router (forward, backward, metrics, AdamW) run over
+    (edge_windows.py).
     """
 
     name = "wgpu"

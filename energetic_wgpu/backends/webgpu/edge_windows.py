@@ -38,11 +38,14 @@ The ops that run over windows, one dispatch (or two, with hubs) per window:
 
 Each segment, and each target's sum, is computed exactly as in one dispatch over the whole
 graph: the results are bit-identical. An [E] input whose buffers are cut elsewhere (an array
-uploaded before the graph) is first copied (exact bytes) into the windows' layout. The other
-ops (``segment_softmax_backward``, ``edge_logits_backward``, and the flat reductions and
-``add`` on its [E] arrays) refuse such a graph before
-any work (``DeviceLimitError`` naming the op), and the ops that read the reverse index refuse
-one with a target of more in-edges than a window holds.
+uploaded before the graph) is first copied (exact bytes) into the windows' layout. Every op
+of the Backend API that takes a graph runs over windows (``segment_softmax_backward`` and
+``edge_logits_backward`` too, as the backward above without its sum of squares; entropy
+regularization over ranges of whole 4096-edge blocks). Refused, with ``DeviceLimitError``
+before any work: a segment larger than a window (when the graph is uploaded), a target with
+more in-edges than a window (the ops that read the reverse index), the 4096-edge reductions
+under a binding limit below 16 KiB, and an op that binds a split [E] array whole (``add``,
+``sum_squares`` of arrays other than the backward's gradients).
 """
 
 from __future__ import annotations

@@ -169,24 +169,6 @@ class GraphData:
             raise DeviceLimitError(f"{op}: {self.rev_refusal}")
         return self.rwindows
 
-    def whole(self, op: str) -> "GraphData":
-        """``self``, unless the graph is split into edge windows, which ``op`` does not run over.
-
-        Raises:
-            DeviceLimitError: naming ``op``, the edges and the limit.
-        """
-        if self.windows is not None:
-            raise DeviceLimitError(
-                f"{op}: the graph's {self.num_edges} edges are past one storage binding ({self.limit_desc}), so its "
-                f"edge arrays are split into {len(self.windows)} edge windows; edge_logits, edge_probs, "
-                f"segment_softmax, segment_topk, energy_scatter, edge_flow, step_metrics, energy_scatter_backward, "
-                f"softmax_logits_backward and the Router's forward, backward and AdamW run over them, {op} does "
-                f"not yet: use a graph of "
-                f"fewer edges, "
-                f"or limits='adapter' where the adapter binds more"
-            )
-        return self
-
     def device_arrays(self) -> list[DeviceArray]:
         """Every device array of the graph data (the bins' ``seg`` arrays and the windows'
         node lists included)."""

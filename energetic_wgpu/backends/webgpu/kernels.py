@@ -324,10 +324,10 @@ METRICS = Uniform("MetricParams", batch=U32, n_nodes=U32, n_edges=U32, has_activ
 REDUCE = Uniform("ReduceParams", n=U32, out_offset=U32, n1=U32, n2=U32)
 SCATTER_BWD = Uniform("ScatterBwdParams", batch=U32, n_nodes=U32, flags=U32, n_large=U32, alpha=F32, small_max=U32,
                       n_edges=U32, e0=U32, node0=U32, n_count=U32, ebase=U32, eoff=U32)
-SOFTMAX_BWD = Uniform("SoftmaxBwdParams", n_nodes=U32, n_large=U32, small_max=U32, _pad0=U32, tau=F32, _pad1=U32,
-                      _pad2=U32, _pad3=U32)
-LOGITS_BWD = Uniform("LogitsBwdParams", n_nodes=U32, dim=U32, mode=U32, n_large=U32, small_max=U32, _pad0=U32,
-                     _pad1=U32, _pad2=U32)
+SOFTMAX_BWD = Uniform("SoftmaxBwdParams", n_nodes=U32, n_large=U32, small_max=U32, node0=U32, tau=F32, n_count=U32,
+                      ebase=U32, _pad3=U32)
+LOGITS_BWD = Uniform("LogitsBwdParams", n_nodes=U32, dim=U32, mode=U32, n_large=U32, small_max=U32, node0=U32,
+                     n_count=U32, ebase=U32)
 SEG_BWD = Uniform("SegBwdParams", n_nodes=U32, dim=U32, mode=U32, bins_off=U32, n_small=U32, n_mid=U32, n_hub=U32,
                   out_offset=U32, tau=F32, n_threads=U32, node0=U32, node1=U32, ebase=U32, lanes=U32, w_first=U32,
                   _pad2=U32)

@@ -183,25 +183,55 @@ def _scatter_backward(
 
 def segment_softmax_backward(backend: Any, graph: Any, pi: Any, grad_pi: Any, tau: float = 1.0) -> Any:
     be, rt = backend, backend.runtime
-    gd = be.graph_data(graph).whole("segment_softmax_backward")
+    gd = be.graph_data(graph)
     pi, grad_pi = be._dev(pi), be._dev(grad_pi)
-    out = be.empty((gd.num_edges,))
-    u = dict(n_nodes=gd.num_nodes, n_large=gd.n_large_out, small_max=SMALL_DEGREE_MAX, tau=np.float32(tau))
-    common = dict(row_ptr=gd.row_ptr, pi=pi, gpi=grad_pi, out=out)
-    rt.dispatch("softmax_bwd_small", threads=gd.num_nodes, uniform=u, **common)
-    if gd.n_large_out:
-        rt.dispatch("softmax_bwd_large", workgroups=gd.n_large_out, uniform=u, large_nodes=gd.large_out, **common)
+    n = gd.num_nodes
+    u = dict(n_nodes=n, n_large=gd.n_large_out, small_max=SMALL_DEGREE_MAX, tau=np.float32(tau), node0=0, n_count=n,
+             ebase=0)
+    if gd.windows is None:
+        out = be.empty((gd.num_edges,))
+        common = dict(row_ptr=gd.row_ptr, pi=pi, gpi=grad_pi, out=out)
+        rt.dispatch("softmax_bwd_small", threads=n, uniform=u, **common)
+        if gd.n_large_out:
+            rt.dispatch("softmax_bwd_large", workgroups=gd.n_large_out, uniform=u, large_nodes=gd.large_out, **common)
+        return out
+    # per window of sources (edge_windows.py)
+    pi, grad_pi = (edge_windows.in_windows(be, gd, x, "pi") for x in (pi, grad_pi))
+    out = edge_windows.edge_array(be, gd, "grad_logits")
+    for w in gd.windows:
+        (pv, e0), gv, ov = (edge_windows.window_view(be, x, w) for x in (pi, grad_pi, out))
+        uw = {**u, "n_large": w.n_large, "node0": w.n0, "n_count": w.n1 - w.n0, "ebase": w.e0 - e0}
+        common = dict(row_ptr=gd.row_ptr, pi=pv, gpi=gv[0], out=ov[0])
+        rt.dispatch("softmax_bwd_small", threads=w.n1 - w.n0, uniform=uw, **common)
+        if w.n_large:
+            rt.dispatch("softmax_bwd_large", workgroups=w.n_large, uniform=uw, large_nodes=w.large, **common)
     return out
 
 
 def edge_logits_backward(backend: Any, graph: Any, q: Any, k: Any, grad_logits: Any) -> tuple[Any, Any, Any]:
     be, rt = backend, backend.runtime
-    gd = be.graph_data(graph).whole("edge_logits_backward")
+    gd = be.graph_data(graph)
     q, k, gl = be._dev(q), be._dev(k), be._dev(grad_logits)
     n = gd.num_nodes
     dim = int(q.shape[1])
     grad_q = be.empty((n, dim))
     grad_k = be.empty((n, dim))
+    base = dict(n_nodes=n, dim=dim, small_max=SMALL_DEGREE_MAX, node0=0, n_count=n, ebase=0)
+    if gd.windows is not None:  # mode 0 per window: sources (grad_q), targets over gl in reverse order (grad_k)
+        rwindows = gd.reverse_windows("edge_logits_backward")
+        gl = edge_windows.in_windows(be, gd, gl, "grad_logits")
+        rev_gl = edge_windows.to_reverse_order(be, gd, gl)
+        for wins, ptr, idx, values, feat, out in ((gd.windows, gd.row_ptr, gd.col_idx, gl, k, grad_q),
+                                                  (rwindows, gd.rev_ptr, gd.rev_src, rev_gl, q, grad_k)):
+            for w in wins:
+                (iv, e0), vv = (edge_windows.window_view(be, x, w) for x in (idx, values))
+                u = dict(base, mode=0, n_large=w.n_large, node0=w.n0, n_count=w.n1 - w.n0, ebase=w.e0 - e0)
+                common = dict(seg_ptr=ptr, idx=iv, grad_logits=vv[0], feat=feat, out=out)
+                rt.dispatch("logits_bwd_small", threads=(w.n1 - w.n0) * dim, uniform=u, **common)
+                if w.n_large:
+                    rt.dispatch("logits_bwd_large", workgroups=w.n_large * dim, uniform=u, large_nodes=w.large,
+                                **common)
+        return grad_q, grad_k, gl
     # the split reverse index (reverse_index.py): sources by target and grad_logits in
     # reverse-index order, read as mode 0 reads its CSR segments
     rev_idx, rev_gl, split = reverse_inputs(be, gd, gl)
@@ -210,7 +240,7 @@ def edge_logits_backward(backend: Any, graph: Any, q: Any, k: Any, grad_logits: 
         (0 if split else 1, gd.rev_ptr, rev_idx, rev_gl, q, grad_k, gd.large_in, gd.n_large_in),
     )
     for mode, seg_ptr, idx, values, feat, out, large, n_large in jobs:
-        u = dict(n_nodes=n, dim=dim, mode=mode, n_large=n_large, small_max=SMALL_DEGREE_MAX)
+        u = dict(base, mode=mode, n_large=n_large)
         common = dict(seg_ptr=seg_ptr, idx=idx, grad_logits=values, feat=feat, out=out)
         rt.dispatch("logits_bwd_small", threads=n * dim, uniform=u, **common)
         if n_large:

@@ -51,7 +51,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import batch_chunks, sumsq
+from . import batch_chunks, edge_windows, sumsq
 from .arrays import parts_of, range_view
 from .kernels import REDUCE_ITEMS
 
@@ -176,12 +176,20 @@ def entropy_regularization(backend: Any, graph: Any, pi: Any, lam: float) -> tup
     pi = be._dev(pi)
     n = pi.size
     loss = be.empty((1,))
-    grad = be.empty(pi.shape)
+    gd = be.graph_data(graph)
+    if gd.windows is not None:  # pi and its gradient in the edge windows' layout (edge_windows.py)
+        pi = edge_windows.in_windows(be, gd, pi, "pi")
+        grad = edge_windows.edge_array(be, gd, "entropy gradient")
+    else:
+        grad = be.empty(pi.shape)
     parts = _parts(n)
     partials = be.empty((2 * parts + 1,))
     lam32 = np.float32(lam)
     u = dict(n=n, flags=0, n_parts=parts, mode=1, mul=-lam32, div=1.0, eps=0.0, lam=lam32, w0=0, n_all=n)
-    rt.dispatch("ent_partials", workgroups=parts, uniform=u, pred=pi, partials=partials, grad=grad)
+    # ranges of whole workgroups past one binding (a block across two windows on copies)
+    for w0, m, (p, g) in batch_chunks.flat_pieces(be, n, _SPAN, [pi, grad], n_out=1):
+        uc = u if m == n else {**u, "n": m, "w0": w0}
+        rt.dispatch("ent_partials", workgroups=_parts(m), uniform=uc, pred=p, partials=partials, grad=g)
     rt.dispatch("loss_final", workgroups=1, uniform=u, partials=partials, loss=loss)
     return loss, grad
 

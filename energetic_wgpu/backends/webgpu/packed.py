@@ -13,7 +13,10 @@ packed array is split, never refused for its total size:
   updates them one array at a time (``adamw_update``).
 
 Each region (q, k, bias) must fit one binding (the forward and backward bind it whole): a
-larger one is refused with :class:`DeviceLimitError` before anything is allocated.
+larger one is refused with :class:`DeviceLimitError` before anything is allocated, except a
+1-D region given as a device array (``backend.edge_input``: an [E] array of a graph cut into
+edge windows), which keeps its layout (one buffer bound in ranges, or split over buffers at
+its windows) in a buffer of its own; AdamW updates it in ranges.
 """
 
 from __future__ import annotations
