@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["assert_parity", "numpy_and_wgpu", "to_host"]
+__all__ = ["assert_parity", "numpy_and_wgpu", "to_host", "forced_limits"]
 
 
 def assert_parity(got: Any, ref: Any, name: str = "array", rtol: float = 1e-5) -> None:
@@ -66,3 +67,12 @@ def numpy_and_wgpu(rtol: float = 1e-5) -> Callable[[Callable[..., dict[str, Any]
         return test
 
     return decorate
+
+
+@contextlib.contextmanager
+def forced_limits(backend: Any, binding: int | None = None, buffer: int | None = None) -> Any:
+    """Run the block under a forced binding limit and buffer size limit (bytes; None: the
+    device's): ``backend.binding_limit`` and ``backend.buffer_limit``, restored afterwards."""
+    with backend.binding_limit(binding) if binding else contextlib.nullcontext():
+        with backend.buffer_limit(buffer) if buffer else contextlib.nullcontext():
+            yield

@@ -1,25 +1,24 @@
 """Edge windows (edge_windows.py): a graph whose [E] arrays are past one storage binding.
 
 Under a forced 4 KiB binding limit a window holds at most 960 edges, so a graph of 3,064 edges
-over 54 nodes (out-degrees 0, 1, 16, 17, 32, 33, 256, 257, 600, then 45 and a few small ones) is cut into windows that
-each keep whole segments: thread-bin, 32-lane and hub segments (600 edges) all land in windows
-of their own bins. edge_logits, edge_probs (with and without top-k, d = 5 and 16),
-segment_softmax and segment_topk are bit-identical to the same graph on the device's limits, and so is
-energy_scatter (pi gathered into reverse-index order per pair of windows, then the scatter per
-window of targets, an in-hub of 520 edges included) and its edge flow (per row and window)
-(one dispatch over the whole graph) and within the parity rule of NumPy; with a 4 KiB buffer
-limit too, every [E] array is split over buffers and an input cut elsewhere is copied into the
-windows' layout first. The ops that do not run over windows, a segment larger than a window
-and the Router refuse before any work.
+over 54 nodes (out-degrees 0, 1, 16, 17, 32, 33, 256, 257, 600, then 45 and a few small ones)
+is cut into 4 windows that each keep whole segments: thread-bin, 32-lane and hub segments all
+land in windows of their own bins; its reverse index into 4 windows of targets (an in-hub of
+520 edges). Every graph op is bit-identical to the same graph on the device's limits (one
+dispatch over the whole graph) and within the parity rule of NumPy: the forward ops, the
+scatter and its edge flow, every backward op (the gradient norm's sum-of-squares partials
+too), the step metrics (16 and 32 KiB limits), and clipped Router training with an AdamW
+state round trip and entropy regularization; with a 4 KiB buffer limit too, every [E] array
+is split over buffers and an input cut elsewhere is copied into the windows' layout first.
+What is still refused (a segment or an in-range larger than a window, the 4096-edge
+reductions under 16 KiB, a split array bound whole) is refused before any work.
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
-from parity import assert_parity
+from parity import assert_parity, forced_limits
 
 from energetic_wgpu import AdamW, Graph, Router, RouterParams
 from energetic_wgpu.backends.webgpu.arrays import parts_of
@@ -48,17 +47,8 @@ def _inputs(dim: int, seed: int = 0):
         (0.5 * rng.standard_normal(e)).astype(np.float32)
 
 
-@contextlib.contextmanager
 def _limits(be, mode):
-    if mode is None:
-        yield
-        return
-    with be.binding_limit(LIMIT):
-        if mode == "buffers":
-            with be.buffer_limit(LIMIT):
-                yield
-        else:
-            yield
+    return forced_limits(be, LIMIT if mode else None, LIMIT if mode == "buffers" else None)
 
 
 def _run(be, mode, dim, top_k):
@@ -269,7 +259,7 @@ def test_softmax_logits_backward_serial_bins_over_windows(gpu_backend):
     def run(limit):
         g = Graph.from_edges(np.repeat(np.arange(n), deg), cols, num_nodes=n)
         pi = np.full(n * deg, 0.1, np.float32)
-        with (be.binding_limit(limit) if limit else contextlib.nullcontext()):
+        with forced_limits(be, limit):
             gd = be.graph_data(g)
             out = be.softmax_logits_backward(g, pi, gpi, 0.8, q, k)
             got = [be.to_numpy(x) for x in out + (be.sum_squares(list(out)),)]
@@ -332,7 +322,7 @@ def _metrics(be, limit, batch, masked, n=600):
     bias = (0.3 * rng.standard_normal(g.num_edges)).astype(np.float32)
     en = (rng.random((batch, n)) * (rng.random((batch, n)) < 0.7)).astype(np.float32)
     act = rng.random((batch, n)) < 0.8
-    with (be.binding_limit(limit) if limit else contextlib.nullcontext()):
+    with forced_limits(be, limit):
         r = Router(g, RouterParams(q, k, bias, tau=0.9, alpha=0.8, top_k=5), be)
         out = r.forward(en, active=act if masked else None, steps=2)
         gd = be.graph_data(g) if hasattr(be, "graph_data") else None
@@ -364,7 +354,7 @@ def _train_entropy(be, limit):
     bias = (0.3 * rng.standard_normal(g.num_edges)).astype(np.float32)
     en = rng.random((3, n)).astype(np.float32)
     tgt = (0.1 * rng.random((3, n))).astype(np.float32)
-    with (be.binding_limit(limit) if limit else contextlib.nullcontext()):
+    with forced_limits(be, limit):
         r = Router(g, RouterParams(q, k, bias, tau=0.9, alpha=0.8, top_k=0), be)
         opt = AdamW(r, lr=0.01, eps=1e-2, max_grad_norm=0.1)
         losses = [r.train_step(en, tgt, opt, entropy_lambda=0.05).loss for _ in range(2)]

@@ -13,11 +13,10 @@ grad_pi's hand-over between chunks is checked on its own.
 
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 import pytest
-from parity import assert_parity
+from parity import assert_parity, forced_limits
 
 from energetic_wgpu import AdamW, Graph, Router, RouterParams
 from energetic_wgpu.backends.webgpu import batch_chunks
@@ -56,17 +55,8 @@ BUFFER = 131072  # bytes per buffer in the "buffer" mode: [B, N] arrays (180,000
 MODES = ["binding", "buffer"]
 
 
-@contextlib.contextmanager
 def _limit(be, split):
-    if not split:
-        yield
-        return
-    with be.binding_limit(LIMIT):
-        if split == "buffer":
-            with be.buffer_limit(BUFFER):
-                yield
-        else:
-            yield
+    return forced_limits(be, LIMIT if split else None, BUFFER if split == "buffer" else None)
 
 
 def test_plan(gpu_backend):
@@ -245,7 +235,7 @@ def _all_splits(be, split: bool):
     g = _graph(2500)
     params = RouterParams.init(g, 8, tau=0.8, alpha=0.9, top_k=0, seed=2, noise=0.1)
     en, act, tgt = _data(4)
-    with (be.binding_limit(16384) if split else contextlib.nullcontext()):
+    with forced_limits(be, 16384 if split else None):
         if split:
             assert len(batch_chunks.plan(be, B, N)) == 13
         r = Router(g, params, be)
