@@ -166,15 +166,14 @@ def _scatter_backward(
     if not windowed:
         rt.dispatch(name, threads=e, uniform=u, **b)
         return grad_e, grad_pi
-    scratch = comp if chunk is None else None  # never indexed without batch chunks' carry flags
+    # the [E] arrays bound as each window's ranges: acc_in only when given, carry_comp only in
+    # batch chunks (else a never-indexed scratch, bound whole)
+    ranged = ("col_idx", "out", "src") + ("acc_in",) * (grad_pi_acc is not None) + (
+        ("carry_comp",) * (chunk is not None))
     for w in gd.windows:
         if w.e1 == w.e0:
             continue
-        views = {k: edge_windows.window_view(be, b[k], w) for k in ("col_idx", "out", "src")}
-        for k in ("acc_in", "carry_comp"):
-            if b[k] is comp and scratch is not None or grad_pi_acc is None and k == "acc_in":
-                continue
-            views[k] = edge_windows.window_view(be, b[k], w)
+        views = {k: edge_windows.window_view(be, b[k], w) for k in ranged}
         eoff = views["src"][1]
         rt.dispatch(name, threads=w.e1 - w.e0, uniform={**u, "n_edges": w.e1 - w.e0, "eoff": eoff},
                     **{**b, **{k: v[0] for k, v in views.items()}})

@@ -360,7 +360,8 @@ def _update_packed_ranges(rt: Any, params: Sequence[Any], grads: Sequence[Any], 
                     grad0=g0, grad1=g1, grad2=g2, scal_p=scal, hyper_p=hyper_buf)
 
 
-def _update_in_ranges(rt: Any, group: Sequence[Any], slot: int, hyper: dict[str, Any], scal: Any, hyper_buf: Any) -> None:
+def _update_in_ranges(rt: Any, group: Sequence[Any], slot: int, hyper: dict[str, Any], scal: Any,
+                      hyper_buf: Any) -> None:
     """``adamw_update`` of one parameter array past one binding (param, grad, m, v: one buffer
     or split over buffers, arrays.parts_of) over ranges that fit one binding and lie in one
     buffer of each of the four: bound from the aligned offset before them, where the range
