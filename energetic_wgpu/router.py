@@ -335,14 +335,18 @@ class Router:
         """Validate ``params`` against the graph and upload them to the backend.
 
         Raises:
-            DeviceLimitError: (wgpu) q or k alone larger than one storage binding (128 MiB on
-                WebGPU's default limits); together they may exceed it (they are split), and a
-                bias past one binding lives in the graph's edge windows.
+            DeviceLimitError: (wgpu) before the parameters are allocated: a graph whose scatter
+                state (4 batch rows of N nodes) does not fit one storage binding (N > 8.4 M on
+                WebGPU's default limits), or q and k past one binding (split at node blocks)
+                whose row windows cannot hold a node's out-edges, or one gathered row
+                (docs/architecture.md, "Limits"). A bias past one binding lives in the graph's
+                edge windows.
         """
         be = self.backend
         p = params.validate(self.graph, be.dtype)
         # one allocation on backends that pack (wgpu: views into one flat buffer, so that the
         # optimizer updates every parameter in one dispatch)
+        be.check_params(self.graph, p.q.shape[1])  # e.g. q and k past one storage binding (wgpu)
         self.q, self.k, self.bias = be.pack([p.q, p.k, be.edge_input(self.graph, p.bias)])
         be.tag_memory([self.q, self.k, self.bias], "parameters")  # backend.memory()'s "parameters"
         self.tau, self.alpha, self.top_k = p.tau, p.alpha, p.top_k

@@ -2,13 +2,18 @@
 // read as vec4 (row_dot.wgsl). The forward itself does not store logits (edge_probs.wgsl computes
 // the same values in registers); this kernel serves the public edge_logits op. Edge t of the
 // dispatch is element e0 + t of the bound [E] ranges (an edge window, graph_data.EdgeWindows:
-// ranges bound from an aligned offset; 0 otherwise).
+// ranges bound from an aligned offset; 0 otherwise). q and k past one binding (node_rows.py):
+// q bound from the window's node range (q_shift) and k's rows gathered per edge (gathered).
 
 struct LogitParams {
     n_edges: u32,
     dim: u32,
     e0: u32,
+    gathered: u32,  // 1: k's row of edge t is row e0 + t of the bound k (node_rows.py), else col_idx[e]
+    q_shift: u32,   // q's row j starts at float j * dim - q_shift (mod 2^32): q bound from a node range
+    _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: LogitParams;
@@ -26,5 +31,9 @@ fn edge_logits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         return;
     }
     let e = P.e0 + t;
-    logits[e] = row_dot(src[e] * P.dim, col_idx[e] * P.dim, P.dim) + bias[e];
+    var kr = e;
+    if (P.gathered == 0u) {
+        kr = col_idx[e];
+    }
+    logits[e] = row_dot(src[e] * P.dim - P.q_shift, kr * P.dim, P.dim) + bias[e];
 }

@@ -39,8 +39,8 @@ struct ProbParams {
     mode: u32,
     tau: f32,
     ebase: u32,  // row_ptr[j] - ebase indexes the bound [E] ranges (an edge window; 0: the whole graph)
-    _pad1: u32,
-    _pad2: u32,
+    gathered: u32,  // 1: k's row of entry e is row e of the bound k (gathered per edge, node_rows.py)
+    q_shift: u32,   // q's row j starts at float j * dim - q_shift (mod 2^32; q bound from a node range)
 }
 
 @group(0) @binding(0) var<uniform> P: ProbParams;
@@ -69,7 +69,11 @@ var<workgroup> pick: array<u32, 3>;
 fn edge_z(e: u32, qb: u32) -> f32 {
     var l = bias[e];
     if (P.dim != 0u) {
-        l = row_dot(qb, col_idx[e] * P.dim, P.dim) + l;
+        var kr = e;
+        if (P.gathered == 0u) {
+            kr = col_idx[e];
+        }
+        l = row_dot(qb, kr * P.dim, P.dim) + l;
     }
     let fm = f32_max();
     return clamp(l / P.tau, -fm, fm);
@@ -92,7 +96,7 @@ fn zkey(z: f32) -> u32 {
 fn seg_small(j: u32) {
     let s = row_ptr[j] - P.ebase;
     let deg = row_ptr[j + 1u] - row_ptr[j];
-    let qb = j * P.dim;
+    let qb = j * P.dim - P.q_shift;
     // constant trip counts: the loops unroll and zs stays in registers
     var zs: array<f32, SMALL_MAX>;
     for (var i = 0u; i < SMALL_MAX; i = i + 1u) {
@@ -178,7 +182,7 @@ fn seg_small(j: u32) {
 fn seg_serial(j: u32) {
     let s = row_ptr[j] - P.ebase;
     let t = row_ptr[j + 1u] - P.ebase;
-    let qb = j * P.dim;
+    let qb = j * P.dim - P.q_shift;
     for (var e = s; e < t; e = e + 1u) {
         result[e] = bitcast<u32>(edge_z(e, qb));
     }
@@ -259,7 +263,7 @@ fn seg_mid(mw: u32, lid: u32) {
         let j = seg_list[P.n_small + gi];
         s = row_ptr[j] - P.ebase;
         deg = row_ptr[j + 1u] - row_ptr[j];
-        qb = j * P.dim;
+        qb = j * P.dim - P.q_shift;
     }
     let base = g * MID_MAX;
     // this lane's edges: s + lane + GROUP * r, r < PER_LANE
@@ -403,7 +407,7 @@ fn seg_hub(j: u32, lid: u32) {
     let s = row_ptr[j] - P.ebase;
     let t = row_ptr[j + 1u] - P.ebase;
     let deg = t - s;
-    let qb = j * P.dim;
+    let qb = j * P.dim - P.q_shift;
     for (var e = s + lid; e < t; e = e + LWG) {
         result[e] = bitcast<u32>(edge_z(e, qb));
     }

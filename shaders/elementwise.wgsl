@@ -3,7 +3,8 @@
 // gather_window: the same over edge windows (edge_windows.py): entry t < n of a window of the
 // reverse index is element off + t of the bound index / out ranges; it takes a[e - base] when
 // its edge e = index[off + t] lies in the bound source window lo .. lo + count, and is left
-// alone otherwise (one dispatch per source window fills every entry once).
+// alone otherwise (one dispatch per source window fills every entry once). gather_rows: the
+// same for rows of d floats (below).
 
 struct AddParams {
     n: u32,
@@ -11,7 +12,7 @@ struct AddParams {
     count: u32,
     base: u32,
     off: u32,
-    _pad0: u32,
+    dim: u32,    // gather_rows: floats per row
     _pad1: u32,
     _pad2: u32,
 }
@@ -49,5 +50,24 @@ fn gather_window(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     let e = index[P.off + t];
     if (e - P.lo < P.count) {
         out[P.off + t] = a[e - P.base];
+    }
+}
+
+// gather_rows: the rows of a node range (node_rows.py): entry t < n / dim of a window is element
+// off + t of the bound index range; when its node e = index[off + t] lies in the bound block of
+// rows lo .. lo + count, floats c < dim of row e (a[e * dim - base + c], base mod 2^32: the
+// block bound from an aligned offset) go to row off + t of out. One dispatch per block of rows
+// fills every entry once (exact copies).
+@compute @workgroup_size(WG)
+fn gather_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = thread_index(gid, nwg);
+    if (i >= P.n) {
+        return;
+    }
+    let t = i / P.dim;
+    let c = i - t * P.dim;
+    let e = index[P.off + t];
+    if (e - P.lo < P.count) {
+        out[(P.off + t) * P.dim + c] = a[e * P.dim - P.base + c];
     }
 }

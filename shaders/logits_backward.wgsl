@@ -20,6 +20,10 @@ struct LogitsBwdParams {
     node0: u32,      // an edge window (edge_windows.py): its first node ...
     n_count: u32,    // ... and its number of nodes (else 0 and n_nodes)
     ebase: u32,      // seg_ptr[j] - ebase indexes the bound per-entry ranges (a window; else 0)
+    gathered: u32,   // 1 (mode 0): entry r's feat row is row r of the bound feat (node_rows.py)
+    o_shift: u32,    // out's row j starts at float j * dim - o_shift (mod 2^32; out bound from a node range)
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: LogitsBwdParams;
@@ -35,6 +39,9 @@ fn term(r: u32, c: u32) -> f32 {
     var other = 0u;
     if (P.mode == 0u) {
         other = idx[r];
+        if (P.gathered != 0u) {
+            other = r;
+        }
     } else {
         edge = idx[2u * r];
         other = idx[2u * r + 1u];
@@ -60,7 +67,7 @@ fn logits_bwd_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     for (var r = s; r < t; r = r + 1u) {
         acc = kahan_add(acc, term(r, c));
     }
-    out[j * P.dim + c] = acc.x - acc.y;
+    out[j * P.dim - P.o_shift + c] = acc.x - acc.y;
 }
 
 @compute @workgroup_size(WG)
@@ -85,6 +92,6 @@ fn logits_bwd_large(
     }
     let total = tree_sum(lid, acc);
     if (lid == 0u) {
-        out[j * P.dim + c] = total;
+        out[j * P.dim - P.o_shift + c] = total;
     }
 }

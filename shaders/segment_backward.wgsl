@@ -50,6 +50,10 @@ struct SegBwdParams {
     ebase: u32,      // seg[j] - ebase indexes the bound per-entry ranges (a window; else 0)
     lanes: u32,      // 1: write each lane's (sum, comp) of squares instead of the partial (windows)
     w_first: u32,    // lanes: the first workgroup of this dispatch (its lanes at the bound range's start)
+    gathered: u32,   // 1 (modes 0, 2): entry r's feat row is row r of the bound feat (node_rows.py)
+    o_shift: u32,    // out's row j starts at float j * dim - o_shift (mod 2^32; out bound from a node range)
+    _pad0: u32,
+    _pad1: u32,
     _pad2: u32,
 }
 
@@ -90,10 +94,18 @@ fn group_sum(lid: u32, width: u32, acc: vec2<f32>) -> f32 {
     return sb_a[base] - sb_b[base];
 }
 
+// modes 0 and 2: the row of feat entry r reads (its `other` node, or r itself when gathered)
+fn feat_row(r: u32) -> u32 {
+    if (P.gathered != 0u) {
+        return r;
+    }
+    return idx[r];
+}
+
 // entry r's term of column c: dl * feat[other, c]
 fn term(r: u32, c: u32) -> f32 {
     if (P.mode != 1u) {
-        return dl[r] * feat[idx[r] * P.dim + c];
+        return dl[r] * feat[feat_row(r) * P.dim + c];
     }
     return dl[idx[2u * r]] * feat[idx[2u * r + 1u] * P.dim + c];
 }
@@ -107,7 +119,7 @@ fn columns(j: u32, s: u32, t: u32, c0: u32, step: u32, sq_in: vec2<f32>) -> vec2
             acc = kahan_add(acc, term(r, c));
         }
         let v = acc.x - acc.y;
-        out[j * P.dim + c] = v;
+        out[j * P.dim - P.o_shift + c] = v;
         sq = kahan_add(sq, v * v);
     }
     return sq;
@@ -139,7 +151,7 @@ fn term4(r: u32, c: u32) -> vec4<f32> {
     var o = 0u;
     if (P.mode != 1u) {
         w = dl[r];
-        o = idx[r] * P.dim + c;
+        o = feat_row(r) * P.dim + c;
     } else {
         w = dl[idx[2u * r]];
         o = idx[2u * r + 1u] * P.dim + c;
@@ -160,10 +172,10 @@ fn columns_by4(j: u32, s: u32, t: u32, sq_in: vec2<f32>) -> vec2<f32> {
             kahan4(&sum, &comp, term4(r, c));
         }
         let v = sum - comp;
-        out[j * P.dim + c] = v.x;
-        out[j * P.dim + c + 1u] = v.y;
-        out[j * P.dim + c + 2u] = v.z;
-        out[j * P.dim + c + 3u] = v.w;
+        out[j * P.dim - P.o_shift + c] = v.x;
+        out[j * P.dim - P.o_shift + c + 1u] = v.y;
+        out[j * P.dim - P.o_shift + c + 2u] = v.z;
+        out[j * P.dim - P.o_shift + c + 3u] = v.w;
         sq = kahan_add(kahan_add(kahan_add(kahan_add(sq, v.x * v.x), v.y * v.y), v.z * v.z), v.w * v.w);
     }
     return columns(j, s, t, d4, 1u, sq);
@@ -230,7 +242,7 @@ fn hub_node(j: u32, lid: u32, busy: bool) -> vec2<f32> {
         }
         let v = group_sum(lid, BW, acc);
         if (lid == 0u && busy) {
-            out[j * P.dim + c] = v;
+            out[j * P.dim - P.o_shift + c] = v;
             sq = kahan_add(sq, v * v);
         }
     }

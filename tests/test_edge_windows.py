@@ -98,8 +98,8 @@ def test_input_cut_elsewhere_is_copied_into_the_windows(gpu_backend):
 
 
 def test_what_a_windowed_graph_still_refuses(gpu_backend):
-    """Under a 4 KiB limit the metrics (blocks of 4096 edges, 16 KiB) are refused before any
-    dispatch, an op that binds a split array whole names the split; the backend stays usable."""
+    """Under a 4 KiB limit the metrics and sum_squares (blocks of 4096 edges, 16 KiB) are refused
+    before any dispatch, and add (its [E] output past one binding); the backend stays usable."""
     be = gpu_backend
     g, q, k, bias = _inputs(4)
     with _limits(be, "buffers"):
@@ -110,8 +110,11 @@ def test_what_a_windowed_graph_still_refuses(gpu_backend):
                                                    r"arrays in blocks of 4096 edges \(16384 bytes\), over the binding "
                                                    r"limit of 4096 bytes"):
             be.step_metrics(g, en, en, pi)
-        with pytest.raises(DeviceLimitError, match=r"an array of 12256 bytes split over 4 buffers .* cannot be bound "
-                                                   r"whole by this op"):
+        with pytest.raises(DeviceLimitError, match=r"array of shape \(3064,\) \(float32\) needs 12256 bytes, over "
+                                                   r"max_binding_bytes = 4096 bytes"):
+            be.add(pi, pi)  # its [E] output, past one binding
+        with pytest.raises(DeviceLimitError, match=r"an array of 3064 elements \(12256 bytes\) is over the binding "
+                                                   r"limit of 4096 bytes, and one reduction workgroup's range"):
             be.sum_squares([pi])
         assert be.counters()["dispatches"] == before
     # the backend stays usable

@@ -7,7 +7,8 @@ parameters (2*N*d + E floats, about 176 MB) and the AdamW moments are over one b
 the test needs a Router whose parameters exceed one binding, and skips (saying so) on a build
 that still refuses it. NumPy checks a few sampled batch rows only (the whole graph, B = 3). A second test takes the
 batch past maxBufferSize (B = 96: [B, N] arrays of 384 MiB, each in 2 buffers), and a third the
-edges past one binding (E = 41.9 M: the graph cut into edge windows).
+edges past one binding (E = 41.9 M: the graph cut into edge windows), and a fourth q and k past
+one binding (N = 2.6 M, d = 16: row windows).
 """
 
 from __future__ import annotations
@@ -135,6 +136,20 @@ def test_batch_past_max_buffer_size_default_limits():
     assert_parity(got, ref, "sampled rows of next_energies")
 
 
+def _random_case(n: int, degree: int, dim: int, batch: int, top_k: int, seed: int):
+    """(graph of n nodes of out-degree ``degree`` to random targets, params with d = ``dim``,
+    energies and target [batch, n]), seeded."""
+    rng = np.random.default_rng(seed)
+    src = np.repeat(np.arange(n, dtype=np.int64), degree)
+    g = Graph.from_edges(src, rng.integers(0, n, src.size), num_nodes=n)
+    del src
+    params = RouterParams(q=(0.3 * rng.standard_normal((n, dim))).astype(np.float32),
+                          k=(0.3 * rng.standard_normal((n, dim))).astype(np.float32),
+                          bias=(0.1 * rng.standard_normal(g.num_edges)).astype(np.float32), tau=0.8, alpha=0.9,
+                          top_k=top_k)
+    return g, params, rng.random((batch, n), dtype=np.float32), 0.5 * rng.random((batch, n), dtype=np.float32)
+
+
 @pytest.mark.slow
 def test_edges_past_one_binding_default_limits():
     """E = 2^20 * 40 = 41,943,040 edges on default limits: every [E] array (168 MB) is past the
@@ -143,16 +158,7 @@ def test_edges_past_one_binding_default_limits():
     build, one train step (B = 4, d = 16) runs, the loss and parameters are finite and sampled
     rows of the step's forward match NumPy."""
     be = _vulkan_backend()
-    n, deg, d, b = 2**20, 40, 16, 4
-    rng = np.random.default_rng(21)
-    src = np.repeat(np.arange(n, dtype=np.int64), deg)
-    g = Graph.from_edges(src, rng.integers(0, n, src.size), num_nodes=n)
-    del src
-    params = RouterParams(q=(0.3 * rng.standard_normal((n, d))).astype(np.float32),
-                          k=(0.3 * rng.standard_normal((n, d))).astype(np.float32),
-                          bias=(0.1 * rng.standard_normal(g.num_edges)).astype(np.float32), tau=0.8, alpha=0.9, top_k=8)
-    energies = rng.random((b, n), dtype=np.float32)
-    target = 0.5 * rng.random((b, n), dtype=np.float32)
+    g, params, energies, target = _random_case(2**20, 40, 16, 4, top_k=8, seed=21)
     r = Router(g, params, be)
     gd = be.graph_data(g)
     assert 4 * g.num_edges > be.limits_in_use()["max_binding_bytes"]
@@ -161,6 +167,32 @@ def test_edges_past_one_binding_default_limits():
     assert np.isfinite(res.loss) and res.loss > 0 and not res.skipped and np.isfinite(res.grad_norm)
     after = r.params()
     assert np.isfinite(after.bias).all() and not np.array_equal(after.bias, params.bias)
+    rows = [0, 3]
+    got = be.to_numpy(res.output.next_energies)[rows]
+    ref = Router(g, params, NumpyBackend()).forward(energies[rows]).next_energies
+    assert_parity(got, ref, "sampled rows of next_energies")
+
+
+@pytest.mark.slow
+def test_q_and_k_past_one_binding_default_limits():
+    """N = 5 * 2^19 = 2,621,440 nodes, d = 16 on default limits: q and k (168 MB each) are past
+    the 128 MiB binding (each in one 168 MB buffer, bound in node ranges), and the logits' ops run over row windows (node_rows.py: k's rows gathered per window of
+    sources, q's per window of targets). Router + clipped AdamW build, one train step (out-degree
+    4, B = 4) runs, the loss, gradient norm and parameters are finite, q and k change, and
+    sampled rows of the step's forward match NumPy."""
+    be = _vulkan_backend()
+    n, d = 5 * 2**19, 16
+    g, params, energies, target = _random_case(n, 4, d, 4, top_k=3, seed=31)
+    r = Router(g, params, be)
+    assert r.q.nbytes > be.limits_in_use()["max_binding_bytes"]  # one 168 MB buffer, bound in node ranges
+    res = r.train_step(energies, target, AdamW(r, lr=1e-3, max_grad_norm=1.0))
+    assert np.isfinite(res.loss) and res.loss > 0 and not res.skipped and np.isfinite(res.grad_norm)
+    plan = be.graph_data(g).row_plans[d]
+    assert len(plan.windows) >= 5 and len(plan.rwindows) >= 5
+    after = r.params()
+    for name in ("q", "k"):
+        value = getattr(after, name)
+        assert np.isfinite(value).all() and not np.array_equal(value, getattr(params, name)), name
     rows = [0, 3]
     got = be.to_numpy(res.output.next_energies)[rows]
     ref = Router(g, params, NumpyBackend()).forward(energies[rows]).next_energies

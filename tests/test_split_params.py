@@ -145,13 +145,15 @@ def test_set_params_and_checkpoint_split(gpu_backend, tmp_path, layout):
     assert resumed_opt.state()["v"]["bias"].tobytes() == whole_opt.state()["v"]["bias"].tobytes()
 
 
-def test_region_over_one_binding_refused(gpu_backend):
+def test_q_past_one_binding_without_room_for_row_windows_refused(gpu_backend):
     be = gpu_backend
     graph, params, energies, target = _problem()
     with be.binding_limit(1024):
         before = be.counters()["buffers_created"]
-        with pytest.raises(DeviceLimitError, match=r"packed array 0 of shape \(32, 16\) needs 2048 bytes, over "
-                                                   r"max_binding_bytes = 1024 bytes .*must fit one storage binding"):
+        # q and k (2,048 bytes each) are past the binding, and so is a row window's gathered rows
+        with pytest.raises(DeviceLimitError, match=r"q and k of shape \(32, 16\) are over one storage binding, and "
+                                                   r"a window's gathered rows \(64 \+ its edges, 64 bytes each\) do not "
+                                                   r"fit one either \(max_binding_bytes = 1024 bytes"):
             Router(graph, params, be)
         assert be.counters()["buffers_created"] == before  # refused before anything was allocated
     router, opt, norms = _train(be, graph, params, energies, target, steps=1)  # the backend stays usable

@@ -220,10 +220,10 @@ def test_dispatch_argument_errors(gpu_backend):
     with pytest.raises(InvalidArgumentError, match=r"unknown \['c'\]"):
         gpu_backend.runtime.dispatch("add", threads=4, uniform=dict(n=4), a=x, b=x, out=x, c=x)
     with pytest.raises(InvalidArgumentError, match=r"uniform AddParams: missing fields \['n', 'lo', 'count', 'base', "
-                                                   r"'off'\], unknown fields \['size'\]"):
+                                                   r"'off', 'dim'\], unknown fields \['size'\]"):
         gpu_backend.runtime.dispatch("add", threads=4, uniform=dict(size=4), a=x, b=x, out=x)
     with pytest.raises(InvalidArgumentError, match="exactly one of threads= or workgroups="):
-        gpu_backend.runtime.dispatch("add", uniform=dict(n=4, lo=0, count=0, base=0, off=0), a=x, b=x, out=x)
+        gpu_backend.runtime.dispatch("add", uniform=dict(n=4, lo=0, count=0, base=0, off=0, dim=0), a=x, b=x, out=x)
     with pytest.raises(KeyError, match="unknown kernel"):
         gpu_backend.runtime.dispatch("nope", threads=4, x=x)
     np.testing.assert_array_equal(gpu_backend.to_numpy(gpu_backend.add(x, x)), np.full(4, 2.0, np.float32))  # still usable

@@ -57,13 +57,20 @@ def test_large_flow_cannot_be_bound_whole(gpu_backend):
         with pytest.raises(DeviceLimitError, match=r"array of shape \(64, 500\) \(float32\) needs 128000 bytes, "
                                                    r"over max_binding_bytes = 8192 bytes"):
             gpu_backend.add(flow, flow)  # its output is refused first
-        with pytest.raises(DeviceLimitError, match=r"kernel sumsq_partials binds 'x' of 128000 bytes, over the "
-                                                   r"binding limit of 8192 bytes; this array can only be read back"):
+        # sum_squares reduces in ranges of whole 4096-element workgroups: not under 8 KiB
+        with pytest.raises(DeviceLimitError, match=r"array of 32000 elements \(128000 bytes\) is over the binding "
+                                                   r"limit of 8192 bytes, and one reduction workgroup's range"):
             gpu_backend.sum_squares([flow])
         # the backend stays usable and the flow readable
         first = gpu_backend.to_numpy(gpu_backend.edge_flow(g, en[:1], pi))[0]
         np.testing.assert_array_equal(gpu_backend.to_numpy(flow)[0], first)
+    with gpu_backend.binding_limit(2 * LIMIT):  # ranges of whole workgroups: the unsplit partials
+        total = gpu_backend.to_numpy(gpu_backend.sum_squares([pi, flow, pi]))
     assert gpu_backend.limits_in_use()["max_binding_bytes"] == 134217728  # restored
+    whole = gpu_backend.sum_squares([pi, gpu_backend.edge_flow(g, en, pi), pi])
+    assert total.tobytes() == gpu_backend.to_numpy(whole).tobytes()
+    ref = 2 * 500 * 0.25 + np.sum(gpu_backend.to_numpy(flow).astype(np.float64) ** 2)
+    assert_parity(total, [ref], "sum of squares", rtol=1e-5)
 
 
 def test_flow_over_max_buffer_size_refused(gpu_backend):

@@ -112,6 +112,16 @@ class Backend(ABC):
         The layout depends only on the arrays' sizes. Default: ``asarray`` of each."""
         return [self.asarray(a) for a in arrays]
 
+    def check_params(self, graph: Any, dim: int) -> None:
+        """Check that router parameters q, k [N, ``dim``] on ``graph`` fit this backend's
+        device limits, before anything is allocated: nothing to check by default; the wgpu
+        backend checks that 4 rows of its node-major scatter state fit one storage binding and
+        plans q and k past one binding here (its row windows).
+
+        Raises:
+            DeviceLimitError: what does not fit (the node, the bytes and the limit named).
+        """
+
     def edge_input(self, graph: Any, x: Any) -> Any:
         """``x`` (an [E] array of ``graph``) as :meth:`pack` should receive it: unchanged by
         default; the wgpu backend gives a graph cut into edge windows (its [E] arrays past one

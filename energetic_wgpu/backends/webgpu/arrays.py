@@ -104,8 +104,8 @@ class _PartsAllocation:
         total = 4 * (self.starts[-1] + self.counts[-1])
         raise DeviceLimitError(
             f"an array of {total} bytes split over {len(self.parts)} buffers (past the buffer size limit in use) "
-            f"cannot be bound whole by this op: only the router's batch chunks, the losses, step metrics and "
-            f"edge_flow take such [B, N] arrays (in row ranges); read it back with to_numpy"
+            f"cannot be bound whole by this op: the router's ops, the losses, step metrics, edge_flow, sum_squares "
+            f"and AdamW take such arrays (in ranges); read it back with to_numpy"
         )
 
     @property

@@ -41,7 +41,7 @@ from ...errors import InvalidArgumentError, ShapeError
 from ...graph import Graph
 from ..auto import is_software_adapter
 from ..base import Backend, check_purpose
-from . import batch_chunks, edge_windows, ops_backward, ops_forward, ops_train, sumsq
+from . import batch_chunks, edge_windows, node_rows, ops_backward, ops_forward, ops_train, sumsq
 from .graph_data import GraphData, upload_graph
 from .kernels import CPU_THREAD_DEGREE_MAX, REDUCE_ITEMS, THREAD_DEGREE_MAX
 from .arrays import parts_of
@@ -348,6 +348,12 @@ class WgpuBackend(PackedArrays, Backend):
         return self.runtime.dummy() if x is None else self._dev(x)
 
     # ------------------------------------------------------------------ graph data
+    def check_params(self, graph: Graph, dim: int) -> None:
+        batch_chunks.plan(self, 1, graph.num_nodes)  # every forward's scatter: 4 rows of N in one binding
+        if node_rows.needs_rows(self.runtime, graph.num_nodes, dim):
+            node_rows.window_edges(self.runtime, graph.num_nodes, dim)  # before the graph's upload
+            node_rows.row_plan(self, graph, self.graph_data(graph), dim)
+
     def edge_input(self, graph: Graph, x: Any) -> Any:
         gd = self.graph_data(graph)
         if gd.windows is None:
@@ -420,7 +426,7 @@ class WgpuBackend(PackedArrays, Backend):
         if a.shape != b.shape:
             raise ShapeError(f"add: shapes differ, {a.shape} and {b.shape}")
         out = self.empty(a.shape)
-        self.runtime.dispatch("add", threads=a.size, uniform=dict(n=a.size, lo=0, count=0, base=0, off=0), a=a,
+        self.runtime.dispatch("add", threads=a.size, uniform=dict(n=a.size, lo=0, count=0, base=0, off=0, dim=0), a=a,
                               b=b, out=out)
         return out
 
@@ -441,7 +447,7 @@ class WgpuBackend(PackedArrays, Backend):
         else:
             total = sum(-(-a.size // _REDUCE_SPAN) for a in arrs)
             partials = self.empty((max(1, total),))
-            ops_train.sumsq_partials(self.runtime, arrs, partials)
+            ops_train.sumsq_partials(self.runtime, arrs, partials, self)
         self.runtime.dispatch("sum_final", workgroups=1, uniform=dict(n=total, out_offset=0, n1=0, n2=0), x=partials,
                               result=out)
         return out

@@ -44,8 +44,8 @@ of the Backend API that takes a graph runs over windows (``segment_softmax_backw
 regularization over ranges of whole 4096-edge blocks). Refused, with ``DeviceLimitError``
 before any work: a segment larger than a window (when the graph is uploaded), a target with
 more in-edges than a window (the ops that read the reverse index), the 4096-edge reductions
-under a binding limit below 16 KiB, and an op that binds a split [E] array whole (``add``,
-``sum_squares`` of arrays other than the backward's gradients).
+under a binding limit below 16 KiB, and an op that binds a split [E] array whole (``add``).
+q and k past one binding: node_rows.py cuts these windows finer.
 """
 
 from __future__ import annotations
@@ -86,21 +86,23 @@ def max_window_edges(binding_bytes: int, align: int) -> int:
     return max(0, (binding_bytes // 16 * 16 - align) // 4)
 
 
-def plan(row_ptr: np.ndarray, max_edges: int, limit_desc: str, what: str = "out-edges") -> list[tuple[int, int]]:
+def plan(row_ptr: np.ndarray, max_edges: int, limit_desc: str, what: str = "out-edges", lo: int = 0,
+         hi: int | None = None, block: int = 0) -> list[tuple[int, int]]:
     """The (n0, n1) node ranges of the windows of a CSR ``row_ptr`` [N+1] (or the reverse
-    index's pointers, ``what`` = "in-edges"): greedy, each holding as many whole segments as
-    fit ``max_edges`` edges.
+    index's pointers, ``what`` = "in-edges") over the nodes ``lo .. hi`` (default: all): greedy,
+    each holding as many whole segments as fit ``max_edges`` edges and, with ``block``, never
+    crossing a multiple of ``block`` nodes (node_rows.py: a node range of q or k in one binding).
 
     Raises:
         DeviceLimitError: a segment larger than ``max_edges`` (named with its node and degree).
     """
     ptr = np.asarray(row_ptr, dtype=np.int64)
-    n = ptr.size - 1
+    n = ptr.size - 1 if hi is None else hi
     out: list[tuple[int, int]] = []
-    n0 = 0
+    n0 = lo
     while n0 < n:
         n1 = int(np.searchsorted(ptr, ptr[n0] + max_edges, side="right")) - 1
-        n1 = min(max(n1, n0), n)
+        n1 = min(max(n1, n0), n, (n0 // block + 1) * block if block else n)
         if n1 == n0:
             raise DeviceLimitError(
                 f"node {n0} has {int(ptr[n0 + 1] - ptr[n0])} {what}, more than one storage binding holds "
@@ -166,22 +168,25 @@ def window_view(be: Any, x: DeviceArray, w: EdgeWindow) -> tuple[DeviceArray, in
     return range_view(x, w.e0, w.e1 - w.e0, be.runtime.offset_alignment)
 
 
-def to_reverse_order(be: Any, gd: Any, values: DeviceArray) -> DeviceArray:
-    """``values`` (float [E], by edge) in reverse-index order, in the target windows' layout:
-    per target window one ``gather_window`` dispatch per source window, each filling the
+def to_reverse_order(be: Any, gd: Any, values: DeviceArray, plan: Any = None) -> DeviceArray:
+    """``values`` (float [E], by edge) in reverse-index order, in the target windows' layout
+    (``plan``'s, node_rows.RowPlan, when given): per target window one ``gather_window``
+    dispatch per source window of the graph (one for an unwindowed graph), each filling the
     entries whose edge lies in it (exact copies; every entry written once)."""
-    values = in_windows(be, gd, values, "per-edge values")
     rt = be.runtime
+    if gd.windows is not None:
+        values = in_windows(be, gd, values, "per-edge values")
+    rwindows, rev_edges = (gd.rwindows, gd.rev_edges) if plan is None else (plan.rwindows, plan.rev_edges)
     out = rt.pool.new_split_array(be, (gd.num_edges,), values.dtype, 1, rt.offset_alignment, "reverse-order values",
-                                  cuts=[r.e0 for r in gd.rwindows])
-    for r in gd.rwindows:
+                                  cuts=[r.e0 for r in rwindows])
+    for r in rwindows:
         if r.e1 == r.e0:
             continue
-        idx, off = window_view(be, gd.rev_edges, r)
+        idx, off = window_view(be, rev_edges, r)
         dst, _ = window_view(be, out, r)
-        for w in gd.windows:
+        for w in gd.windows or [EdgeWindow(0, gd.num_nodes, 0, gd.num_edges)]:
             if w.e1 > w.e0:
                 a, e0 = window_view(be, values, w)
                 rt.dispatch("gather_window", threads=r.e1 - r.e0, uniform=dict(
-                    n=r.e1 - r.e0, lo=w.e0, count=w.e1 - w.e0, base=w.e0 - e0, off=off), a=a, index=idx, out=dst)
+                    n=r.e1 - r.e0, lo=w.e0, count=w.e1 - w.e0, base=w.e0 - e0, off=off, dim=0), a=a, index=idx, out=dst)
     return out

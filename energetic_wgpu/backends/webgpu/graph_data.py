@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -158,6 +158,8 @@ class GraphData:
     #: None (not windowed, or refused: ``rev_refusal`` says why)
     rwindows: list[EdgeWindow] | None = None
     rev_refusal: str = ""
+    #: the row plans of q and k past one binding, by dimension (node_rows.py; made on first use)
+    row_plans: dict[int, Any] = field(default_factory=dict)
 
     def reverse_windows(self, op: str) -> list[EdgeWindow]:
         """The windows of targets of a windowed graph.
@@ -173,7 +175,11 @@ class GraphData:
         """Every device array of the graph data (the bins' ``seg`` arrays and the windows'
         node lists included)."""
         values = [getattr(v, "seg", v) for v in vars(self).values()]
-        values += [x for w in (self.windows or []) + (self.rwindows or []) for x in (w.seg_list, w.large)]
+        wins = (self.windows or []) + (self.rwindows or [])
+        for plan in self.row_plans.values():
+            wins = wins + plan.windows + (plan.rwindows or [])
+            values += [plan.rev_src, plan.rev_edges]
+        values += [x for w in wins for x in (w.seg_list, w.large)]
         return [v for v in values if isinstance(v, DeviceArray)]
 
 
@@ -220,6 +226,26 @@ def upload_graph(backend: Any, graph: Graph) -> GraphData:
     )
 
 
+def source_window(up: Any, graph: Graph, n0: int, n1: int, thread_max: int) -> EdgeWindow:
+    """The window of sources ``n0 .. n1`` of ``graph``: its degree bins, their node list and its
+    nodes of out-degree over SMALL_DEGREE_MAX, uploaded by ``up`` (u32 host array -> device)."""
+    deg, ptr = graph.out_degree, graph.row_ptr
+    b = degree_bins(deg[n0:n1], thread_max)
+    b = DegreeBins(b.nodes + n0, b.n_small, b.n_mid, b.n_hub)
+    large = np.flatnonzero(deg[n0:n1] > SMALL_DEGREE_MAX) + n0
+    return EdgeWindow(n0, n1, int(ptr[n0]), int(ptr[n1]), b, up(b.nodes) if b.nodes.size else None,
+                      up(large) if large.size else None, int(large.size))
+
+
+def target_window(up: Any, graph: Graph, k0: int, k1: int) -> EdgeWindow:
+    """The window of targets ``k0 .. k1`` of ``graph``'s reverse index and its targets of
+    in-degree over SMALL_DEGREE_MAX (uploaded by ``up``)."""
+    rev = graph.rev_ptr
+    large = np.flatnonzero(graph.in_degree[k0:k1] > SMALL_DEGREE_MAX) + k0
+    return EdgeWindow(k0, k1, int(rev[k0]), int(rev[k1]), large=up(large) if large.size else None,
+                      n_large=int(large.size))
+
+
 def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
     """:func:`upload_graph` of a graph whose [E] arrays are past one binding: its edge windows
     (edge_windows.py), col_idx and src in the windows' layout, the windows' degree bins; the
@@ -234,12 +260,7 @@ def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
     deg = graph.out_degree
     ptr = graph.row_ptr
     for n0, n1 in edge_windows.plan(ptr, max_edges, limit_desc):
-        b = degree_bins(deg[n0:n1], thread_max)
-        b = DegreeBins(b.nodes + n0, b.n_small, b.n_mid, b.n_hub)
-        large = np.flatnonzero(deg[n0:n1] > SMALL_DEGREE_MAX) + n0
-        windows.append(edge_windows.EdgeWindow(n0, n1, int(ptr[n0]), int(ptr[n1]), b,
-                                               up(b.nodes) if b.nodes.size else None,
-                                               up(large) if large.size else None, int(large.size)))
+        windows.append(source_window(up, graph, n0, n1, thread_max))
     def up_edges(a: np.ndarray, wins: list[EdgeWindow]) -> DeviceArray:
         arr = rt.pool.new_split_array(backend, (graph.num_edges,), np.uint32, 1, rt.offset_alignment, "edge index",
                                       cuts=[w.e0 for w in wins])
@@ -251,11 +272,8 @@ def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
     refusal = ""
     try:
         rwindows = []
-        in_deg = graph.in_degree
         for k0, k1 in edge_windows.plan(rev, max_edges, limit_desc, "in-edges"):
-            large = np.flatnonzero(in_deg[k0:k1] > SMALL_DEGREE_MAX) + k0
-            rwindows.append(edge_windows.EdgeWindow(k0, k1, int(rev[k0]), int(rev[k1]),
-                                                    large=up(large) if large.size else None, n_large=int(large.size)))
+            rwindows.append(target_window(up, graph, k0, k1))
     except DeviceLimitError as exc:
         rwindows, refusal = None, str(exc)
     rev_fields: dict[str, Any] = dict(rev_src=None, rev_edges=None)

@@ -310,10 +310,11 @@ class KernelSpec:
 U32, I32, F32, VEC4 = "u32", "i32", "f32", "vec4<u32>"
 
 COPY = Uniform("CopyParams", n=U32, n_vec=U32, _pad0=U32, _pad1=U32)
-ADD = Uniform("AddParams", n=U32, lo=U32, count=U32, base=U32, off=U32, _pad0=U32, _pad1=U32, _pad2=U32)
-LOGITS = Uniform("LogitParams", n_edges=U32, dim=U32, e0=U32, _pad1=U32)
+ADD = Uniform("AddParams", n=U32, lo=U32, count=U32, base=U32, off=U32, dim=U32, _pad1=U32, _pad2=U32)
+LOGITS = Uniform("LogitParams", n_edges=U32, dim=U32, e0=U32, gathered=U32, q_shift=U32, _pad0=U32, _pad1=U32,
+                 _pad2=U32)
 PROBS = Uniform("ProbParams", n_small=U32, n_mid=U32, n_hub=U32, small_wg=U32, mid_wg=U32, dim=U32, top_k=U32,
-                mode=U32, tau=F32, ebase=U32, _pad1=U32, _pad2=U32)
+                mode=U32, tau=F32, ebase=U32, gathered=U32, q_shift=U32)
 SCATTER = Uniform("ScatterParams", batch=U32, n_nodes=U32, flags=U32, n_large=U32, alpha=F32, small_max=U32,
                   e0=U32, node0=U32, n_count=U32, rbase=U32, _pad1=U32, _pad2=U32)
 FLOW = Uniform("FlowParams", batch=U32, n_nodes=U32, n_edges=U32, has_active=U32, alpha=F32, edge_blocks=U32,
@@ -327,10 +328,10 @@ SCATTER_BWD = Uniform("ScatterBwdParams", batch=U32, n_nodes=U32, flags=U32, n_l
 SOFTMAX_BWD = Uniform("SoftmaxBwdParams", n_nodes=U32, n_large=U32, small_max=U32, node0=U32, tau=F32, n_count=U32,
                       ebase=U32, _pad3=U32)
 LOGITS_BWD = Uniform("LogitsBwdParams", n_nodes=U32, dim=U32, mode=U32, n_large=U32, small_max=U32, node0=U32,
-                     n_count=U32, ebase=U32)
+                     n_count=U32, ebase=U32, gathered=U32, o_shift=U32, _pad0=U32, _pad1=U32)
 SEG_BWD = Uniform("SegBwdParams", n_nodes=U32, dim=U32, mode=U32, bins_off=U32, n_small=U32, n_mid=U32, n_hub=U32,
                   out_offset=U32, tau=F32, n_threads=U32, node0=U32, node1=U32, ebase=U32, lanes=U32, w_first=U32,
-                  _pad2=U32)
+                  gathered=U32, o_shift=U32, _pad0=U32, _pad1=U32, _pad2=U32)
 LOSS = Uniform("LossParams", n=U32, flags=U32, n_parts=U32, mode=U32, mul=F32, div=F32, eps=F32, lam=F32, w0=U32,
                n_all=U32, _pad0=U32, _pad1=U32)
 ADAMW_PREPARE = Uniform("PrepareParams", n_parts=U32, clip=U32, has_loss=U32, counters=U32, max_norm=F32,
@@ -352,6 +353,7 @@ KERNELS: dict[str, KernelSpec] = {
         KernelSpec("add", "elementwise.wgsl", ADD, ("a", "b", "out")),
         KernelSpec("gather", "elementwise.wgsl", ADD, ("a", "index", "out")),
         KernelSpec("gather_window", "elementwise.wgsl", ADD, ("a", "index", "out")),
+        KernelSpec("gather_rows", "elementwise.wgsl", ADD, ("a", "index", "out")),
         KernelSpec("edge_logits", "edge_logits.wgsl", LOGITS, ("src", "col_idx", "q", "k", "bias", "logits")),
         KernelSpec("edge_probs", "edge_probs.wgsl", PROBS, _PROBS, 64),
         KernelSpec("edge_probs_small", "edge_probs.wgsl", PROBS, _PROBS, 64),

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from . import batch_chunks, edge_windows, loop_cap, node_major, sumsq
+from . import batch_chunks, edge_windows, loop_cap, node_major, node_rows, sumsq
 from .arrays import range_view
 from .kernels import GROUP_DEGREE_MAX, SMALL_DEGREE_MAX
 from .node_major import NodeMajor, new_state
@@ -213,9 +213,32 @@ def edge_logits_backward(backend: Any, graph: Any, q: Any, k: Any, grad_logits: 
     q, k, gl = be._dev(q), be._dev(k), be._dev(grad_logits)
     n = gd.num_nodes
     dim = int(q.shape[1])
+    base = dict(n_nodes=n, dim=dim, small_max=SMALL_DEGREE_MAX, node0=0, n_count=n, ebase=0, gathered=0, o_shift=0)
+    if node_rows.needs_rows(rt, n, dim):  # q, k past one binding: mode 0 per row window (node_rows.py)
+        plan = node_rows.row_plan(be, graph, gd, dim)
+        rwindows = plan.reverse("edge_logits_backward")
+        q, k = node_rows.in_node_rows(be, q, "q"), node_rows.in_node_rows(be, k, "k")
+        grad_q, grad_k = (node_rows.new_node_rows(be, n, dim, what) for what in ("grad_q", "grad_k"))
+        if gd.windows is not None:
+            gl = edge_windows.in_windows(be, gd, gl, "grad_logits")
+        rev_gl = edge_windows.to_reverse_order(be, gd, gl, plan)
+        rows = be.empty((plan.rows * dim,))
+        for wins, ptr, idx, values, feat, out in ((plan.windows, gd.row_ptr, gd.col_idx, gl, k, grad_q),
+                                                  (rwindows, gd.rev_ptr, plan.rev_src, rev_gl, q, grad_k)):
+            for w in wins:
+                (iv, e0), vv = (edge_windows.window_view(be, x, w) for x in (idx, values))
+                node_rows.gather_rows(be, feat, iv, e0, w.e1 - w.e0, rows)
+                ov, shift = node_rows.node_range(be, out, w.n0, w.n1)
+                u = dict(base, mode=0, n_large=w.n_large, node0=w.n0, n_count=w.n1 - w.n0, ebase=w.e0 - e0,
+                         gathered=1, o_shift=shift)
+                common = dict(seg_ptr=ptr, idx=iv, grad_logits=vv[0], feat=rows, out=ov)
+                rt.dispatch("logits_bwd_small", threads=(w.n1 - w.n0) * dim, uniform=u, **common)
+                if w.n_large:
+                    rt.dispatch("logits_bwd_large", workgroups=w.n_large * dim, uniform=u, large_nodes=w.large,
+                                **common)
+        return grad_q, grad_k, gl
     grad_q = be.empty((n, dim))
     grad_k = be.empty((n, dim))
-    base = dict(n_nodes=n, dim=dim, small_max=SMALL_DEGREE_MAX, node0=0, n_count=n, ebase=0)
     if gd.windows is not None:  # mode 0 per window: sources (grad_q), targets over gl in reverse order (grad_k)
         rwindows = gd.reverse_windows("edge_logits_backward")
         gl = edge_windows.in_windows(be, gd, gl, "grad_logits")
@@ -258,9 +281,13 @@ def softmax_logits_backward(
     pi, grad_pi, q, k = be._dev(pi), be._dev(grad_pi), be._dev(q), be._dev(k)
     n = gd.num_nodes
     dim = int(q.shape[1])
+    plan = None
+    if node_rows.needs_rows(rt, n, dim):  # q, k past one binding (node_rows.py)
+        plan = node_rows.row_plan(be, graph, gd, dim)
+        rwindows = plan.reverse("softmax_logits_backward")
+        q, k = node_rows.in_node_rows(be, q, "q"), node_rows.in_node_rows(be, k, "k")
     gl = edge_windows.edge_array(be, gd, "grad_logits")
-    grad_q = be.empty((n, dim))
-    grad_k = be.empty((n, dim))
+    grad_q, grad_k = (node_rows.new_node_rows(be, n, dim, what) for what in ("grad_q", "grad_k"))
     hub = max(gd.max_out_degree if gd.bins_out.n_hub else 0, gd.max_in_degree if gd.bins_in.n_hub else 0)
     # one invocation's loop iterations (loop_cap.py): a thread-bin node takes 4 columns per pass
     # over its entries, a 32-lane group's lane d / 32 columns, a hub's lane deg / 64 entries per column
@@ -277,16 +304,31 @@ def softmax_logits_backward(
     w_out, w_in = gd.bins_out.partials, gd.bins_in.partials
     partials = be.empty((max(1, w_out + w_in),))
     dummy = rt.dummy()
-    if rwindows is not None:  # per edge window (edge_windows.py)
-        pi = edge_windows.in_windows(be, gd, pi, "pi")
-        grad_pi = edge_windows.in_windows(be, gd, grad_pi, "grad_pi")
-        _windowed_segment_bwd(be, gd.bins_out, gd.windows, dict(n_nodes=n, dim=dim, mode=0, tau=np.float32(tau)), 0,
+    if rwindows is not None:  # per edge window (edge_windows.py), or per row window (node_rows.py)
+        if gd.windows is not None:
+            pi = edge_windows.in_windows(be, gd, pi, "pi")
+            grad_pi = edge_windows.in_windows(be, gd, grad_pi, "grad_pi")
+        rows = rows_of = None
+        if plan is not None:
+            rows = be.empty((plan.rows * dim,))
+
+            def rows_of(table: Any, out: Any) -> Any:
+                def bind(w: Any, views: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+                    iv, e0 = views["idx"]
+                    node_rows.gather_rows(be, table, iv, e0, w.e1 - w.e0, rows)
+                    ov, shift = node_rows.node_range(be, out, w.n0, w.n1)
+                    return dict(feat=rows, out=ov), dict(gathered=1, o_shift=shift)
+                return bind
+
+        _windowed_segment_bwd(be, gd.bins_out, gd.windows if plan is None else plan.windows,
+                              dict(n_nodes=n, dim=dim, mode=0, tau=np.float32(tau)), 0,
                               partials, dict(seg=gd.bins_out.seg, feat=k, out=grad_q),
-                              dict(idx=gd.col_idx, pi=pi, gpi=grad_pi, dl=gl))
-        rev_gl = edge_windows.to_reverse_order(be, gd, gl)
+                              dict(idx=gd.col_idx, pi=pi, gpi=grad_pi, dl=gl), rows_of and rows_of(k, grad_q))
+        rev_gl = edge_windows.to_reverse_order(be, gd, gl, plan)
         _windowed_segment_bwd(be, gd.bins_in, rwindows, dict(n_nodes=n, dim=dim, mode=2, tau=np.float32(1.0)), w_out,
                               partials, dict(seg=gd.bins_in.seg, feat=q, out=grad_k, pi=dummy, gpi=dummy),
-                              dict(idx=gd.rev_src, dl=rev_gl))
+                              dict(idx=gd.rev_src if plan is None else plan.rev_src, dl=rev_gl),
+                              rows_of and rows_of(q, grad_k))
         sumsq.remember(be, (grad_q, grad_k, gl), partials, w_out + w_in)
         return grad_q, grad_k, gl
     _segment_bwd(rt, gd.bins_out, dict(n_nodes=n, dim=dim, mode=0, out_offset=0, tau=np.float32(tau)),
@@ -301,14 +343,16 @@ def softmax_logits_backward(
 
 
 def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], out_offset: int, partials: Any,
-                          fixed: dict[str, Any], per_entry: dict[str, Any]) -> None:
+                          fixed: dict[str, Any], per_entry: dict[str, Any], rows: Any = None) -> None:
     """``segment_bwd`` over ``bins`` once per window (only its nodes; the ``per_entry`` arrays
     bound as its ranges), each lane's sum of squares stored (``lanes``), then one
     ``segment_bwd_lanes`` (or ``_serial_lanes``) dispatch reducing them into ``partials`` from
-    ``out_offset``: the partials one dispatch over the whole graph writes."""
+    ``out_offset``: the partials one dispatch over the whole graph writes. ``rows``: for q and k
+    past one binding, ``rows(w, views)`` -> (bindings, uniform fields) of window ``w`` (its
+    gathered feat rows and its node range of out, node_rows.py)."""
     rt = be.runtime
     ur = {**u, **bins.uniform(u["n_nodes"]), "out_offset": out_offset, "node0": 0, "node1": 0, "ebase": 0, "lanes": 0,
-          "w_first": 0}
+          "w_first": 0, "gathered": 0, "o_shift": 0}
     if bins.serial:  # one value per node in the list: [N] fits a binding as the graph's [N+1] pointers do
         scratch = be.empty((max(1, bins.n_small),))
         spans = [(0, 0)]
@@ -319,8 +363,13 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
     for w in windows:
         views = {name: edge_windows.window_view(be, arr, w) for name, arr in per_entry.items()}
         e0 = next(iter(views.values()))[1]
-        uw = {**u, "out_offset": 0, "node0": w.n0, "node1": w.n1, "ebase": w.e0 - e0, "lanes": 1}
+        uw = {**u, "out_offset": 0, "node0": w.n0, "node1": w.n1, "ebase": w.e0 - e0, "lanes": 1, "gathered": 0,
+              "o_shift": 0}
         bound = {**fixed, **{name: v[0] for name, v in views.items()}}
+        if rows is not None:
+            more, fields = rows(w, views)
+            bound.update(more)
+            uw.update(fields)
         if bins.serial:
             _segment_bwd(rt, bins, uw, partials=scratch, **bound)
             continue
@@ -342,7 +391,7 @@ def _segment_bwd(rt: Any, bins: Any, u: dict[str, Any], **bindings: Any) -> None
     """One ``segment_bwd`` dispatch over ``bins`` (a SegmentBins): the barrier-free
     ``segment_bwd_serial`` (thread and partial per node) when every node is in the thread bin."""
     u.update(bins.uniform(u["n_nodes"]))
-    for key in ("node0", "node1", "ebase", "lanes", "w_first"):
+    for key in ("node0", "node1", "ebase", "lanes", "w_first", "gathered", "o_shift"):
         u.setdefault(key, 0)
     if bins.serial:
         u["n_threads"] = bins.serial_threads

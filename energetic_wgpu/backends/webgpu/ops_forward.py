@@ -15,7 +15,7 @@ import numpy as np
 from ...errors import DeviceLimitError
 from ...graph import Graph
 from ...validation import check_int
-from . import batch_chunks, edge_windows, loop_cap, node_major
+from . import batch_chunks, edge_windows, loop_cap, node_major, node_rows
 from .arrays import DeviceArray, parts_of, range_view
 from .kernels import GROUP_DEGREE_MAX, REDUCE_ITEMS
 
@@ -27,17 +27,33 @@ def edge_logits(be: Any, graph: Graph, q: Any, k: Any, bias: Any) -> DeviceArray
     gd = be.graph_data(graph)
     q, k, bias = be._dev(q), be._dev(k), be._dev(bias)
     dim = q.shape[1] if q.ndim == 2 else 0
+    if node_rows.needs_rows(be.runtime, gd.num_nodes, dim):  # q, k past one binding: per row window
+        plan = node_rows.row_plan(be, graph, gd, dim)
+        q, k = node_rows.in_node_rows(be, q, "q"), node_rows.in_node_rows(be, k, "k")
+        if gd.windows is not None:
+            bias = edge_windows.in_windows(be, gd, bias, "bias")
+        out = edge_windows.edge_array(be, gd, "edge_logits")
+        rows = be.empty((plan.rows * dim,))
+        for w in plan.windows:
+            if w.e1 > w.e0:
+                (s, e0), c, b, o = (edge_windows.window_view(be, x, w) for x in (gd.src, gd.col_idx, bias, out))
+                node_rows.gather_rows(be, k, c[0], e0, w.e1 - w.e0, rows)
+                qv, shift = node_rows.node_range(be, q, w.n0, w.n1)
+                be.runtime.dispatch("edge_logits", threads=w.e1 - w.e0, uniform=dict(
+                    n_edges=w.e1 - w.e0, dim=dim, e0=e0, gathered=1, q_shift=shift), src=s, col_idx=c[0], q=qv,
+                    k=rows, bias=b[0], logits=o[0])
+        return out
     if gd.windows is not None:  # one dispatch per edge window (edge_windows.py)
         bias = edge_windows.in_windows(be, gd, bias, "bias")
         out = edge_windows.new_edge_array(be, gd, np.float32, "edge_logits")
         for w in gd.windows:
             (s, e0), c, b, o = (edge_windows.window_view(be, x, w) for x in (gd.src, gd.col_idx, bias, out))
-            be.runtime.dispatch("edge_logits", threads=w.e1 - w.e0, uniform=dict(n_edges=w.e1 - w.e0, dim=dim, e0=e0),
+            be.runtime.dispatch("edge_logits", threads=w.e1 - w.e0, uniform=dict(n_edges=w.e1 - w.e0, dim=dim, e0=e0, gathered=0, q_shift=0),
                                 src=s, col_idx=c[0], q=q, k=k, bias=b[0], logits=o[0])
         return out
     out = be.empty((gd.num_edges,))
     be.runtime.dispatch(
-        "edge_logits", threads=gd.num_edges, uniform=dict(n_edges=gd.num_edges, dim=dim, e0=0),
+        "edge_logits", threads=gd.num_edges, uniform=dict(n_edges=gd.num_edges, dim=dim, e0=0, gathered=0, q_shift=0),
         src=gd.src, col_idx=gd.col_idx, q=q, k=k, bias=bias, logits=out,
     )
     return out
@@ -61,6 +77,23 @@ def _probs(be: Any, graph: Graph, q: Any, k: Any, bias: Any, dim: int, tau: floa
     loop_cap.check(be, cost, "the segment softmax / top-k" + (f" with a segment of {gd.max_out_degree:,} edges"
                                                                if bins.n_hub else "") + (f" with d = {dim}" if dim else ""))
     dt = np.bool_ if mode == 1 else np.float32
+    if node_rows.needs_rows(be.runtime, gd.num_nodes, dim):  # q, k past one binding (node_rows.py)
+        plan = node_rows.row_plan(be, graph, gd, dim)
+        q, k = node_rows.in_node_rows(be, q, "q"), node_rows.in_node_rows(be, k, "k")
+        if gd.windows is not None:
+            bias = edge_windows.in_windows(be, gd, bias, "bias")
+            out = edge_windows.new_edge_array(be, gd, dt, "edge_probs")
+        else:
+            out = be.empty((gd.num_edges,), dt)
+        rows = be.empty((plan.rows * dim,))
+        for w in plan.windows:
+            if w.seg_list is not None:
+                (c, e0), bv, o = (edge_windows.window_view(be, x, w) for x in (gd.col_idx, bias, out))
+                node_rows.gather_rows(be, k, c, e0, w.e1 - w.e0, rows)
+                qv, shift = node_rows.node_range(be, q, w.n0, w.n1)
+                _probs_dispatch(be, w.bins, w.seg_list, w.e0 - e0, dim, top_k, mode, tau, dict(
+                    row_ptr=gd.row_ptr, col_idx=c, q=qv, k=rows, bias=bv[0], result=o[0]), shift)
+        return out
     if gd.windows is not None:  # per edge window, its own bins (edge_windows.py)
         bias = edge_windows.in_windows(be, gd, bias, "bias" if dim else "logits")
         out = edge_windows.new_edge_array(be, gd, dt, "edge_probs")
@@ -79,10 +112,12 @@ def _probs(be: Any, graph: Graph, q: Any, k: Any, bias: Any, dim: int, tau: floa
 
 
 def _probs_dispatch(be: Any, bins: Any, seg_list: Any, ebase: int, dim: int, top_k: int, mode: int, tau: float,
-                    b: dict[str, Any]) -> None:
-    """The ``edge_probs`` dispatch over ``bins`` (and ``edge_probs_hub`` with hubs)."""
+                    b: dict[str, Any], q_shift: int | None = None) -> None:
+    """The ``edge_probs`` dispatch over ``bins`` (and ``edge_probs_hub`` with hubs); with
+    ``q_shift``, q is a node range and k the window's gathered rows (node_rows.py)."""
     u = dict(n_small=bins.n_small, n_mid=bins.n_mid, n_hub=bins.n_hub, small_wg=bins.small_wg,
-             mid_wg=bins.mid_wg, dim=dim, top_k=top_k, mode=mode, tau=np.float32(tau), ebase=ebase)
+             mid_wg=bins.mid_wg, dim=dim, top_k=top_k, mode=mode, tau=np.float32(tau), ebase=ebase,
+             gathered=int(q_shift is not None), q_shift=q_shift or 0)
     if bins.workgroups:  # without mid segments: the barrier-free pipeline
         name = "edge_probs" if bins.n_mid else "edge_probs_small"
         be.runtime.dispatch(name, workgroups=bins.workgroups, uniform=u, seg_list=seg_list, **b)

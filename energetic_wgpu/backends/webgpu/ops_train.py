@@ -79,11 +79,20 @@ def _parts(n: int) -> int:
     return -(-n // _SPAN)
 
 
-def sumsq_partials(rt: Any, arrays: Sequence[Any], partials: Any) -> int:
+def sumsq_partials(rt: Any, arrays: Sequence[Any], partials: Any, be: Any = None) -> int:
     """Per-workgroup sums of squares of ``arrays`` (float32 device arrays) into ``partials``
-    [>= the returned count], in order: one ``sumsq_partials`` dispatch per three arrays.
+    [>= the returned count], in order: one ``sumsq_partials`` dispatch per three arrays. With
+    an array past one binding (or split over buffers; ``be`` given), one array at a time, a
+    large one over ranges of whole workgroups (batch_chunks.flat_pieces): the same partials.
     Returns the number of partials written."""
     offset = 0
+    if be is not None and any(a.is_split or a.nbytes > rt.max_binding_bytes for a in arrays):
+        for a in arrays:
+            for w0, m, (x,) in batch_chunks.flat_pieces(be, a.size, _SPAN, [a]) if a.size else ():
+                rt.dispatch("sumsq_partials", workgroups=_parts(m), uniform=dict(n=m, out_offset=offset + w0, n1=0,
+                            n2=0), x=x, x1=rt.dummy(), x2=rt.dummy(), result=partials)
+            offset += _parts(a.size)
+        return offset
     for i in range(0, len(arrays), 3):
         group = list(arrays[i:i + 3])
         sizes = [a.size for a in group] + [0] * (3 - len(group))
@@ -408,7 +417,7 @@ def adamw_step(
     partials, scal = scratch
     recorded = sumsq.partials_for(be, grads)  # the backward kernels' own partials
     if recorded is None:
-        offset = sumsq_partials(rt, grads, partials)
+        offset = sumsq_partials(rt, grads, partials, be)
     else:
         partials, offset = recorded
     norm = be.empty((1,))

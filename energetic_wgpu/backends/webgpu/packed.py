@@ -12,11 +12,12 @@ packed array is split, never refused for its total size:
 * larger: each region is a buffer of its own (whole arrays, not views); the optimizer
   updates them one array at a time (``adamw_update``).
 
-Each region (q, k, bias) must fit one binding (the forward and backward bind it whole): a
-larger one is refused with :class:`DeviceLimitError` before anything is allocated, except a
-1-D region given as a device array (``backend.edge_input``: an [E] array of a graph cut into
-edge windows), which keeps its layout (one buffer bound in ranges, or split over buffers at
-its windows) in a buffer of its own; AdamW updates it in ranges.
+A region past one binding is a buffer of its own (or several), and AdamW updates it in
+ranges: a 2-D region (q, k [N, d]) split at node blocks (node_rows.py: the ops run over row
+windows), a 1-D region given as a device array (``backend.edge_input``: an [E] array of a graph
+cut into edge windows) in its layout (one buffer bound in ranges, or split at its windows).
+Any other 1-D region past one binding is refused with :class:`DeviceLimitError` before
+anything is allocated.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from ...errors import DeviceLimitError
 from .arrays import DeviceArray, parts_of
+from . import node_rows
 from .edge_windows import copy_elements
 
 __all__ = ["PackedArrays"]
@@ -65,13 +67,12 @@ class PackedArrays:
         for i, shp in enumerate(shapes):
             need = rt.view_bind_size(math.prod(shp) * 4)
             if need > rt.max_binding_bytes:
-                if cuts[i] is None or len(shp) != 1:
+                if cuts[i] is None and len(shp) != 2:
                     desc, where = rt.pool.limit_desc
                     raise DeviceLimitError(
                         f"packed array {i} of shape {shp} needs {need} bytes, over {desc} = {rt.max_binding_bytes} "
-                        f"bytes ({where}); each packed array (e.g. the Router's q or k) must fit one storage "
-                        f"binding, except an [E] array of a graph cut into edge windows: use a smaller graph or "
-                        f"dimension, or limits='adapter'"
+                        f"bytes ({where}); each 1-D packed array must fit one storage binding, except an [E] "
+                        f"array of a graph cut into edge windows: use a smaller graph, or limits='adapter'"
                     )
                 big.append(i)
         if total <= rt.max_buffer_bytes and not big:  # one buffer, bound in ranges (ops_train.adamw_step)
@@ -79,7 +80,8 @@ class PackedArrays:
             return [flat], [rt.view(flat, o, shp, dt) for o, shp, dt in zip(offsets, shapes, dtypes)]
         # one buffer per region; an [E] region past one binding in its graph's edge windows'
         # layout (edge_windows.py; the optimizer updates it in ranges)
-        regions = [rt.pool.new_split_array(self, shp, dt, 1, rt.offset_alignment, "packed array", cuts=cuts[i])
+        regions = [node_rows.new_node_rows(self, shp[0], shp[1], "packed array") if i in big and len(shp) == 2
+                   else rt.pool.new_split_array(self, shp, dt, 1, rt.offset_alignment, "packed array", cuts=cuts[i])
                    if i in big else rt.new_array(self, shp, dt, "packed array")
                    for i, (shp, dt) in enumerate(zip(shapes, dtypes))]
         return regions, regions

@@ -46,6 +46,6 @@ def reverse_inputs(be: Any, gd: Any, values: Any) -> tuple[Any, Any, bool]:
         return gd.rev_pairs, values, False
     e = gd.num_edges
     out = be.empty((e,))
-    be.runtime.dispatch("gather", threads=e, uniform=dict(n=e, lo=0, count=0, base=0, off=0), a=values,
+    be.runtime.dispatch("gather", threads=e, uniform=dict(n=e, lo=0, count=0, base=0, off=0, dim=0), a=values,
                         index=gd.rev_edges, out=out)
     return gd.rev_src, out, True
