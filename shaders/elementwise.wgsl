@@ -53,21 +53,28 @@ fn gather_window(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     }
 }
 
-// gather_rows: the rows of a node range (node_rows.py): entry t < n / dim of a window is element
-// off + t of the bound index range; when its node e = index[off + t] lies in the bound block of
-// rows lo .. lo + count, floats c < dim of row e (a[e * dim - base + c], base mod 2^32: the
-// block bound from an aligned offset) go to row off + t of out. One dispatch per block of rows
-// fills every entry once (exact copies).
+// gather_rows: the rows of a node range (node_rows.py): thread i < n takes 4 floats c0 .. c0 + 3
+// (c0 = 4 (i mod ceil(dim / 4)), those below dim) of entry t = i / ceil(dim / 4) of a window,
+// element off + t of the bound index range: when its node e = index[off + t] lies in the bound
+// block of rows lo .. lo + count, they are copied from row e (a[e * dim - base + c], base mod
+// 2^32: the block bound from an aligned offset) to row off + t of out (neighbouring threads
+// copy neighbouring floats of a row). One dispatch per block of rows fills every entry once
+// (exact copies).
 @compute @workgroup_size(WG)
 fn gather_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = thread_index(gid, nwg);
     if (i >= P.n) {
         return;
     }
-    let t = i / P.dim;
-    let c = i - t * P.dim;
+    let quads = (P.dim + 3u) / 4u;
+    let t = i / quads;
+    let c0 = (i - t * quads) * 4u;
     let e = index[P.off + t];
     if (e - P.lo < P.count) {
-        out[(P.off + t) * P.dim + c] = a[e * P.dim - P.base + c];
+        let s = e * P.dim - P.base;
+        let o = (P.off + t) * P.dim;
+        for (var c = c0; c < min(c0 + 4u, P.dim); c = c + 1u) {
+            out[o + c] = a[s + c];
+        }
     }
 }

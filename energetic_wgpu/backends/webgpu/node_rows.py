@@ -211,5 +211,6 @@ def gather_rows(be: Any, table: DeviceArray, index: DeviceArray, e0: int, count:
     for b0 in range(0, n, per):
         b1 = min(b0 + per, n)
         a, shift = node_range(be, table, b0, b1)
-        rt.dispatch("gather_rows", threads=count * dim, uniform=dict(
-            n=count * dim, lo=b0, count=b1 - b0, base=shift, off=e0, dim=dim), a=a, index=index, out=out)
+        threads = count * -(-dim // 4)  # 4 floats of a row each
+        rt.dispatch("gather_rows", threads=threads, uniform=dict(
+            n=threads, lo=b0, count=b1 - b0, base=shift, off=e0, dim=dim), a=a, index=index, out=out)
