@@ -9,7 +9,7 @@ over an unwindowed graph). With a 16 KiB buffer limit too, q, k, their gradients
 moments are split over buffers at node blocks, and q and k given as host arrays are copied
 into that layout. Every output (logits, pi, top-k pi, grad_q, grad_k, grad_logits, the
 gradient norm's sum of squares, edge_logits_backward, sum_squares of q, k and bias) and clipped Router training with an
-AdamW state round trip (d = 16 under 32 KiB) are bit-identical to the same problem on the device's limits and
+AdamW state round trip and a checkpoint round trip (d = 16 under 32 KiB) are bit-identical to the same problem on the device's limits and
 within the parity rule of NumPy.
 """
 
@@ -21,6 +21,7 @@ from parity import assert_parity, forced_limits
 
 from energetic_wgpu import AdamW, Graph, Router, RouterParams
 from energetic_wgpu.backends.webgpu.arrays import parts_of
+from energetic_wgpu.checkpoint import load_checkpoint, save_checkpoint
 from energetic_wgpu.errors import DeviceLimitError
 
 N = 1500
@@ -89,7 +90,7 @@ def test_ops_over_row_windows_bit_identical(gpu_backend, np_backend, dim, limits
         assert_parity(got[name], ref[name], name, rtol=1e-4)
 
 
-def _train(be, limits, n_steps=3):
+def _train(be, limits, tmp_path, n_steps=3):
     dim = 16  # 96 KB q and k; the scatter's node-major state needs 4 rows of N (24 KB) in a binding
     g, q, k, bias, _ = _inputs(dim)
     rng = np.random.default_rng(1)
@@ -110,22 +111,33 @@ def _train(be, limits, n_steps=3):
         if limits[0] and hasattr(be, "graph_data"):  # the row windows ran, q in node blocks
             assert list(be.graph_data(g).row_plans) == [dim]
             assert (parts_of(r.q) is not None) == (limits[1] is not None)
-    return np.array(out, np.float32), [p.q, p.k, p.bias, state["m"]["q"], state["v"]["k"], after.q, after.k]
+        # a checkpoint round trip: the parameters and moments uploaded into node blocks again
+        path = save_checkpoint(tmp_path / f"{type(be).__name__}{limits}.ckpt", step=4, params=after,
+                               optimizer_state=opt.state(), graph=g)
+        ck = load_checkpoint(path, g)
+        resumed = Router(g, ck.params, be)
+        resumed_opt = AdamW(resumed, lr=0.01, eps=1e-2, max_grad_norm=0.1)
+        resumed_opt.load_state(ck.optimizer)
+        out.append(resumed.train_step(en, tgt, resumed_opt, steps=2, retain_sinks=True).loss)
+        last = resumed.params()
+    return np.array(out, np.float32), [p.q, p.k, p.bias, state["m"]["q"], state["v"]["k"], after.q, after.k,
+                                       last.q, last.k]
 
 
 @pytest.mark.parametrize("limits", [(32768, None), (32768, 32768)])
-def test_router_trains_over_row_windows_bit_identical(gpu_backend, np_backend, limits):
+def test_router_trains_over_row_windows_bit_identical(gpu_backend, np_backend, limits, tmp_path):
     """Router + clipped AdamW with q and k past one binding: the parameters and moments in
     node blocks (one buffer bound in ranges, or split over buffers), the forward and backward
-    over row windows, the update in ranges; every loss, gradient norm, parameter and moment
-    bit-identical to the unsplit run and within parity of NumPy."""
-    whole, whole_p = _train(gpu_backend, (None, None))
-    split, split_p = _train(gpu_backend, limits)
-    ref, ref_p = _train(np_backend, (None, None))
+    over row windows, the update in ranges, an AdamW state round trip and a checkpoint round
+    trip; every loss, gradient norm, parameter and moment bit-identical to the unsplit run and
+    within parity of NumPy."""
+    whole, whole_p = _train(gpu_backend, (None, None), tmp_path)
+    split, split_p = _train(gpu_backend, limits, tmp_path)
+    ref, ref_p = _train(np_backend, (None, None), tmp_path)
     assert split.tobytes() == whole.tobytes()
     assert_parity(split, ref, "losses and gradient norms", rtol=1e-4)
-    for name, a, b, c in zip(("q", "k", "bias", "m of q", "v of k", "q after load_state", "k after load_state"),
-                             split_p, whole_p, ref_p):
+    for name, a, b, c in zip(("q", "k", "bias", "m of q", "v of k", "q after load_state", "k after load_state",
+                              "q after the checkpoint", "k after the checkpoint"), split_p, whole_p, ref_p):
         assert a.tobytes() == b.tobytes(), name
         assert_parity(a, c, name, rtol=1e-4)
 
