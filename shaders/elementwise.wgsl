@@ -1,4 +1,4 @@
-// elementwise.wgsl: add: out[i] = a[i] + b[i] for i < n; gather: out[i] = a[index[i]] for i < n
+// elementwise.wgsl: add: out[off + i] = a[off + i] + b[off + i] for i < n; gather: out[i] = a[index[i]] for i < n
 // (the split reverse index, reverse_index.py, puts per-edge values in reverse-index order).
 // gather_window: the same over edge windows (edge_windows.py): entry t < n of a window of the
 // reverse index is element off + t of the bound index / out ranges; it takes a[e - base] when
@@ -29,7 +29,8 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     if (i >= P.n) {
         return;
     }
-    out[i] = a[i] + b[i];
+    let j = P.off + i;  // off: where a range of arrays past one binding starts in its bound views
+    out[j] = a[j] + b[j];
 }
 
 @compute @workgroup_size(WG)

@@ -55,9 +55,9 @@ def _broken_source() -> tuple[str, int, int]:
     text = shader_source(BROKEN_FILE)
     lines = text.split("\n")
     for i, ln in enumerate(lines):
-        if "out[i] = a[i] + b[i];" in ln:
-            col = ln.index("b[i]") + 1
-            lines[i] = ln.replace("b[i]", BROKEN_NAME)
+        if "out[j] = a[j] + b[j];" in ln:
+            col = ln.index("b[j]") + 1
+            lines[i] = ln.replace("b[j]", BROKEN_NAME)
             return "\n".join(lines), i + 1, col
     raise AssertionError(f"{BROKEN_FILE} no longer has the line this test breaks")
 

@@ -16,7 +16,7 @@ import numpy as np
 from ...errors import DeviceLimitError, InvalidArgumentError
 
 __all__ = ["PooledBuffer", "DeviceArray", "binding_of", "decode", "new_device_array", "make_view", "view_bind_size",
-           "Allocation", "ViewAllocation", "PartsAllocation", "parts_of", "range_view"]
+           "Allocation", "ViewAllocation", "PartsAllocation", "parts_of", "range_view", "binding_ranges"]
 
 
 class PooledBuffer:
@@ -319,3 +319,20 @@ def decode(raw: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarr
 Allocation = _Allocation
 ViewAllocation = _ViewAllocation
 PartsAllocation = _PartsAllocation
+
+
+def binding_ranges(arrays: Any, binding_bytes: int, align: int) -> list[tuple[int, int]]:
+    """(first element, elements) of consecutive ranges covering the 4-byte ``arrays`` (the same
+    size; one buffer or split over buffers), each lying in one buffer of every array and
+    fitting one binding of ``binding_bytes`` when bound from the ``align``-ed offset before it
+    (:func:`range_view`: the same ``e0`` in every array)."""
+    n = arrays[0].size
+    cuts = sorted({s for a in arrays for s, *_ in (parts_of(a) or [])[1:]} | {n})
+    per = (binding_bytes // 16 * 16 - align) // 4
+    out, s = [], 0
+    for cut in cuts:
+        while s < cut:
+            count = min(per, cut - s)
+            out.append((s, count))
+            s += count
+    return out

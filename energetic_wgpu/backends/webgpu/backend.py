@@ -37,14 +37,14 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ...errors import InvalidArgumentError, ShapeError
+from ...errors import DeviceLimitError, InvalidArgumentError, ShapeError
 from ...graph import Graph
 from ..auto import is_software_adapter
 from ..base import Backend, check_purpose
 from . import batch_chunks, edge_windows, node_rows, ops_backward, ops_forward, ops_train, sumsq
 from .graph_data import GraphData, upload_graph
 from .kernels import CPU_THREAD_DEGREE_MAX, REDUCE_ITEMS, THREAD_DEGREE_MAX
-from .arrays import parts_of
+from .arrays import binding_ranges, parts_of, range_view
 from .packed import PackedArrays
 from .runtime import DeviceArray, Runtime
 
@@ -425,9 +425,23 @@ class WgpuBackend(PackedArrays, Backend):
         a, b = self._dev(a), self._dev(b)
         if a.shape != b.shape:
             raise ShapeError(f"add: shapes differ, {a.shape} and {b.shape}")
-        out = self.empty(a.shape)
-        self.runtime.dispatch("add", threads=a.size, uniform=dict(n=a.size, lo=0, count=0, base=0, off=0, dim=0), a=a,
-                              b=b, out=out)
+        rt = self.runtime
+        if not any(x.is_split or x.nbytes > rt.max_binding_bytes for x in (a, b)):
+            out = self.empty(a.shape)
+            rt.dispatch("add", threads=a.size, uniform=dict(n=a.size, lo=0, count=0, base=0, off=0, dim=0), a=a, b=b,
+                        out=out)
+            return out
+        # past one binding (or split over buffers): one buffer up to the buffer size limit, split
+        # past it, added over ranges that fit one binding and lie in one buffer of each array
+        out = rt.pool.new_split_array(self, a.shape, np.float32, 1, rt.offset_alignment, "add")
+        for s, count in binding_ranges((a, b, out), rt.max_binding_bytes, rt.offset_alignment):
+            (av, e0), (bv, e1), (ov, e2) = (range_view(x, s, count, rt.offset_alignment) for x in (a, b, out))
+            if not e0 == e1 == e2:  # a view at an unaligned offset of its buffer (not made by this backend's ops)
+                raise DeviceLimitError(f"add: arrays past one binding are added in ranges bound from aligned "
+                                       f"offsets, and the inputs' elements {s} .. lie at different offsets modulo "
+                                       f"{rt.offset_alignment} bytes; copy them first (backend.copy)")
+            rt.dispatch("add", threads=count, uniform=dict(n=count, lo=0, count=0, base=0, off=e0, dim=0), a=av, b=bv,
+                        out=ov)
         return out
 
     def copy(self, x: Any) -> DeviceArray:

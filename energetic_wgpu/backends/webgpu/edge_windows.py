@@ -44,8 +44,8 @@ of the Backend API that takes a graph runs over windows (``segment_softmax_backw
 regularization over ranges of whole 4096-edge blocks). Refused, with ``DeviceLimitError``
 before any work: a segment larger than a window (when the graph is uploaded), a target with
 more in-edges than a window (the ops that read the reverse index), the 4096-edge reductions
-under a binding limit below 16 KiB, and an op that binds a split [E] array whole (``add``).
-q and k past one binding: node_rows.py cuts these windows finer.
+under a binding limit below 16 KiB (``add`` and ``sum_squares`` of the split [E] arrays run in
+ranges). q and k past one binding: node_rows.py cuts these windows finer.
 """
 
 from __future__ import annotations

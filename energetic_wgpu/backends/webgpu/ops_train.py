@@ -52,7 +52,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import batch_chunks, edge_windows, sumsq
-from .arrays import parts_of, range_view
+from .arrays import binding_ranges, parts_of, range_view
 from .kernels import REDUCE_ITEMS
 
 __all__ = [
@@ -376,18 +376,11 @@ def _update_in_ranges(rt: Any, group: Sequence[Any], slot: int, hyper: dict[str,
     buffer of each of the four: bound from the aligned offset before them, where the range
     starts ``e0`` elements in (the same in the four, whatever their buffers). Each element's
     arithmetic is the one dispatch's: the same bits."""
-    n = group[0].size
-    cuts = sorted({s for a in group for s, *_ in (parts_of(a) or [])[1:]} | {n})
-    per = (rt.max_binding_bytes // 16 * 16 - rt.offset_alignment) // 4
-    s = 0
-    for cut in cuts:
-        while s < cut:
-            count = min(per, cut - s)
-            (p, e0), g, m, v = (range_view(a, s, count, rt.offset_alignment) for a in group)
-            u = dict(n=count, slot=slot, e0=e0, **hyper)
-            rt.dispatch("adamw_update", threads=count, uniform=u, param=p, grad=g[0], exp_avg=m[0], exp_avg_sq=v[0],
-                        scal=scal, hyper=hyper_buf)
-            s += count
+    for s, count in binding_ranges(group, rt.max_binding_bytes, rt.offset_alignment):
+        (p, e0), g, m, v = (range_view(a, s, count, rt.offset_alignment) for a in group)
+        u = dict(n=count, slot=slot, e0=e0, **hyper)
+        rt.dispatch("adamw_update", threads=count, uniform=u, param=p, grad=g[0], exp_avg=m[0], exp_avg_sq=v[0],
+                    scal=scal, hyper=hyper_buf)
 
 
 def adamw_step(
