@@ -22,8 +22,8 @@ energies [B, N]) and the ratio of the measured bytes to it. The log-log slope of
 against E (1.0: linear) is reported per backend and batch. Output: a table on stdout, JSON
 with ``--json``, a plot with ``--plot`` (needs matplotlib; skipped with a message without it).
 
-    python -m benchmarks.bench_size_sweep [--max-edges 1e7] [--batches 1,8] [--json out.json]
-        [--plot sweep.png] [--gpu-max-seconds 60] [--no-gpu] [--dry-run]
+    python -m benchmarks.bench_size_sweep [--min-edges 1e4] [--max-edges 1e7] [--batches 1,8]
+        [--json out.json] [--plot sweep.png] [--gpu-max-seconds 60] [--no-gpu] [--no-numpy] [--dry-run]
 
 ``--dry-run`` runs two tiny sizes (E = 1,000 and 3,000, B = 1, one repeat): a smoke test.
 """
@@ -259,6 +259,7 @@ def main(argv: Sequence[str] | None = None, gpu: Sequence[tuple[str, Any]] | Non
     a new backend per adapter found (the tests pass their session's backends)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-edges", type=float, default=1e8, help="largest E (default 1e8)")
+    ap.add_argument("--min-edges", type=float, default=0, help="smallest E (default: all sizes)")
     ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     ap.add_argument("--repeats", type=int, default=3, help="timed steps per size (at least)")
     ap.add_argument("--min-seconds", type=float, default=1.0, help="time each size at least this long")
@@ -273,7 +274,7 @@ def main(argv: Sequence[str] | None = None, gpu: Sequence[tuple[str, Any]] | Non
     ap.add_argument("--dry-run", action="store_true", help="two tiny sizes, B = 1, one repeat")
     args = ap.parse_args(argv)
     batches = [int(x) for x in args.batches.split(",") if x.strip()]
-    sizes = [s for s in DEFAULT_SIZES if s <= args.max_edges]
+    sizes = [s for s in DEFAULT_SIZES if args.min_edges <= s <= args.max_edges]
     repeats, min_s = args.repeats, args.min_seconds
     if args.dry_run:
         sizes, batches, repeats, min_s = [1000, 3000], [1], 1, 0.0

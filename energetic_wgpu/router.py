@@ -335,9 +335,10 @@ class Router:
         """Validate ``params`` against the graph and upload them to the backend.
 
         Raises:
-            DeviceLimitError: (wgpu) before the parameters are allocated: a graph whose scatter
-                state (4 batch rows of N nodes) does not fit one storage binding (N > 8.4 M on
-                WebGPU's default limits), or q and k past one binding (split at node blocks)
+            DeviceLimitError: (wgpu) before the parameters are allocated: a graph of which one
+                batch row of N nodes does not fit one storage binding (N > 33.5 M on WebGPU's
+                default limits; the graph's [2N + 1] segment bins, refused at N > 16.7 M, come
+                first), or q and k past one binding (split at node blocks)
                 whose row windows cannot hold a node's out-edges, or one gathered row
                 (docs/architecture.md, "Limits"). A bias past one binding lives in the graph's
                 edge windows.

@@ -24,11 +24,15 @@
 // A graph cut into edge windows (edge_windows.py) runs scatter_small / scatter_large once per
 // window of targets node0 .. node0 + n_count, on its ranges of the split reverse index and of
 // pi in reverse-index order (rev_ptr[k] - rbase indexes them).
+// With flags bit 4 the state is in rows (batch_chunks.py, when not even 4 node-major rows of N
+// fit one binding): xt and act_t are bound as the [B, N] rows themselves (element (b, j) at
+// e0 + b * N + j, read as component (i & 3) of vec4 i >> 2), next_e is [B, N] too.
 
 struct ScatterParams {
     batch: u32,
     n_nodes: u32,
-    flags: u32,      // bit 0: act mask given; bit 1: retain_sinks; bit 2: next_e node-major; bit 3: split index
+    flags: u32,      // bit 0: act mask given; bit 1: retain_sinks; bit 2: next_e node-major; bit 3: split index;
+                     // bit 4: the state (xt, act_t) in [B, N] rows
     n_large: u32,
     alpha: f32,
     small_max: u32,
@@ -66,8 +70,26 @@ fn out_index(b: u32, k: u32) -> u32 {
     return P.e0 + b * P.n_nodes + k;
 }
 
+// x of row b of node j from a state in rows (flags bit 4): alpha * energies, 0 where inactive
+// or b >= batch
+fn xrow(b: u32, j: u32) -> f32 {
+    if (b >= P.batch) {
+        return 0.0;
+    }
+    let i = P.e0 + b * P.n_nodes + j;
+    let x = xt[i >> 2u][i & 3u] * P.alpha;
+    if ((P.flags & 1u) != 0u && act_t[i >> 2u][i & 3u] == 0u) {
+        return 0.0;
+    }
+    return x;
+}
+
 // x of the 4 rows of chunk c of node j: alpha * energies, 0 where inactive
 fn xval4(j: u32, c: u32) -> vec4<f32> {
+    if ((P.flags & 16u) != 0u) {
+        let b = 4u * c;
+        return vec4<f32>(xrow(b, j), xrow(b + 1u, j), xrow(b + 2u, j), xrow(b + 3u, j));
+    }
     let i = j * n_chunks() + c;
     let x = xt[i] * P.alpha;
     if ((P.flags & 1u) != 0u) {
@@ -79,6 +101,10 @@ fn xval4(j: u32, c: u32) -> vec4<f32> {
 // the value stored at (b, k): total, plus the node's own energy for a retained sink
 fn finish(b: u32, k: u32, total: f32) -> f32 {
     if ((P.flags & 2u) != 0u && sink[k] != 0u) {
+        if ((P.flags & 16u) != 0u) {
+            let i = P.e0 + b * P.n_nodes + k;
+            return total + xt[i >> 2u][i & 3u];
+        }
         return total + xt[k * n_chunks() + b / 4u][b % 4u];
     }
     return total;

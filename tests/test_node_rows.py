@@ -159,11 +159,12 @@ def test_row_window_refusals(gpu_backend):
             gpu_backend.edge_probs(g, q, k, bias)
         with pytest.raises(DeviceLimitError, match="node 7 has 500 out-edges"):  # before packing the parameters
             Router(g, RouterParams(q, k, bias), gpu_backend)
-    with forced_limits(gpu_backend, 8192):  # and a scatter state of 4 rows of N past one binding
+    with forced_limits(gpu_backend, 2048):  # and one batch row of N past one binding
         before = gpu_backend.counters()["buffers_created"]
-        with pytest.raises(DeviceLimitError, match=r"a chunk of 4 batch rows of N = 600 nodes \(9600 bytes"):
+        with pytest.raises(DeviceLimitError, match=r"one batch row of N = 600 nodes \(2400 bytes"):
             Router(g, RouterParams(q, k, bias), gpu_backend)
         assert gpu_backend.counters()["buffers_created"] == before
+    with forced_limits(gpu_backend, 8192):
         wide = np.zeros((40, 4200), np.float32)
         g2 = Graph.from_csr(np.arange(41), np.arange(40) % 40, num_nodes=40)
         with pytest.raises(DeviceLimitError, match="d = 4200"):

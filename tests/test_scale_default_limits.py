@@ -197,3 +197,32 @@ def test_q_and_k_past_one_binding_default_limits():
     got = be.to_numpy(res.output.next_energies)[rows]
     ref = Router(g, params, NumpyBackend()).forward(energies[rows]).next_energies
     assert_parity(got, ref, "sampled rows of next_energies")
+
+
+@pytest.mark.slow
+def test_state_in_rows_default_limits():
+    """N = 9 * 2^20 = 9,437,184 nodes on default limits: 4 node-major rows of N (151 MB) are
+    past the 128 MiB binding, so the scatter's state stays in its [B, N] rows (batch_chunks.
+    RowChunks; B = 5 in chunks of 3 and 2 rows, 113 MB each). Out-degree 2, d = 2 (E = 18.9 M:
+    the reverse index split, no edge windows). Router + clipped AdamW build, one train step
+    (3 scatter steps) runs, the loss, gradient norm and parameters are finite, and sampled rows
+    of the step's forward match NumPy."""
+    from energetic_wgpu.backends.webgpu import batch_chunks
+
+    be = _vulkan_backend()
+    n = 9 * 2**20
+    g, params, energies, target = _random_case(n, 2, 2, 5, top_k=0, seed=41)
+    r = Router(g, params, be)
+    assert batch_chunks.state_in_rows(be, n) and batch_chunks.plan(be, 5, n) == [(0, 3), (3, 2)]
+    res = r.train_step(energies, target, AdamW(r, lr=1e-3, max_grad_norm=1.0), steps=3)
+    assert isinstance(res.output.history[0], batch_chunks.RowChunks)
+    assert np.isfinite(res.loss) and res.loss > 0 and not res.skipped and np.isfinite(res.grad_norm)
+    after = r.params()
+    for name in ("q", "k", "bias"):
+        value = getattr(after, name)
+        assert np.isfinite(value).all() and not np.array_equal(value, getattr(params, name)), name
+    rows = [0, 4]  # one in each chunk
+    got = be.to_numpy(res.output.next_energies)[rows]
+    del res, r
+    ref = Router(g, params, NumpyBackend()).forward(energies[rows], steps=3).next_energies
+    assert_parity(got, ref, "sampled rows of next_energies")

@@ -349,7 +349,7 @@ class WgpuBackend(PackedArrays, Backend):
 
     # ------------------------------------------------------------------ graph data
     def check_params(self, graph: Graph, dim: int) -> None:
-        batch_chunks.plan(self, 1, graph.num_nodes)  # every forward's scatter: 4 rows of N in one binding
+        batch_chunks.plan(self, 1, graph.num_nodes)  # every forward's scatter: one row of N in one binding
         if node_rows.needs_rows(self.runtime, graph.num_nodes, dim):
             node_rows.window_edges(self.runtime, graph.num_nodes, dim)  # before the graph's upload
             node_rows.row_plan(self, graph, self.graph_data(graph), dim)

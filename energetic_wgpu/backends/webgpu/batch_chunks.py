@@ -15,7 +15,10 @@ into the same pending command encoder (one submit per train step as unsplit):
   (256): the range is bound from the aligned-down offset, and the kernels get the element
   ``e0`` where row ``r0`` lies in it (the ``e0`` uniform field of energy_scatter.wgsl and
   scatter_backward.wgsl), so any N works;
-* each chunk's node-major state is its own buffer (:class:`Chunked` holds them);
+* each chunk's node-major state is its own buffer (:class:`Chunked` holds them); when not
+  even 4 node-major rows of N fit one binding (:func:`state_in_rows`: N > 8.4 M on default
+  limits) the state stays in its [B, N] rows instead (:class:`RowChunks`: chunks of any
+  number of rows, the kernels read the sources' rows from the bound row range);
 * every chunk runs the same kernels as the unsplit batch on its rows. Per-row results
   (next energies, input-energy gradients) do not depend on other rows: bit-identical to the
   unsplit run. ``grad_pi`` sums over the batch (one compensated sum over b = 0, 1, ... per
@@ -42,7 +45,7 @@ from . import edge_windows, node_major
 from .arrays import DeviceArray, parts_of, range_view
 from .node_major import BatchShape, NodeMajor
 
-__all__ = ["Chunked", "ChunkCall", "plan", "rows_per_range", "row_e0", "rows_view", "row_quantum", "new_rows",
+__all__ = ["Chunked", "RowChunks", "ChunkCall", "plan", "state_in_rows", "rows_per_range", "row_e0", "rows_view", "row_quantum", "new_rows",
            "flat_ranges", "flat_pieces", "large_rows",
            "scatter_state", "scatter_step", "to_rows", "scatter_step_backward"]
 
@@ -64,6 +67,26 @@ class Chunked(BatchShape):
     batch: int
     n_nodes: int
     rows: DeviceArray | None = None
+
+
+@dataclass(eq=False)
+class RowChunks(BatchShape):
+    """A batched state [B, N] kept in its [B, N] rows, in batch chunks of row ranges: the
+    scatter's state when not even 4 node-major rows of N fit one binding
+    (:func:`state_in_rows`; then the kernels read the sources' rows from the bound row range,
+    flags bit 4 of energy_scatter.wgsl).
+
+    Attributes:
+        rows: float32 (energies) or bool / uint32 (an active mask) [B, N] device array (one
+            buffer, or split over buffers at chunk boundaries: :func:`new_rows`).
+        spans: (first row, rows) of each batch chunk, in row order.
+        batch, n_nodes: B and N.
+    """
+
+    rows: DeviceArray
+    spans: list[tuple[int, int]]
+    batch: int
+    n_nodes: int
 
 
 @dataclass
@@ -99,20 +122,38 @@ def _check_u32(elements: int) -> None:
         )
 
 
-def rows_per_range(be: Any, n: int) -> int:
-    """The most rows (a multiple of 4, at least 4) of ``n`` 4-byte elements whose range, bound
-    from the aligned offset before it (rounded up to 16 bytes), fits the binding limit. Chunks
-    start at multiples of it: when 4 rows are a multiple of the offset alignment (e.g. N = 2^20)
-    every start is aligned and no room is kept for the alignment."""
+def _room(be: Any, quantum: int) -> tuple[int, int]:
+    """(bytes a row range may take, alignment kept) when ranges start at multiples of
+    ``quantum`` bytes: no alignment room when every start is aligned."""
     rt = be.runtime
-    align = 0 if (16 * n) % rt.offset_alignment == 0 else rt.offset_alignment
-    room = rt.max_binding_size // 16 * 16 - align
-    per = room // (16 * n) * 4
-    if per < 4:
+    align = 0 if quantum % rt.offset_alignment == 0 else rt.offset_alignment
+    return rt.max_binding_size // 16 * 16 - align, align
+
+
+def state_in_rows(be: Any, n: int) -> bool:
+    """True when not even 4 node-major rows of ``n`` nodes (16 N bytes, the state's smallest
+    chunk) fit one binding: the scatter's state then stays in [B, N] rows (:class:`RowChunks`)."""
+    room, _ = _room(be, 16 * n)
+    return n > 0 and 16 * n > room
+
+
+def rows_per_range(be: Any, n: int) -> int:
+    """The most rows of ``n`` 4-byte elements whose range, bound from the aligned offset before
+    it (rounded up to 16 bytes), fits the binding limit: a multiple of 4 (at least 4) while 4
+    node-major rows fit, else (:func:`state_in_rows`) at least 1. Chunks start at multiples of
+    it: when its rows are a multiple of the offset alignment (e.g. N = 2^20) every start is
+    aligned and no room is kept for the alignment."""
+    rt = be.runtime
+    if not state_in_rows(be, n):
+        room, _ = _room(be, 16 * n)
+        return room // (16 * n) * 4
+    room, align = _room(be, 4 * n)
+    per = room // (4 * n)
+    if per < 1:
         raise DeviceLimitError(
-            f"a chunk of 4 batch rows of N = {n} nodes ({16 * n} bytes, plus {align} bytes of alignment) does not "
-            f"fit the binding limit of {rt.max_binding_size} bytes (the node-major state pads the batch to a multiple "
-            f"of 4 rows): use a graph of fewer nodes or a larger binding limit"
+            f"one batch row of N = {n} nodes ({4 * n} bytes, plus {align} bytes of alignment) does not fit the "
+            f"binding limit of {rt.max_binding_size} bytes: use a graph of fewer nodes or a larger binding limit "
+            f"(get_backend('wgpu', limits='adapter'))"
         )
     return per
 
@@ -122,11 +163,13 @@ def plan(be: Any, batch: int, n: int) -> list[tuple[int, int]] | None:
     use; else the (first row, rows) of each batch chunk, in row order.
 
     Raises:
-        DeviceLimitError: not even 4 rows fit (one node-major chunk is a multiple of 4 rows).
+        DeviceLimitError: not even one row fits. When not even 4 node-major rows fit
+            (:func:`state_in_rows`) the chunks are row ranges of any count, and the plan is
+            never None: the state lives in :class:`RowChunks`.
     """
     rt = be.runtime
     limit = rt.max_binding_size
-    if batch == 0 or n == 0 or _state_bytes(batch, n) <= limit:
+    if batch == 0 or n == 0 or (_state_bytes(batch, n) <= limit and not state_in_rows(be, n)):
         return None
     _check_u32(batch * n)
     per = rows_per_range(be, n)  # the [Bc, N] rows (bound from an aligned offset) and the state fit
@@ -149,7 +192,7 @@ def rows_view(be: Any, arr: DeviceArray, r0: int, rows: int, n: int) -> tuple[De
 
 def row_quantum(be: Any, n: int) -> int:
     """Elements per part boundary of a split [B, N] array: the rows of a batch chunk
-    (:func:`rows_per_range`) times N, so no chunk crosses a part; N when not even 4 rows fit
+    (:func:`rows_per_range`) times N, so no chunk crosses a part; N when not even one row fits
     a binding (such a batch cannot be chunked; the array can still be uploaded and read)."""
     try:
         return rows_per_range(be, n) * n
@@ -259,9 +302,13 @@ def large_rows(be: Any, batch: int, n: int) -> DeviceArray:
 
 def scatter_state(be: Any, gd: Any, energies: DeviceArray, active: Any,
                   chunks: list[tuple[int, int]]) -> tuple[Chunked, Chunked | None]:
-    """:func:`node_major.to_node_major` per chunk: one ``scatter_transpose`` dispatch each."""
+    """:func:`node_major.to_node_major` per chunk: one ``scatter_transpose`` dispatch each; or,
+    when the state stays in rows (:func:`state_in_rows`), ``energies`` and ``active``
+    themselves as :class:`RowChunks` (no work)."""
     n = gd.num_nodes
     batch = int(energies.shape[0])
+    if state_in_rows(be, n):
+        return RowChunks(energies, chunks, batch, n), None if active is None else RowChunks(active, chunks, batch, n)
     parts, acts = [], []
     for r0, rows in chunks:
         view, e0 = rows_view(be, energies, r0, rows, n)
@@ -276,8 +323,16 @@ def scatter_state(be: Any, gd: Any, energies: DeviceArray, active: Any,
 
 def scatter_step(be: Any, gd: Any, state: Chunked, pi: DeviceArray, alpha: float, active: Chunked | None,
                  retain_sinks: bool, last: bool) -> Any:
-    """One step per chunk: the next :class:`Chunked` state, or float [B, N] (one buffer) when ``last``."""
+    """One step per chunk: the next :class:`Chunked` (or :class:`RowChunks`) state, or float
+    [B, N] (one buffer) when ``last``."""
     n = gd.num_nodes
+    if isinstance(state, RowChunks):  # rows in, rows out: per chunk, its row range of each
+        out = large_rows(be, state.batch, n)
+        for r0, rows in state.spans:
+            (x, e0), (view, _) = rows_view(be, state.rows, r0, rows, n), rows_view(be, out, r0, rows, n)
+            act = None if active is None else rows_view(be, active.rows, r0, rows, n)[0]
+            node_major.scatter_rows_state(be, gd, x, rows, pi, alpha, act, retain_sinks, view, e0)
+        return out if last else RowChunks(out, list(state.spans), state.batch, n)
     out = large_rows(be, state.batch, n) if last else None
     parts = []
     for i, (r0, part) in enumerate(zip(state.starts, state.parts)):
@@ -290,9 +345,9 @@ def scatter_step(be: Any, gd: Any, state: Chunked, pi: DeviceArray, alpha: float
     return out if last else Chunked(parts, list(state.starts), state.batch, n)
 
 
-def to_rows(be: Any, state: Chunked) -> DeviceArray:
+def to_rows(be: Any, state: Chunked | RowChunks) -> DeviceArray:
     """``state`` as one float [B, N] array: its ``rows`` when known, else one ``scatter_rows``
-    dispatch per chunk (cached on the state)."""
+    dispatch per chunk (cached on the state). A :class:`RowChunks` state is its rows."""
     if state.rows is None:
         out = large_rows(be, state.batch, state.n_nodes)
         for r0, part in zip(state.starts, state.parts):
@@ -311,12 +366,18 @@ def scatter_step_backward(be: Any, gd: Any, state: Any, pi: Any, grad_next: Any,
     buffer). The input-energy gradient comes back :class:`Chunked`, or float [B, N] when
     ``last`` (None without ``grad_energies``). ``backward``: ops_backward._scatter_backward."""
     n, e = gd.num_nodes, gd.num_edges
+    in_rows = isinstance(state, RowChunks)  # the state in rows: every array [B, N], gradients too
+    if in_rows:
+        chunks = state.spans
+        state, active = state.rows, None if active is None else active.rows
+        if isinstance(grad_next, RowChunks):
+            grad_next = grad_next.rows
     nm = isinstance(state, Chunked)
     spans = [(r0, part.batch) for r0, part in zip(state.starts, state.parts)] if nm else chunks
     batch = state.batch if nm else int(state.shape[0])
     # the running sums: grad_pi holds the sums (in the edge windows' layout on such a graph)
     grad_pi, comp = edge_windows.edge_array(be, gd, "grad_pi"), edge_windows.edge_array(be, gd, "carry_comp")
-    out = large_rows(be, batch, n) if grad_energies and last else None
+    out = large_rows(be, batch, n) if grad_energies and (last or in_rows) else None
     parts = []
     for i, (r0, rows) in enumerate(spans):
         e0 = row_e0(be, r0, n)  # the same in every [B, N] range of these rows
@@ -330,9 +391,11 @@ def scatter_step_backward(be: Any, gd: Any, state: Any, pi: Any, grad_next: Any,
         flags = (64 if i else 0) | (128 if i < len(spans) - 1 else 0)
         call = ChunkCall(rows=rows, e0=e0, out=view, grad_pi=grad_pi, comp=comp, carry=flags)
         ge, _ = backward(be, gd, x, act, nm, pi, g, alpha, retain_sinks, grad_energies, grad_pi_acc,
-                         (rows, n) if last else None, chunk=call)
+                         (rows, n) if last or in_rows else None, chunk=call)
         if grad_energies and not last:
             parts.append(ge)
     if not grad_energies:
         return None, grad_pi
+    if in_rows and not last:
+        return RowChunks(out, list(spans), batch, n), grad_pi
     return (out if last else Chunked(parts, [r0 for r0, _ in spans], batch, n)), grad_pi

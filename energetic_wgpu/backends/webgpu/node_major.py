@@ -29,7 +29,8 @@ from .reverse_index import reverse_inputs
 from .arrays import DeviceArray
 from .kernels import SMALL_DEGREE_MAX
 
-__all__ = ["BatchShape", "NodeMajor", "new_state", "to_node_major", "scatter", "rows_into", "to_rows"]
+__all__ = ["BatchShape", "NodeMajor", "new_state", "to_node_major", "scatter", "scatter_rows_state", "rows_into",
+           "to_rows"]
 
 
 class BatchShape:
@@ -116,29 +117,51 @@ def scatter(
     if batch and n and gd.windows is not None:
         _scatter_windowed(be, gd, state, pi, alpha, active, retain_sinks, node_major, out, e0)
     elif batch and n:
-        pairs, pi, split = reverse_inputs(be, gd, pi)
-        flags = (1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if node_major else 0) | (
-            8 if split else 0)
-        u = dict(batch=batch, n_nodes=n, flags=flags, n_large=gd.n_large_in, alpha=np.float32(alpha),
-                 small_max=SMALL_DEGREE_MAX, e0=e0, node0=0, n_count=n, rbase=0)
-        common = dict(rev_ptr=gd.rev_ptr, rev_pairs=pairs, pi=pi, sink=gd.sink, next_e=out, xt=state.data,
-                      act_t=be._opt(None if active is None else active.data))
-        be.runtime.dispatch("scatter_small", threads=-(-batch // 8) * n, uniform=u, **common)
-        if gd.n_large_in:
-            be.runtime.dispatch("scatter_large", workgroups=gd.n_large_in * batch, uniform=u,
-                                large_nodes=gd.large_in, **common)
+        _dispatch(be, gd, state, pi, alpha, active, retain_sinks, node_major, out, e0)
     return nxt if nxt is not None else out
 
 
+def scatter_rows_state(be: Any, gd: Any, x: DeviceArray, batch: int, pi: DeviceArray, alpha: float,
+                       active: DeviceArray | None, retain_sinks: bool, out: DeviceArray, e0: int) -> None:
+    """:func:`scatter` of a state kept in rows (batch_chunks.RowChunks, flags bit 4): ``x`` and
+    ``active`` are the bound ranges of ``batch`` rows of the [B, N] energies and mask, ``out``
+    that of the next energies; the rows start at element ``e0`` of each. Every sum is the
+    node-major one (the same floats in the same order)."""
+    state = NodeMajor(x, batch, gd.num_nodes)
+    act = None if active is None else NodeMajor(active, batch, gd.num_nodes)
+    if batch and gd.num_nodes:
+        if gd.windows is not None:
+            _scatter_windowed(be, gd, state, pi, alpha, act, retain_sinks, False, out, e0, 16)
+        else:
+            _dispatch(be, gd, state, pi, alpha, act, retain_sinks, False, out, e0, 16)
+
+
+def _dispatch(be: Any, gd: Any, state: NodeMajor, pi: DeviceArray, alpha: float, active: NodeMajor | None,
+              retain_sinks: bool, node_major: bool, out: Any, e0: int, layout: int = 0) -> None:
+    """``scatter_small`` (and ``scatter_large`` for hubs) over the whole graph."""
+    batch, n = state.batch, gd.num_nodes
+    pairs, pi, split = reverse_inputs(be, gd, pi)
+    flags = (1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if node_major else 0) | (
+        8 if split else 0) | layout
+    u = dict(batch=batch, n_nodes=n, flags=flags, n_large=gd.n_large_in, alpha=np.float32(alpha),
+             small_max=SMALL_DEGREE_MAX, e0=e0, node0=0, n_count=n, rbase=0)
+    common = dict(rev_ptr=gd.rev_ptr, rev_pairs=pairs, pi=pi, sink=gd.sink, next_e=out, xt=state.data,
+                  act_t=be._opt(None if active is None else active.data))
+    be.runtime.dispatch("scatter_small", threads=-(-batch // 8) * n, uniform=u, **common)
+    if gd.n_large_in:
+        be.runtime.dispatch("scatter_large", workgroups=gd.n_large_in * batch, uniform=u,
+                            large_nodes=gd.large_in, **common)
+
+
 def _scatter_windowed(be: Any, gd: Any, state: NodeMajor, pi: DeviceArray, alpha: float, active: NodeMajor | None,
-                      retain_sinks: bool, node_major: bool, out: Any, e0: int) -> None:
+                      retain_sinks: bool, node_major: bool, out: Any, e0: int, layout: int = 0) -> None:
     """:func:`scatter` of a graph cut into edge windows (edge_windows.py): pi into reverse-index
     order first, then ``scatter_small`` / ``scatter_large`` per window of targets on its
     ranges of the split reverse index (each target's sum as in one dispatch)."""
     rwindows = gd.reverse_windows("energy_scatter")
     pi_rev = edge_windows.to_reverse_order(be, gd, pi)
     batch = state.batch
-    flags = (1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if node_major else 0) | 8
+    flags = (1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if node_major else 0) | 8 | layout
     for r in rwindows:
         src, off = edge_windows.window_view(be, gd.rev_src, r)
         u = dict(batch=batch, n_nodes=gd.num_nodes, flags=flags, n_large=r.n_large, alpha=np.float32(alpha),

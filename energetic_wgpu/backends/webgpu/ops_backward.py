@@ -81,7 +81,7 @@ def scatter_step_backward(
     back node-major, or [B, N] when ``last`` (the forward's first step)."""
     be = backend
     gd = be.graph_data(graph)
-    if isinstance(state, batch_chunks.Chunked):  # a batch split into chunks (batch_chunks.py)
+    if isinstance(state, (batch_chunks.Chunked, batch_chunks.RowChunks)):  # batch chunks (batch_chunks.py)
         return batch_chunks.scatter_step_backward(be, gd, state, be._dev(pi), grad_next, alpha,
                                                   active, retain_sinks, grad_energies, grad_pi_acc, last,
                                                   _scatter_backward)

@@ -163,7 +163,7 @@ def energy_scatter(be: Any,
     # node-major copy of the energies (and mask), then the gather writes [B, N] (per batch
     # chunk when the state is over one binding)
     state, act = scatter_state(be, graph, energies, active)
-    if isinstance(state, batch_chunks.Chunked):
+    if isinstance(state, (batch_chunks.Chunked, batch_chunks.RowChunks)):
         out = batch_chunks.scatter_step(be, gd, state, pi, alpha, act, retain_sinks, True)
     else:
         out = node_major.scatter(be, gd, state, pi, alpha, act, retain_sinks, False, energies.shape)
@@ -174,7 +174,9 @@ def energy_scatter(be: Any,
 def scatter_state(be: Any, graph: Graph, energies: Any, active: Any) -> tuple[Any, Any]:
     """Node-major copies of ``energies`` float [B, N] and ``active`` (node_major.py): one
     ``scatter_transpose`` dispatch; per batch chunk when the state is over one binding
-    (batch_chunks.py: then :class:`~.batch_chunks.Chunked` states)."""
+    (batch_chunks.py: then :class:`~.batch_chunks.Chunked` states), or the [B, N] arrays
+    themselves as :class:`~.batch_chunks.RowChunks` when not even 4 node-major rows of N fit
+    one binding."""
     gd = be.graph_data(graph)
     energies = be._dev(energies)
     active = None if active is None else be._dev(active)
@@ -187,14 +189,14 @@ def scatter_step(be: Any, graph: Graph, state: Any, pi: Any, alpha: float, activ
                  last: bool) -> Any:
     """One step from a node-major state: node-major next state, or float [B, N] when ``last``."""
     gd = be.graph_data(graph)
-    if isinstance(state, batch_chunks.Chunked):
+    if isinstance(state, (batch_chunks.Chunked, batch_chunks.RowChunks)):
         return batch_chunks.scatter_step(be, gd, state, be._dev(pi), alpha, active_state, retain_sinks, last)
     return node_major.scatter(be, gd, state, be._dev(pi), alpha, active_state, retain_sinks, not last)
 
 def public_state(be: Any, state: Any) -> Any:
     """``state`` as float [B, N] (one ``scatter_rows`` dispatch, per batch chunk when split,
     for a node-major state whose [B, N] form is not known yet)."""
-    if isinstance(state, batch_chunks.Chunked):
+    if isinstance(state, (batch_chunks.Chunked, batch_chunks.RowChunks)):
         return batch_chunks.to_rows(be, state)
     return node_major.to_rows(be, state)
 
