@@ -109,6 +109,20 @@ class SegmentBins:
         return dict(bins_off=num_nodes + 1, n_small=self.n_small, n_mid=self.n_mid, n_hub=self.n_hub)
 
 
+def check_segment_bins(rt: Any, n: int) -> None:
+    """Refuse, before any work, a graph of ``n`` nodes whose segment bins (``seg``, u32
+    [2N + 1]: the node pointers, then the nodes by degree) do not fit one binding: the
+    softmax + logits backward binds them whole (N <= 16.7 M on WebGPU's default limits)."""
+    need = 4 * (2 * n + 1)
+    if need > rt.max_binding_bytes:
+        desc, where = rt.pool.limit_desc
+        raise DeviceLimitError(
+            f"a graph of N = {n} nodes: the backward binds its segment bins (u32 [2N + 1], the node pointers and "
+            f"the nodes by degree) whole, {need} bytes, over {desc} = {rt.max_binding_bytes} bytes ({where}); at "
+            f"most {(rt.max_binding_bytes // 4 - 1) // 2} nodes: use limits='adapter' where the adapter binds more"
+        )
+
+
 def binned_segments(ptr: np.ndarray, thread_max: int = THREAD_DEGREE_MAX) -> tuple[np.ndarray, int, int, int]:
     """(pointers followed by the binned node list as u32, n_small, n_mid, n_hub) for the
     pointer array ``ptr`` [N+1] of segments (CSR) or in-ranges (reverse index); ``thread_max``

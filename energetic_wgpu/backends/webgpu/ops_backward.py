@@ -37,6 +37,7 @@ import numpy as np
 from . import batch_chunks, edge_windows, loop_cap, node_major, node_rows, sumsq
 from .arrays import range_view
 from .kernels import GROUP_DEGREE_MAX, SMALL_DEGREE_MAX
+from .graph_data import check_segment_bins
 from .node_major import NodeMajor, new_state
 from .reverse_index import reverse_inputs
 
@@ -276,6 +277,7 @@ def softmax_logits_backward(
     backend: Any, graph: Any, pi: Any, grad_pi: Any, tau: float, q: Any, k: Any
 ) -> tuple[Any, Any, Any]:
     be, rt = backend, backend.runtime
+    check_segment_bins(rt, graph.num_nodes)
     gd = be.graph_data(graph)
     rwindows = None if gd.windows is None else gd.reverse_windows("softmax_logits_backward")
     pi, grad_pi, q, k = be._dev(pi), be._dev(grad_pi), be._dev(q), be._dev(k)
