@@ -29,8 +29,10 @@
 // only the window's nodes computed: node0, node1; its ranges bound, ebase) with `lanes` = 1:
 // each lane stores its compensated sum of squares (segment_bwd: (sum, comp) at
 // partials[128 (w - w_first) + 2 lid ..], the dispatch covering workgroups w_first .. of the
-// bins, so the lanes' scratch is bound in ranges; segment_bwd_serial: each node's value at
-// partials[m], m its place in the list), written once over the windows; then
+// bins, so the lanes' scratch is bound in ranges; segment_bwd_serial: thread i takes the node
+// at place m = w_first + i of the list and stores its value at partials[m]), written once over
+// the windows; a window's dispatches cover only the runs of workgroups (places) that hold its
+// nodes (ops_backward.window_runs); then
 // segment_bwd_lanes (segment_bwd_serial_lanes) reduces them, read as `feat`, by the same tree
 // (sum) into the real partials: the same bits.
 
@@ -329,22 +331,21 @@ fn segment_bwd_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     if (i >= P.n_threads) {
         return;
     }
+    if (P.lanes != 0u) {  // a window's run of places w_first .. w_first + n_threads - 1
+        let m = P.w_first + i;
+        let j = seg[P.bins_off + m];
+        if (in_window(j)) {
+            let v = small_node(j);
+            partials[m] = v.x - v.y;
+        }
+        return;
+    }
     var sq = vec2<f32>(0.0, 0.0);
     for (var m = i; m < P.n_small; m = m + P.n_threads) {
-        let j = seg[P.bins_off + m];
-        if (P.lanes != 0u) {
-            if (in_window(j)) {
-                let v = small_node(j);
-                partials[m] = v.x - v.y;
-            }
-        } else {
-            let v = small_node(j);
-            sq = kahan_add(sq, v.x - v.y);
-        }
+        let v = small_node(seg[P.bins_off + m]);
+        sq = kahan_add(sq, v.x - v.y);
     }
-    if (P.lanes == 0u) {
-        partials[P.out_offset + i] = sq.x - sq.y;
-    }
+    partials[P.out_offset + i] = sq.x - sq.y;
 }
 
 // the partials of segment_bwd_serial's windowed node values (read as feat), as it sums them

@@ -373,3 +373,72 @@ def test_router_entropy_regularization_over_windows_bit_identical(gpu_backend, n
     for name, a, b, c in zip(("losses", "bias"), split, whole, ref):
         assert a.tobytes() == b.tobytes(), name
         assert_parity(a, c, name, rtol=1e-4)
+
+
+def _many_degrees(n: int = 2000) -> Graph:
+    """Out-degrees 0 .. 20 (21 classes, each in every window; 17 .. 20 in the 32-lane bin of
+    "gpu" bins), in-degrees about Poisson(10) plus a target of in-degree about 300 (a hub);
+    seeded."""
+    rng = np.random.default_rng(17)
+    deg = rng.integers(0, 21, n)
+    src = np.repeat(np.arange(n), deg)
+    dst = rng.integers(0, n, src.size)
+    dst[rng.random(src.size) < 300 / src.size] = 7
+    return Graph.from_edges(src, dst, num_nodes=n)
+
+
+@pytest.mark.parametrize("bins", ["cpu", "gpu"])
+def test_window_runs_cover_each_windows_nodes(gpu_backend, np_backend, bins):
+    """ops_backward.window_runs: a window's segment_bwd dispatches cover every unit (list place
+    or workgroup of the global bins) holding one of its nodes, in at most 16 sorted, disjoint
+    runs (the closest merged); the windowed softmax_logits_backward stays bit-identical to one
+    dispatch (thread, 32-lane and hub bins; the serial kernel for the out-segments on "cpu"
+    bins, where every out-degree fits a thread and each window's 21 runs are merged to 16)."""
+    from energetic_wgpu.backends.webgpu import ops_backward
+    from energetic_wgpu.backends.webgpu.graph_data import binned_segments
+
+    be = gpu_backend
+    old = be._degree_bins
+    be._degree_bins = bins
+    try:
+        rng = np.random.default_rng(3)
+        g0 = _many_degrees()
+        q, k = (rng.standard_normal((g0.num_nodes, 3)).astype(np.float32) for _ in range(2))
+        gpi = rng.standard_normal(g0.num_edges).astype(np.float32)
+        pi = be.to_numpy(be.segment_softmax(g0, rng.standard_normal(g0.num_edges).astype(np.float32)))
+        whole = [be.to_numpy(x) for x in be.softmax_logits_backward(g0, pi, gpi, 0.7, q, k)]
+        with forced_limits(be, 16384):
+            g = _many_degrees()
+            gd = be.graph_data(g)
+            assert len(gd.windows) >= 5 and len(gd.rwindows) >= 5
+            split = [be.to_numpy(x) for x in be.softmax_logits_backward(g, pi, gpi, 0.7, q, k)]
+            for bins_, ptr, wins in ((gd.bins_out, g.row_ptr, gd.windows), (gd.bins_in, g.rev_ptr, gd.rwindows)):
+                runs = ops_backward.window_runs(be, gd, bins_, ptr, wins)
+                assert ops_backward.window_runs(be, gd, bins_, ptr, wins) is runs  # cached
+                seg = binned_segments(ptr, be.thread_degree_max)[0]
+                place = np.empty(g.num_nodes, np.int64)
+                place[seg[g.num_nodes + 1:]] = np.arange(g.num_nodes)
+                ns, nm = bins_.n_small, bins_.n_mid
+                unit = place if bins_.serial else np.where(
+                    place < ns, place // 64, np.where(place < ns + nm, -(-ns // 64) + (place - ns) // 2,
+                                                      -(-ns // 64) + -(-nm // 2) + place - ns - nm))
+                merged = 0
+                for w, wr in zip(wins, runs):  # noqa: B007
+                    assert 1 <= len(wr) <= 16
+                    starts = [a for a, _ in wr]
+                    assert starts == sorted(starts) and all(a + c <= b for (a, c), (b, _) in zip(wr, wr[1:]))
+                    covered = np.zeros(unit.max() + 1, bool)
+                    for a, c in wr:
+                        covered[a:a + c] = True
+                    assert covered[unit[w.n0:w.n1]].all()
+                    units = np.unique(unit[w.n0:w.n1])
+                    merged += int(np.count_nonzero(np.diff(units) > 1)) + 1 > 16
+                if bins == "cpu" and bins_ is gd.bins_out:  # a run per degree class: 21 > 16, merged
+                    assert bins_.serial and merged == len(wins)
+    finally:
+        be._degree_bins = old
+    for name, a, b in zip(("grad_q", "grad_k", "grad_logits"), split, whole):
+        assert a.tobytes() == b.tobytes(), name
+    ref = np_backend.softmax_logits_backward(g0, pi, gpi, 0.7, q, k)
+    for name, a, b in zip(("grad_q", "grad_k", "grad_logits"), split, ref):
+        assert_parity(a, b, name)

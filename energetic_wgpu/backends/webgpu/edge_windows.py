@@ -27,8 +27,9 @@ The ops that run over windows, one dispatch (or two, with hubs) per window:
   sources (``node0``, ``n_count``, ``ebase``) and ``scatter_bwd_pi(_nm)`` per window of edges
   (``eoff``), batch chunks handing grad_pi's running sums on as without windows;
 * ``softmax_logits_backward`` (the Router's backward): ``segment_bwd`` over the graph's global
-  degree bins once per window (source windows for grad_q and grad_logits, target windows for
-  grad_k over grad_logits in reverse-index order), only the window's nodes computed; each
+  degree bins per window (source windows for grad_q and grad_logits, target windows for
+  grad_k over grad_logits in reverse-index order), only the window's nodes computed, over the
+  runs of workgroups that hold them (ops_backward.window_runs); each
   lane stores its sum of squares (in ranges of workgroups) and ``segment_bwd_lanes`` reduces
   them by the same tree, so the gradient norm's partials keep their bits;
 * ``step_metrics``: the entropy over ranges of whole 4096-edge blocks and the [B, E] grid per

@@ -174,6 +174,8 @@ class GraphData:
     rev_refusal: str = ""
     #: the row plans of q and k past one binding, by dimension (node_rows.py; made on first use)
     row_plans: dict[int, Any] = field(default_factory=dict)
+    #: ops_backward.window_runs: per (bins, windows), each window's runs of the bins' units
+    segment_runs: dict[Any, Any] = field(default_factory=dict)
 
     def reverse_windows(self, op: str) -> list[EdgeWindow]:
         """The windows of targets of a windowed graph.

@@ -36,8 +36,8 @@ import numpy as np
 
 from . import batch_chunks, edge_windows, loop_cap, node_major, node_rows, sumsq
 from .arrays import range_view
-from .kernels import GROUP_DEGREE_MAX, SMALL_DEGREE_MAX
-from .graph_data import check_segment_bins
+from .kernels import BIN_WG, GROUP_DEGREE_MAX, SMALL_DEGREE_MAX
+from .graph_data import binned_segments, check_segment_bins
 from .node_major import NodeMajor, new_state
 from .reverse_index import reverse_inputs
 
@@ -322,15 +322,17 @@ def softmax_logits_backward(
                     return dict(feat=rows, out=ov), dict(gathered=1, o_shift=shift)
                 return bind
 
-        _windowed_segment_bwd(be, gd.bins_out, gd.windows if plan is None else plan.windows,
+        windows = gd.windows if plan is None else plan.windows
+        _windowed_segment_bwd(be, gd.bins_out, windows,
                               dict(n_nodes=n, dim=dim, mode=0, tau=np.float32(tau)), 0,
                               partials, dict(seg=gd.bins_out.seg, feat=k, out=grad_q),
-                              dict(idx=gd.col_idx, pi=pi, gpi=grad_pi, dl=gl), rows_of and rows_of(k, grad_q))
+                              dict(idx=gd.col_idx, pi=pi, gpi=grad_pi, dl=gl), rows_of and rows_of(k, grad_q),
+                              window_runs(be, gd, gd.bins_out, graph.row_ptr, windows))
         rev_gl = edge_windows.to_reverse_order(be, gd, gl, plan)
         _windowed_segment_bwd(be, gd.bins_in, rwindows, dict(n_nodes=n, dim=dim, mode=2, tau=np.float32(1.0)), w_out,
                               partials, dict(seg=gd.bins_in.seg, feat=q, out=grad_k, pi=dummy, gpi=dummy),
                               dict(idx=gd.rev_src if plan is None else plan.rev_src, dl=rev_gl),
-                              rows_of and rows_of(q, grad_k))
+                              rows_of and rows_of(q, grad_k), window_runs(be, gd, gd.bins_in, graph.rev_ptr, rwindows))
         sumsq.remember(be, (grad_q, grad_k, gl), partials, w_out + w_in)
         return grad_q, grad_k, gl
     _segment_bwd(rt, gd.bins_out, dict(n_nodes=n, dim=dim, mode=0, out_offset=0, tau=np.float32(tau)),
@@ -344,14 +346,65 @@ def softmax_logits_backward(
     return grad_q, grad_k, gl
 
 
+#: the most dispatches (runs of units) per window and span in :func:`window_runs`
+MAX_WINDOW_RUNS = 16
+
+
+def window_runs(be: Any, gd: Any, bins: Any, ptr: np.ndarray, windows: Any) -> list[list[tuple[int, int]]]:
+    """Per window of ``windows`` (node ranges n0 .. n1), the (first, count) runs of the units of
+    ``bins`` that hold its nodes, in order: list places for the serial kernel (a thread per
+    place), else workgroups of ``segment_bwd`` (64 small-bin places, 2 mid-bin nodes or one hub
+    each). The bins sort nodes by degree, ties in node order, so a window's nodes are one run
+    per degree: at most MAX_WINDOW_RUNS runs are kept, the closest merged (their gaps run idle
+    units, as a dispatch over every unit did before). ``ptr``: the host pointers the bins were
+    built from (graph.row_ptr or rev_ptr). Cached per (bins, windows) on ``gd``."""
+    key = (id(bins), id(windows))
+    hit = gd.segment_runs.get(key)
+    if hit is not None and hit[0] is windows:
+        return hit[1]
+    seg, *counts = binned_segments(ptr, be.thread_degree_max)
+    if tuple(counts) != (bins.n_small, bins.n_mid, bins.n_hub):  # not the bins on the device
+        raise RuntimeError(f"window_runs: bins {tuple(counts)} from ptr, {(bins.n_small, bins.n_mid, bins.n_hub)} "
+                           f"uploaded")
+    n = gd.num_nodes
+    place = np.empty(n, np.int64)
+    place[seg[n + 1:].astype(np.int64)] = np.arange(n)
+    if bins.serial:
+        unit = place
+    else:
+        ns, nm = bins.n_small, bins.n_mid
+        ws, wm = -(-ns // BIN_WG), -(-nm // 2)
+        unit = np.where(place < ns, place // BIN_WG,
+                        np.where(place < ns + nm, ws + (place - ns) // 2, ws + wm + (place - ns - nm)))
+    out = []
+    for w in windows:
+        units = np.unique(unit[w.n0:w.n1])
+        if units.size == 0:
+            out.append([])
+            continue
+        cut = np.flatnonzero(np.diff(units) > 1)  # a run ends after each cut
+        starts = np.concatenate([units[:1], units[cut + 1]])
+        ends = np.concatenate([units[cut], units[-1:]]) + 1
+        if starts.size > MAX_WINDOW_RUNS:  # keep the widest gaps as the breaks
+            gaps = starts[1:] - ends[:-1]
+            keep = np.sort(np.argsort(gaps, kind="stable")[gaps.size - (MAX_WINDOW_RUNS - 1):])
+            starts = np.concatenate([starts[:1], starts[keep + 1]])
+            ends = np.concatenate([ends[keep], ends[-1:]])
+        out.append([(int(s), int(e - s)) for s, e in zip(starts, ends)])
+    gd.segment_runs[key] = (windows, out)
+    return out
+
+
 def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], out_offset: int, partials: Any,
-                          fixed: dict[str, Any], per_entry: dict[str, Any], rows: Any = None) -> None:
-    """``segment_bwd`` over ``bins`` once per window (only its nodes; the ``per_entry`` arrays
-    bound as its ranges), each lane's sum of squares stored (``lanes``), then one
-    ``segment_bwd_lanes`` (or ``_serial_lanes``) dispatch reducing them into ``partials`` from
-    ``out_offset``: the partials one dispatch over the whole graph writes. ``rows``: for q and k
-    past one binding, ``rows(w, views)`` -> (bindings, uniform fields) of window ``w`` (its
-    gathered feat rows and its node range of out, node_rows.py)."""
+                          fixed: dict[str, Any], per_entry: dict[str, Any], rows: Any = None,
+                          runs: Any = None) -> None:
+    """``segment_bwd`` over ``bins`` per window (only its nodes, over the runs of units that hold
+    them, ``runs`` from :func:`window_runs`; the ``per_entry`` arrays bound as its ranges), each
+    lane's sum of squares stored (``lanes``), then one ``segment_bwd_lanes`` (or
+    ``_serial_lanes``) dispatch reducing them into ``partials`` from ``out_offset``: the partials
+    one dispatch over the whole graph writes. ``rows``: for q and k past one binding,
+    ``rows(w, views)`` -> (bindings, uniform fields) of window ``w`` (its gathered feat rows and
+    its node range of out, node_rows.py)."""
     rt = be.runtime
     ur = {**u, **bins.uniform(u["n_nodes"]), "out_offset": out_offset, "node0": 0, "node1": 0, "ebase": 0, "lanes": 0,
           "w_first": 0, "gathered": 0, "o_shift": 0}
@@ -362,7 +415,9 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
         scratch = edge_windows.new_split_1d(be, bins.workgroups * 128, 128, "segment_bwd lanes")
         per = max(1, rt.max_binding_size // 512)
         spans = [(w0, min(per, bins.workgroups - w0)) for w0 in range(0, bins.workgroups, per)]
-    for w in windows:
+    for w, wruns in zip(windows, runs):
+        if not wruns:  # no node in the window
+            continue
         views = {name: edge_windows.window_view(be, arr, w) for name, arr in per_entry.items()}
         e0 = next(iter(views.values()))[1]
         uw = {**u, "out_offset": 0, "node0": w.n0, "node1": w.n1, "ebase": w.e0 - e0, "lanes": 1, "gathered": 0,
@@ -372,13 +427,20 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
             more, fields = rows(w, views)
             bound.update(more)
             uw.update(fields)
-        if bins.serial:
-            _segment_bwd(rt, bins, uw, partials=scratch, **bound)
+        uw.update(bins.uniform(u["n_nodes"]))
+        if bins.serial:  # a thread per list place of each run
+            for m0, count in wruns:
+                rt.dispatch("segment_bwd_serial", threads=count, uniform={**uw, "n_threads": count, "w_first": m0},
+                            partials=scratch, **bound)
             continue
-        uw.update(bins.uniform(u["n_nodes"]), n_threads=0)
-        for w0, count in spans:
-            lanes = range_view(scratch, w0 * 128, count * 128, rt.offset_alignment)[0]
-            rt.dispatch("segment_bwd", workgroups=count, uniform={**uw, "w_first": w0}, partials=lanes, **bound)
+        uw["n_threads"] = 0
+        for a, count in wruns:
+            for w0, span in spans:  # each run's workgroups in each span of the lanes' scratch
+                lo, hi = max(a, w0), min(a + count, w0 + span)
+                if lo < hi:
+                    lanes = range_view(scratch, lo * 128, (hi - lo) * 128, rt.offset_alignment)[0]
+                    rt.dispatch("segment_bwd", workgroups=hi - lo, uniform={**uw, "w_first": lo}, partials=lanes,
+                                **bound)
     if bins.serial:
         rt.dispatch("segment_bwd_serial_lanes", threads=bins.serial_threads, uniform={**ur, "n_threads":
                     bins.serial_threads}, feat=scratch, partials=partials)
