@@ -423,7 +423,7 @@ def test_window_runs_cover_each_windows_nodes(gpu_backend, np_backend, bins):
                     place < ns, place // 64, np.where(place < ns + nm, -(-ns // 64) + (place - ns) // 2,
                                                       -(-ns // 64) + -(-nm // 2) + place - ns - nm))
                 merged = 0
-                for w, wr in zip(wins, runs):  # noqa: B007
+                for w, wr in zip(wins, runs):
                     assert 1 <= len(wr) <= 16
                     starts = [a for a, _ in wr]
                     assert starts == sorted(starts) and all(a + c <= b for (a, c), (b, _) in zip(wr, wr[1:]))
