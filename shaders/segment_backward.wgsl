@@ -26,7 +26,9 @@
 // WG must be 64.
 //
 // A graph cut into edge windows runs these dispatches once per window (the graph's global bins,
-// only the window's nodes computed: node0, node1; its ranges bound, ebase) with `lanes` = 1:
+// only the window's nodes computed: node0, node1; its ranges bound, ebase) with `lanes` = 1,
+// `seg` the window's own piece (ops_backward.window_pieces: its pointers from node p_shift on,
+// then the list places of the dispatch's workgroups, at bins_off + place mod 2^32):
 // each lane stores its compensated sum of squares (segment_bwd: (sum, comp) at
 // partials[128 (w - w_first) + 2 lid ..], the dispatch covering workgroups w_first .. of the
 // bins, so the lanes' scratch is bound in ranges; segment_bwd_serial: thread i takes the node
@@ -40,7 +42,7 @@ struct SegBwdParams {
     n_nodes: u32,
     dim: u32,
     mode: u32,
-    bins_off: u32,   // where the binned node list starts in seg (n_nodes + 1)
+    bins_off: u32,   // list place m is seg[bins_off + m] (n_nodes + 1; a window's piece: mod 2^32)
     n_small: u32,
     n_mid: u32,
     n_hub: u32,
@@ -54,7 +56,7 @@ struct SegBwdParams {
     w_first: u32,    // lanes: the first workgroup of this dispatch (its lanes at the bound range's start)
     gathered: u32,   // 1 (modes 0, 2): entry r's feat row is row r of the bound feat (node_rows.py)
     o_shift: u32,    // out's row j starts at float j * dim - o_shift (mod 2^32; out bound from a node range)
-    _pad0: u32,
+    p_shift: u32,    // node j's pointers are seg[j - p_shift], seg[j + 1 - p_shift] (a window's piece; else 0)
     _pad1: u32,
     _pad2: u32,
 }
@@ -188,8 +190,8 @@ fn in_window(j: u32) -> bool {
 }
 
 fn small_node(j: u32) -> vec2<f32> {
-    let s = seg[j] - P.ebase;
-    let t = seg[j + 1u] - P.ebase;
+    let s = seg[j - P.p_shift] - P.ebase;
+    let t = seg[j + 1u - P.p_shift] - P.ebase;
     var sq = vec2<f32>(0.0, 0.0);
     if (P.mode == 0u) {
         let acc = dot_part(s, t, 0u, 1u);
@@ -207,8 +209,8 @@ fn mid_node(m: u32, lid: u32, busy: bool) -> vec2<f32> {
     var t = 0u;
     if (busy) {
         j = seg[P.bins_off + P.n_small + m];
-        s = seg[j] - P.ebase;
-        t = seg[j + 1u] - P.ebase;
+        s = seg[j - P.p_shift] - P.ebase;
+        t = seg[j + 1u - P.p_shift] - P.ebase;
     }
     var sq = vec2<f32>(0.0, 0.0);
     if (P.mode == 0u) {
@@ -228,8 +230,8 @@ fn hub_node(j: u32, lid: u32, busy: bool) -> vec2<f32> {
     var s = 0u;
     var t = 0u;
     if (busy) {
-        s = seg[j] - P.ebase;
-        t = seg[j + 1u] - P.ebase;
+        s = seg[j - P.p_shift] - P.ebase;
+        t = seg[j + 1u - P.p_shift] - P.ebase;
     }
     var sq = vec2<f32>(0.0, 0.0);
     if (P.mode == 0u) {

@@ -159,10 +159,10 @@ def test_row_window_refusals(gpu_backend):
             gpu_backend.edge_probs(g, q, k, bias)
         with pytest.raises(DeviceLimitError, match="node 7 has 500 out-edges"):  # before packing the parameters
             Router(g, RouterParams(q, k, bias), gpu_backend)
-    with forced_limits(gpu_backend, 2048):  # and the segment bins, u32 [2N + 1], past one binding
+    with forced_limits(gpu_backend, 2048):  # and one batch row of N past one binding
         before = gpu_backend.counters()["buffers_created"]
-        with pytest.raises(DeviceLimitError, match=r"a graph of N = 600 nodes: the backward binds its segment bins "
-                                                   r"\(u32 \[2N \+ 1\].*4804 bytes.*at most 255 nodes"):
+        with pytest.raises(DeviceLimitError, match=r"one batch row of N = 600 nodes \(2400 bytes, plus 256 bytes of "
+                                                   r"alignment\) does not fit the binding limit of 2048 bytes"):
             Router(g, RouterParams(q, k, bias), gpu_backend)
         assert gpu_backend.counters()["buffers_created"] == before
     with forced_limits(gpu_backend, 8192):

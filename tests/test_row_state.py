@@ -76,29 +76,6 @@ def test_plan_in_rows(gpu_backend):
         be.check_params(_graph(300), 2)
 
 
-def test_segment_bins_past_one_binding_refused(gpu_backend):
-    """Under 8 KiB the graph's segment bins (u32 [2N + 1], 9,604 bytes) do not fit: the forward
-    ops still run (the state in rows), the backward that binds them whole is refused before any
-    dispatch, and so is a Router, before anything is allocated; the backend stays usable."""
-    be = gpu_backend
-    en, _, tgt = _data(5, 2)
-    with forced_limits(be, 8192):
-        g = _graph(300)
-        pi = be.segment_softmax(g, np.zeros(g.num_edges, np.float32))
-        nxt = be.to_numpy(be.energy_scatter(g, en, pi))
-        assert np.isfinite(nxt).all() and nxt.sum() > 0
-        before = be.counters()
-        msg = r"a graph of N = 1200 nodes: the backward binds its segment bins \(u32 \[2N \+ 1\].*9604 bytes"
-        with pytest.raises(DeviceLimitError, match=msg + r".*at most 1023 nodes"):
-            be.softmax_logits_backward(g, pi, pi, 1.0, np.zeros((N, 2), np.float32), np.zeros((N, 2), np.float32))
-        with pytest.raises(DeviceLimitError, match=msg):
-            Router(_graph(300), PARAMS["hubs"], be)
-        after = be.counters()
-        assert (after["dispatches"], after["buffers_created"]) == (before["dispatches"], before["buffers_created"])
-    ref = NumpyBackend().energy_scatter(_graph(300), en, be.to_numpy(pi))
-    assert_parity(nxt, ref, "next energies")
-
-
 def _forward_backward(be, split: bool, steps: int, masked: bool, case: str):
     en, act, tgt = _data(1)
     with _limit(be, split):

@@ -226,3 +226,35 @@ def test_state_in_rows_default_limits():
     del res, r
     ref = Router(g, params, NumpyBackend()).forward(energies[rows], steps=3).next_energies
     assert_parity(got, ref, "sampled rows of next_energies")
+
+
+@pytest.mark.slow
+def test_segment_bins_past_one_binding_default_limits():
+    """N = 17 * 2^20 = 17,825,792 nodes of out-degree 1 on default limits: the [E] arrays (71 MB)
+    fit one binding, but the backward's segment bins (u32 [2N + 1], 143 MB) do not, so the graph
+    is cut into edge windows of at most 11.2 M nodes (2 each way) and each window binds its own
+    pieces of the bins (ops_backward.window_pieces); the scatter's state is in [B, N] rows.
+    The backward's gradients (d = 2, B = 1) match NumPy's, and one clipped AdamW step runs with
+    a finite loss, gradient norm and parameters."""
+    be = _vulkan_backend()
+    n = 17 * 2**20
+    g, params, energies, target = _random_case(n, 1, 2, 1, top_k=0, seed=51)
+    r = Router(g, params, be)
+    gd = be.graph_data(g)
+    assert 4 * g.num_edges <= be.runtime.max_binding_bytes < 4 * (2 * n + 1)
+    assert gd.bins_out.seg is None and len(gd.windows) == 2 and len(gd.rwindows) == 2
+    out = r.forward(energies, steps=2)
+    grads = r.backward(out, target)
+    got = {name: be.to_numpy(getattr(grads, name)) for name in ("q", "k", "bias")}
+    del out, grads
+    ref_r = Router(g, params, NumpyBackend())
+    ref = ref_r.backward(ref_r.forward(energies, steps=2), target)
+    for name, value in got.items():
+        assert_parity(value, getattr(ref, name), f"grad {name}")
+    del ref, ref_r
+    res = r.train_step(energies, target, AdamW(r, lr=1e-3, max_grad_norm=1.0), steps=2)
+    assert np.isfinite(res.loss) and res.loss > 0 and not res.skipped and np.isfinite(res.grad_norm)
+    after = r.params()
+    for name in ("q", "k", "bias"):
+        value = getattr(after, name)
+        assert np.isfinite(value).all() and not np.array_equal(value, getattr(params, name)), name

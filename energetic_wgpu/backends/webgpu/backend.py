@@ -42,7 +42,7 @@ from ...graph import Graph
 from ..auto import is_software_adapter
 from ..base import Backend, check_purpose
 from . import batch_chunks, edge_windows, node_rows, ops_backward, ops_forward, ops_train, sumsq
-from .graph_data import GraphData, check_segment_bins, upload_graph
+from .graph_data import GraphData, upload_graph
 from .kernels import CPU_THREAD_DEGREE_MAX, REDUCE_ITEMS, THREAD_DEGREE_MAX
 from .arrays import binding_ranges, parts_of, range_view
 from .packed import PackedArrays
@@ -349,7 +349,6 @@ class WgpuBackend(PackedArrays, Backend):
 
     # ------------------------------------------------------------------ graph data
     def check_params(self, graph: Graph, dim: int) -> None:
-        check_segment_bins(self.runtime, graph.num_nodes)  # the backward's seg [2N + 1] in one binding
         batch_chunks.plan(self, 1, graph.num_nodes)  # every forward's scatter: one row of N in one binding
         if node_rows.needs_rows(self.runtime, graph.num_nodes, dim):
             node_rows.window_edges(self.runtime, graph.num_nodes, dim)  # before the graph's upload

@@ -1,9 +1,10 @@
 """Edge windows: a graph whose [E] arrays are past one storage binding.
 
-When 4·E bytes exceed the binding limit in use (E > 33.5 M on WebGPU's default limits), the
-graph's edges are cut into *windows*: consecutive source ranges [n0, n1) whose out-edges
-[row_ptr[n0], row_ptr[n1]) fit one binding (a window never cuts a segment; a segment larger
-than a binding is refused). Every [E] array of such a graph (col_idx, src, and the outputs of
+When 4·E bytes exceed the binding limit in use (E > 33.5 M on WebGPU's default limits), or
+the backward's segment bins (u32 [2N + 1]: N > 16.7 M) do, the graph's edges are cut into
+*windows*: consecutive source ranges [n0, n1) of at most :func:`max_window_nodes` nodes whose
+out-edges [row_ptr[n0], row_ptr[n1]) fit one binding (a window never cuts a segment; a segment
+larger than a binding is refused). Every [E] array of such a graph (col_idx, src, and the outputs of
 the ops below) is an array of several buffers cut at window starts
 (``BufferPool.new_split_array``; one buffer while it fits the buffer size limit), and each
 window binds its range of them from the aligned offset before it
@@ -29,7 +30,8 @@ The ops that run over windows, one dispatch (or two, with hubs) per window:
 * ``softmax_logits_backward`` (the Router's backward): ``segment_bwd`` over the graph's global
   degree bins per window (source windows for grad_q and grad_logits, target windows for
   grad_k over grad_logits in reverse-index order), only the window's nodes computed, over the
-  runs of workgroups that hold them (ops_backward.window_runs); each
+  runs of workgroups that hold them (ops_backward.window_runs), each window binding its own
+  pieces of the bins (its pointers and those runs' list places, ops_backward.window_pieces); each
   lane stores its sum of squares (in ranges of workgroups) and ``segment_bwd_lanes`` reduces
   them by the same tree, so the gradient norm's partials keep their bits;
 * ``step_metrics``: the entropy over ranges of whole 4096-edge blocks and the [B, E] grid per
@@ -59,7 +61,7 @@ import numpy as np
 from ...errors import DeviceLimitError
 from .arrays import DeviceArray, parts_of, range_view
 
-__all__ = ["EdgeWindow", "max_window_edges", "plan", "new_edge_array", "window_view", "in_windows",
+__all__ = ["EdgeWindow", "max_window_edges", "max_window_nodes", "plan", "new_edge_array", "window_view", "in_windows",
            "to_reverse_order", "edge_array", "copy_elements", "new_split_1d"]
 
 
@@ -87,12 +89,21 @@ def max_window_edges(binding_bytes: int, align: int) -> int:
     return max(0, (binding_bytes // 16 * 16 - align) // 4)
 
 
+def max_window_nodes(binding_bytes: int) -> int:
+    """The most nodes of a window: the backward's copy of a window's segment bins (its node
+    pointers, then its part of the binned node list, ops_backward.window_pieces) is one u32
+    buffer bound whole, and a third of a binding for the pointers leaves the list room for the
+    window's nodes and as many others in the same workgroups (11.2 M nodes on default limits)."""
+    return max(1, (binding_bytes // 4 - 1) // 3)
+
+
 def plan(row_ptr: np.ndarray, max_edges: int, limit_desc: str, what: str = "out-edges", lo: int = 0,
-         hi: int | None = None, block: int = 0) -> list[tuple[int, int]]:
+         hi: int | None = None, block: int = 0, max_nodes: int = 0) -> list[tuple[int, int]]:
     """The (n0, n1) node ranges of the windows of a CSR ``row_ptr`` [N+1] (or the reverse
     index's pointers, ``what`` = "in-edges") over the nodes ``lo .. hi`` (default: all): greedy,
-    each holding as many whole segments as fit ``max_edges`` edges and, with ``block``, never
-    crossing a multiple of ``block`` nodes (node_rows.py: a node range of q or k in one binding).
+    each holding as many whole segments as fit ``max_edges`` edges and at most ``max_nodes``
+    nodes (0: any number) and, with ``block``, never crossing a multiple of ``block`` nodes
+    (node_rows.py: a node range of q or k in one binding).
 
     Raises:
         DeviceLimitError: a segment larger than ``max_edges`` (named with its node and degree).
@@ -103,7 +114,7 @@ def plan(row_ptr: np.ndarray, max_edges: int, limit_desc: str, what: str = "out-
     n0 = lo
     while n0 < n:
         n1 = int(np.searchsorted(ptr, ptr[n0] + max_edges, side="right")) - 1
-        n1 = min(max(n1, n0), n, (n0 // block + 1) * block if block else n)
+        n1 = min(max(n1, n0), n, (n0 // block + 1) * block if block else n, n0 + max_nodes if max_nodes else n)
         if n1 == n0:
             raise DeviceLimitError(
                 f"node {n0} has {int(ptr[n0 + 1] - ptr[n0])} {what}, more than one storage binding holds "

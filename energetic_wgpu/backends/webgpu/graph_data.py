@@ -15,7 +15,8 @@ from .arrays import DeviceArray
 from .edge_windows import EdgeWindow
 from .kernels import BIN_WG, GROUP_DEGREE_MAX, SMALL_DEGREE_MAX, THREAD_DEGREE_MAX
 
-__all__ = ["GraphData", "DegreeBins", "degree_bins", "SegmentBins", "binned_segments", "upload_graph"]
+__all__ = ["GraphData", "DegreeBins", "degree_bins", "SegmentBins", "binned_segments", "needs_windows",
+           "upload_graph"]
 
 #: segment_bwd_serial's invocations: one per node up to this many nodes ...
 SERIAL_THREADS = 1 << 18
@@ -73,9 +74,10 @@ class SegmentBins:
     softmax + logits backward (segment_backward.wgsl): ``seg`` u32 [N+1 + N] is the pointer
     array followed by EVERY node (degree 0 too: its gradient row is written as zeros) ordered
     small (degree <= THREAD_DEGREE_MAX), mid (<= GROUP_DEGREE_MAX), hub (larger), each bin
-    sorted by degree (ties in node order)."""
+    sorted by degree (ties in node order). A graph in edge windows has no ``seg`` on the device
+    (None): each window binds its own copy of its part (ops_backward.window_pieces)."""
 
-    seg: DeviceArray
+    seg: DeviceArray | None
     n_small: int
     n_mid: int
     n_hub: int
@@ -109,18 +111,11 @@ class SegmentBins:
         return dict(bins_off=num_nodes + 1, n_small=self.n_small, n_mid=self.n_mid, n_hub=self.n_hub)
 
 
-def check_segment_bins(rt: Any, n: int) -> None:
-    """Refuse, before any work, a graph of ``n`` nodes whose segment bins (``seg``, u32
-    [2N + 1]: the node pointers, then the nodes by degree) do not fit one binding: the
-    softmax + logits backward binds them whole (N <= 16.7 M on WebGPU's default limits)."""
-    need = 4 * (2 * n + 1)
-    if need > rt.max_binding_bytes:
-        desc, where = rt.pool.limit_desc
-        raise DeviceLimitError(
-            f"a graph of N = {n} nodes: the backward binds its segment bins (u32 [2N + 1], the node pointers and "
-            f"the nodes by degree) whole, {need} bytes, over {desc} = {rt.max_binding_bytes} bytes ({where}); at "
-            f"most {(rt.max_binding_bytes // 4 - 1) // 2} nodes: use limits='adapter' where the adapter binds more"
-        )
+def needs_windows(rt: Any, num_nodes: int, num_edges: int) -> bool:
+    """True when a graph is uploaded in edge windows (edge_windows.py): its [E] arrays (4·E
+    bytes) or its segment bins (u32 [2N + 1], which the backward binds whole on an unwindowed
+    graph) are past one binding."""
+    return 4 * num_edges > rt.max_binding_bytes or 4 * (2 * num_nodes + 1) > rt.max_binding_bytes
 
 
 def binned_segments(ptr: np.ndarray, thread_max: int = THREAD_DEGREE_MAX) -> tuple[np.ndarray, int, int, int]:
@@ -208,7 +203,7 @@ def upload_graph(backend: Any, graph: Graph) -> GraphData:
         return backend.asarray(np.ascontiguousarray(a, dtype=np.uint32), np.uint32)
 
     rt = backend.runtime
-    if 4 * graph.num_edges > rt.max_binding_bytes:
+    if needs_windows(rt, graph.num_nodes, graph.num_edges):
         return _upload_windowed(backend, graph, up)
     large_out = np.flatnonzero(graph.out_degree > SMALL_DEGREE_MAX)
     large_in = np.flatnonzero(graph.in_degree > SMALL_DEGREE_MAX)
@@ -263,19 +258,23 @@ def target_window(up: Any, graph: Graph, k0: int, k1: int) -> EdgeWindow:
 
 
 def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
-    """:func:`upload_graph` of a graph whose [E] arrays are past one binding: its edge windows
-    (edge_windows.py), col_idx and src in the windows' layout, the windows' degree bins; the
-    windows of targets and the split reverse index (sources and edges by target) in their
-    layout, unless a target has more in-edges than a window holds (``rev_refusal``)."""
+    """:func:`upload_graph` of a graph whose [E] arrays or segment bins are past one binding
+    (:func:`needs_windows`): its edge windows (edge_windows.py; at most
+    ``edge_windows.max_window_nodes`` nodes each), col_idx and src in the windows' layout, the
+    windows' degree bins; the windows of targets and the split reverse index (sources and edges
+    by target) in their layout, unless a target has more in-edges than a window holds
+    (``rev_refusal``). The backward's segment bins stay on the host: each window uploads its
+    own part when the backward first runs (ops_backward.window_pieces)."""
     rt = backend.runtime
     desc, where = rt.pool.limit_desc
     limit_desc = f"{desc} = {rt.max_binding_bytes} bytes, {where}"
     max_edges = edge_windows.max_window_edges(rt.max_binding_bytes, rt.offset_alignment)
+    max_nodes = edge_windows.max_window_nodes(rt.max_binding_bytes)
     thread_max = backend.thread_degree_max
     windows = []
     deg = graph.out_degree
     ptr = graph.row_ptr
-    for n0, n1 in edge_windows.plan(ptr, max_edges, limit_desc):
+    for n0, n1 in edge_windows.plan(ptr, max_edges, limit_desc, max_nodes=max_nodes):
         windows.append(source_window(up, graph, n0, n1, thread_max))
     def up_edges(a: np.ndarray, wins: list[EdgeWindow]) -> DeviceArray:
         arr = rt.pool.new_split_array(backend, (graph.num_edges,), np.uint32, 1, rt.offset_alignment, "edge index",
@@ -288,7 +287,7 @@ def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
     refusal = ""
     try:
         rwindows = []
-        for k0, k1 in edge_windows.plan(rev, max_edges, limit_desc, "in-edges"):
+        for k0, k1 in edge_windows.plan(rev, max_edges, limit_desc, "in-edges", max_nodes=max_nodes):
             rwindows.append(target_window(up, graph, k0, k1))
     except DeviceLimitError as exc:
         rwindows, refusal = None, str(exc)
@@ -297,9 +296,9 @@ def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
         perm = graph.rev_perm
         rev_fields = dict(rev_src=up_edges(graph.src[perm], rwindows), rev_edges=up_edges(perm, rwindows))
 
-    def seg_bins(p: np.ndarray) -> SegmentBins:  # the global bins (windowed dispatches skip other nodes)
-        seg, n_small, n_mid, n_hub = binned_segments(p, thread_max)
-        return SegmentBins(up(seg), n_small, n_mid, n_hub)
+    def seg_bins(p: np.ndarray) -> SegmentBins:  # the global bins' counts (each window binds its part)
+        _, n_small, n_mid, n_hub = binned_segments(p, thread_max)
+        return SegmentBins(None, n_small, n_mid, n_hub)
 
     return GraphData(
         num_nodes=graph.num_nodes,

@@ -331,7 +331,7 @@ LOGITS_BWD = Uniform("LogitsBwdParams", n_nodes=U32, dim=U32, mode=U32, n_large=
                      n_count=U32, ebase=U32, gathered=U32, o_shift=U32, _pad0=U32, _pad1=U32)
 SEG_BWD = Uniform("SegBwdParams", n_nodes=U32, dim=U32, mode=U32, bins_off=U32, n_small=U32, n_mid=U32, n_hub=U32,
                   out_offset=U32, tau=F32, n_threads=U32, node0=U32, node1=U32, ebase=U32, lanes=U32, w_first=U32,
-                  gathered=U32, o_shift=U32, _pad0=U32, _pad1=U32, _pad2=U32)
+                  gathered=U32, o_shift=U32, p_shift=U32, _pad1=U32, _pad2=U32)
 LOSS = Uniform("LossParams", n=U32, flags=U32, n_parts=U32, mode=U32, mul=F32, div=F32, eps=F32, lam=F32, w0=U32,
                n_all=U32, _pad0=U32, _pad1=U32)
 ADAMW_PREPARE = Uniform("PrepareParams", n_parts=U32, clip=U32, has_loss=U32, counters=U32, max_norm=F32,

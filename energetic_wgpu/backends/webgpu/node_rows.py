@@ -164,6 +164,7 @@ def row_plan(be: Any, graph: Any, gd: Any, dim: int) -> RowPlan:
     block = block_rows(rt, dim)
     n = gd.num_nodes
     max_edges = window_edges(rt, n, dim)
+    max_nodes = edge_windows.max_window_nodes(rt.max_binding_bytes)
     desc, where = rt.pool.limit_desc
     limit_desc = f"{desc} = {rt.max_binding_bytes} bytes, {where}, {dim} floats per gathered row"
 
@@ -173,7 +174,8 @@ def row_plan(be: Any, graph: Any, gd: Any, dim: int) -> RowPlan:
     # every range planned (and any refusal raised) before anything is uploaded
     spans = [(w.n0, w.n1) for w in gd.windows] if gd.windows is not None else [(0, n)]
     ranges = [r for lo, hi in spans
-              for r in edge_windows.plan(graph.row_ptr, max_edges, limit_desc, lo=lo, hi=hi, block=block)]
+              for r in edge_windows.plan(graph.row_ptr, max_edges, limit_desc, lo=lo, hi=hi, block=block,
+                                         max_nodes=max_nodes)]
     rranges: list[tuple[int, int]] | None = None
     refusal = gd.rev_refusal if gd.windows is not None and gd.rwindows is None else ""
     if not refusal:
@@ -181,7 +183,7 @@ def row_plan(be: Any, graph: Any, gd: Any, dim: int) -> RowPlan:
         try:
             rranges = [r for lo, hi in rspans
                        for r in edge_windows.plan(graph.rev_ptr, max_edges, limit_desc, "in-edges", lo=lo, hi=hi,
-                                                  block=block)]
+                                                  block=block, max_nodes=max_nodes)]
         except DeviceLimitError as exc:
             refusal = str(exc)
     windows = [source_window(up, graph, n0, n1, be.thread_degree_max) for n0, n1 in ranges]

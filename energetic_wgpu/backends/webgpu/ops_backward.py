@@ -30,14 +30,16 @@ bit-identical from run to run.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ...errors import DeviceLimitError
 from . import batch_chunks, edge_windows, loop_cap, node_major, node_rows, sumsq
-from .arrays import range_view
+from .arrays import DeviceArray, range_view
 from .kernels import BIN_WG, GROUP_DEGREE_MAX, SMALL_DEGREE_MAX
-from .graph_data import binned_segments, check_segment_bins
+from .graph_data import binned_segments
 from .node_major import NodeMajor, new_state
 from .reverse_index import reverse_inputs
 
@@ -277,7 +279,6 @@ def softmax_logits_backward(
     backend: Any, graph: Any, pi: Any, grad_pi: Any, tau: float, q: Any, k: Any
 ) -> tuple[Any, Any, Any]:
     be, rt = backend, backend.runtime
-    check_segment_bins(rt, graph.num_nodes)
     gd = be.graph_data(graph)
     rwindows = None if gd.windows is None else gd.reverse_windows("softmax_logits_backward")
     pi, grad_pi, q, k = be._dev(pi), be._dev(grad_pi), be._dev(q), be._dev(k)
@@ -325,14 +326,14 @@ def softmax_logits_backward(
         windows = gd.windows if plan is None else plan.windows
         _windowed_segment_bwd(be, gd.bins_out, windows,
                               dict(n_nodes=n, dim=dim, mode=0, tau=np.float32(tau)), 0,
-                              partials, dict(seg=gd.bins_out.seg, feat=k, out=grad_q),
+                              partials, dict(feat=k, out=grad_q),
                               dict(idx=gd.col_idx, pi=pi, gpi=grad_pi, dl=gl), rows_of and rows_of(k, grad_q),
-                              window_runs(be, gd, gd.bins_out, graph.row_ptr, windows))
+                              window_pieces(be, gd, gd.bins_out, graph.row_ptr, windows))
         rev_gl = edge_windows.to_reverse_order(be, gd, gl, plan)
         _windowed_segment_bwd(be, gd.bins_in, rwindows, dict(n_nodes=n, dim=dim, mode=2, tau=np.float32(1.0)), w_out,
-                              partials, dict(seg=gd.bins_in.seg, feat=q, out=grad_k, pi=dummy, gpi=dummy),
+                              partials, dict(feat=q, out=grad_k, pi=dummy, gpi=dummy),
                               dict(idx=gd.rev_src if plan is None else plan.rev_src, dl=rev_gl),
-                              rows_of and rows_of(q, grad_k), window_runs(be, gd, gd.bins_in, graph.rev_ptr, rwindows))
+                              rows_of and rows_of(q, grad_k), window_pieces(be, gd, gd.bins_in, graph.rev_ptr, rwindows))
         sumsq.remember(be, (grad_q, grad_k, gl), partials, w_out + w_in)
         return grad_q, grad_k, gl
     _segment_bwd(rt, gd.bins_out, dict(n_nodes=n, dim=dim, mode=0, out_offset=0, tau=np.float32(tau)),
@@ -348,34 +349,73 @@ def softmax_logits_backward(
 
 #: the most dispatches (runs of units) per window and span in :func:`window_runs`
 MAX_WINDOW_RUNS = 16
+#: the runs of a window are merged only while their list places stay within this many places
+#: (or twice the window's nodes, if more) outside the window: bounds the window's piece
+MERGE_SLACK = 1 << 16
+_MASK = 0xFFFFFFFF
 
 
-def window_runs(be: Any, gd: Any, bins: Any, ptr: np.ndarray, windows: Any) -> list[list[tuple[int, int]]]:
-    """Per window of ``windows`` (node ranges n0 .. n1), the (first, count) runs of the units of
-    ``bins`` that hold its nodes, in order: list places for the serial kernel (a thread per
-    place), else workgroups of ``segment_bwd`` (64 small-bin places, 2 mid-bin nodes or one hub
-    each). The bins sort nodes by degree, ties in node order, so a window's nodes are one run
-    per degree: at most MAX_WINDOW_RUNS runs are kept, the closest merged (their gaps run idle
-    units, as a dispatch over every unit did before). ``ptr``: the host pointers the bins were
-    built from (graph.row_ptr or rev_ptr). Cached per (bins, windows) on ``gd``."""
-    key = (id(bins), id(windows))
-    hit = gd.segment_runs.get(key)
-    if hit is not None and hit[0] is windows:
-        return hit[1]
+@dataclass(frozen=True)
+class SegPiece:
+    """One copy of a window's part of the segment bins, bound as ``seg`` by its dispatches:
+    the window's node pointers (``ptr[n0 .. n1]``: node j's at ``j - n0``), then for each run
+    ``(first unit, count, bins_off)`` of ``runs`` the list places of those units (place m at
+    ``bins_off + m``, mod 2^32). ``seg``: u32 on the device, at most one binding."""
+
+    seg: DeviceArray
+    runs: tuple[tuple[int, int, int], ...]
+
+
+def _unit_starts(bins: Any) -> np.ndarray:
+    """The first list place of every unit of ``bins`` (int64 [units + 1], the last = N): a place
+    for the serial kernel, else a ``segment_bwd`` workgroup (64 small-bin places, 2 mid-bin
+    places or one hub)."""
+    ns, nm, nh = bins.n_small, bins.n_mid, bins.n_hub
+    if bins.serial:
+        return np.arange(ns + 1, dtype=np.int64)
+    ws, wm = -(-ns // BIN_WG), -(-nm // 2)
+    u = np.arange(ws + wm + nh + 1, dtype=np.int64)
+    return np.where(u <= ws, np.minimum(BIN_WG * u, ns),
+                    np.where(u <= ws + wm, ns + np.minimum(2 * (u - ws), nm), ns + nm + (u - ws - wm)))
+
+
+def _merge_runs(starts: np.ndarray, ends: np.ndarray, first: np.ndarray, allowance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the runs [starts, ends) of units across their narrowest gaps (in units; ties: the
+    earlier gap first) until MAX_WINDOW_RUNS remain, skipping a gap whose list places
+    (``first``: the units' first places) would take the places outside the window past
+    ``allowance``."""
+    if starts.size <= MAX_WINDOW_RUNS:
+        return starts, ends
+    gaps = starts[1:] - ends[:-1]
+    places = first[starts[1:]] - first[ends[:-1]]
+    merged = np.zeros(gaps.size, bool)
+    left, extra = starts.size, 0
+    for g in np.argsort(gaps, kind="stable"):
+        if left <= MAX_WINDOW_RUNS:
+            break
+        if extra + places[g] <= allowance:
+            merged[g] = True
+            extra += int(places[g])
+            left -= 1
+    keep = np.flatnonzero(~merged)  # the gaps that stay breaks
+    return np.concatenate([starts[:1], starts[keep + 1]]), np.concatenate([ends[keep], ends[-1:]])
+
+
+def _runs_of(be: Any, gd: Any, bins: Any, ptr: np.ndarray, windows: Any) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
+    """(the host bins ``seg`` [2N + 1], :func:`window_runs`' runs), the runs cached on ``gd``."""
     seg, *counts = binned_segments(ptr, be.thread_degree_max)
     if tuple(counts) != (bins.n_small, bins.n_mid, bins.n_hub):  # not the bins on the device
         raise RuntimeError(f"window_runs: bins {tuple(counts)} from ptr, {(bins.n_small, bins.n_mid, bins.n_hub)} "
                            f"uploaded")
+    key = ("runs", id(bins), id(windows))
+    hit = gd.segment_runs.get(key)
+    if hit is not None and hit[0] is windows:
+        return seg, hit[1]
     n = gd.num_nodes
     place = np.empty(n, np.int64)
     place[seg[n + 1:].astype(np.int64)] = np.arange(n)
-    if bins.serial:
-        unit = place
-    else:
-        ns, nm = bins.n_small, bins.n_mid
-        ws, wm = -(-ns // BIN_WG), -(-nm // 2)
-        unit = np.where(place < ns, place // BIN_WG,
-                        np.where(place < ns + nm, ws + (place - ns) // 2, ws + wm + (place - ns - nm)))
+    first = _unit_starts(bins)
+    unit = np.searchsorted(first, place, side="right") - 1  # the unit holding each node's place
     out = []
     for w in windows:
         units = np.unique(unit[w.n0:w.n1])
@@ -385,21 +425,95 @@ def window_runs(be: Any, gd: Any, bins: Any, ptr: np.ndarray, windows: Any) -> l
         cut = np.flatnonzero(np.diff(units) > 1)  # a run ends after each cut
         starts = np.concatenate([units[:1], units[cut + 1]])
         ends = np.concatenate([units[cut], units[-1:]]) + 1
-        if starts.size > MAX_WINDOW_RUNS:  # keep the widest gaps as the breaks
-            gaps = starts[1:] - ends[:-1]
-            keep = np.sort(np.argsort(gaps, kind="stable")[gaps.size - (MAX_WINDOW_RUNS - 1):])
-            starts = np.concatenate([starts[:1], starts[keep + 1]])
-            ends = np.concatenate([ends[keep], ends[-1:]])
+        starts, ends = _merge_runs(starts, ends, first, max(MERGE_SLACK, 2 * (w.n1 - w.n0)))
         out.append([(int(s), int(e - s)) for s, e in zip(starts, ends)])
     gd.segment_runs[key] = (windows, out)
-    return out
+    return seg, out
+
+
+def window_runs(be: Any, gd: Any, bins: Any, ptr: np.ndarray, windows: Any) -> list[list[tuple[int, int]]]:
+    """Per window of ``windows`` (node ranges n0 .. n1), the (first, count) runs of the units of
+    ``bins`` that hold its nodes, in order: list places for the serial kernel (a thread per
+    place), else workgroups of ``segment_bwd`` (64 small-bin places, 2 mid-bin nodes or one hub
+    each). The bins sort nodes by degree, ties in node order, so a window's nodes are one run
+    per degree: at most MAX_WINDOW_RUNS runs are kept, the closest merged (their gaps run idle
+    units) while the merged gaps hold at most MERGE_SLACK list places (or twice the window's
+    nodes); past that the runs stay apart. ``ptr``: the host pointers the bins were built from
+    (graph.row_ptr or rev_ptr). Cached per (bins, windows) on ``gd``."""
+    key = ("runs", id(bins), id(windows))
+    hit = gd.segment_runs.get(key)
+    if hit is not None and hit[0] is windows:
+        return hit[1]
+    return _runs_of(be, gd, bins, ptr, windows)[1]
+
+
+def window_pieces(be: Any, gd: Any, bins: Any, ptr: np.ndarray, windows: Any) -> list[list[SegPiece]]:
+    """Per window of ``windows``, the :class:`SegPiece` s its ``segment_bwd`` dispatches bind as
+    ``seg``: its :func:`window_runs` packed greedily into pieces of at most one binding (a run
+    cut between units where it does not fit), so no dispatch binds the graph's whole bins
+    (u32 [2N + 1], past one binding from N = 16.7 M on default limits). Uploaded on first use
+    and cached per (bins, windows) on ``gd`` (device memory tagged "graph").
+
+    Raises:
+        DeviceLimitError: a binding too small for a window's pointers and one unit of places.
+    """
+    key = ("pieces", id(bins), id(windows))
+    hit = gd.segment_runs.get(key)
+    if hit is not None and hit[0] is windows:
+        return hit[1]
+    rt = be.runtime
+    seg, runs = _runs_of(be, gd, bins, ptr, windows)
+    n = gd.num_nodes
+    listed = seg[n + 1:]
+    first = _unit_starts(bins)
+    cap = rt.max_binding_bytes // 16 * 16 // 4  # u32 of one piece, bound whole
+    made: list[DeviceArray] = []
+
+    def flush(parts: list[np.ndarray], pruns: list[tuple[int, int, int]], out: list[SegPiece]) -> None:
+        arr = be.asarray(np.concatenate(parts).astype(np.uint32), np.uint32)
+        made.append(arr)
+        out.append(SegPiece(arr, tuple(pruns)))
+
+    result = []
+    for w, wruns in zip(windows, runs):
+        head = seg[w.n0:w.n1 + 1]
+        room = cap - head.size
+        pieces: list[SegPiece] = []
+        parts, pruns, used = [head], [], 0
+        for a, count in wruns:
+            while count:
+                pa = int(first[a])
+                fit = int(np.searchsorted(first, pa + room - used, side="right")) - 1 - a
+                take = min(count, fit)
+                if take <= 0:
+                    if not pruns:
+                        desc, where = rt.pool.limit_desc
+                        raise DeviceLimitError(
+                            f"the backward's segment bins of nodes {w.n0} .. {w.n1}: their {head.size} pointers and "
+                            f"one workgroup's {int(first[a + 1]) - pa} nodes do not fit one storage binding ({desc} = "
+                            f"{rt.max_binding_bytes} bytes, {where}): use a larger binding limit")
+                    flush(parts, pruns, pieces)
+                    parts, pruns, used = [head], [], 0
+                    continue
+                width = int(first[a + take]) - pa
+                pruns.append((a, take, (head.size + used - pa) & _MASK))
+                parts.append(listed[pa:pa + width])
+                used += width
+                a, count = a + take, count - take
+        if pruns:
+            flush(parts, pruns, pieces)
+        result.append(pieces)
+    be.tag_memory(made, "graph")
+    gd.segment_runs[key] = (windows, result)
+    return result
 
 
 def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], out_offset: int, partials: Any,
                           fixed: dict[str, Any], per_entry: dict[str, Any], rows: Any = None,
-                          runs: Any = None) -> None:
+                          pieces: Any = None) -> None:
     """``segment_bwd`` over ``bins`` per window (only its nodes, over the runs of units that hold
-    them, ``runs`` from :func:`window_runs`; the ``per_entry`` arrays bound as its ranges), each
+    them, bound with the window's own part of the bins: ``pieces`` from :func:`window_pieces`;
+    the ``per_entry`` arrays bound as its ranges), each
     lane's sum of squares stored (``lanes``), then one ``segment_bwd_lanes`` (or
     ``_serial_lanes``) dispatch reducing them into ``partials`` from ``out_offset``: the partials
     one dispatch over the whole graph writes. ``rows``: for q and k past one binding,
@@ -407,7 +521,7 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
     its node range of out, node_rows.py)."""
     rt = be.runtime
     ur = {**u, **bins.uniform(u["n_nodes"]), "out_offset": out_offset, "node0": 0, "node1": 0, "ebase": 0, "lanes": 0,
-          "w_first": 0, "gathered": 0, "o_shift": 0}
+          "w_first": 0, "gathered": 0, "o_shift": 0, "p_shift": 0}
     if bins.serial:  # one value per node in the list: [N] fits a binding as the graph's [N+1] pointers do
         scratch = be.empty((max(1, bins.n_small),))
         spans = [(0, 0)]
@@ -415,8 +529,8 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
         scratch = edge_windows.new_split_1d(be, bins.workgroups * 128, 128, "segment_bwd lanes")
         per = max(1, rt.max_binding_size // 512)
         spans = [(w0, min(per, bins.workgroups - w0)) for w0 in range(0, bins.workgroups, per)]
-    for w, wruns in zip(windows, runs):
-        if not wruns:  # no node in the window
+    for w, wpieces in zip(windows, pieces):
+        if not wpieces:  # no node in the window
             continue
         views = {name: edge_windows.window_view(be, arr, w) for name, arr in per_entry.items()}
         e0 = next(iter(views.values()))[1]
@@ -428,19 +542,22 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
             bound.update(more)
             uw.update(fields)
         uw.update(bins.uniform(u["n_nodes"]))
-        if bins.serial:  # a thread per list place of each run
-            for m0, count in wruns:
-                rt.dispatch("segment_bwd_serial", threads=count, uniform={**uw, "n_threads": count, "w_first": m0},
-                            partials=scratch, **bound)
-            continue
-        uw["n_threads"] = 0
-        for a, count in wruns:
-            for w0, span in spans:  # each run's workgroups in each span of the lanes' scratch
-                lo, hi = max(a, w0), min(a + count, w0 + span)
-                if lo < hi:
-                    lanes = range_view(scratch, lo * 128, (hi - lo) * 128, rt.offset_alignment)[0]
-                    rt.dispatch("segment_bwd", workgroups=hi - lo, uniform={**uw, "w_first": lo}, partials=lanes,
-                                **bound)
+        uw["p_shift"] = w.n0
+        for piece in wpieces:
+            if bins.serial:  # a thread per list place of each run
+                for m0, count, off in piece.runs:
+                    rt.dispatch("segment_bwd_serial", threads=count, uniform={
+                        **uw, "n_threads": count, "w_first": m0, "bins_off": off}, partials=scratch, seg=piece.seg,
+                        **bound)
+                continue
+            for a, count, off in piece.runs:
+                for w0, span in spans:  # each run's workgroups in each span of the lanes' scratch
+                    lo, hi = max(a, w0), min(a + count, w0 + span)
+                    if lo < hi:
+                        lanes = range_view(scratch, lo * 128, (hi - lo) * 128, rt.offset_alignment)[0]
+                        rt.dispatch("segment_bwd", workgroups=hi - lo, uniform={
+                            **uw, "n_threads": 0, "w_first": lo, "bins_off": off}, partials=lanes, seg=piece.seg,
+                            **bound)
     if bins.serial:
         rt.dispatch("segment_bwd_serial_lanes", threads=bins.serial_threads, uniform={**ur, "n_threads":
                     bins.serial_threads}, feat=scratch, partials=partials)
@@ -455,7 +572,7 @@ def _segment_bwd(rt: Any, bins: Any, u: dict[str, Any], **bindings: Any) -> None
     """One ``segment_bwd`` dispatch over ``bins`` (a SegmentBins): the barrier-free
     ``segment_bwd_serial`` (thread and partial per node) when every node is in the thread bin."""
     u.update(bins.uniform(u["n_nodes"]))
-    for key in ("node0", "node1", "ebase", "lanes", "w_first", "gathered", "o_shift"):
+    for key in ("node0", "node1", "ebase", "lanes", "w_first", "gathered", "o_shift", "p_shift"):
         u.setdefault(key, 0)
     if bins.serial:
         u["n_threads"] = bins.serial_threads
