@@ -72,7 +72,12 @@ def numpy_and_wgpu(rtol: float = 1e-5) -> Callable[[Callable[..., dict[str, Any]
 @contextlib.contextmanager
 def forced_limits(backend: Any, binding: int | None = None, buffer: int | None = None) -> Any:
     """Run the block under a forced binding limit and buffer size limit (bytes; None: the
-    device's): ``backend.binding_limit`` and ``backend.buffer_limit``, restored afterwards."""
+    device's): ``backend.binding_limit`` and ``backend.buffer_limit``, restored afterwards.
+    Under a forced binding limit the pool's free buffers are destroyed first, so the block's
+    outputs get fresh (zeroed) buffers: a split run compared with an earlier unsplit one cannot
+    pass on values that run left in a recycled buffer."""
+    if binding and hasattr(backend, "runtime"):
+        backend.runtime.trim()
     with backend.binding_limit(binding) if binding else contextlib.nullcontext():
         with backend.buffer_limit(buffer) if buffer else contextlib.nullcontext():
             yield

@@ -40,17 +40,19 @@ def _graph(seed: int = 3) -> Graph:
     return Graph.from_csr(ptr, cols, num_nodes=N)
 
 
-def _inputs(dim: int):
+def _inputs(dim: int, graph=_graph):
     rng = np.random.default_rng(dim)
-    g = _graph()
+    g = graph()
     q, k = (rng.standard_normal((N, dim)).astype(np.float32) for _ in range(2))
     bias = rng.standard_normal(g.num_edges).astype(np.float32)
     gpi = rng.standard_normal(g.num_edges).astype(np.float32)
     return g, q, k, bias, gpi
 
 
-def _ops(be, limits, dim):
-    g, q, k, bias, gpi = _inputs(dim)
+def _ops(be, limits, dim, graph=_graph):
+    """Every op that reads q and k, on ``graph()`` under ``limits``: (outputs by name, the graph
+    data or None, whether grad_q came back split over buffers)."""
+    g, q, k, bias, gpi = _inputs(dim, graph)
     with forced_limits(be, *limits):
         out = {"logits": be.edge_logits(g, q, k, bias)}
         pi = be.edge_probs(g, q, k, bias, 0.7, 0)
@@ -143,19 +145,19 @@ def test_router_trains_over_row_windows_bit_identical(gpu_backend, np_backend, l
 
 
 def test_row_window_refusals(gpu_backend):
-    """A segment with more out-edges than a row window's gathered rows hold is refused before
-    any work (by the ops, and by Router before its parameters are packed), naming the node,
+    """A segment with more out-edges than a row window's gathered rows hold, where they are too
+    few for a big hub's pieces (fewer than 256), is refused before any work (by the ops, and by Router before its parameters are packed), naming the node,
     and the backend stays usable; so is a d whose one row is past the binding, and a Router
     whose scatter state (4 rows of N) is past one binding, before anything is allocated."""
     rng = np.random.default_rng(0)
-    n, dim = 600, 8
+    n, dim = 600, 16
     deg = np.full(n, 2)
-    deg[7] = 500  # > 16384 / 32 - 64 = 448 gathered rows
+    deg[7] = 500  # > 16384 / 64 - 64 = 192 gathered rows, fewer than a big hub's piece of 256 needs
     g = Graph.from_csr(np.concatenate([[0], np.cumsum(deg)]), rng.integers(0, n, int(deg.sum())), num_nodes=n)
     q, k = (rng.standard_normal((n, dim)).astype(np.float32) for _ in range(2))
     bias = np.zeros(g.num_edges, np.float32)
     with forced_limits(gpu_backend, 16384):
-        with pytest.raises(DeviceLimitError, match="node 7 has 500 out-edges.*8 floats per gathered row"):
+        with pytest.raises(DeviceLimitError, match="node 7 has 500 out-edges.*16 floats per gathered row"):
             gpu_backend.edge_probs(g, q, k, bias)
         with pytest.raises(DeviceLimitError, match="node 7 has 500 out-edges"):  # before packing the parameters
             Router(g, RouterParams(q, k, bias), gpu_backend)

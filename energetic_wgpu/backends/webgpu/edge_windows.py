@@ -71,7 +71,8 @@ class EdgeWindow:
     global node ids) and ``seg_list`` (its nodes on the device, None without edges). A window
     of targets (the reverse index) has ``n0 .. n1`` targets and entries ``e0 .. e1`` of the
     reverse index, and ``large`` (u32, None when empty) lists its ``n_large`` targets of
-    in-degree over SMALL_DEGREE_MAX (``scatter_large``)."""
+    in-degree over SMALL_DEGREE_MAX (``scatter_large``). ``big``: a row window (node_rows.py)
+    of one hub whose entries are more than one window's gathered rows hold (run in pieces)."""
 
     n0: int
     n1: int
@@ -81,6 +82,7 @@ class EdgeWindow:
     seg_list: DeviceArray | None = None
     large: DeviceArray | None = None
     n_large: int = 0
+    big: bool = False
 
 
 def max_window_edges(binding_bytes: int, align: int) -> int:
@@ -98,15 +100,18 @@ def max_window_nodes(binding_bytes: int) -> int:
 
 
 def plan(row_ptr: np.ndarray, max_edges: int, limit_desc: str, what: str = "out-edges", lo: int = 0,
-         hi: int | None = None, block: int = 0, max_nodes: int = 0) -> list[tuple[int, int]]:
+         hi: int | None = None, block: int = 0, max_nodes: int = 0, big_above: int = 0) -> list[tuple[int, int]]:
     """The (n0, n1) node ranges of the windows of a CSR ``row_ptr`` [N+1] (or the reverse
     index's pointers, ``what`` = "in-edges") over the nodes ``lo .. hi`` (default: all): greedy,
     each holding as many whole segments as fit ``max_edges`` edges and at most ``max_nodes``
     nodes (0: any number) and, with ``block``, never crossing a multiple of ``block`` nodes
-    (node_rows.py: a node range of q or k in one binding).
+    (node_rows.py: a node range of q or k in one binding). With ``big_above``, a segment larger
+    than ``max_edges`` and than ``big_above`` edges gets a window of its own (node_rows.py runs
+    it in pieces).
 
     Raises:
-        DeviceLimitError: a segment larger than ``max_edges`` (named with its node and degree).
+        DeviceLimitError: a segment larger than ``max_edges`` (named with its node and degree),
+            unless ``big_above`` admits it.
     """
     ptr = np.asarray(row_ptr, dtype=np.int64)
     n = ptr.size - 1 if hi is None else hi
@@ -115,6 +120,8 @@ def plan(row_ptr: np.ndarray, max_edges: int, limit_desc: str, what: str = "out-
     while n0 < n:
         n1 = int(np.searchsorted(ptr, ptr[n0] + max_edges, side="right")) - 1
         n1 = min(max(n1, n0), n, (n0 // block + 1) * block if block else n, n0 + max_nodes if max_nodes else n)
+        if n1 == n0 and big_above and ptr[n0 + 1] - ptr[n0] > big_above:
+            n1 = n0 + 1
         if n1 == n0:
             raise DeviceLimitError(
                 f"node {n0} has {int(ptr[n0 + 1] - ptr[n0])} {what}, more than one storage binding holds "

@@ -338,6 +338,7 @@ ADAMW_PREPARE = Uniform("PrepareParams", n_parts=U32, clip=U32, has_loss=U32, co
                         log_b1=F32, log_b2=F32, n_loss=U32)
 _ADAMW_HYPER = dict(b1=F32, omb1=F32, b2=F32, omb2=F32, eps=F32, _pad2=F32, _pad3=F32, _pad4=F32)
 ADAMW_UPDATE = Uniform("UpdateParams", n=U32, slot=U32, e0=U32, _pad1=U32, **_ADAMW_HYPER)
+HUB = Uniform("HubParams", s=U32, t=U32, dim=U32, first=U32, last=U32, o_row=U32, c0=U32, _pad0=U32)
 ADAMW_PACKED = Uniform("PackedParams", n=U32, slot=U32, _pad0=U32, _pad1=U32, **_ADAMW_HYPER, off=VEC4, len=VEC4)
 
 _PROBS = ("row_ptr", "col_idx", "q", "k", "bias", "result", "seg_list")
@@ -386,6 +387,11 @@ KERNELS: dict[str, KernelSpec] = {
                    ("seg", "idx", "pi", "gpi", "dl", "feat", "out", "partials")),
         KernelSpec("segment_bwd_lanes", "segment_backward.wgsl", SEG_BWD, ("feat", "partials"), BIN_WG),
         KernelSpec("segment_bwd_serial_lanes", "segment_backward.wgsl", SEG_BWD, ("feat", "partials")),
+        # a big hub of a row plan in pieces (node_rows.py): segment_bwd's 64 lanes, logits_bwd_large's 256
+        KernelSpec("hub_columns", "hub_pieces.wgsl", HUB, ("values", "feat", "carry", "out"), BIN_WG),
+        KernelSpec("hub_columns_256", "hub_pieces.wgsl", HUB, ("values", "feat", "carry", "out"), 256,
+                   entry_point="hub_columns"),
+        KernelSpec("hub_sq", "hub_pieces.wgsl", HUB, ("carry", "out")),
         # losses and AdamW (ops_train.py)
         KernelSpec("mse_partials", "losses.wgsl", LOSS, ("pred", "target_", "mask", "partials", "grad"), 256),
         KernelSpec("loss_final", "losses.wgsl", LOSS, ("partials", "loss"), 256),

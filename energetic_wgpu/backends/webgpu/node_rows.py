@@ -18,18 +18,26 @@ ops that read them (``edge_logits``, ``edge_probs``, ``edge_logits_backward``,
   e0 + t for the window's entry t (``gather_rows``: one dispatch per node block, each entry
   copied once, exact bytes), and the kernels read them there (``gathered``); the window's own
   end (q or grad_q at the sources, grad_k at the targets) is bound as its node range
-  (``q_shift`` / ``o_shift``: row j starts at float j·d - shift).
+  (``q_shift`` / ``o_shift``: row j starts at float j·d - shift);
+* **big hubs**: a hub (more than GROUP_DEGREE_MAX entries) with more entries than one window's
+  gathered rows hold gets a window of its own (``EdgeWindow.big``), run in *pieces* of
+  ``RowPlan.piece`` entries (a multiple of 256, so each lane of a strided sum keeps its
+  entries): its logits by ``edge_logits`` per piece, then the softmax / top-k from those
+  stored logits (d = 0); in the backward the dot and dl over the whole segment (d = 0),
+  then each column's lanes carried across the pieces (hub_pieces.wgsl) and the hub's sum of
+  squares finished in column order.
 
 Every dot product and column sum is computed exactly as without the plan (the same floats in
 the same order): the results, and the gradient norm's partials, keep their bits. Only
 problems whose q or k is past one binding pay the gathers (E·d floats per op and direction).
-Refused, with ``DeviceLimitError`` before any work: a node with more out-edges (or in-edges,
-for the backward) than one window's gathered rows hold, and a d whose one row is past a
-binding.
+Refused, with ``DeviceLimitError`` before any work: a node of at most GROUP_DEGREE_MAX
+out-edges (or in-edges, for the backward) that one window's gathered rows do not hold (only
+under binding limits below 256 gathered rows), and a d whose one row is past a binding.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +47,14 @@ from ...errors import DeviceLimitError
 from . import edge_windows
 from .arrays import DeviceArray, parts_of, range_view
 from .edge_windows import EdgeWindow
+from .kernels import GROUP_DEGREE_MAX
+
+#: a big hub's pieces start at multiples of this many entries from its first (the widest
+#: strided sum over a segment, logits_bwd_large's and edge_probs_hub's 256 lanes)
+BIG_STRIDE = 256
 
 __all__ = ["RowPlan", "needs_rows", "block_rows", "window_edges", "new_node_rows", "in_node_rows", "node_range", "row_plan",
-           "gather_rows"]
+           "gather_rows", "row_pieces", "hub_columns"]
 
 _MASK = 0xFFFFFFFF
 
@@ -106,7 +119,8 @@ class RowPlan:
     (sources), ``rwindows`` (targets over the reverse index; None when refused: ``refusal``),
     the reverse index's sources and edges by target (``rev_src``, ``rev_edges``, in the target
     windows' layout), ``block`` nodes per node block and ``rows``, the gathered rows a window
-    needs at most (its entries plus their start in the bound range)."""
+    needs at most (its entries plus their start in the bound range); ``piece``: the entries
+    of one piece of a big hub's window (``EdgeWindow.big``)."""
 
     dim: int
     block: int
@@ -116,6 +130,7 @@ class RowPlan:
     rev_edges: DeviceArray | None
     rows: int
     refusal: str = ""
+    piece: int = 0
 
     def reverse(self, op: str) -> list[EdgeWindow]:
         """The target windows.
@@ -165,6 +180,8 @@ def row_plan(be: Any, graph: Any, gd: Any, dim: int) -> RowPlan:
     n = gd.num_nodes
     max_edges = window_edges(rt, n, dim)
     max_nodes = edge_windows.max_window_nodes(rt.max_binding_bytes)
+    piece = max_edges // BIG_STRIDE * BIG_STRIDE  # a big hub's entries per piece (0: none admitted)
+    big_above = max(GROUP_DEGREE_MAX, max_edges) if piece else 0
     desc, where = rt.pool.limit_desc
     limit_desc = f"{desc} = {rt.max_binding_bytes} bytes, {where}, {dim} floats per gathered row"
 
@@ -175,7 +192,7 @@ def row_plan(be: Any, graph: Any, gd: Any, dim: int) -> RowPlan:
     spans = [(w.n0, w.n1) for w in gd.windows] if gd.windows is not None else [(0, n)]
     ranges = [r for lo, hi in spans
               for r in edge_windows.plan(graph.row_ptr, max_edges, limit_desc, lo=lo, hi=hi, block=block,
-                                         max_nodes=max_nodes)]
+                                         max_nodes=max_nodes, big_above=big_above)]
     rranges: list[tuple[int, int]] | None = None
     refusal = gd.rev_refusal if gd.windows is not None and gd.rwindows is None else ""
     if not refusal:
@@ -183,18 +200,21 @@ def row_plan(be: Any, graph: Any, gd: Any, dim: int) -> RowPlan:
         try:
             rranges = [r for lo, hi in rspans
                        for r in edge_windows.plan(graph.rev_ptr, max_edges, limit_desc, "in-edges", lo=lo, hi=hi,
-                                                  block=block, max_nodes=max_nodes)]
+                                                  block=block, max_nodes=max_nodes, big_above=big_above)]
         except DeviceLimitError as exc:
             refusal = str(exc)
-    windows = [source_window(up, graph, n0, n1, be.thread_degree_max) for n0, n1 in ranges]
-    rwindows = None if rranges is None else [target_window(up, graph, k0, k1) for k0, k1 in rranges]
+    def mark(w: EdgeWindow) -> EdgeWindow:
+        return dataclasses.replace(w, big=True) if w.e1 - w.e0 > max_edges else w
+
+    windows = [mark(source_window(up, graph, n0, n1, be.thread_degree_max)) for n0, n1 in ranges]
+    rwindows = None if rranges is None else [mark(target_window(up, graph, k0, k1)) for k0, k1 in rranges]
     rev_src = rev_edges = None
     if rwindows is not None:
         rev_src, rev_edges = gd.rev_src, gd.rev_edges
         if rev_src is None:  # the graph's [E] arrays fit one binding: by target, one buffer each
             rev_src, rev_edges = up(graph.src[graph.rev_perm]), up(graph.rev_perm)
-    rows = max([align // 4 + w.e1 - w.e0 for w in windows + (rwindows or [])], default=1)
-    plan = RowPlan(dim, block, windows, rwindows, rev_src, rev_edges, rows, refusal)
+    rows = max([align // 4 + min(w.e1 - w.e0, max_edges) for w in windows + (rwindows or [])], default=1)
+    plan = RowPlan(dim, block, windows, rwindows, rev_src, rev_edges, rows, refusal, piece)
     gd.row_plans[dim] = plan
     arrays = [rev_src, rev_edges] + [x for w in windows + (rwindows or []) for x in (w.seg_list, w.large)]
     be.tag_memory([a for a in arrays if a is not None], "graph")
@@ -216,3 +236,43 @@ def gather_rows(be: Any, table: DeviceArray, index: DeviceArray, e0: int, count:
         threads = count * -(-dim // 4)  # 4 floats of a row each
         rt.dispatch("gather_rows", threads=threads, uniform=dict(
             n=threads, lo=b0, count=b1 - b0, base=shift, off=e0, dim=dim), a=a, index=index, out=out)
+
+
+def row_pieces(plan: RowPlan, w: EdgeWindow) -> list[EdgeWindow]:
+    """The windows a per-edge op runs over for window ``w``: ``[w]``, or the pieces of a big
+    hub's window (``plan.piece`` entries each, the last shorter)."""
+    if not w.big:
+        return [w]
+    return [EdgeWindow(w.n0, w.n1, p, min(p + plan.piece, w.e1)) for p in range(w.e0, w.e1, plan.piece)]
+
+
+def hub_columns(be: Any, plan: RowPlan, w: EdgeWindow, values: DeviceArray, index: DeviceArray, table: DeviceArray,
+                out: DeviceArray, rows: DeviceArray, lanes: int, sq_slot: DeviceArray | None = None) -> None:
+    """Row ``w.n0`` of ``out`` ([N, d] in node blocks) for the big hub of window ``w``: column c
+    = the sum over its entries r of ``values[r] * table[index[r], c]`` (``values``, ``index``:
+    [E] arrays in the windows' layout), summed as a workgroup of ``lanes`` (64: segment_bwd,
+    256: logits_bwd_large) sums it, in pieces (hub_pieces.wgsl): per piece its rows gathered
+    into ``rows`` and one ``hub_columns`` dispatch per group of columns whose lanes' carry fits
+    one binding. With ``sq_slot`` (the hub's 64 lanes' sums of squares, segment_bwd's lanes
+    slot), ``hub_sq`` then adds the squares of the row's values to lane 0's, in column order."""
+    rt = be.runtime
+    dim = plan.dim
+    ov, shift = node_range(be, out, w.n0, w.n1)
+    o_row = (w.n0 * dim - shift) & _MASK
+    per = max(1, rt.max_binding_size // (8 * lanes))  # columns whose carry fits one binding
+    carry = edge_windows.new_split_1d(be, dim * lanes * 2, per * lanes * 2, "hub lanes carry")
+    pieces = row_pieces(plan, w)
+    name = "hub_columns" if lanes == 64 else "hub_columns_256"
+    for i, pw in enumerate(pieces):
+        (iv, e0), vv = (edge_windows.window_view(be, x, pw) for x in (index, values))
+        count = pw.e1 - pw.e0
+        gather_rows(be, table, iv, e0, count, rows)
+        for c0 in range(0, dim, per):
+            nc = min(per, dim - c0)
+            cv = range_view(carry, c0 * lanes * 2, nc * lanes * 2, rt.offset_alignment)[0]
+            rt.dispatch(name, workgroups=nc, uniform=dict(s=e0, t=e0 + count, dim=dim, first=int(i == 0),
+                                                         last=int(i == len(pieces) - 1), o_row=o_row, c0=c0),
+                        values=vv[0], feat=rows, carry=cv, out=ov)
+    if sq_slot is not None:
+        rt.dispatch("hub_sq", threads=1, uniform=dict(s=0, t=0, dim=dim, first=0, last=0, o_row=o_row, c0=0),
+                    carry=sq_slot, out=ov)

@@ -229,6 +229,9 @@ def edge_logits_backward(backend: Any, graph: Any, q: Any, k: Any, grad_logits: 
         for wins, ptr, idx, values, feat, out in ((plan.windows, gd.row_ptr, gd.col_idx, gl, k, grad_q),
                                                   (rwindows, gd.rev_ptr, plan.rev_src, rev_gl, q, grad_k)):
             for w in wins:
+                if w.big:  # a big hub: its columns in pieces, as logits_bwd_large's 256 lanes sum them
+                    node_rows.hub_columns(be, plan, w, values, idx, feat, out, rows, 256)
+                    continue
                 (iv, e0), vv = (edge_windows.window_view(be, x, w) for x in (idx, values))
                 node_rows.gather_rows(be, feat, iv, e0, w.e1 - w.e0, rows)
                 ov, shift = node_rows.node_range(be, out, w.n0, w.n1)
@@ -311,29 +314,38 @@ def softmax_logits_backward(
         if gd.windows is not None:
             pi = edge_windows.in_windows(be, gd, pi, "pi")
             grad_pi = edge_windows.in_windows(be, gd, grad_pi, "grad_pi")
-        rows = rows_of = None
+        rows = rows_of = big_of = None
         if plan is not None:
             rows = be.empty((plan.rows * dim,))
 
             def rows_of(table: Any, out: Any) -> Any:
                 def bind(w: Any, views: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
                     iv, e0 = views["idx"]
-                    node_rows.gather_rows(be, table, iv, e0, w.e1 - w.e0, rows)
                     ov, shift = node_rows.node_range(be, out, w.n0, w.n1)
+                    if w.big:  # its dot and dl only (d = 0); its columns in pieces after (big_hub)
+                        return dict(feat=rows, out=ov), dict(gathered=1, o_shift=shift, dim=0)
+                    node_rows.gather_rows(be, table, iv, e0, w.e1 - w.e0, rows)
                     return dict(feat=rows, out=ov), dict(gathered=1, o_shift=shift)
                 return bind
+
+            def big_of(table: Any, out: Any, index: Any, values: Any) -> Any:
+                def big_hub(w: Any, slot: Any) -> None:
+                    node_rows.hub_columns(be, plan, w, values, index, table, out, rows, 64, slot)
+                return big_hub
 
         windows = gd.windows if plan is None else plan.windows
         _windowed_segment_bwd(be, gd.bins_out, windows,
                               dict(n_nodes=n, dim=dim, mode=0, tau=np.float32(tau)), 0,
                               partials, dict(feat=k, out=grad_q),
                               dict(idx=gd.col_idx, pi=pi, gpi=grad_pi, dl=gl), rows_of and rows_of(k, grad_q),
-                              window_pieces(be, gd, gd.bins_out, graph.row_ptr, windows))
+                              window_pieces(be, gd, gd.bins_out, graph.row_ptr, windows),
+                              big_of and big_of(k, grad_q, gd.col_idx, gl))
         rev_gl = edge_windows.to_reverse_order(be, gd, gl, plan)
         _windowed_segment_bwd(be, gd.bins_in, rwindows, dict(n_nodes=n, dim=dim, mode=2, tau=np.float32(1.0)), w_out,
                               partials, dict(feat=q, out=grad_k, pi=dummy, gpi=dummy),
                               dict(idx=gd.rev_src if plan is None else plan.rev_src, dl=rev_gl),
-                              rows_of and rows_of(q, grad_k), window_pieces(be, gd, gd.bins_in, graph.rev_ptr, rwindows))
+                              rows_of and rows_of(q, grad_k), window_pieces(be, gd, gd.bins_in, graph.rev_ptr, rwindows),
+                              big_of and big_of(q, grad_k, plan.rev_src, rev_gl))
         sumsq.remember(be, (grad_q, grad_k, gl), partials, w_out + w_in)
         return grad_q, grad_k, gl
     _segment_bwd(rt, gd.bins_out, dict(n_nodes=n, dim=dim, mode=0, out_offset=0, tau=np.float32(tau)),
@@ -510,7 +522,7 @@ def window_pieces(be: Any, gd: Any, bins: Any, ptr: np.ndarray, windows: Any) ->
 
 def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], out_offset: int, partials: Any,
                           fixed: dict[str, Any], per_entry: dict[str, Any], rows: Any = None,
-                          pieces: Any = None) -> None:
+                          pieces: Any = None, big: Any = None) -> None:
     """``segment_bwd`` over ``bins`` per window (only its nodes, over the runs of units that hold
     them, bound with the window's own part of the bins: ``pieces`` from :func:`window_pieces`;
     the ``per_entry`` arrays bound as its ranges), each
@@ -518,7 +530,8 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
     ``_serial_lanes``) dispatch reducing them into ``partials`` from ``out_offset``: the partials
     one dispatch over the whole graph writes. ``rows``: for q and k past one binding,
     ``rows(w, views)`` -> (bindings, uniform fields) of window ``w`` (its gathered feat rows and
-    its node range of out, node_rows.py)."""
+    its node range of out, node_rows.py); ``big(w, slot)`` finishes a big hub's window
+    (``w.big``: ``rows`` ran its dispatch with d = 0) given its lanes' slot of the scratch."""
     rt = be.runtime
     ur = {**u, **bins.uniform(u["n_nodes"]), "out_offset": out_offset, "node0": 0, "node1": 0, "ebase": 0, "lanes": 0,
           "w_first": 0, "gathered": 0, "o_shift": 0, "p_shift": 0}
@@ -558,6 +571,9 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
                         rt.dispatch("segment_bwd", workgroups=hi - lo, uniform={
                             **uw, "n_threads": 0, "w_first": lo, "bins_off": off}, partials=lanes, seg=piece.seg,
                             **bound)
+        if w.big:  # one hub, one workgroup: its lanes' slot
+            unit = wpieces[0].runs[0][0]
+            big(w, range_view(scratch, unit * 128, 128, rt.offset_alignment)[0])
     if bins.serial:
         rt.dispatch("segment_bwd_serial_lanes", threads=bins.serial_threads, uniform={**ur, "n_threads":
                     bins.serial_threads}, feat=scratch, partials=partials)

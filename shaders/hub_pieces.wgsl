@@ -1,0 +1,99 @@
+// hub_pieces.wgsl: a big hub's column sums in pieces (node_rows.py): a hub whose entries are
+// more than one row window's gathered rows hold runs its column sums over pieces of its entries,
+// each piece's rows gathered on their own.
+//
+// out[j, c] = sum over the hub's entries r of values[r] * feat[r, c] (feat: the piece's
+// gathered rows, row r for entry r of the bound ranges), exactly as the workgroup of WG lanes
+// of the kernel it stands for sums it: lane l takes entries l, l + WG, ... from the segment's
+// first in order (a compensated sum, kahan_add), then a fixed binary tree of kahan_merge over
+// the WG lanes. `hub_columns` runs one workgroup per column over one piece, which starts at a
+// multiple of WG entries from the segment's first, so each lane meets its entries in the same
+// order: its (sum, comp) is loaded from `carry` (unless `first`), advanced over the piece and
+// stored back (unless `last`, which reduces the lanes and writes out). WG 64: segment_bwd's
+// hub (its group_sum over 64 lanes); WG 256: logits_bwd_large (tree_sum). The same bits.
+//
+// `hub_sq` (one invocation) finishes segment_bwd's sum of squares of the hub: lane 0's (sum,
+// comp) in `carry` (the hub's lanes slot, after segment_bwd ran with d = 0: the squares of dl)
+// plus v * v of each column value of out's row, in column order, as segment_bwd's lane 0 adds
+// them.
+
+struct HubParams {
+    s: u32,      // the piece's first entry in the bound ranges
+    t: u32,      // the end of the piece
+    dim: u32,
+    first: u32,  // 1: the lanes start from zero (the segment's first piece)
+    last: u32,   // 1: reduce the lanes and write out (the segment's last piece)
+    o_row: u32,  // the hub's row of out starts at float o_row of the bound out
+    c0: u32,     // hub_columns: the first column of this dispatch (carry bound from its lanes on)
+    _pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: HubParams;
+@group(0) @binding(1) var<storage, read> values: array<f32>;
+@group(0) @binding(2) var<storage, read> feat: array<f32>;
+@group(0) @binding(3) var<storage, read_write> carry: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+var<workgroup> hp_a: array<f32, 256>;
+var<workgroup> hp_b: array<f32, 256>;
+
+// the WG lanes' compensated sums by the fixed tree (strides WG / 2, ..., 1): group_sum's and
+// tree_sum's order; call from uniform control flow
+fn lanes_sum(lid: u32, acc: vec2<f32>) -> f32 {
+    hp_a[lid] = acc.x;
+    hp_b[lid] = acc.y;
+    workgroupBarrier();
+    for (var st = WG / 2u; st > 0u; st = st >> 1u) {
+        if (lid < st) {
+            let m = kahan_merge(vec2<f32>(hp_a[lid], hp_b[lid]), vec2<f32>(hp_a[lid + st], hp_b[lid + st]));
+            hp_a[lid] = m.x;
+            hp_b[lid] = m.y;
+        }
+        workgroupBarrier();
+    }
+    return hp_a[0] - hp_b[0];
+}
+
+@compute @workgroup_size(WG)
+fn hub_columns(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let cl = group_index(wid, nwg);
+    let c = P.c0 + cl;
+    if (c >= P.dim) {
+        return;
+    }
+    let slot = 2u * (cl * WG + lid);
+    var acc = vec2<f32>(0.0, 0.0);
+    if (P.first == 0u) {
+        acc = vec2<f32>(carry[slot], carry[slot + 1u]);
+    }
+    for (var r = P.s + lid; r < P.t; r = r + WG) {
+        acc = kahan_add(acc, values[r] * feat[r * P.dim + c]);
+    }
+    if (P.last == 0u) {
+        carry[slot] = acc.x;
+        carry[slot + 1u] = acc.y;
+        return;
+    }
+    let v = lanes_sum(lid, acc);
+    if (lid == 0u) {
+        out[P.o_row + c] = v;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn hub_sq(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    if (thread_index(gid, nwg) != 0u) {
+        return;
+    }
+    var sq = vec2<f32>(carry[0], carry[1]);
+    for (var c = 0u; c < P.dim; c = c + 1u) {
+        let v = out[P.o_row + c];
+        sq = kahan_add(sq, v * v);
+    }
+    carry[0] = sq.x;
+    carry[1] = sq.y;
+}
