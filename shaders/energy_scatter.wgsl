@@ -24,6 +24,12 @@
 // A graph cut into edge windows (edge_windows.py) runs scatter_small / scatter_large once per
 // window of targets node0 .. node0 + n_count, on its ranges of the split reverse index and of
 // pi in reverse-index order (rev_ptr[k] - rbase indexes them).
+// A target with more in-edges than one window holds (edge_windows.py: a big in-hub) has windows
+// of its own, pieces of its range starting at multiples of 256 entries from its first:
+// scatter_large_piece runs scatter_large's workgroup per (b, k) over one piece (entries rbase ..
+// rbase + n_count of the bound ranges, k = node0), each lane's (acc, blk, nb) loaded from
+// `carry` (unless the first piece) and stored back (unless the last, which finishes as
+// scatter_large does): each lane meets its entries in the same order, the same bits.
 // With flags bit 4 the state is in rows (batch_chunks.py, when not even 4 node-major rows of N
 // fit one binding): xt and act_t are bound as the [B, N] rows themselves (element (b, j) at
 // e0 + b * N + j, read as component (i & 3) of vec4 i >> 2), next_e is [B, N] too.
@@ -40,8 +46,8 @@ struct ScatterParams {
     node0: u32,      // scatter_small / scatter_large: the first target node of this dispatch ...
     n_count: u32,    // ... and its number of nodes (a window of targets; else 0 and n_nodes)
     rbase: u32,      // rev_ptr[k] - rbase indexes the bound reverse-index ranges (a window; else 0)
-    _pad1: u32,
-    _pad2: u32,
+    b0: u32,         // scatter_large_piece: the first batch row of this dispatch (carry bound from its lanes)
+    piece: u32,      // scatter_large_piece: bit 0 the hub's first piece, bit 1 its last
 }
 
 @group(0) @binding(0) var<uniform> P: ScatterParams;
@@ -57,7 +63,7 @@ struct ScatterParams {
 @group(0) @binding(10) var<storage, read_write> xt_out: array<vec4<f32>>;
 @group(0) @binding(11) var<storage, read> act_t: array<vec4<u32>>;       // node-major mask
 @group(0) @binding(12) var<storage, read_write> act_out: array<vec4<u32>>;
-
+@group(0) @binding(13) var<storage, read_write> carry: array<vec4<f32>>;  // scatter_large_piece
 fn n_chunks() -> u32 {
     return (P.batch + 3u) / 4u;
 }
@@ -269,6 +275,22 @@ fn scatter_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
 }
 
 // ---------------------------------------------------------------- large in-degrees
+// one lane's share of row l of chunk c over entries r0, r0 + LWG, ... < t: blocks of 16 products
+// (blk, its count nb) added to the compensated sum acc as each fills
+fn lane_sum(r0: u32, t: u32, c: u32, l: u32, acc: ptr<function, vec2<f32>>, blk: ptr<function, f32>,
+            nb: ptr<function, u32>) {
+    for (var r = r0; r < t; r = r + LWG) {
+        let pair = rev_entry(r);
+        *blk = *blk + xval4(pair.y, c)[l] * pi[pair.x];
+        *nb = *nb + 1u;
+        if (*nb == 16u) {
+            *acc = kahan_add(*acc, *blk);
+            *blk = 0.0;
+            *nb = 0u;
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn scatter_large(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -289,15 +311,43 @@ fn scatter_large(
     var acc = vec2<f32>(0.0, 0.0);
     var blk = 0.0;
     var nb = 0u;
-    for (var r = s + lid; r < t; r = r + LWG) {
-        let pair = rev_entry(r);
-        blk = blk + xval4(pair.y, c)[l] * pi[pair.x];
-        nb = nb + 1u;
-        if (nb == 16u) {
-            acc = kahan_add(acc, blk);
-            blk = 0.0;
-            nb = 0u;
-        }
+    lane_sum(s + lid, t, c, l, &acc, &blk, &nb);
+    acc = kahan_add(acc, blk);
+    let total = tree_sum(lid, acc);
+    if (lid == 0u) {
+        next_e[out_index(b, k)] = finish(b, k, total);
+    }
+}
+
+// scatter_large over one piece of a big in-hub (see the top): workgroup b - b0 of the dispatch
+@compute @workgroup_size(WG)
+fn scatter_large_piece(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // WG must be 256 (LWG) for this entry point.
+    let b = P.b0 + group_index(wid, nwg);
+    if (b >= P.batch) {
+        return;
+    }
+    let k = P.node0;
+    let c = b / 4u;
+    let l = b % 4u;
+    let slot = (b - P.b0) * LWG + lid;
+    var acc = vec2<f32>(0.0, 0.0);
+    var blk = 0.0;
+    var nb = 0u;
+    if ((P.piece & 1u) == 0u) {
+        let v = carry[slot];
+        acc = v.xy;
+        blk = v.z;
+        nb = bitcast<u32>(v.w);
+    }
+    lane_sum(P.rbase + lid, P.rbase + P.n_count, c, l, &acc, &blk, &nb);
+    if ((P.piece & 2u) == 0u) {
+        carry[slot] = vec4<f32>(acc, blk, bitcast<f32>(nb));
+        return;
     }
     acc = kahan_add(acc, blk);
     let total = tree_sum(lid, acc);

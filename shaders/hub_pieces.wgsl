@@ -2,8 +2,8 @@
 // more than one row window's gathered rows hold runs its column sums over pieces of its entries,
 // each piece's rows gathered on their own.
 //
-// out[j, c] = sum over the hub's entries r of values[r] * feat[r, c] (feat: the piece's
-// gathered rows, row r for entry r of the bound ranges), exactly as the workgroup of WG lanes
+// out[j, c] = sum over the hub's entries r of values[r] * feat[row_r, c] (row_r = r: the piece's
+// gathered rows, row r for entry r of the bound ranges; else index[r]), exactly as the workgroup of WG lanes
 // of the kernel it stands for sums it: lane l takes entries l, l + WG, ... from the segment's
 // first in order (a compensated sum, kahan_add), then a fixed binary tree of kahan_merge over
 // the WG lanes. `hub_columns` runs one workgroup per column over one piece, which starts at a
@@ -13,9 +13,10 @@
 // hub (its group_sum over 64 lanes); WG 256: logits_bwd_large (tree_sum). The same bits.
 //
 // `hub_sq` (one invocation) finishes segment_bwd's sum of squares of the hub: lane 0's (sum,
-// comp) in `carry` (the hub's lanes slot, after segment_bwd ran with d = 0: the squares of dl)
-// plus v * v of each column value of out's row, in column order, as segment_bwd's lane 0 adds
-// them.
+// comp) in `carry` (the hub's lanes slot, after segment_bwd ran with d = 0: the squares of dl;
+// with `first` every lane's starts from zero, as over the reverse index where nothing else adds
+// to it) plus v * v of each column value of out's row, in column order, as segment_bwd's lane 0
+// adds them.
 
 struct HubParams {
     s: u32,      // the piece's first entry in the bound ranges
@@ -25,7 +26,7 @@ struct HubParams {
     last: u32,   // 1: reduce the lanes and write out (the segment's last piece)
     o_row: u32,  // the hub's row of out starts at float o_row of the bound out
     c0: u32,     // hub_columns: the first column of this dispatch (carry bound from its lanes on)
-    _pad0: u32,
+    gathered: u32,  // 1: entry r's row is row r of the bound feat (gathered), else index[r]
 }
 
 @group(0) @binding(0) var<uniform> P: HubParams;
@@ -33,6 +34,7 @@ struct HubParams {
 @group(0) @binding(2) var<storage, read> feat: array<f32>;
 @group(0) @binding(3) var<storage, read_write> carry: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> index: array<u32>;
 
 var<workgroup> hp_a: array<f32, 256>;
 var<workgroup> hp_b: array<f32, 256>;
@@ -71,7 +73,11 @@ fn hub_columns(
         acc = vec2<f32>(carry[slot], carry[slot + 1u]);
     }
     for (var r = P.s + lid; r < P.t; r = r + WG) {
-        acc = kahan_add(acc, values[r] * feat[r * P.dim + c]);
+        var row = r;
+        if (P.gathered == 0u) {
+            row = index[r];
+        }
+        acc = kahan_add(acc, values[r] * feat[row * P.dim + c]);
     }
     if (P.last == 0u) {
         carry[slot] = acc.x;
@@ -90,6 +96,12 @@ fn hub_sq(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         return;
     }
     var sq = vec2<f32>(carry[0], carry[1]);
+    if (P.first != 0u) {
+        for (var i = 2u; i < 128u; i = i + 1u) {
+            carry[i] = 0.0;
+        }
+        sq = vec2<f32>(0.0, 0.0);
+    }
     for (var c = 0u; c < P.dim; c = c + 1u) {
         let v = out[P.o_row + c];
         sq = kahan_add(sq, v * v);

@@ -1,5 +1,7 @@
-"""Big hubs of a row plan (node_rows.py): a hub with more entries than one row window's
-gathered rows hold, run in pieces.
+"""Big hubs: a hub with more entries than one window holds, run in pieces.
+
+Row plans (node_rows.py) first, then a target of more in-edges than an edge window holds
+(edge_windows.py: its range cut into target windows of its own, scatter_large_piece).
 
 With q and k past one binding, every row window gathers the other end's rows of its entries
 into one binding (448 rows at d = 8 under 16 KiB, 960 at d = 16 under 64 KiB). A hub of more
@@ -19,7 +21,7 @@ from parity import assert_parity, forced_limits
 from test_node_rows import _inputs, _ops
 
 from energetic_wgpu import AdamW, Graph, Router, RouterParams
-from energetic_wgpu.backends.webgpu import node_rows
+from energetic_wgpu.backends.webgpu import edge_windows
 
 N = 1500
 
@@ -47,10 +49,11 @@ def test_big_hubs_bit_identical(gpu_backend, np_backend, dim, limits, piece):
     got, gd, _ = _ops(gpu_backend, limits, dim, _graph)
     plan = gd.row_plans[dim]
     assert plan.piece == piece
-    big = [(w.n0, w.e1 - w.e0) for w in plan.windows if w.big]
-    rbig = [(w.n0, w.e1 - w.e0) for w in plan.rwindows if w.big]
-    assert big == [(5, 1000)] and rbig == [(N - 3, _graph().in_degree[N - 3])]
-    assert len(node_rows.row_pieces(plan, [w for w in plan.windows if w.big][0])) == -(-1000 // piece)
+    big = [g for g in edge_windows.hub_groups(plan.windows) if isinstance(g, list)]
+    rbig = [g for g in edge_windows.hub_groups(plan.rwindows) if isinstance(g, list)]
+    assert [(g[0].n0, g[-1].e1 - g[0].e0, len(g)) for g in big] == [(5, 1000, -(-1000 // piece))]
+    assert [(g[0].n0, g[-1].e1 - g[0].e0) for g in rbig] == [(N - 3, _graph().in_degree[N - 3])]
+    assert all(w.e1 - w.e0 <= piece and (w.e0 - g[0].e0) % 256 == 0 for g in big + rbig for w in g)
     ref, _, _ = _ops(np_backend, (None, None), dim, _graph)
     for name in whole:
         assert got[name].tobytes() == whole[name].tobytes(), name
@@ -85,5 +88,101 @@ def test_router_trains_with_big_hubs_bit_identical(gpu_backend, np_backend):
     assert split.tobytes() == whole.tobytes()
     assert_parity(split, ref, "losses and gradient norms", rtol=1e-4)
     for name, a, b, c in zip(("q", "k", "bias"), split_p, whole_p, ref_p):
+        assert a.tobytes() == b.tobytes(), name
+        assert_parity(a, c, name, rtol=1e-4)
+
+
+M = 900  # nodes of the edge-window cases (one batch row, 3,856 bytes with the alignment, fits 4 KiB)
+
+
+def _in_hub_graph(hub: int = 2000, top: int = 7) -> Graph:
+    """Out-degrees 0 .. top - 1 (and two hubs of 300 out-edges that fit a window), and node 7
+    the target of ``hub`` edges: more in-edges than a window holds (960 under 4 KiB, 4,032
+    under 16 KiB)."""
+    rng = np.random.default_rng(12)
+    deg = rng.integers(0, top, M)
+    deg[[3, 500]] = 300
+    ptr = np.zeros(M + 1, np.int64)
+    np.cumsum(deg, out=ptr[1:])
+    cols = rng.integers(0, M, int(ptr[-1]))
+    cols[rng.permutation(cols.size)[:hub]] = 7
+    return Graph.from_csr(ptr, cols, num_nodes=M)
+
+
+def _in_hub_ops(be, limit, dim):
+    rng = np.random.default_rng(dim + 40)
+    g = _in_hub_graph()
+    q, k = (rng.standard_normal((M, dim)).astype(np.float32) for _ in range(2))
+    bias = rng.standard_normal(g.num_edges).astype(np.float32)
+    gpi = rng.standard_normal(g.num_edges).astype(np.float32)
+    out = {}
+    with forced_limits(be, limit):
+        pi = be.edge_probs(g, q, k, bias, 0.7, 0)
+        for batch in (1, 5, 33):
+            en = (rng.random((batch, M)) * (rng.random((batch, M)) < 0.7)).astype(np.float32)
+            act = rng.random((batch, M)) < 0.8
+            out[f"next B={batch}"] = be.energy_scatter(g, en, pi, 0.9, act if batch > 1 else None,
+                                                       retain_sinks=batch == 5)
+        if hasattr(be, "graph_data"):  # NaN in the pool's buffers the lanes' scratch may reuse
+            poison = [be.asarray(np.full(be.graph_data(g).bins_in.workgroups * 128, np.nan, np.float32))
+                      for _ in range(3)]
+            del poison
+        out["grad_q"], out["grad_k"], out["grad_logits"] = gq, gk, gl = be.softmax_logits_backward(
+            g, pi, gpi, 0.7, q, k)
+        out["sum of squares"] = be.sum_squares([gq, gk, gl])
+        out["logits_bwd grad_q"], out["logits_bwd grad_k"], _ = be.edge_logits_backward(g, q, k, gl)
+        gd = be.graph_data(g) if hasattr(be, "graph_data") else None
+        return {name: be.to_numpy(x) for name, x in out.items()}, gd
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_in_hub_past_a_window_bit_identical(gpu_backend, np_backend, dim):
+    """A target of 2,000 in-edges under 4 KiB (windows of 960): its range in pieces of 768 (3
+    target windows of node 7); energy_scatter (B = 1, 5 with retained sinks, 33 in batch
+    chunks, masks) carries scatter_large's lanes across them (one carry group per batch row),
+    softmax_logits_backward and edge_logits_backward carry the columns' lanes; d = 2 puts q and
+    k in row windows too (the hub's pieces of 256 cut again at the target windows' pieces).
+    Bit-identical to the unsplit run and in parity with NumPy."""
+    whole, _ = _in_hub_ops(gpu_backend, None, dim)
+    got, gd = _in_hub_ops(gpu_backend, 4096, dim)
+    groups = [g for g in edge_windows.hub_groups(gd.rwindows) if isinstance(g, list)]
+    assert [(g[0].n0, [w.e1 - w.e0 for w in g]) for g in groups] == [(7, [768, 768, _in_hub_graph().in_degree[7]
+                                                                           - 1536])]
+    assert bool(gd.row_plans) == (dim == 2)
+    ref, _ = _in_hub_ops(np_backend, None, dim)
+    for name in whole:
+        assert got[name].tobytes() == whole[name].tobytes(), name
+        assert_parity(got[name], ref[name], name, rtol=1e-4)
+
+
+def _in_hub_train(be, limit, n_steps=3):
+    rng = np.random.default_rng(5)
+    g = _in_hub_graph(5000, 14)
+    q, k = (0.3 * rng.standard_normal((M, 2))).astype(np.float32), (0.3 * rng.standard_normal((M, 2))).astype(
+        np.float32)
+    en = rng.random((5, M)).astype(np.float32)
+    tgt = (0.1 * rng.random((5, M))).astype(np.float32)
+    with forced_limits(be, limit):
+        r = Router(g, RouterParams(q, k, np.zeros(g.num_edges, np.float32), tau=0.8, alpha=0.9, top_k=0), be)
+        opt = AdamW(r, lr=0.01, eps=1e-2, max_grad_norm=0.1)
+        out = []
+        for _ in range(n_steps):
+            res = r.train_step(en, tgt, opt, steps=2, retain_sinks=True)
+            out += [res.loss, res.grad_norm]
+        if limit and hasattr(be, "graph_data"):  # node 7's in-edges in 2 target windows
+            groups = [x for x in edge_windows.hub_groups(be.graph_data(g).rwindows) if isinstance(x, list)]
+            assert [(x[0].n0, len(x)) for x in groups] == [(7, 2)]
+        p = r.params()
+    return [np.array(out, np.float32), p.q, p.k, p.bias]
+
+
+def test_router_trains_with_an_in_hub_past_a_window(gpu_backend, np_backend):
+    """3 clipped AdamW steps (B = 5, q and k in row windows) under 16 KiB with node 7's 5,000
+    in-edges in 2 target windows (pieces of 3,840): losses, gradient norms and parameters
+    bit-identical to the unsplit run and in parity with NumPy."""
+    split = _in_hub_train(gpu_backend, 16384)
+    whole = _in_hub_train(gpu_backend, None)
+    ref = _in_hub_train(np_backend, None)
+    for name, a, b, c in zip(("losses and norms", "q", "k", "bias"), split, whole, ref):
         assert a.tobytes() == b.tobytes(), name
         assert_parity(a, c, name, rtol=1e-4)

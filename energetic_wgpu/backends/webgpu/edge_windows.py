@@ -44,15 +44,20 @@ graph: the results are bit-identical. An [E] input whose buffers are cut elsewhe
 uploaded before the graph) is first copied (exact bytes) into the windows' layout. Every op
 of the Backend API that takes a graph runs over windows (``segment_softmax_backward`` and
 ``edge_logits_backward`` too, as the backward above without its sum of squares; entropy
-regularization over ranges of whole 4096-edge blocks). Refused, with ``DeviceLimitError``
-before any work: a segment larger than a window (when the graph is uploaded), a target with
-more in-edges than a window (the ops that read the reverse index), the 4096-edge reductions
+regularization over ranges of whole 4096-edge blocks). A target with more in-edges than a
+window holds (a big in-hub) gets windows of its own, pieces of its range that start at
+multiples of BIG_STRIDE entries from its first (:func:`hub_groups` runs them as one):
+``scatter_large_piece`` and ``hub_columns`` (hub_pieces.wgsl) carry their lanes' sums from piece
+to piece, the same bits. Refused, with ``DeviceLimitError`` before any work: a segment larger
+than a window (when the graph is uploaded), a target with more in-edges than a window where a
+window holds fewer than 256 edges (the ops that read the reverse index), the 4096-edge reductions
 under a binding limit below 16 KiB (``add`` and ``sum_squares`` of the split [E] arrays run in
 ranges). q and k past one binding: node_rows.py cuts these windows finer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +66,7 @@ import numpy as np
 from ...errors import DeviceLimitError
 from .arrays import DeviceArray, parts_of, range_view
 
-__all__ = ["EdgeWindow", "max_window_edges", "max_window_nodes", "plan", "new_edge_array", "window_view", "in_windows",
+__all__ = ["EdgeWindow", "max_window_edges", "max_window_nodes", "plan", "hub_groups", "span_of", "new_edge_array", "window_view", "in_windows",
            "to_reverse_order", "edge_array", "copy_elements", "new_split_1d"]
 
 
@@ -71,8 +76,10 @@ class EdgeWindow:
     global node ids) and ``seg_list`` (its nodes on the device, None without edges). A window
     of targets (the reverse index) has ``n0 .. n1`` targets and entries ``e0 .. e1`` of the
     reverse index, and ``large`` (u32, None when empty) lists its ``n_large`` targets of
-    in-degree over SMALL_DEGREE_MAX (``scatter_large``). ``big``: a row window (node_rows.py)
-    of one hub whose entries are more than one window's gathered rows hold (run in pieces)."""
+    in-degree over SMALL_DEGREE_MAX (``scatter_large``). ``big``: one piece of a big hub, a
+    hub whose entries are more than one window holds (a target window's in-edges, or a row
+    window's gathered rows, node_rows.py): its consecutive pieces, each a window of that node
+    starting a multiple of BIG_STRIDE entries from its first, run as one (:func:`hub_groups`)."""
 
     n0: int
     n1: int
@@ -83,6 +90,11 @@ class EdgeWindow:
     large: DeviceArray | None = None
     n_large: int = 0
     big: bool = False
+
+
+#: a big hub's pieces start at multiples of this many entries from its first (the widest
+#: strided sum over a segment: scatter_large's, logits_bwd_large's and edge_probs_hub's 256 lanes)
+BIG_STRIDE = 256
 
 
 def max_window_edges(binding_bytes: int, align: int) -> int:
@@ -131,6 +143,24 @@ def plan(row_ptr: np.ndarray, max_edges: int, limit_desc: str, what: str = "out-
         out.append((n0, n1))
         n0 = n1
     return out
+
+
+def hub_groups(windows: list[EdgeWindow]) -> list[EdgeWindow | list[EdgeWindow]]:
+    """``windows`` with each run of a big hub's pieces (consecutive ``big`` windows of one node)
+    gathered into a list, in order."""
+    out: list[EdgeWindow | list[EdgeWindow]] = []
+    for w in windows:
+        last = out[-1] if out else None
+        if w.big and isinstance(last, list) and last[0].n0 == w.n0:
+            last.append(w)
+        else:
+            out.append([w] if w.big else w)
+    return out
+
+
+def span_of(pieces: list[EdgeWindow]) -> EdgeWindow:
+    """The window of a big hub's whole range (its pieces' first and last ends)."""
+    return dataclasses.replace(pieces[0], e1=pieces[-1].e1)
 
 
 def edge_array(be: Any, gd: Any, what: str) -> DeviceArray:

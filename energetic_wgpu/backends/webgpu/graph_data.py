@@ -176,7 +176,8 @@ class GraphData:
         """The windows of targets of a windowed graph.
 
         Raises:
-            DeviceLimitError: naming ``op``, when a target has more in-edges than one window holds.
+            DeviceLimitError: naming ``op``, when a target has more in-edges than one window holds
+                and a window is too small for its pieces.
         """
         if self.rwindows is None:
             raise DeviceLimitError(f"{op}: {self.rev_refusal}")
@@ -262,8 +263,8 @@ def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
     (:func:`needs_windows`): its edge windows (edge_windows.py; at most
     ``edge_windows.max_window_nodes`` nodes each), col_idx and src in the windows' layout, the
     windows' degree bins; the windows of targets and the split reverse index (sources and edges
-    by target) in their layout, unless a target has more in-edges than a window holds
-    (``rev_refusal``). The backward's segment bins stay on the host: each window uploads its
+    by target) in their layout, a target of more in-edges than a window holds in windows of
+    its pieces (edge_windows.BIG_STRIDE), unless a window holds fewer than 256 (``rev_refusal``). The backward's segment bins stay on the host: each window uploads its
     own part when the backward first runs (ops_backward.window_pieces)."""
     rt = backend.runtime
     desc, where = rt.pool.limit_desc
@@ -285,10 +286,16 @@ def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
     rev = graph.rev_ptr
     rwindows: list[EdgeWindow] | None = None
     refusal = ""
+    piece = max_edges // edge_windows.BIG_STRIDE * edge_windows.BIG_STRIDE  # a big in-hub's entries per piece
     try:
         rwindows = []
-        for k0, k1 in edge_windows.plan(rev, max_edges, limit_desc, "in-edges", max_nodes=max_nodes):
-            rwindows.append(target_window(up, graph, k0, k1))
+        for k0, k1 in edge_windows.plan(rev, max_edges, limit_desc, "in-edges", max_nodes=max_nodes,
+                                        big_above=max(GROUP_DEGREE_MAX, max_edges) if piece else 0):
+            if rev[k1] - rev[k0] > max_edges:  # a big in-hub: a window per piece of its range
+                rwindows += [EdgeWindow(k0, k1, int(p), int(min(p + piece, rev[k1])), big=True)
+                             for p in range(int(rev[k0]), int(rev[k1]), piece)]
+            else:
+                rwindows.append(target_window(up, graph, k0, k1))
     except DeviceLimitError as exc:
         rwindows, refusal = None, str(exc)
     rev_fields: dict[str, Any] = dict(rev_src=None, rev_edges=None)

@@ -316,7 +316,7 @@ LOGITS = Uniform("LogitParams", n_edges=U32, dim=U32, e0=U32, gathered=U32, q_sh
 PROBS = Uniform("ProbParams", n_small=U32, n_mid=U32, n_hub=U32, small_wg=U32, mid_wg=U32, dim=U32, top_k=U32,
                 mode=U32, tau=F32, ebase=U32, gathered=U32, q_shift=U32)
 SCATTER = Uniform("ScatterParams", batch=U32, n_nodes=U32, flags=U32, n_large=U32, alpha=F32, small_max=U32,
-                  e0=U32, node0=U32, n_count=U32, rbase=U32, _pad1=U32, _pad2=U32)
+                  e0=U32, node0=U32, n_count=U32, rbase=U32, b0=U32, piece=U32)
 FLOW = Uniform("FlowParams", batch=U32, n_nodes=U32, n_edges=U32, has_active=U32, alpha=F32, edge_blocks=U32,
                row0=U32, out0=U32, e0=U32, eoff=U32, _pad1=U32, _pad2=U32)
 METRICS = Uniform("MetricParams", batch=U32, n_nodes=U32, n_edges=U32, has_active=U32, alpha=F32, n_total=U32,
@@ -338,7 +338,7 @@ ADAMW_PREPARE = Uniform("PrepareParams", n_parts=U32, clip=U32, has_loss=U32, co
                         log_b1=F32, log_b2=F32, n_loss=U32)
 _ADAMW_HYPER = dict(b1=F32, omb1=F32, b2=F32, omb2=F32, eps=F32, _pad2=F32, _pad3=F32, _pad4=F32)
 ADAMW_UPDATE = Uniform("UpdateParams", n=U32, slot=U32, e0=U32, _pad1=U32, **_ADAMW_HYPER)
-HUB = Uniform("HubParams", s=U32, t=U32, dim=U32, first=U32, last=U32, o_row=U32, c0=U32, _pad0=U32)
+HUB = Uniform("HubParams", s=U32, t=U32, dim=U32, first=U32, last=U32, o_row=U32, c0=U32, gathered=U32)
 ADAMW_PACKED = Uniform("PackedParams", n=U32, slot=U32, _pad0=U32, _pad1=U32, **_ADAMW_HYPER, off=VEC4, len=VEC4)
 
 _PROBS = ("row_ptr", "col_idx", "q", "k", "bias", "result", "seg_list")
@@ -363,6 +363,8 @@ KERNELS: dict[str, KernelSpec] = {
         KernelSpec("scatter_rows", "energy_scatter.wgsl", SCATTER, ("xt", "next_e")),
         KernelSpec("scatter_small", "energy_scatter.wgsl", SCATTER, _SCATTER_IN),
         KernelSpec("scatter_large", "energy_scatter.wgsl", SCATTER, _SCATTER_IN + ("large_nodes",), 256),
+        KernelSpec("scatter_large_piece", "energy_scatter.wgsl", SCATTER,
+                   ("rev_pairs", "pi", "sink", "next_e", "xt", "act_t", "carry"), 256),
         KernelSpec("edge_flow", "edge_flow.wgsl", FLOW, ("src", "pi", "energies", "act_mask", "flow")),
         KernelSpec("metrics_partials", "metrics.wgsl", METRICS,
                    ("src", "pi", "energies", "next_e", "act_mask", "partials"), 256),
@@ -388,8 +390,8 @@ KERNELS: dict[str, KernelSpec] = {
         KernelSpec("segment_bwd_lanes", "segment_backward.wgsl", SEG_BWD, ("feat", "partials"), BIN_WG),
         KernelSpec("segment_bwd_serial_lanes", "segment_backward.wgsl", SEG_BWD, ("feat", "partials")),
         # a big hub of a row plan in pieces (node_rows.py): segment_bwd's 64 lanes, logits_bwd_large's 256
-        KernelSpec("hub_columns", "hub_pieces.wgsl", HUB, ("values", "feat", "carry", "out"), BIN_WG),
-        KernelSpec("hub_columns_256", "hub_pieces.wgsl", HUB, ("values", "feat", "carry", "out"), 256,
+        KernelSpec("hub_columns", "hub_pieces.wgsl", HUB, ("values", "feat", "carry", "out", "index"), BIN_WG),
+        KernelSpec("hub_columns_256", "hub_pieces.wgsl", HUB, ("values", "feat", "carry", "out", "index"), 256,
                    entry_point="hub_columns"),
         KernelSpec("hub_sq", "hub_pieces.wgsl", HUB, ("carry", "out")),
         # losses and AdamW (ops_train.py)

@@ -20,12 +20,13 @@ ops that read them (``edge_logits``, ``edge_probs``, ``edge_logits_backward``,
   end (q or grad_q at the sources, grad_k at the targets) is bound as its node range
   (``q_shift`` / ``o_shift``: row j starts at float j·d - shift);
 * **big hubs**: a hub (more than GROUP_DEGREE_MAX entries) with more entries than one window's
-  gathered rows hold gets a window of its own (``EdgeWindow.big``), run in *pieces* of
+  gathered rows hold runs in *pieces*, windows of their own (``EdgeWindow.big``) of
   ``RowPlan.piece`` entries (a multiple of 256, so each lane of a strided sum keeps its
-  entries): its logits by ``edge_logits`` per piece, then the softmax / top-k from those
-  stored logits (d = 0); in the backward the dot and dl over the whole segment (d = 0),
-  then each column's lanes carried across the pieces (hub_pieces.wgsl) and the hub's sum of
-  squares finished in column order.
+  entries; cut also where a big in-hub's target windows cut it): its logits by
+  ``edge_logits`` per piece, then the softmax / top-k from those stored logits (d = 0); in the
+  backward the dot and dl over the whole segment (d = 0; out-hubs, whose segment fits one
+  binding), then each column's lanes carried across the pieces (hub_pieces.wgsl) and the
+  hub's sum of squares finished in column order.
 
 Every dot product and column sum is computed exactly as without the plan (the same floats in
 the same order): the results, and the gradient norm's partials, keep their bits. Only
@@ -46,15 +47,11 @@ import numpy as np
 from ...errors import DeviceLimitError
 from . import edge_windows
 from .arrays import DeviceArray, parts_of, range_view
-from .edge_windows import EdgeWindow
+from .edge_windows import BIG_STRIDE, EdgeWindow
 from .kernels import GROUP_DEGREE_MAX
 
-#: a big hub's pieces start at multiples of this many entries from its first (the widest
-#: strided sum over a segment, logits_bwd_large's and edge_probs_hub's 256 lanes)
-BIG_STRIDE = 256
-
 __all__ = ["RowPlan", "needs_rows", "block_rows", "window_edges", "new_node_rows", "in_node_rows", "node_range", "row_plan",
-           "gather_rows", "row_pieces", "hub_columns"]
+           "gather_rows", "hub_columns"]
 
 _MASK = 0xFFFFFFFF
 
@@ -120,7 +117,7 @@ class RowPlan:
     the reverse index's sources and edges by target (``rev_src``, ``rev_edges``, in the target
     windows' layout), ``block`` nodes per node block and ``rows``, the gathered rows a window
     needs at most (its entries plus their start in the bound range); ``piece``: the entries
-    of one piece of a big hub's window (``EdgeWindow.big``)."""
+    of one piece of a big hub (``EdgeWindow.big``: a hub's pieces are consecutive windows)."""
 
     dim: int
     block: int
@@ -196,24 +193,34 @@ def row_plan(be: Any, graph: Any, gd: Any, dim: int) -> RowPlan:
     rranges: list[tuple[int, int]] | None = None
     refusal = gd.rev_refusal if gd.windows is not None and gd.rwindows is None else ""
     if not refusal:
-        rspans = [(w.n0, w.n1) for w in gd.rwindows] if gd.rwindows is not None else [(0, n)]
+        rspans = [(0, n)]
+        if gd.rwindows is not None:  # a big in-hub's pieces (one window each) make one span
+            rspans = list(dict.fromkeys((w.n0, w.n1) for w in gd.rwindows))
         try:
             rranges = [r for lo, hi in rspans
                        for r in edge_windows.plan(graph.rev_ptr, max_edges, limit_desc, "in-edges", lo=lo, hi=hi,
                                                   block=block, max_nodes=max_nodes, big_above=big_above)]
         except DeviceLimitError as exc:
             refusal = str(exc)
-    def mark(w: EdgeWindow) -> EdgeWindow:
-        return dataclasses.replace(w, big=True) if w.e1 - w.e0 > max_edges else w
+    cuts: dict[int, set[int]] = {}
+    for w in gd.rwindows or []:  # a big in-hub of the graph's own target windows: its pieces' starts
+        if w.big:
+            cuts.setdefault(w.n0, set()).add(w.e0)
 
-    windows = [mark(source_window(up, graph, n0, n1, be.thread_degree_max)) for n0, n1 in ranges]
-    rwindows = None if rranges is None else [mark(target_window(up, graph, k0, k1)) for k0, k1 in rranges]
+    def pieces(w: EdgeWindow) -> list[EdgeWindow]:  # a big hub: its pieces (from its first, at the graph's cuts)
+        if w.e1 - w.e0 <= max_edges:
+            return [w]
+        at = sorted({*range(w.e0, w.e1, piece), *(c for c in cuts.get(w.n0, ()) if w.e0 < c < w.e1)})
+        return [dataclasses.replace(w, e0=a, e1=b, big=True) for a, b in zip(at, at[1:] + [w.e1])]
+
+    windows = [p for n0, n1 in ranges for p in pieces(source_window(up, graph, n0, n1, be.thread_degree_max))]
+    rwindows = None if rranges is None else [p for k0, k1 in rranges for p in pieces(target_window(up, graph, k0, k1))]
     rev_src = rev_edges = None
     if rwindows is not None:
         rev_src, rev_edges = gd.rev_src, gd.rev_edges
         if rev_src is None:  # the graph's [E] arrays fit one binding: by target, one buffer each
             rev_src, rev_edges = up(graph.src[graph.rev_perm]), up(graph.rev_perm)
-    rows = max([align // 4 + min(w.e1 - w.e0, max_edges) for w in windows + (rwindows or [])], default=1)
+    rows = max([align // 4 + w.e1 - w.e0 for w in windows + (rwindows or [])], default=1)
     plan = RowPlan(dim, block, windows, rwindows, rev_src, rev_edges, rows, refusal, piece)
     gd.row_plans[dim] = plan
     arrays = [rev_src, rev_edges] + [x for w in windows + (rwindows or []) for x in (w.seg_list, w.large)]
@@ -238,41 +245,38 @@ def gather_rows(be: Any, table: DeviceArray, index: DeviceArray, e0: int, count:
             n=threads, lo=b0, count=b1 - b0, base=shift, off=e0, dim=dim), a=a, index=index, out=out)
 
 
-def row_pieces(plan: RowPlan, w: EdgeWindow) -> list[EdgeWindow]:
-    """The windows a per-edge op runs over for window ``w``: ``[w]``, or the pieces of a big
-    hub's window (``plan.piece`` entries each, the last shorter)."""
-    if not w.big:
-        return [w]
-    return [EdgeWindow(w.n0, w.n1, p, min(p + plan.piece, w.e1)) for p in range(w.e0, w.e1, plan.piece)]
-
-
-def hub_columns(be: Any, plan: RowPlan, w: EdgeWindow, values: DeviceArray, index: DeviceArray, table: DeviceArray,
-                out: DeviceArray, rows: DeviceArray, lanes: int, sq_slot: DeviceArray | None = None) -> None:
-    """Row ``w.n0`` of ``out`` ([N, d] in node blocks) for the big hub of window ``w``: column c
-    = the sum over its entries r of ``values[r] * table[index[r], c]`` (``values``, ``index``:
-    [E] arrays in the windows' layout), summed as a workgroup of ``lanes`` (64: segment_bwd,
-    256: logits_bwd_large) sums it, in pieces (hub_pieces.wgsl): per piece its rows gathered
-    into ``rows`` and one ``hub_columns`` dispatch per group of columns whose lanes' carry fits
-    one binding. With ``sq_slot`` (the hub's 64 lanes' sums of squares, segment_bwd's lanes
-    slot), ``hub_sq`` then adds the squares of the row's values to lane 0's, in column order."""
+def hub_columns(be: Any, pieces: list[EdgeWindow], dim: int, values: DeviceArray, index: DeviceArray,
+                table: DeviceArray, out: DeviceArray, rows: DeviceArray | None, lanes: int,
+                sq_slot: DeviceArray | None = None, zero_sq: bool = False) -> None:
+    """Row ``n0`` of ``out`` ([N, d], in node blocks when past one binding) for the big hub whose
+    entries ``pieces`` cover (windows of node n0, in order, each starting a multiple of 256
+    entries from its first): column c = the sum over its entries r of ``values[r] *
+    table[index[r], c]`` (``values``, ``index``: [E] arrays in the windows' layout), summed as a
+    workgroup of ``lanes`` (64: segment_bwd, 256: logits_bwd_large) sums it, in pieces
+    (hub_pieces.wgsl): per piece, with ``rows``, its rows of ``table`` gathered there (else
+    ``table`` bound whole) and one ``hub_columns`` dispatch per group of columns whose lanes'
+    carry fits one binding. With ``sq_slot`` (the hub's 64 lanes' sums of squares, segment_bwd's
+    lanes slot), ``hub_sq`` then adds the squares of the row's values to lane 0's, in column
+    order (``zero_sq``: every lane's from zero)."""
     rt = be.runtime
-    dim = plan.dim
-    ov, shift = node_range(be, out, w.n0, w.n1)
-    o_row = (w.n0 * dim - shift) & _MASK
+    n0 = pieces[0].n0
+    ov, shift = node_range(be, out, n0, n0 + 1)
+    o_row = (n0 * dim - shift) & _MASK
     per = max(1, rt.max_binding_size // (8 * lanes))  # columns whose carry fits one binding
     carry = edge_windows.new_split_1d(be, dim * lanes * 2, per * lanes * 2, "hub lanes carry")
-    pieces = row_pieces(plan, w)
     name = "hub_columns" if lanes == 64 else "hub_columns_256"
     for i, pw in enumerate(pieces):
         (iv, e0), vv = (edge_windows.window_view(be, x, pw) for x in (index, values))
         count = pw.e1 - pw.e0
-        gather_rows(be, table, iv, e0, count, rows)
+        if rows is not None:
+            gather_rows(be, table, iv, e0, count, rows)
         for c0 in range(0, dim, per):
             nc = min(per, dim - c0)
             cv = range_view(carry, c0 * lanes * 2, nc * lanes * 2, rt.offset_alignment)[0]
             rt.dispatch(name, workgroups=nc, uniform=dict(s=e0, t=e0 + count, dim=dim, first=int(i == 0),
-                                                         last=int(i == len(pieces) - 1), o_row=o_row, c0=c0),
-                        values=vv[0], feat=rows, carry=cv, out=ov)
+                                                         last=int(i == len(pieces) - 1), o_row=o_row, c0=c0,
+                                                         gathered=int(rows is not None)),
+                        values=vv[0], feat=table if rows is None else rows, carry=cv, out=ov, index=iv)
     if sq_slot is not None:
-        rt.dispatch("hub_sq", threads=1, uniform=dict(s=0, t=0, dim=dim, first=0, last=0, o_row=o_row, c0=0),
-                    carry=sq_slot, out=ov)
+        rt.dispatch("hub_sq", threads=1, uniform=dict(s=0, t=0, dim=dim, first=int(zero_sq), last=0, o_row=o_row,
+                                                      c0=0, gathered=0), carry=sq_slot, out=ov)

@@ -228,9 +228,9 @@ def edge_logits_backward(backend: Any, graph: Any, q: Any, k: Any, grad_logits: 
         rows = be.empty((plan.rows * dim,))
         for wins, ptr, idx, values, feat, out in ((plan.windows, gd.row_ptr, gd.col_idx, gl, k, grad_q),
                                                   (rwindows, gd.rev_ptr, plan.rev_src, rev_gl, q, grad_k)):
-            for w in wins:
-                if w.big:  # a big hub: its columns in pieces, as logits_bwd_large's 256 lanes sum them
-                    node_rows.hub_columns(be, plan, w, values, idx, feat, out, rows, 256)
+            for w in edge_windows.hub_groups(wins):
+                if isinstance(w, list):  # a big hub: its columns in pieces, as logits_bwd_large's 256 lanes sum them
+                    node_rows.hub_columns(be, w, dim, values, idx, feat, out, rows, 256)
                     continue
                 (iv, e0), vv = (edge_windows.window_view(be, x, w) for x in (idx, values))
                 node_rows.gather_rows(be, feat, iv, e0, w.e1 - w.e0, rows)
@@ -251,7 +251,10 @@ def edge_logits_backward(backend: Any, graph: Any, q: Any, k: Any, grad_logits: 
         rev_gl = edge_windows.to_reverse_order(be, gd, gl)
         for wins, ptr, idx, values, feat, out in ((gd.windows, gd.row_ptr, gd.col_idx, gl, k, grad_q),
                                                   (rwindows, gd.rev_ptr, gd.rev_src, rev_gl, q, grad_k)):
-            for w in wins:
+            for w in edge_windows.hub_groups(wins):
+                if isinstance(w, list):  # a big in-hub: its columns in pieces (logits_bwd_large's order)
+                    node_rows.hub_columns(be, w, dim, values, idx, feat, out, None, 256)
+                    continue
                 (iv, e0), vv = (edge_windows.window_view(be, x, w) for x in (idx, values))
                 u = dict(base, mode=0, n_large=w.n_large, node0=w.n0, n_count=w.n1 - w.n0, ebase=w.e0 - e0)
                 common = dict(seg_ptr=ptr, idx=iv, grad_logits=vv[0], feat=feat, out=out)
@@ -314,7 +317,7 @@ def softmax_logits_backward(
         if gd.windows is not None:
             pi = edge_windows.in_windows(be, gd, pi, "pi")
             grad_pi = edge_windows.in_windows(be, gd, grad_pi, "grad_pi")
-        rows = rows_of = big_of = None
+        rows = rows_of = None
         if plan is not None:
             rows = be.empty((plan.rows * dim,))
 
@@ -322,16 +325,16 @@ def softmax_logits_backward(
                 def bind(w: Any, views: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
                     iv, e0 = views["idx"]
                     ov, shift = node_rows.node_range(be, out, w.n0, w.n1)
-                    if w.big:  # its dot and dl only (d = 0); its columns in pieces after (big_hub)
+                    if w.big:  # a big hub's dot and dl only (d = 0); its columns in pieces after
                         return dict(feat=rows, out=ov), dict(gathered=1, o_shift=shift, dim=0)
                     node_rows.gather_rows(be, table, iv, e0, w.e1 - w.e0, rows)
                     return dict(feat=rows, out=ov), dict(gathered=1, o_shift=shift)
                 return bind
 
-            def big_of(table: Any, out: Any, index: Any, values: Any) -> Any:
-                def big_hub(w: Any, slot: Any) -> None:
-                    node_rows.hub_columns(be, plan, w, values, index, table, out, rows, 64, slot)
-                return big_hub
+        def big_of(table: Any, out: Any, index: Any, values: Any, mode: int) -> Any:
+            def big_hub(pieces: Any, slot: Any) -> None:  # mode 2: no dl, the lanes' squares from zero
+                node_rows.hub_columns(be, pieces, dim, values, index, table, out, rows, 64, slot, zero_sq=mode != 0)
+            return big_hub
 
         windows = gd.windows if plan is None else plan.windows
         _windowed_segment_bwd(be, gd.bins_out, windows,
@@ -339,13 +342,14 @@ def softmax_logits_backward(
                               partials, dict(feat=k, out=grad_q),
                               dict(idx=gd.col_idx, pi=pi, gpi=grad_pi, dl=gl), rows_of and rows_of(k, grad_q),
                               window_pieces(be, gd, gd.bins_out, graph.row_ptr, windows),
-                              big_of and big_of(k, grad_q, gd.col_idx, gl))
+                              big_of(k, grad_q, gd.col_idx, gl, 0))
         rev_gl = edge_windows.to_reverse_order(be, gd, gl, plan)
+        rev_src = gd.rev_src if plan is None else plan.rev_src
         _windowed_segment_bwd(be, gd.bins_in, rwindows, dict(n_nodes=n, dim=dim, mode=2, tau=np.float32(1.0)), w_out,
                               partials, dict(feat=q, out=grad_k, pi=dummy, gpi=dummy),
-                              dict(idx=gd.rev_src if plan is None else plan.rev_src, dl=rev_gl),
+                              dict(idx=rev_src, dl=rev_gl),
                               rows_of and rows_of(q, grad_k), window_pieces(be, gd, gd.bins_in, graph.rev_ptr, rwindows),
-                              big_of and big_of(q, grad_k, plan.rev_src, rev_gl))
+                              big_of(q, grad_k, rev_src, rev_gl, 2))
         sumsq.remember(be, (grad_q, grad_k, gl), partials, w_out + w_in)
         return grad_q, grad_k, gl
     _segment_bwd(rt, gd.bins_out, dict(n_nodes=n, dim=dim, mode=0, out_offset=0, tau=np.float32(tau)),
@@ -530,8 +534,10 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
     ``_serial_lanes``) dispatch reducing them into ``partials`` from ``out_offset``: the partials
     one dispatch over the whole graph writes. ``rows``: for q and k past one binding,
     ``rows(w, views)`` -> (bindings, uniform fields) of window ``w`` (its gathered feat rows and
-    its node range of out, node_rows.py); ``big(w, slot)`` finishes a big hub's window
-    (``w.big``: ``rows`` ran its dispatch with d = 0) given its lanes' slot of the scratch."""
+    its node range of out, node_rows.py); ``big(pieces, slot)`` runs a big hub (its consecutive
+    ``big`` windows, edge_windows.hub_groups) given its lanes' slot of the scratch: in mode 0
+    after one dispatch over its whole range with d = 0 (``rows`` sets it; the dot, dl and their
+    squares), in mode 2 alone."""
     rt = be.runtime
     ur = {**u, **bins.uniform(u["n_nodes"]), "out_offset": out_offset, "node0": 0, "node1": 0, "ebase": 0, "lanes": 0,
           "w_first": 0, "gathered": 0, "o_shift": 0, "p_shift": 0}
@@ -542,7 +548,17 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
         scratch = edge_windows.new_split_1d(be, bins.workgroups * 128, 128, "segment_bwd lanes")
         per = max(1, rt.max_binding_size // 512)
         spans = [(w0, min(per, bins.workgroups - w0)) for w0 in range(0, bins.workgroups, per)]
-    for w, wpieces in zip(windows, pieces):
+    by_window = dict(zip(map(id, windows), pieces))
+    for w in edge_windows.hub_groups(windows):
+        group = None
+        if isinstance(w, list):  # a big hub's pieces: mode 0 runs its dot and dl over its whole range
+            group, w = w, edge_windows.span_of(w)
+            wpieces = by_window[id(group[0])]
+            if u["mode"] != 0:
+                big(group, range_view(scratch, wpieces[0].runs[0][0] * 128, 128, rt.offset_alignment)[0])
+                continue
+        else:
+            wpieces = by_window[id(w)]
         if not wpieces:  # no node in the window
             continue
         views = {name: edge_windows.window_view(be, arr, w) for name, arr in per_entry.items()}
@@ -571,9 +587,8 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
                         rt.dispatch("segment_bwd", workgroups=hi - lo, uniform={
                             **uw, "n_threads": 0, "w_first": lo, "bins_off": off}, partials=lanes, seg=piece.seg,
                             **bound)
-        if w.big:  # one hub, one workgroup: its lanes' slot
-            unit = wpieces[0].runs[0][0]
-            big(w, range_view(scratch, unit * 128, 128, rt.offset_alignment)[0])
+        if group is not None:  # one hub, one workgroup: its columns into its lanes' slot
+            big(group, range_view(scratch, wpieces[0].runs[0][0] * 128, 128, rt.offset_alignment)[0])
     if bins.serial:
         rt.dispatch("segment_bwd_serial_lanes", threads=bins.serial_threads, uniform={**ur, "n_threads":
                     bins.serial_threads}, feat=scratch, partials=partials)

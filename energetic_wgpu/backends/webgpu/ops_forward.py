@@ -53,16 +53,14 @@ def edge_logits(be: Any, graph: Graph, q: Any, k: Any, bias: Any) -> DeviceArray
     return out
 
 def _plan_logits(be: Any, gd: Any, plan: Any, w: Any, q: Any, k: Any, bias: Any, out: Any, rows: Any) -> None:
-    """``edge_logits`` of row window ``w`` (node_rows.py; a big hub's in pieces) into ``out``."""
-    dim = plan.dim
-    for pw in node_rows.row_pieces(plan, w):
-        if pw.e1 > pw.e0:
-            (s, e0), c, b, o = (edge_windows.window_view(be, x, pw) for x in (gd.src, gd.col_idx, bias, out))
-            node_rows.gather_rows(be, k, c[0], e0, pw.e1 - pw.e0, rows)
-            qv, shift = node_rows.node_range(be, q, w.n0, w.n1)
-            be.runtime.dispatch("edge_logits", threads=pw.e1 - pw.e0, uniform=dict(
-                n_edges=pw.e1 - pw.e0, dim=dim, e0=e0, gathered=1, q_shift=shift), src=s, col_idx=c[0], q=qv,
-                k=rows, bias=b[0], logits=o[0])
+    """``edge_logits`` of row window ``w`` (node_rows.py; one piece of a big hub too) into ``out``."""
+    if w.e1 > w.e0:
+        (s, e0), c, b, o = (edge_windows.window_view(be, x, w) for x in (gd.src, gd.col_idx, bias, out))
+        node_rows.gather_rows(be, k, c[0], e0, w.e1 - w.e0, rows)
+        qv, shift = node_rows.node_range(be, q, w.n0, w.n1)
+        be.runtime.dispatch("edge_logits", threads=w.e1 - w.e0, uniform=dict(
+            n_edges=w.e1 - w.e0, dim=plan.dim, e0=e0, gathered=1, q_shift=shift), src=s, col_idx=c[0], q=qv,
+            k=rows, bias=b[0], logits=o[0])
 
 
 def _probs(be: Any, graph: Graph, q: Any, k: Any, bias: Any, dim: int, tau: float, top_k: Any,
@@ -94,11 +92,13 @@ def _probs(be: Any, graph: Graph, q: Any, k: Any, bias: Any, dim: int, tau: floa
             out = be.empty((gd.num_edges,), dt)
         rows = be.empty((plan.rows * dim,))
         logits = None
-        for w in plan.windows:
-            if w.big:  # a big hub: its logits stored in pieces, then its softmax from them (d = 0)
+        for w in edge_windows.hub_groups(plan.windows):
+            if isinstance(w, list):  # a big hub: its logits stored per piece, then its softmax from them (d = 0)
                 if logits is None:
                     logits = edge_windows.edge_array(be, gd, "big hub logits")
-                _plan_logits(be, gd, plan, w, q, k, bias, logits, rows)
+                for pw in w:
+                    _plan_logits(be, gd, plan, pw, q, k, bias, logits, rows)
+                w = edge_windows.span_of(w)
                 (c, e0), lv, o = (edge_windows.window_view(be, x, w) for x in (gd.col_idx, logits, out))
                 _probs_dispatch(be, w.bins, w.seg_list, w.e0 - e0, 0, top_k, mode, tau, dict(
                     row_ptr=gd.row_ptr, col_idx=c, q=rows, k=rows, bias=lv[0], result=o[0]))
