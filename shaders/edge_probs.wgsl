@@ -41,6 +41,21 @@ struct ProbParams {
     ebase: u32,  // row_ptr[j] - ebase indexes the bound [E] ranges (an edge window; 0: the whole graph)
     gathered: u32,  // 1: k's row of entry e is row e of the bound k (gathered per edge, node_rows.py)
     q_shift: u32,   // q's row j starts at float j * dim - q_shift (mod 2^32; q bound from a node range)
+    // edge_probs_piece (a big hub in pieces): the phase and radix round of this dispatch, the
+    // piece's entries ps .. pt of the bound ranges, pos: the hub-local index of entry ps, deg:
+    // the hub's degree, node: the hub; first / last: the hub's first and last piece
+    phase: u32,
+    round: u32,
+    ps: u32,
+    pt: u32,
+    pos: u32,
+    deg: u32,
+    node: u32,
+    first: u32,
+    last: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: ProbParams;
@@ -51,6 +66,8 @@ struct ProbParams {
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> result: array<u32>;
 @group(0) @binding(7) var<storage, read> seg_list: array<u32>;
+@group(0) @binding(8) var<storage, read_write> carry: array<u32>;  // edge_probs_piece's state
+@group(0) @binding(9) var<storage, read_write> carry_lanes: array<u32>;  // and its lanes' sums
 
 // the bin bounds (kernels.py THREAD_DEGREE_MAX and GROUP_DEGREE_MAX)
 const SMALL_MAX: u32 = 16u;
@@ -402,6 +419,31 @@ fn hub_kept(z: f32, e: u32, s: u32, use_k: bool, tkey: u32, tidx: u32) -> bool {
     return !use_k || key > tkey || (key == tkey && e - s <= tidx);
 }
 
+// The max of the LWG lanes' m by a fixed tree in red_a (workgroup_reduce.wgsl); every lane
+// gets it. Call from uniform control flow; a barrier before red_a's next use.
+fn max_tree(lid: u32, m: f32) -> f32 {
+    red_a[lid] = m;
+    workgroupBarrier();
+    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
+        if (lid < st) {
+            red_a[lid] = max(red_a[lid], red_a[lid + st]);
+        }
+        workgroupBarrier();
+    }
+    return red_a[0];
+}
+
+// x into an open block of 16 terms (blk, nb), the block into the compensated sum acc when full
+fn add_blocked(acc: ptr<function, vec2<f32>>, blk: ptr<function, f32>, nb: ptr<function, u32>, x: f32) {
+    *blk = *blk + x;
+    *nb = *nb + 1u;
+    if (*nb == 16u) {
+        *acc = kahan_add(*acc, *blk);
+        *blk = 0.0;
+        *nb = 0u;
+    }
+}
+
 // Called in uniform control flow (j is the same for the whole workgroup).
 fn seg_hub(j: u32, lid: u32) {
     let s = row_ptr[j] - P.ebase;
@@ -438,15 +480,7 @@ fn seg_hub(j: u32, lid: u32) {
             m = max(m, z);
         }
     }
-    red_a[lid] = m;
-    workgroupBarrier();
-    for (var st = LWG / 2u; st > 0u; st = st >> 1u) {
-        if (lid < st) {
-            red_a[lid] = max(red_a[lid], red_a[lid + st]);
-        }
-        workgroupBarrier();
-    }
-    let mm = red_a[0];
+    let mm = max_tree(lid, m);
     workgroupBarrier();
     // compensated sum of exp(z - m) over kept, in blocks of 16 terms
     var acc = vec2<f32>(0.0, 0.0);
@@ -455,13 +489,7 @@ fn seg_hub(j: u32, lid: u32) {
     for (var e = s + lid; e < t; e = e + LWG) {
         let z = bitcast<f32>(result[e]);
         if (hub_kept(z, e, s, use_k, tkey, tidx)) {
-            blk = blk + exp(z - mm);
-            nb = nb + 1u;
-            if (nb == 16u) {
-                acc = kahan_add(acc, blk);
-                blk = 0.0;
-                nb = 0u;
-            }
+            add_blocked(&acc, &blk, &nb, exp(z - mm));
         }
     }
     acc = kahan_add(acc, blk);
@@ -524,5 +552,180 @@ fn edge_probs_hub(
     let w = group_index(wid, nwg);
     if (w < P.n_hub) {
         seg_hub(seg_list[P.n_small + P.n_mid + w], lid);
+    }
+}
+
+// ---------------------------------------------------------------- a big hub in pieces
+
+// A source hub of more out-edges than one edge window holds (edge_windows.py) runs seg_hub in
+// pieces, each bound on its own and starting a multiple of LWG entries from the hub's first, so
+// lane l meets the entries it meets in seg_hub, in the same order. One dispatch (one workgroup)
+// per piece and phase: 0 the z (stored in `result`); 1 a radix round (rounds 0-3 on the key,
+// 4-7 on the edge index among ties, no-ops unless the k-th key ties): the piece's histogram
+// added to carry[0 .. 256), the digit picked at the last piece; 2 (mode 1) the kept mask; 3 the
+// max (each lane's carried, the tree at the last piece); 4 the compensated sum (each lane's
+// (sum, comp, open block, its count) carried in carry_lanes[4 lid ..], tree_sum at the last);
+// 5 pi. `carry` (u32 [528]): the histogram in [0, 256), then
+const C_PREFIX: u32 = 256u;  // the select's prefix, mask, rem, count of the rem-th digit
+const C_TKEY: u32 = 260u;    // the k-th key, the tie index bound, 1 when the ties are selected
+const C_MM: u32 = 263u;      // the max kept z, the total (f32 bits)
+const C_LANES: u32 = 272u;   // LWG: the lanes' max
+
+fn piece_kept(z: f32, e: u32) -> bool {
+    if (P.top_k == 0u) {
+        return true;
+    }
+    return hub_kept(z, P.pos + (e - P.ps), 0u, true, carry[C_TKEY], carry[C_TKEY + 1u]);
+}
+
+// phase 1: radix round P.round over this piece
+fn piece_round(lid: u32) {
+    let tie = P.round >= 4u;
+    if (lid == 0u) {
+        pick[0] = select(1u, carry[C_TKEY + 2u], tie);
+    }
+    if (workgroupUniformLoad(&pick[0]) == 0u) {
+        return;  // the k-th key does not tie: no tie rounds
+    }
+    let shift = 24u - 8u * (P.round % 4u);
+    var prefix = 0u;
+    var mask = 0u;
+    if (P.round % 4u != 0u) {
+        prefix = carry[C_PREFIX];
+        mask = carry[C_PREFIX + 1u];
+    }
+    let tie_key = carry[C_TKEY];
+    atomicStore(&hist[lid], 0u);
+    workgroupBarrier();
+    for (var e = P.ps + lid; e < P.pt; e = e + LWG) {
+        var key = zkey(bitcast<f32>(result[e]));
+        var live = true;
+        if (tie) {
+            live = key == tie_key;
+            key = ~(P.pos + (e - P.ps));
+        }
+        if (live && (key & mask) == prefix) {
+            atomicAdd(&hist[(key >> shift) & 255u], 1u);
+        }
+    }
+    workgroupBarrier();
+    var c = atomicLoad(&hist[lid]);
+    if (P.first == 0u) {
+        c = c + carry[lid];
+    }
+    carry[lid] = c;
+    storageBarrier();
+    if (P.last == 0u || lid != 0u) {
+        return;
+    }
+    var rem = P.top_k;
+    if (P.round != 0u) {
+        rem = carry[C_PREFIX + 2u];
+    }
+    var cum = 0u;
+    var d = 255u;
+    loop {
+        let n = carry[d];
+        if (cum + n >= rem || d == 0u) {
+            break;
+        }
+        cum = cum + n;
+        d = d - 1u;
+    }
+    prefix = prefix | (d << shift);
+    carry[C_PREFIX] = prefix;
+    carry[C_PREFIX + 1u] = mask | (255u << shift);
+    carry[C_PREFIX + 2u] = rem - cum;
+    carry[C_PREFIX + 3u] = carry[d];
+    if (P.round == 3u) {  // the k-th key: keep its lowest rem - cum edges of carry[d] ties
+        carry[C_TKEY] = prefix;
+        carry[C_TKEY + 1u] = 0xffffffffu;
+        carry[C_TKEY + 2u] = select(0u, 1u, rem - cum < carry[d]);
+    } else if (P.round == 7u) {
+        carry[C_TKEY + 1u] = ~prefix;
+    }
+}
+
+fn piece_max(lid: u32) {
+    var m = -f32_max();
+    if (P.first == 0u) {
+        m = bitcast<f32>(carry[C_LANES + lid]);
+    }
+    for (var e = P.ps + lid; e < P.pt; e = e + LWG) {
+        let z = bitcast<f32>(result[e]);
+        if (piece_kept(z, e)) {
+            m = max(m, z);
+        }
+    }
+    if (P.last == 0u) {
+        carry[C_LANES + lid] = bitcast<u32>(m);
+        return;
+    }
+    let mm = max_tree(lid, m);
+    if (lid == 0u) {
+        carry[C_MM] = bitcast<u32>(mm);
+    }
+}
+
+fn piece_sum(lid: u32) {
+    let mm = bitcast<f32>(carry[C_MM]);
+    var acc = vec2<f32>(0.0, 0.0);
+    var blk = 0.0;
+    var nb = 0u;
+    let l = 4u * lid;
+    if (P.first == 0u) {
+        acc = vec2<f32>(bitcast<f32>(carry_lanes[l]), bitcast<f32>(carry_lanes[l + 1u]));
+        blk = bitcast<f32>(carry_lanes[l + 2u]);
+        nb = carry_lanes[l + 3u];
+    }
+    for (var e = P.ps + lid; e < P.pt; e = e + LWG) {
+        let z = bitcast<f32>(result[e]);
+        if (piece_kept(z, e)) {
+            add_blocked(&acc, &blk, &nb, exp(z - mm));
+        }
+    }
+    if (P.last == 0u) {
+        carry_lanes[l] = bitcast<u32>(acc.x);
+        carry_lanes[l + 1u] = bitcast<u32>(acc.y);
+        carry_lanes[l + 2u] = bitcast<u32>(blk);
+        carry_lanes[l + 3u] = nb;
+        return;
+    }
+    acc = kahan_add(acc, blk);
+    let total = tree_sum(lid, acc);
+    if (lid == 0u) {
+        carry[C_MM + 1u] = bitcast<u32>(total);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn edge_probs_piece(@builtin(local_invocation_index) lid: u32) {
+    // WG must be LWG (256): the host passes it. One workgroup.
+    if (P.phase == 0u) {
+        let qb = P.node * P.dim - P.q_shift;
+        for (var e = P.ps + lid; e < P.pt; e = e + LWG) {
+            result[e] = bitcast<u32>(edge_z(e, qb));
+        }
+    } else if (P.phase == 1u) {
+        piece_round(lid);
+    } else if (P.phase == 2u) {
+        for (var e = P.ps + lid; e < P.pt; e = e + LWG) {
+            result[e] = select(0u, 1u, piece_kept(bitcast<f32>(result[e]), e));
+        }
+    } else if (P.phase == 3u) {
+        piece_max(lid);
+    } else if (P.phase == 4u) {
+        piece_sum(lid);
+    } else {
+        let mm = bitcast<f32>(carry[C_MM]);
+        let total = bitcast<f32>(carry[C_MM + 1u]);
+        for (var e = P.ps + lid; e < P.pt; e = e + LWG) {
+            let z = bitcast<f32>(result[e]);
+            var p = 0.0;
+            if (piece_kept(z, e)) {
+                p = exp(z - mm) / total;
+            }
+            result[e] = bitcast<u32>(p);
+        }
     }
 }

@@ -12,6 +12,15 @@
 // stored back (unless `last`, which reduces the lanes and writes out). WG 64: segment_bwd's
 // hub (its group_sum over 64 lanes); WG 256: logits_bwd_large (tree_sum). The same bits.
 //
+// A big source hub's softmax backward (more out-edges than an edge window holds, edge_windows.py)
+// in pieces the same way: `hub_dot` carries each lane's compensated sum of values[e] * feat[e]
+// (pi * gpi) in carry[2 lid ..] and writes the tree's total, the dot, to carry[2 WG] at the last
+// piece; `hub_dl` then writes out[e] = values[e] * (feat[e] - dot) / tau (dl, grad_logits) over
+// each piece, carrying each lane's compensated sum of the squares of what it wrote in
+// carry[2 lid ..] (from zero at the first piece): segment_bwd's hub (WG 64: the dot by
+// group_sum, dl and its lanes' squares by write_dl) or softmax_bwd_large (WG 256: tree_sum),
+// the same bits.
+//
 // `hub_sq` (one invocation) finishes segment_bwd's sum of squares of the hub: lane 0's (sum,
 // comp) in `carry` (the hub's lanes slot, after segment_bwd ran with d = 0: the squares of dl;
 // with `first` every lane's starts from zero, as over the reverse index where nothing else adds
@@ -27,6 +36,10 @@ struct HubParams {
     o_row: u32,  // the hub's row of out starts at float o_row of the bound out
     c0: u32,     // hub_columns: the first column of this dispatch (carry bound from its lanes on)
     gathered: u32,  // 1: entry r's row is row r of the bound feat (gathered), else index[r]
+    tau: f32,    // hub_dl
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: HubParams;
@@ -35,6 +48,7 @@ struct HubParams {
 @group(0) @binding(3) var<storage, read_write> carry: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read> index: array<u32>;
+@group(0) @binding(6) var<storage, read> dot_in: array<f32>;  // hub_dl: the dot at dot_in[2 WG]
 
 var<workgroup> hp_a: array<f32, 256>;
 var<workgroup> hp_b: array<f32, 256>;
@@ -108,4 +122,40 @@ fn hub_sq(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     }
     carry[0] = sq.x;
     carry[1] = sq.y;
+}
+
+@compute @workgroup_size(WG)
+fn hub_dot(@builtin(local_invocation_index) lid: u32) {
+    var acc = vec2<f32>(0.0, 0.0);
+    if (P.first == 0u) {
+        acc = vec2<f32>(carry[2u * lid], carry[2u * lid + 1u]);
+    }
+    for (var e = P.s + lid; e < P.t; e = e + WG) {
+        acc = kahan_add(acc, values[e] * feat[e]);
+    }
+    if (P.last == 0u) {
+        carry[2u * lid] = acc.x;
+        carry[2u * lid + 1u] = acc.y;
+        return;
+    }
+    let v = lanes_sum(lid, acc);
+    if (lid == 0u) {
+        carry[2u * WG] = v;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn hub_dl(@builtin(local_invocation_index) lid: u32) {
+    let dot = dot_in[2u * WG];
+    var sq = vec2<f32>(0.0, 0.0);
+    if (P.first == 0u) {
+        sq = vec2<f32>(carry[2u * lid], carry[2u * lid + 1u]);
+    }
+    for (var e = P.s + lid; e < P.t; e = e + WG) {
+        let v = values[e] * (feat[e] - dot) / P.tau;
+        out[e] = v;
+        sq = kahan_add(sq, v * v);
+    }
+    carry[2u * lid] = sq.x;
+    carry[2u * lid + 1u] = sq.y;
 }

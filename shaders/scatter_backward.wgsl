@@ -36,6 +36,10 @@ struct ScatterBwdParams {
     n_count: u32,    // ... and its number of nodes (an edge window's sources; else 0 and n_nodes)
     ebase: u32,      // row_ptr[j] - ebase indexes the bound [E] ranges (an edge window; else 0)
     eoff: u32,       // scatter_bwd_pi(_nm): edge t of the dispatch is element eoff + t of them
+    b0: u32,         // scatter_bwd_large_piece: the first batch row of this dispatch's group
+    ps: u32,         //   the piece's entries ps .. pt of the bound ranges
+    pt: u32,
+    piece: u32,      //   bit 0: the hub's first piece, bit 1: its last
 }
 
 @group(0) @binding(0) var<uniform> P: ScatterBwdParams;
@@ -51,6 +55,7 @@ struct ScatterBwdParams {
 @group(0) @binding(10) var<storage, read> energies: array<f32>;
 @group(0) @binding(11) var<storage, read> acc_in: array<f32>;
 @group(0) @binding(12) var<storage, read_write> carry_comp: array<f32>;  // [E]: batch chunks' compensations
+@group(0) @binding(13) var<storage, read_write> lanes: array<f32>;  // scatter_bwd_large_piece's carry
 // the same bindings read 4 rows at a time, for scatter_bwd_pi_nm (node-major data only: a
 // node's rows 4c .. 4c+3 are one vec4)
 @group(0) @binding(5) var<storage, read> act_mask4: array<vec4<u32>>;
@@ -209,6 +214,42 @@ fn scatter_bwd_large(
     let total = tree_sum(lid, acc);
     if (lid == 0u) {
         out[at(b, j, 32u)] = finish_energy(b, j, total);
+    }
+}
+
+// scatter_bwd_large for a big source hub P.node0 (more out-edges than an edge window holds),
+// over one piece (entries ps .. pt of the bound ranges, a multiple of LWG entries from the hub's
+// first): workgroup g takes batch row b0 + g (n_large rows in the dispatch); each lane's
+// (sum, comp) is carried in lanes[2 (g LWG + lid) ..] from piece to piece and reduced by
+// tree_sum at the last: scatter_bwd_large's sum, the same bits.
+@compute @workgroup_size(WG)
+fn scatter_bwd_large_piece(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // WG must be 256 (LWG) for this entry point.
+    let g = group_index(wid, nwg);
+    if (g >= P.n_large) {
+        return;
+    }
+    let b = P.b0 + g;
+    let slot = 2u * (g * LWG + lid);
+    var acc = vec2<f32>(0.0, 0.0);
+    if ((P.piece & 1u) == 0u) {
+        acc = vec2<f32>(lanes[slot], lanes[slot + 1u]);
+    }
+    for (var e = P.ps + lid; e < P.pt; e = e + LWG) {
+        acc = kahan_add(acc, pi[e] * grad_at(b, col_idx[e]));
+    }
+    if ((P.piece & 2u) == 0u) {
+        lanes[slot] = acc.x;
+        lanes[slot + 1u] = acc.y;
+        return;
+    }
+    let total = tree_sum(lid, acc);
+    if (lid == 0u) {
+        out[at(b, P.node0, 32u)] = finish_energy(b, P.node0, total);
     }
 }
 

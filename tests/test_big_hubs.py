@@ -21,6 +21,7 @@ from parity import assert_parity, forced_limits
 from test_node_rows import _inputs, _ops
 
 from energetic_wgpu import AdamW, Graph, Router, RouterParams
+from energetic_wgpu.errors import DeviceLimitError
 from energetic_wgpu.backends.webgpu import edge_windows
 
 N = 1500
@@ -109,6 +110,21 @@ def _in_hub_graph(hub: int = 2000, top: int = 7) -> Graph:
     return Graph.from_csr(ptr, cols, num_nodes=M)
 
 
+def _backward_outputs(be, g, pi, gpi, q, k, out, bins):
+    """``out`` plus softmax_logits_backward (after NaN in the pool's buffers that the lanes'
+    scratch of ``bins`` may reuse), its sum of squares and edge_logits_backward, as numpy;
+    and the graph data (None on NumPy)."""
+    if hasattr(be, "graph_data"):
+        poison = [be.asarray(np.full(getattr(be.graph_data(g), bins).workgroups * 128, np.nan, np.float32))
+                  for _ in range(3)]
+        del poison
+    out["grad_q"], out["grad_k"], out["grad_logits"] = gq, gk, gl = be.softmax_logits_backward(g, pi, gpi, 0.7, q, k)
+    out["sum of squares"] = be.sum_squares([gq, gk, gl])
+    out["logits_bwd grad_q"], out["logits_bwd grad_k"], _ = be.edge_logits_backward(g, q, k, gl)
+    gd = be.graph_data(g) if hasattr(be, "graph_data") else None
+    return {name: be.to_numpy(x) for name, x in out.items()}, gd
+
+
 def _in_hub_ops(be, limit, dim):
     rng = np.random.default_rng(dim + 40)
     g = _in_hub_graph()
@@ -123,16 +139,7 @@ def _in_hub_ops(be, limit, dim):
             act = rng.random((batch, M)) < 0.8
             out[f"next B={batch}"] = be.energy_scatter(g, en, pi, 0.9, act if batch > 1 else None,
                                                        retain_sinks=batch == 5)
-        if hasattr(be, "graph_data"):  # NaN in the pool's buffers the lanes' scratch may reuse
-            poison = [be.asarray(np.full(be.graph_data(g).bins_in.workgroups * 128, np.nan, np.float32))
-                      for _ in range(3)]
-            del poison
-        out["grad_q"], out["grad_k"], out["grad_logits"] = gq, gk, gl = be.softmax_logits_backward(
-            g, pi, gpi, 0.7, q, k)
-        out["sum of squares"] = be.sum_squares([gq, gk, gl])
-        out["logits_bwd grad_q"], out["logits_bwd grad_k"], _ = be.edge_logits_backward(g, q, k, gl)
-        gd = be.graph_data(g) if hasattr(be, "graph_data") else None
-        return {name: be.to_numpy(x) for name, x in out.items()}, gd
+        return _backward_outputs(be, g, pi, gpi, q, k, out, "bins_in")
 
 
 @pytest.mark.parametrize("dim", [1, 2])
@@ -155,25 +162,33 @@ def test_in_hub_past_a_window_bit_identical(gpu_backend, np_backend, dim):
         assert_parity(got[name], ref[name], name, rtol=1e-4)
 
 
-def _in_hub_train(be, limit, n_steps=3):
-    rng = np.random.default_rng(5)
-    g = _in_hub_graph(5000, 14)
+def _window_hub_train(be, limit, g, seed, top_k, reverse, hub, n_steps=3):
+    """3 clipped AdamW steps (B = 5, d = 2) on ``g`` under ``limit``: [losses and gradient
+    norms, q, k, bias]; split, node ``hub`` is the one big hub, in 2 target windows
+    (``reverse``) or source windows."""
+    rng = np.random.default_rng(seed)
     q, k = (0.3 * rng.standard_normal((M, 2))).astype(np.float32), (0.3 * rng.standard_normal((M, 2))).astype(
         np.float32)
     en = rng.random((5, M)).astype(np.float32)
     tgt = (0.1 * rng.random((5, M))).astype(np.float32)
+    bias = (0.1 * rng.standard_normal(g.num_edges)).astype(np.float32) if top_k else np.zeros(g.num_edges, np.float32)
     with forced_limits(be, limit):
-        r = Router(g, RouterParams(q, k, np.zeros(g.num_edges, np.float32), tau=0.8, alpha=0.9, top_k=0), be)
+        r = Router(g, RouterParams(q, k, bias, tau=0.8, alpha=0.9, top_k=top_k), be)
         opt = AdamW(r, lr=0.01, eps=1e-2, max_grad_norm=0.1)
         out = []
         for _ in range(n_steps):
             res = r.train_step(en, tgt, opt, steps=2, retain_sinks=True)
             out += [res.loss, res.grad_norm]
-        if limit and hasattr(be, "graph_data"):  # node 7's in-edges in 2 target windows
-            groups = [x for x in edge_windows.hub_groups(be.graph_data(g).rwindows) if isinstance(x, list)]
-            assert [(x[0].n0, len(x)) for x in groups] == [(7, 2)]
+        if limit and hasattr(be, "graph_data"):
+            gd = be.graph_data(g)
+            groups = [x for x in edge_windows.hub_groups(gd.rwindows if reverse else gd.windows) if isinstance(x, list)]
+            assert [(x[0].n0, len(x)) for x in groups] == [(hub, 2)]
         p = r.params()
     return [np.array(out, np.float32), p.q, p.k, p.bias]
+
+
+def _in_hub_train(be, limit):
+    return _window_hub_train(be, limit, _in_hub_graph(5000, 14), 5, 0, True, 7)
 
 
 def test_router_trains_with_an_in_hub_past_a_window(gpu_backend, np_backend):
@@ -186,3 +201,97 @@ def test_router_trains_with_an_in_hub_past_a_window(gpu_backend, np_backend):
     for name, a, b, c in zip(("losses and norms", "q", "k", "bias"), split, whole, ref):
         assert a.tobytes() == b.tobytes(), name
         assert_parity(a, c, name, rtol=1e-4)
+
+
+def _source_hub_graph(hub: int) -> Graph:
+    """Out-degrees 0 .. 6, two hubs of 300 out-edges that fit a window, and node 3 with ``hub``
+    out-edges: more than a window holds (960 edges under 4 KiB, 4,032 under 16 KiB)."""
+    rng = np.random.default_rng(12)
+    deg = rng.integers(0, 7, M)
+    deg[[300, 500]] = 300
+    deg[3] = hub
+    ptr = np.zeros(M + 1, np.int64)
+    np.cumsum(deg, out=ptr[1:])
+    return Graph.from_csr(ptr, rng.integers(0, M, int(ptr[-1])), num_nodes=M)
+
+
+def _source_hub_ops(be, limit, dim, hub):
+    rng = np.random.default_rng(dim + 40)
+    g = _source_hub_graph(hub)
+    q, k = (rng.standard_normal((M, dim)).astype(np.float32) for _ in range(2))
+    bias = rng.standard_normal(g.num_edges).astype(np.float32)
+    # magnitudes over 6 decades: the carried compensations change the sums' bits
+    gpi = (rng.standard_normal(g.num_edges) * 10.0 ** rng.uniform(-3, 3, g.num_edges)).astype(np.float32)
+    ties = np.round(2 * bias).astype(np.float32)  # 13 values: the k-th of the hub ties
+    out = {}
+    with forced_limits(be, limit):
+        out["logits"] = be.edge_logits(g, q, k, bias)
+        out["pi"] = pi = be.edge_probs(g, q, k, bias, 0.7, 0)
+        out["pi top-3"] = be.edge_probs(g, q, k, bias, 0.7, 3)
+        out["pi top-1000"] = be.edge_probs(g, q, k, bias, 0.7, 1000)  # the select across the pieces
+        out["softmax of ties, top-900"] = be.segment_softmax(g, ties, 1.0, 900)
+        out["top-5 of ties"] = be.segment_topk(g, ties, 5)
+        out["top-1200 of ties"] = be.segment_topk(g, ties, 1200)
+        for batch in (1, 5):
+            en = (rng.random((batch, M)) * (rng.random((batch, M)) < 0.7)).astype(np.float32)
+            act = rng.random((batch, M)) < 0.8
+            gn = (rng.standard_normal((batch, M)) * 10.0 ** rng.uniform(-3, 3, (batch, M))).astype(np.float32)
+            out[f"next B={batch}"] = nxt = be.energy_scatter(g, en, pi, 0.9, act, retain_sinks=batch == 5)
+            out[f"flow B={batch}"] = be.edge_flow(g, en, pi, 0.9, act)
+            if limit is None or limit >= 16384:  # step_metrics reduces blocks of 16 KiB
+                out[f"metrics B={batch}"] = be.step_metrics(g, en, nxt, pi, 0.9, act)
+            out[f"grad_energies B={batch}"], out[f"grad_pi B={batch}"] = be.energy_scatter_backward(
+                g, en, pi, gn, 0.9, act, retain_sinks=batch == 5)
+        out["segment_softmax_backward"] = be.segment_softmax_backward(g, pi, gpi, 0.7)
+        return _backward_outputs(be, g, pi, gpi, q, k, out, "bins_out")
+
+
+@pytest.mark.parametrize("limit,hub,dim,pieces", [
+    (4096, 2000, 1, [768, 768, 464]),
+    (4096, 2000, 2, [768, 768, 464]),     # q and k in row windows too
+    (16384, 9000, 8, [3840, 3840, 1320]),  # row windows, and the step metrics
+])
+def test_source_hub_past_a_window_bit_identical(gpu_backend, np_backend, limit, hub, dim, pieces):
+    """A source of more out-edges than an edge window holds: its out-edges in source windows of
+    their own (pieces starting at multiples of 256 edges), the softmax and top-k
+    (edge_probs_piece: the radix select's histograms, ties included, the max and the sum carried
+    across pieces), the input-energy gradient (scatter_bwd_large_piece) and the softmax
+    backward's dot and dl (hub_dot, hub_dl) in pieces; every other op over them as over any
+    window. Bit-identical to the unsplit run and in parity with NumPy."""
+    whole, _ = _source_hub_ops(gpu_backend, None, dim, hub)
+    got, gd = _source_hub_ops(gpu_backend, limit, dim, hub)
+    groups = [g for g in edge_windows.hub_groups(gd.windows) if isinstance(g, list)]
+    assert [(g[0].n0, [w.e1 - w.e0 for w in g]) for g in groups] == [(3, pieces)]
+    assert bool(gd.row_plans) == (dim > 1)
+    ref, _ = _source_hub_ops(np_backend, None, dim, hub)
+    assert set(got) <= set(whole) and len(got) >= 20
+    for name in got:
+        assert got[name].tobytes() == whole[name].tobytes(), name
+        assert_parity(got[name], ref[name], name, rtol=1e-4)
+
+
+def test_source_hub_refused_below_4_kib(gpu_backend):
+    """Under a binding below 4 KiB (edge_probs_piece's carry), a source of more out-edges than a
+    window holds is refused when the graph is uploaded, with its node and degree."""
+    g = _source_hub_graph(2000)
+    with forced_limits(gpu_backend, 2048), pytest.raises(DeviceLimitError, match="node 3 has 2000 out-edges"):
+        gpu_backend.edge_probs(g, np.zeros((M, 1), np.float32), np.zeros((M, 1), np.float32),
+                               np.zeros(g.num_edges, np.float32))
+    assert gpu_backend.to_numpy(gpu_backend.add(np.ones(3, np.float32), np.ones(3, np.float32))).tolist() == [2, 2, 2]
+
+
+def _source_hub_train(be, limit):
+    return _window_hub_train(be, limit, _source_hub_graph(5000), 6, 40, False, 3)
+
+
+def test_router_trains_with_a_source_hub_past_a_window(gpu_backend, np_backend):
+    """3 clipped AdamW steps (B = 5, top-40, q and k in row windows) under 16 KiB with node 3's
+    5,000 out-edges in 2 source windows: losses, gradient norms and parameters bit-identical
+    to the unsplit run and in parity with NumPy."""
+    split = _source_hub_train(gpu_backend, 16384)
+    whole = _source_hub_train(gpu_backend, None)
+    ref = _source_hub_train(np_backend, None)
+    for name, a, b, c in zip(("losses and norms", "q", "k", "bias"), split, whole, ref):
+        assert a.tobytes() == b.tobytes(), name
+        assert_parity(a, c, name, rtol=1e-4)
+

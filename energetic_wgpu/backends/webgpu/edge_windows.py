@@ -3,8 +3,8 @@
 When 4·E bytes exceed the binding limit in use (E > 33.5 M on WebGPU's default limits), or
 the backward's segment bins (u32 [2N + 1]: N > 16.7 M) do, the graph's edges are cut into
 *windows*: consecutive source ranges [n0, n1) of at most :func:`max_window_nodes` nodes whose
-out-edges [row_ptr[n0], row_ptr[n1]) fit one binding (a window never cuts a segment; a segment
-larger than a binding is refused). Every [E] array of such a graph (col_idx, src, and the outputs of
+out-edges [row_ptr[n0], row_ptr[n1]) fit one binding (a window never cuts a segment; a source
+with more out-edges than a window holds gets windows of its own, below). Every [E] array of such a graph (col_idx, src, and the outputs of
 the ops below) is an array of several buffers cut at window starts
 (``BufferPool.new_split_array``; one buffer while it fits the buffer size limit), and each
 window binds its range of them from the aligned offset before it
@@ -48,9 +48,16 @@ regularization over ranges of whole 4096-edge blocks). A target with more in-edg
 window holds (a big in-hub) gets windows of its own, pieces of its range that start at
 multiples of BIG_STRIDE entries from its first (:func:`hub_groups` runs them as one):
 ``scatter_large_piece`` and ``hub_columns`` (hub_pieces.wgsl) carry their lanes' sums from piece
-to piece, the same bits. Refused, with ``DeviceLimitError`` before any work: a segment larger
-than a window (when the graph is uploaded), a target with more in-edges than a window where a
-window holds fewer than 256 edges (the ops that read the reverse index), the 4096-edge reductions
+to piece, the same bits. A source with more out-edges than a window holds (a big source hub)
+likewise gets source windows of its own (``big``, no degree bins): the ops that run per edge run
+over them as over any window, and the three that reduce over its segment carry their lanes
+across them: ``edge_probs_piece`` (edge_probs.wgsl: the z, the radix select's histograms, the
+max and the sum, then pi or the mask), ``scatter_bwd_large_piece`` (the input-energy gradient) and
+``hub_dot`` / ``hub_dl`` (hub_pieces.wgsl: the softmax backward's dot and dl). Refused, with
+``DeviceLimitError`` before any work: a segment larger than a window where a window holds fewer
+than 256 edges, or a source's under a binding below :data:`BIG_SOURCE_BINDING` (when the graph
+is uploaded), a target's where a window holds fewer than 256 edges (the ops that read the
+reverse index), the 4096-edge reductions
 under a binding limit below 16 KiB (``add`` and ``sum_squares`` of the split [E] arrays run in
 ranges). q and k past one binding: node_rows.py cuts these windows finer.
 """
@@ -66,7 +73,7 @@ import numpy as np
 from ...errors import DeviceLimitError
 from .arrays import DeviceArray, parts_of, range_view
 
-__all__ = ["EdgeWindow", "max_window_edges", "max_window_nodes", "plan", "hub_groups", "span_of", "new_edge_array", "window_view", "in_windows",
+__all__ = ["EdgeWindow", "BIG_STRIDE", "BIG_SOURCE_BINDING", "max_window_edges", "max_window_nodes", "plan", "hub_groups", "span_of", "new_edge_array", "window_view", "in_windows",
            "to_reverse_order", "edge_array", "copy_elements", "new_split_1d"]
 
 
@@ -95,6 +102,9 @@ class EdgeWindow:
 #: a big hub's pieces start at multiples of this many entries from its first (the widest
 #: strided sum over a segment: scatter_large's, logits_bwd_large's and edge_probs_hub's 256 lanes)
 BIG_STRIDE = 256
+#: the smallest binding (bytes) under which a source of more out-edges than a window holds runs in
+#: pieces (edge_probs_piece's lanes' carry, 4 KiB, is one binding); below it such a source is refused
+BIG_SOURCE_BINDING = 4096
 
 
 def max_window_edges(binding_bytes: int, align: int) -> int:

@@ -272,11 +272,19 @@ def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
     max_edges = edge_windows.max_window_edges(rt.max_binding_bytes, rt.offset_alignment)
     max_nodes = edge_windows.max_window_nodes(rt.max_binding_bytes)
     thread_max = backend.thread_degree_max
-    windows = []
+    windows: list[EdgeWindow] = []
     deg = graph.out_degree
     ptr = graph.row_ptr
-    for n0, n1 in edge_windows.plan(ptr, max_edges, limit_desc, max_nodes=max_nodes):
-        windows.append(source_window(up, graph, n0, n1, thread_max))
+    piece = max_edges // edge_windows.BIG_STRIDE * edge_windows.BIG_STRIDE  # a big hub's entries per piece
+    big_above = max(GROUP_DEGREE_MAX, max_edges) if piece else 0
+    # a big source hub's carry (edge_probs_piece's 4 KiB of lanes) fits a binding of 4 KiB
+    out_above = big_above if rt.max_binding_bytes >= edge_windows.BIG_SOURCE_BINDING else 0
+    for n0, n1 in edge_windows.plan(ptr, max_edges, limit_desc, max_nodes=max_nodes, big_above=out_above):
+        if ptr[n1] - ptr[n0] > max_edges:  # a big source hub: a window per piece of its out-edges
+            windows += [EdgeWindow(n0, n1, int(p), int(min(p + piece, ptr[n1])), big=True)
+                        for p in range(int(ptr[n0]), int(ptr[n1]), piece)]
+        else:
+            windows.append(source_window(up, graph, n0, n1, thread_max))
     def up_edges(a: np.ndarray, wins: list[EdgeWindow]) -> DeviceArray:
         arr = rt.pool.new_split_array(backend, (graph.num_edges,), np.uint32, 1, rt.offset_alignment, "edge index",
                                       cuts=[w.e0 for w in wins])
@@ -286,11 +294,10 @@ def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
     rev = graph.rev_ptr
     rwindows: list[EdgeWindow] | None = None
     refusal = ""
-    piece = max_edges // edge_windows.BIG_STRIDE * edge_windows.BIG_STRIDE  # a big in-hub's entries per piece
     try:
         rwindows = []
         for k0, k1 in edge_windows.plan(rev, max_edges, limit_desc, "in-edges", max_nodes=max_nodes,
-                                        big_above=max(GROUP_DEGREE_MAX, max_edges) if piece else 0):
+                                        big_above=big_above):
             if rev[k1] - rev[k0] > max_edges:  # a big in-hub: a window per piece of its range
                 rwindows += [EdgeWindow(k0, k1, int(p), int(min(p + piece, rev[k1])), big=True)
                              for p in range(int(rev[k0]), int(rev[k1]), piece)]

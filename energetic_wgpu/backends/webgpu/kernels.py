@@ -314,7 +314,8 @@ ADD = Uniform("AddParams", n=U32, lo=U32, count=U32, base=U32, off=U32, dim=U32,
 LOGITS = Uniform("LogitParams", n_edges=U32, dim=U32, e0=U32, gathered=U32, q_shift=U32, _pad0=U32, _pad1=U32,
                  _pad2=U32)
 PROBS = Uniform("ProbParams", n_small=U32, n_mid=U32, n_hub=U32, small_wg=U32, mid_wg=U32, dim=U32, top_k=U32,
-                mode=U32, tau=F32, ebase=U32, gathered=U32, q_shift=U32)
+                mode=U32, tau=F32, ebase=U32, gathered=U32, q_shift=U32, phase=U32, round=U32, ps=U32, pt=U32,
+                pos=U32, deg=U32, node=U32, first=U32, last=U32, _pad0=U32, _pad1=U32, _pad2=U32)
 SCATTER = Uniform("ScatterParams", batch=U32, n_nodes=U32, flags=U32, n_large=U32, alpha=F32, small_max=U32,
                   e0=U32, node0=U32, n_count=U32, rbase=U32, b0=U32, piece=U32)
 FLOW = Uniform("FlowParams", batch=U32, n_nodes=U32, n_edges=U32, has_active=U32, alpha=F32, edge_blocks=U32,
@@ -324,7 +325,8 @@ METRICS = Uniform("MetricParams", batch=U32, n_nodes=U32, n_edges=U32, has_activ
                   pbase=U32, _pad1=U32, _pad2=U32)
 REDUCE = Uniform("ReduceParams", n=U32, out_offset=U32, n1=U32, n2=U32)
 SCATTER_BWD = Uniform("ScatterBwdParams", batch=U32, n_nodes=U32, flags=U32, n_large=U32, alpha=F32, small_max=U32,
-                      n_edges=U32, e0=U32, node0=U32, n_count=U32, ebase=U32, eoff=U32)
+                      n_edges=U32, e0=U32, node0=U32, n_count=U32, ebase=U32, eoff=U32, b0=U32, ps=U32, pt=U32,
+                      piece=U32)
 SOFTMAX_BWD = Uniform("SoftmaxBwdParams", n_nodes=U32, n_large=U32, small_max=U32, node0=U32, tau=F32, n_count=U32,
                       ebase=U32, _pad3=U32)
 LOGITS_BWD = Uniform("LogitsBwdParams", n_nodes=U32, dim=U32, mode=U32, n_large=U32, small_max=U32, node0=U32,
@@ -338,7 +340,8 @@ ADAMW_PREPARE = Uniform("PrepareParams", n_parts=U32, clip=U32, has_loss=U32, co
                         log_b1=F32, log_b2=F32, n_loss=U32)
 _ADAMW_HYPER = dict(b1=F32, omb1=F32, b2=F32, omb2=F32, eps=F32, _pad2=F32, _pad3=F32, _pad4=F32)
 ADAMW_UPDATE = Uniform("UpdateParams", n=U32, slot=U32, e0=U32, _pad1=U32, **_ADAMW_HYPER)
-HUB = Uniform("HubParams", s=U32, t=U32, dim=U32, first=U32, last=U32, o_row=U32, c0=U32, gathered=U32)
+HUB = Uniform("HubParams", s=U32, t=U32, dim=U32, first=U32, last=U32, o_row=U32, c0=U32, gathered=U32, tau=F32,
+              _pad0=U32, _pad1=U32, _pad2=U32)
 ADAMW_PACKED = Uniform("PackedParams", n=U32, slot=U32, _pad0=U32, _pad1=U32, **_ADAMW_HYPER, off=VEC4, len=VEC4)
 
 _PROBS = ("row_ptr", "col_idx", "q", "k", "bias", "result", "seg_list")
@@ -359,6 +362,8 @@ KERNELS: dict[str, KernelSpec] = {
         KernelSpec("edge_probs", "edge_probs.wgsl", PROBS, _PROBS, 64),
         KernelSpec("edge_probs_small", "edge_probs.wgsl", PROBS, _PROBS, 64),
         KernelSpec("edge_probs_hub", "edge_probs.wgsl", PROBS, _PROBS, 256),
+        KernelSpec("edge_probs_piece", "edge_probs.wgsl", PROBS, ("col_idx", "q", "k", "bias", "result", "carry", "carry_lanes"),
+                   256),
         KernelSpec("scatter_transpose", "energy_scatter.wgsl", SCATTER, ("energies", "act_mask", "xt_out", "act_out")),
         KernelSpec("scatter_rows", "energy_scatter.wgsl", SCATTER, ("xt", "next_e")),
         KernelSpec("scatter_small", "energy_scatter.wgsl", SCATTER, _SCATTER_IN),
@@ -374,6 +379,8 @@ KERNELS: dict[str, KernelSpec] = {
         # backward (ops_backward.py)
         KernelSpec("scatter_bwd_small", "scatter_backward.wgsl", SCATTER_BWD, _SCATTER_BWD),
         KernelSpec("scatter_bwd_large", "scatter_backward.wgsl", SCATTER_BWD, _SCATTER_BWD + ("large_nodes",), 256),
+        KernelSpec("scatter_bwd_large_piece", "scatter_backward.wgsl", SCATTER_BWD,
+                   ("col_idx", "pi", "grad_next", "act_mask", "sink", "out", "lanes"), 256),
         KernelSpec("scatter_bwd_pi", "scatter_backward.wgsl", SCATTER_BWD,
                    ("col_idx", "grad_next", "act_mask", "out", "src", "energies", "acc_in", "carry_comp")),
         KernelSpec("scatter_bwd_pi_nm", "scatter_backward.wgsl", SCATTER_BWD,
@@ -394,6 +401,13 @@ KERNELS: dict[str, KernelSpec] = {
         KernelSpec("hub_columns_256", "hub_pieces.wgsl", HUB, ("values", "feat", "carry", "out", "index"), 256,
                    entry_point="hub_columns"),
         KernelSpec("hub_sq", "hub_pieces.wgsl", HUB, ("carry", "out")),
+        # a big source hub of edge windows in pieces (ops_backward.py): segment_bwd's dot and dl,
+        # softmax_bwd_large's with 256 lanes
+        KernelSpec("hub_dot", "hub_pieces.wgsl", HUB, ("values", "feat", "carry"), BIN_WG),
+        KernelSpec("hub_dot_256", "hub_pieces.wgsl", HUB, ("values", "feat", "carry"), 256, entry_point="hub_dot"),
+        KernelSpec("hub_dl", "hub_pieces.wgsl", HUB, ("values", "feat", "carry", "out", "dot_in"), BIN_WG),
+        KernelSpec("hub_dl_256", "hub_pieces.wgsl", HUB, ("values", "feat", "carry", "out", "dot_in"), 256,
+                   entry_point="hub_dl"),
         # losses and AdamW (ops_train.py)
         KernelSpec("mse_partials", "losses.wgsl", LOSS, ("pred", "target_", "mask", "partials", "grad"), 256),
         KernelSpec("loss_final", "losses.wgsl", LOSS, ("partials", "loss"), 256),

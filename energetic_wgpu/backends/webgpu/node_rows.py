@@ -51,7 +51,7 @@ from .edge_windows import BIG_STRIDE, EdgeWindow
 from .kernels import GROUP_DEGREE_MAX
 
 __all__ = ["RowPlan", "needs_rows", "block_rows", "window_edges", "new_node_rows", "in_node_rows", "node_range", "row_plan",
-           "gather_rows", "hub_columns"]
+           "gather_rows", "hub_columns", "hub_dl"]
 
 _MASK = 0xFFFFFFFF
 
@@ -186,7 +186,8 @@ def row_plan(be: Any, graph: Any, gd: Any, dim: int) -> RowPlan:
         return be.asarray(np.ascontiguousarray(a, dtype=np.uint32), np.uint32)
 
     # every range planned (and any refusal raised) before anything is uploaded
-    spans = [(w.n0, w.n1) for w in gd.windows] if gd.windows is not None else [(0, n)]
+    # a big hub's pieces (one window each) make one span
+    spans = list(dict.fromkeys((w.n0, w.n1) for w in gd.windows)) if gd.windows is not None else [(0, n)]
     ranges = [r for lo, hi in spans
               for r in edge_windows.plan(graph.row_ptr, max_edges, limit_desc, lo=lo, hi=hi, block=block,
                                          max_nodes=max_nodes, big_above=big_above)]
@@ -202,19 +203,24 @@ def row_plan(be: Any, graph: Any, gd: Any, dim: int) -> RowPlan:
                                                   block=block, max_nodes=max_nodes, big_above=big_above)]
         except DeviceLimitError as exc:
             refusal = str(exc)
-    cuts: dict[int, set[int]] = {}
-    for w in gd.rwindows or []:  # a big in-hub of the graph's own target windows: its pieces' starts
-        if w.big:
-            cuts.setdefault(w.n0, set()).add(w.e0)
+    # a big hub of the graph's own edge windows (sources) or target windows: its pieces' starts
+    scuts: dict[int, set[int]] = {}
+    rcuts: dict[int, set[int]] = {}
+    for wins, cuts in ((gd.windows, scuts), (gd.rwindows, rcuts)):
+        for w in wins or []:
+            if w.big:
+                cuts.setdefault(w.n0, set()).add(w.e0)
 
-    def pieces(w: EdgeWindow) -> list[EdgeWindow]:  # a big hub: its pieces (from its first, at the graph's cuts)
+    def pieces(w: EdgeWindow, cuts: dict[int, set[int]]) -> list[EdgeWindow]:
+        # a big hub: its pieces (from its first, at the graph's cuts)
         if w.e1 - w.e0 <= max_edges:
             return [w]
         at = sorted({*range(w.e0, w.e1, piece), *(c for c in cuts.get(w.n0, ()) if w.e0 < c < w.e1)})
         return [dataclasses.replace(w, e0=a, e1=b, big=True) for a, b in zip(at, at[1:] + [w.e1])]
 
-    windows = [p for n0, n1 in ranges for p in pieces(source_window(up, graph, n0, n1, be.thread_degree_max))]
-    rwindows = None if rranges is None else [p for k0, k1 in rranges for p in pieces(target_window(up, graph, k0, k1))]
+    windows = [p for n0, n1 in ranges for p in pieces(source_window(up, graph, n0, n1, be.thread_degree_max), scuts)]
+    rwindows = None if rranges is None else [p for k0, k1 in rranges
+                                             for p in pieces(target_window(up, graph, k0, k1), rcuts)]
     rev_src = rev_edges = None
     if rwindows is not None:
         rev_src, rev_edges = gd.rev_src, gd.rev_edges
@@ -275,8 +281,33 @@ def hub_columns(be: Any, pieces: list[EdgeWindow], dim: int, values: DeviceArray
             cv = range_view(carry, c0 * lanes * 2, nc * lanes * 2, rt.offset_alignment)[0]
             rt.dispatch(name, workgroups=nc, uniform=dict(s=e0, t=e0 + count, dim=dim, first=int(i == 0),
                                                          last=int(i == len(pieces) - 1), o_row=o_row, c0=c0,
-                                                         gathered=int(rows is not None)),
+                                                         gathered=int(rows is not None), tau=np.float32(1)),
                         values=vv[0], feat=table if rows is None else rows, carry=cv, out=ov, index=iv)
     if sq_slot is not None:
         rt.dispatch("hub_sq", threads=1, uniform=dict(s=0, t=0, dim=dim, first=int(zero_sq), last=0, o_row=o_row,
-                                                      c0=0, gathered=0), carry=sq_slot, out=ov)
+                                                      c0=0, gathered=0, tau=np.float32(1)), carry=sq_slot, out=ov)
+
+
+def hub_dl(be: Any, pieces: list[EdgeWindow], pi: DeviceArray, gpi: DeviceArray, dl: DeviceArray, tau: float,
+           lanes: int, sq_slot: DeviceArray | None = None) -> None:
+    """dl[e] = pi[e] * (gpi[e] - dot) / tau over the big hub whose out-edges ``pieces`` cover
+    (windows of one source, each starting a multiple of 256 entries from its first; ``pi``,
+    ``gpi``, ``dl``: float [E] arrays in the windows' layout), dot = the sum of pi * gpi over the
+    hub, as a workgroup of ``lanes`` sums it (64: segment_bwd's hub, 256: softmax_bwd_large), in
+    pieces (hub_pieces.wgsl): ``hub_dot`` per piece, then ``hub_dl`` per piece. ``sq_slot``:
+    the hub's lanes' slot of segment_bwd's scratch (2 floats per lane), where each lane's sum of
+    the squares of its dl lands (else a scratch array)."""
+    rt = be.runtime
+    dot = be.empty((2 * lanes + 1,))
+    sq = sq_slot if sq_slot is not None else be.empty((2 * lanes,))
+    suffix = "" if lanes == 64 else "_256"
+    views = [tuple(edge_windows.window_view(be, x, pw) for x in (pi, gpi, dl)) for pw in pieces]
+    for name in ("hub_dot", "hub_dl"):
+        for i, (pw, ((pv, e0), gv, ov)) in enumerate(zip(pieces, views)):
+            u = dict(s=e0, t=e0 + pw.e1 - pw.e0, dim=0, first=int(i == 0), last=int(i == len(pieces) - 1), o_row=0,
+                     c0=0, gathered=0, tau=np.float32(tau))
+            if name == "hub_dot":
+                rt.dispatch(name + suffix, workgroups=1, uniform=u, values=pv, feat=gv[0], carry=dot)
+            else:
+                rt.dispatch(name + suffix, workgroups=1, uniform=u, values=pv, feat=gv[0], carry=sq, out=ov[0],
+                            dot_in=dot)

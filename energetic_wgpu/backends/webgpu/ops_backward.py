@@ -124,7 +124,7 @@ def _scatter_backward(
     grad_pi = edge_windows.edge_array(be, gd, "grad_pi") if chunk is None else chunk.grad_pi
     u = dict(batch=batch, n_nodes=n, flags=flags, n_large=gd.n_large_out, alpha=np.float32(alpha),
              small_max=SMALL_DEGREE_MAX, n_edges=e, e0=0 if chunk is None else chunk.e0, node0=0, n_count=n, ebase=0,
-             eoff=0)
+             eoff=0, b0=0, ps=0, pt=0, piece=0)
     act = be._opt(active)
     windowed = gd.windows is not None
     if windowed:
@@ -143,7 +143,10 @@ def _scatter_backward(
         common = dict(row_ptr=gd.row_ptr, col_idx=gd.col_idx, pi=pi, grad_next=g, act_mask=act, sink=gd.sink,
                       out=out)
         if windowed:  # per window of sources (edge_windows.py)
-            for w in gd.windows:
+            for w in edge_windows.hub_groups(gd.windows):
+                if isinstance(w, list):
+                    _scatter_bwd_big(be, gd, w, batch, u, common)
+                    continue
                 (c, e0w), pv = (edge_windows.window_view(be, x, w) for x in (gd.col_idx, pi))
                 uw = {**u, "n_large": w.n_large, "node0": w.n0, "n_count": w.n1 - w.n0, "ebase": w.e0 - e0w}
                 cw = {**common, "col_idx": c, "pi": pv[0]}
@@ -183,6 +186,31 @@ def _scatter_backward(
     return grad_e, grad_pi
 
 
+def _scatter_bwd_big(be: Any, gd: Any, pieces: list[Any], batch: int, u: dict[str, Any], common: dict[str, Any]) -> None:
+    """The input-energy gradient of a big source hub j (more out-edges than an edge window
+    holds; ``pieces``, its windows, edge_windows.hub_groups): ``scatter_bwd_small`` over its
+    first piece only zeroes a node-major output's padding rows, then per piece
+    ``scatter_bwd_large_piece`` per group of batch rows whose lanes' carry (8 bytes per lane and
+    row) fits one binding, each lane's sum carried from piece to piece: ``scatter_bwd_large``'s
+    sum, the same bits. ``u`` / ``common``: the op's uniform fields and bindings."""
+    rt = be.runtime
+    j = pieces[0].n0
+    per = max(1, rt.max_binding_size // (8 * 256))
+    carry = edge_windows.new_split_1d(be, max(1, batch) * 256 * 2, per * 256 * 2, "scatter backward carry")
+    for i, pw in enumerate(pieces):
+        (c, e0), pv = (edge_windows.window_view(be, x, pw) for x in (gd.col_idx, common["pi"]))
+        uw = {**u, "n_large": 0, "node0": j, "n_count": 1, "ebase": pw.e0 - e0}
+        cw = {**common, "col_idx": c, "pi": pv[0]}
+        if i == 0:
+            rt.dispatch("scatter_bwd_small", threads=-(-batch // 8), uniform=uw, **cw)
+        uw.update(ps=e0, pt=e0 + pw.e1 - pw.e0, piece=int(i == 0) | 2 * int(i == len(pieces) - 1))
+        for b0 in range(0, batch, per):
+            nb = min(per, batch - b0)
+            lv = range_view(carry, b0 * 512, nb * 512, rt.offset_alignment)[0]
+            rt.dispatch("scatter_bwd_large_piece", workgroups=nb, uniform={**uw, "b0": b0, "n_large": nb},
+                        lanes=lv, **{k: v for k, v in cw.items() if k != "row_ptr"})
+
+
 def segment_softmax_backward(backend: Any, graph: Any, pi: Any, grad_pi: Any, tau: float = 1.0) -> Any:
     be, rt = backend, backend.runtime
     gd = be.graph_data(graph)
@@ -200,7 +228,10 @@ def segment_softmax_backward(backend: Any, graph: Any, pi: Any, grad_pi: Any, ta
     # per window of sources (edge_windows.py)
     pi, grad_pi = (edge_windows.in_windows(be, gd, x, "pi") for x in (pi, grad_pi))
     out = edge_windows.edge_array(be, gd, "grad_logits")
-    for w in gd.windows:
+    for w in edge_windows.hub_groups(gd.windows):
+        if isinstance(w, list):  # a big source hub: in pieces, as softmax_bwd_large's 256 lanes
+            node_rows.hub_dl(be, w, pi, grad_pi, out, tau, 256)
+            continue
         (pv, e0), gv, ov = (edge_windows.window_view(be, x, w) for x in (pi, grad_pi, out))
         uw = {**u, "n_large": w.n_large, "node0": w.n0, "n_count": w.n1 - w.n0, "ebase": w.e0 - e0}
         common = dict(row_ptr=gd.row_ptr, pi=pv, gpi=gv[0], out=ov[0])
@@ -325,14 +356,15 @@ def softmax_logits_backward(
                 def bind(w: Any, views: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
                     iv, e0 = views["idx"]
                     ov, shift = node_rows.node_range(be, out, w.n0, w.n1)
-                    if w.big:  # a big hub's dot and dl only (d = 0); its columns in pieces after
-                        return dict(feat=rows, out=ov), dict(gathered=1, o_shift=shift, dim=0)
                     node_rows.gather_rows(be, table, iv, e0, w.e1 - w.e0, rows)
                     return dict(feat=rows, out=ov), dict(gathered=1, o_shift=shift)
                 return bind
 
         def big_of(table: Any, out: Any, index: Any, values: Any, mode: int) -> Any:
-            def big_hub(pieces: Any, slot: Any) -> None:  # mode 2: no dl, the lanes' squares from zero
+            def big_hub(pieces: Any, slot: Any) -> None:
+                if mode == 0:  # the dot and dl first, the lanes' squares of dl into the slot
+                    node_rows.hub_dl(be, pieces, pi, grad_pi, values, tau, 64, slot)
+                # mode 2: no dl, the lanes' squares from zero
                 node_rows.hub_columns(be, pieces, dim, values, index, table, out, rows, 64, slot, zero_sq=mode != 0)
             return big_hub
 
@@ -535,9 +567,8 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
     one dispatch over the whole graph writes. ``rows``: for q and k past one binding,
     ``rows(w, views)`` -> (bindings, uniform fields) of window ``w`` (its gathered feat rows and
     its node range of out, node_rows.py); ``big(pieces, slot)`` runs a big hub (its consecutive
-    ``big`` windows, edge_windows.hub_groups) given its lanes' slot of the scratch: in mode 0
-    after one dispatch over its whole range with d = 0 (``rows`` sets it; the dot, dl and their
-    squares), in mode 2 alone."""
+    ``big`` windows, edge_windows.hub_groups) given its lanes' slot of the scratch (in mode 0
+    its dot, dl and their squares in pieces too, node_rows.hub_dl)."""
     rt = be.runtime
     ur = {**u, **bins.uniform(u["n_nodes"]), "out_offset": out_offset, "node0": 0, "node1": 0, "ebase": 0, "lanes": 0,
           "w_first": 0, "gathered": 0, "o_shift": 0, "p_shift": 0}
@@ -550,15 +581,11 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
         spans = [(w0, min(per, bins.workgroups - w0)) for w0 in range(0, bins.workgroups, per)]
     by_window = dict(zip(map(id, windows), pieces))
     for w in edge_windows.hub_groups(windows):
-        group = None
-        if isinstance(w, list):  # a big hub's pieces: mode 0 runs its dot and dl over its whole range
-            group, w = w, edge_windows.span_of(w)
-            wpieces = by_window[id(group[0])]
-            if u["mode"] != 0:
-                big(group, range_view(scratch, wpieces[0].runs[0][0] * 128, 128, rt.offset_alignment)[0])
-                continue
-        else:
-            wpieces = by_window[id(w)]
+        if isinstance(w, list):  # a big hub's pieces (one hub, one workgroup): into its lanes' slot
+            wpieces = by_window[id(w[0])]
+            big(w, range_view(scratch, wpieces[0].runs[0][0] * 128, 128, rt.offset_alignment)[0])
+            continue
+        wpieces = by_window[id(w)]
         if not wpieces:  # no node in the window
             continue
         views = {name: edge_windows.window_view(be, arr, w) for name, arr in per_entry.items()}
@@ -587,8 +614,6 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
                         rt.dispatch("segment_bwd", workgroups=hi - lo, uniform={
                             **uw, "n_threads": 0, "w_first": lo, "bins_off": off}, partials=lanes, seg=piece.seg,
                             **bound)
-        if group is not None:  # one hub, one workgroup: its columns into its lanes' slot
-            big(group, range_view(scratch, wpieces[0].runs[0][0] * 128, 128, rt.offset_alignment)[0])
     if bins.serial:
         rt.dispatch("segment_bwd_serial_lanes", threads=bins.serial_threads, uniform={**ur, "n_threads":
                     bins.serial_threads}, feat=scratch, partials=partials)

@@ -98,10 +98,7 @@ def _probs(be: Any, graph: Graph, q: Any, k: Any, bias: Any, dim: int, tau: floa
                     logits = edge_windows.edge_array(be, gd, "big hub logits")
                 for pw in w:
                     _plan_logits(be, gd, plan, pw, q, k, bias, logits, rows)
-                w = edge_windows.span_of(w)
-                (c, e0), lv, o = (edge_windows.window_view(be, x, w) for x in (gd.col_idx, logits, out))
-                _probs_dispatch(be, w.bins, w.seg_list, w.e0 - e0, 0, top_k, mode, tau, dict(
-                    row_ptr=gd.row_ptr, col_idx=c, q=rows, k=rows, bias=lv[0], result=o[0]))
+                _probs_pieces(be, gd, w, 0, top_k, mode, tau, rows, rows, logits, out)
             elif w.seg_list is not None:
                 (c, e0), bv, o = (edge_windows.window_view(be, x, w) for x in (gd.col_idx, bias, out))
                 node_rows.gather_rows(be, k, c, e0, w.e1 - w.e0, rows)
@@ -112,8 +109,10 @@ def _probs(be: Any, graph: Graph, q: Any, k: Any, bias: Any, dim: int, tau: floa
     if gd.windows is not None:  # per edge window, its own bins (edge_windows.py)
         bias = edge_windows.in_windows(be, gd, bias, "bias" if dim else "logits")
         out = edge_windows.new_edge_array(be, gd, dt, "edge_probs")
-        for w in gd.windows:
-            if w.seg_list is not None:
+        for w in edge_windows.hub_groups(gd.windows):
+            if isinstance(w, list):  # a big source hub: in pieces (edge_probs_piece)
+                _probs_pieces(be, gd, w, dim, top_k, mode, tau, q, k, bias, out)
+            elif w.seg_list is not None:
                 (c, e0), bv, o = (edge_windows.window_view(be, x, w) for x in (gd.col_idx, bias, out))
                 _probs_dispatch(be, w.bins, w.seg_list, w.e0 - e0, dim, top_k, mode, tau, dict(
                     row_ptr=gd.row_ptr, col_idx=c, q=q, k=k, bias=bv[0], result=o[0]))
@@ -132,12 +131,43 @@ def _probs_dispatch(be: Any, bins: Any, seg_list: Any, ebase: int, dim: int, top
     ``q_shift``, q is a node range and k the window's gathered rows (node_rows.py)."""
     u = dict(n_small=bins.n_small, n_mid=bins.n_mid, n_hub=bins.n_hub, small_wg=bins.small_wg,
              mid_wg=bins.mid_wg, dim=dim, top_k=top_k, mode=mode, tau=np.float32(tau), ebase=ebase,
-             gathered=int(q_shift is not None), q_shift=q_shift or 0)
+             gathered=int(q_shift is not None), q_shift=q_shift or 0, **_NO_PIECE)
     if bins.workgroups:  # without mid segments: the barrier-free pipeline
         name = "edge_probs" if bins.n_mid else "edge_probs_small"
         be.runtime.dispatch(name, workgroups=bins.workgroups, uniform=u, seg_list=seg_list, **b)
     if bins.n_hub:
         be.runtime.dispatch("edge_probs_hub", workgroups=bins.n_hub, uniform=u, seg_list=seg_list, **b)
+
+_NO_PIECE = dict(phase=0, round=0, ps=0, pt=0, pos=0, deg=0, node=0, first=0, last=0)
+#: u32 of edge_probs_piece's carry and carry_lanes (edge_probs.wgsl)
+_PIECE_CARRY = (528, 1024)
+
+
+def _probs_pieces(be: Any, gd: Any, pieces: list[Any], dim: int, top_k: int, mode: int, tau: float, q: Any, k: Any,
+                  bias: Any, out: Any) -> None:
+    """The softmax / top-k (mode 0 / 1) of one big hub, its consecutive windows ``pieces`` (each
+    starting a multiple of 256 entries from its first; edge_windows.hub_groups), as
+    ``edge_probs_hub`` computes it, in ``edge_probs_piece`` dispatches: per piece the z; with a
+    top-k below the degree 8 radix rounds (the last 4 no-ops unless the k-th key ties), each
+    over every piece; then the mask (mode 1), or the max, the sum and pi. ``q``, ``k`` bound
+    whole (dim = 0: ``bias`` holds the logits); ``bias``, ``out``: [E] arrays in the windows'
+    layout. The same bits as one workgroup over the whole hub."""
+    rt = be.runtime
+    span = edge_windows.span_of(pieces)
+    deg = span.e1 - span.e0
+    use_k = top_k != 0 and deg > top_k
+    carry, lanes = (be.empty((n,), np.uint32) for n in _PIECE_CARRY)
+    views = [tuple(edge_windows.window_view(be, x, pw) for x in (gd.col_idx, bias, out)) for pw in pieces]
+    steps = [(0, 0)] + [(1, r) for r in range(8 if use_k else 0)] + ([(2, 0)] if mode == 1 else [(3, 0), (4, 0), (5, 0)])
+    for phase, rnd in steps:
+        for i, (pw, ((c, e0), bv, o)) in enumerate(zip(pieces, views)):
+            u = dict(n_small=0, n_mid=0, n_hub=0, small_wg=0, mid_wg=0, dim=dim, top_k=top_k if use_k else 0,
+                     mode=mode, tau=np.float32(tau), ebase=0, gathered=0, q_shift=0, phase=phase, round=rnd, ps=e0,
+                     pt=e0 + pw.e1 - pw.e0, pos=pw.e0 - span.e0, deg=deg, node=span.n0, first=int(i == 0),
+                     last=int(i == len(pieces) - 1))
+            rt.dispatch("edge_probs_piece", workgroups=1, uniform=u, col_idx=c, q=q, k=k, bias=bv[0], result=o[0],
+                        carry=carry, carry_lanes=lanes)
+
 
 def edge_probs(be: Any, graph: Graph, q: Any, k: Any, bias: Any, tau: float = 1.0, top_k: int = 0) -> DeviceArray:
     """float32 [E]: segment_softmax(edge_logits(q, k, bias), tau, top_k) in ONE dispatch (hubs,
