@@ -53,7 +53,7 @@ struct ProbParams {
     node: u32,
     first: u32,
     last: u32,
-    _pad0: u32,
+    p_shift: u32,   // node j's pointers are row_ptr[j - p_shift], row_ptr[j + 1 - p_shift] (a node block; else 0)
     _pad1: u32,
     _pad2: u32,
 }
@@ -111,8 +111,8 @@ fn zkey(z: f32) -> u32 {
 // ---------------------------------------------------------------- one thread per segment
 
 fn seg_small(j: u32) {
-    let s = row_ptr[j] - P.ebase;
-    let deg = row_ptr[j + 1u] - row_ptr[j];
+    let s = row_ptr[j - P.p_shift] - P.ebase;
+    let deg = row_ptr[j + 1u - P.p_shift] - row_ptr[j - P.p_shift];
     let qb = j * P.dim - P.q_shift;
     // constant trip counts: the loops unroll and zs stays in registers
     var zs: array<f32, SMALL_MAX>;
@@ -197,8 +197,8 @@ fn seg_small(j: u32) {
 // ranks take deg^2 steps: llvmpipe ends an invocation's loops after 65,535 iterations in all,
 // so this path must stay for small degrees.
 fn seg_serial(j: u32) {
-    let s = row_ptr[j] - P.ebase;
-    let t = row_ptr[j + 1u] - P.ebase;
+    let s = row_ptr[j - P.p_shift] - P.ebase;
+    let t = row_ptr[j + 1u - P.p_shift] - P.ebase;
     let qb = j * P.dim - P.q_shift;
     for (var e = s; e < t; e = e + 1u) {
         result[e] = bitcast<u32>(edge_z(e, qb));
@@ -257,7 +257,7 @@ fn seg_serial(j: u32) {
 
 // a segment of the thread bin: in registers up to SMALL_MAX, else through `result`
 fn seg_thread(j: u32) {
-    if (row_ptr[j + 1u] - row_ptr[j] <= SMALL_MAX) {
+    if (row_ptr[j + 1u - P.p_shift] - row_ptr[j - P.p_shift] <= SMALL_MAX) {
         seg_small(j);
     } else {
         seg_serial(j);
@@ -278,8 +278,8 @@ fn seg_mid(mw: u32, lid: u32) {
     var qb = 0u;
     if (gi < P.n_mid) {
         let j = seg_list[P.n_small + gi];
-        s = row_ptr[j] - P.ebase;
-        deg = row_ptr[j + 1u] - row_ptr[j];
+        s = row_ptr[j - P.p_shift] - P.ebase;
+        deg = row_ptr[j + 1u - P.p_shift] - row_ptr[j - P.p_shift];
         qb = j * P.dim - P.q_shift;
     }
     let base = g * MID_MAX;
@@ -446,8 +446,8 @@ fn add_blocked(acc: ptr<function, vec2<f32>>, blk: ptr<function, f32>, nb: ptr<f
 
 // Called in uniform control flow (j is the same for the whole workgroup).
 fn seg_hub(j: u32, lid: u32) {
-    let s = row_ptr[j] - P.ebase;
-    let t = row_ptr[j + 1u] - P.ebase;
+    let s = row_ptr[j - P.p_shift] - P.ebase;
+    let t = row_ptr[j + 1u - P.p_shift] - P.ebase;
     let deg = t - s;
     let qb = j * P.dim - P.q_shift;
     for (var e = s + lid; e < t; e = e + LWG) {

@@ -22,7 +22,7 @@ struct LogitsBwdParams {
     ebase: u32,      // seg_ptr[j] - ebase indexes the bound per-entry ranges (a window; else 0)
     gathered: u32,   // 1 (mode 0): entry r's feat row is row r of the bound feat (node_rows.py)
     o_shift: u32,    // out's row j starts at float j * dim - o_shift (mod 2^32; out bound from a node range)
-    _pad0: u32,
+    p_shift: u32,    // node j's pointers are seg_ptr[j - p_shift], seg_ptr[j + 1 - p_shift] (a node block; else 0)
     _pad1: u32,
 }
 
@@ -58,8 +58,8 @@ fn logits_bwd_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     let jl = i / P.dim;
     let c = i - jl * P.dim;
     let j = P.node0 + jl;
-    let s = seg_ptr[j] - P.ebase;
-    let t = seg_ptr[j + 1u] - P.ebase;
+    let s = seg_ptr[j - P.p_shift] - P.ebase;
+    let t = seg_ptr[j + 1u - P.p_shift] - P.ebase;
     if (t - s > P.small_max) {
         return;
     }
@@ -84,8 +84,8 @@ fn logits_bwd_large(
     let w = g / P.dim;
     let c = g - w * P.dim;
     let j = large_nodes[w];
-    let s = seg_ptr[j] - P.ebase;
-    let t = seg_ptr[j + 1u] - P.ebase;
+    let s = seg_ptr[j - P.p_shift] - P.ebase;
+    let t = seg_ptr[j + 1u - P.p_shift] - P.ebase;
     var acc = vec2<f32>(0.0, 0.0);
     for (var r = s + lid; r < t; r = r + LWG) {
         acc = kahan_add(acc, term(r, c));

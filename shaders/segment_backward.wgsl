@@ -73,6 +73,7 @@ const LANES: u32 = 32u;  // lanes per mid-bin node
 @group(0) @binding(6) var<storage, read> feat: array<f32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
 @group(0) @binding(8) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(9) var<storage, read_write> lanes_carry: array<f32>;  // segment_bwd_serial_carry
 
 var<workgroup> sb_a: array<f32, 64>;
 var<workgroup> sb_b: array<f32, 64>;
@@ -338,7 +339,7 @@ fn segment_bwd_serial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
         let j = seg[P.bins_off + m];
         if (in_window(j)) {
             let v = small_node(j);
-            partials[m] = v.x - v.y;
+            partials[m - P.out_offset] = v.x - v.y;  // the values bound from place out_offset on
         }
         return;
     }
@@ -362,4 +363,32 @@ fn segment_bwd_serial_lanes(@builtin(global_invocation_id) gid: vec3<u32>, @buil
         sq = kahan_add(sq, feat[m]);
     }
     partials[P.out_offset + i] = sq.x - sq.y;
+}
+
+// segment_bwd_serial_lanes over node values past one binding, in ranges of consecutive places
+// (ops_backward._serial_lanes_in_ranges): this dispatch's places are round node0 of the threads,
+// threads w_first .. w_first + node1 - 1 (place node0 * n_threads + thread), bound as feat from
+// element ebase and their carry from float o_shift; each thread's compensated sum starts at
+// its first place (round 0), is carried to the next round, and is written to partials at its
+// last place: segment_bwd_serial_lanes's sum, in the same order.
+@compute @workgroup_size(WG)
+fn segment_bwd_serial_carry(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = thread_index(gid, nwg);
+    if (i >= P.node1) {
+        return;
+    }
+    let t = P.w_first + i;
+    let m = P.node0 * P.n_threads + t;
+    let c = P.o_shift + 2u * i;
+    var sq = vec2<f32>(0.0, 0.0);
+    if (P.node0 != 0u) {
+        sq = vec2<f32>(lanes_carry[c], lanes_carry[c + 1u]);
+    }
+    sq = kahan_add(sq, feat[P.ebase + i]);
+    if (m + P.n_threads >= P.n_small) {
+        partials[P.out_offset + t] = sq.x - sq.y;
+    } else {
+        lanes_carry[c] = sq.x;
+        lanes_carry[c + 1u] = sq.y;
+    }
 }

@@ -13,7 +13,7 @@ struct SoftmaxBwdParams {
     tau: f32,
     n_count: u32,    // ... and its number of nodes (else 0 and n_nodes)
     ebase: u32,      // row_ptr[j] - ebase indexes the bound [E] ranges (a window; else 0)
-    _pad3: u32,
+    p_shift: u32,    // node j's pointers are row_ptr[j - p_shift], row_ptr[j + 1 - p_shift] (a node block; else 0)
 }
 
 @group(0) @binding(0) var<uniform> P: SoftmaxBwdParams;
@@ -30,8 +30,8 @@ fn softmax_bwd_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
         return;
     }
     let j = P.node0 + i;
-    let s = row_ptr[j] - P.ebase;
-    let t = row_ptr[j + 1u] - P.ebase;
+    let s = row_ptr[j - P.p_shift] - P.ebase;
+    let t = row_ptr[j + 1u - P.p_shift] - P.ebase;
     if (t == s || t - s > P.small_max) {
         return;
     }
@@ -57,8 +57,8 @@ fn softmax_bwd_large(
         return;
     }
     let j = large_nodes[w];
-    let s = row_ptr[j] - P.ebase;
-    let t = row_ptr[j + 1u] - P.ebase;
+    let s = row_ptr[j - P.p_shift] - P.ebase;
+    let t = row_ptr[j + 1u - P.p_shift] - P.ebase;
     var acc = vec2<f32>(0.0, 0.0);
     for (var e = s + lid; e < t; e = e + LWG) {
         acc = kahan_add(acc, pi[e] * gpi[e]);

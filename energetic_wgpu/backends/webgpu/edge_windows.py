@@ -59,7 +59,9 @@ than 256 edges, or a source's under a binding below :data:`BIG_SOURCE_BINDING` (
 is uploaded), a target's where a window holds fewer than 256 edges (the ops that read the
 reverse index), the 4096-edge reductions
 under a binding limit below 16 KiB (``add`` and ``sum_squares`` of the split [E] arrays run in
-ranges). q and k past one binding: node_rows.py cuts these windows finer.
+ranges). q and k past one binding: node_rows.py cuts these windows finer. The graph's pointers
+(u32 [N + 1]) past one binding go into node blocks (graph_data.ptr_block): no window crosses one,
+and each binds its block (GraphData.node_ptr, ``p_shift``).
 """
 
 from __future__ import annotations

@@ -111,6 +111,15 @@ class SegmentBins:
         return dict(bins_off=num_nodes + 1, n_small=self.n_small, n_mid=self.n_mid, n_hub=self.n_hub)
 
 
+def ptr_block(rt: Any, num_nodes: int) -> int:
+    """Nodes per block of the graph's pointers (u32 [N + 1]) when they are past one binding
+    (a block holds the pointers of its nodes and the next one: ptr_block + 1 u32 in a binding),
+    else 0."""
+    if 4 * (num_nodes + 1) <= rt.max_binding_bytes:
+        return 0
+    return rt.max_binding_bytes // 4 - 1
+
+
 def needs_windows(rt: Any, num_nodes: int, num_edges: int) -> bool:
     """True when a graph is uploaded in edge windows (edge_windows.py): its [E] arrays (4·E
     bytes) or its segment bins (u32 [2N + 1], which the backward binds whole on an unwindowed
@@ -140,12 +149,12 @@ class GraphData:
 
     num_nodes: int
     num_edges: int
-    row_ptr: DeviceArray  # u32 [N+1]
+    row_ptr: DeviceArray | None  # u32 [N+1] (None: in node blocks, ``row_blocks``)
     col_idx: DeviceArray  # u32 [E]
     src: DeviceArray  # u32 [E]
-    rev_ptr: DeviceArray  # u32 [N+1]
+    rev_ptr: DeviceArray | None  # u32 [N+1] (None: in node blocks, ``rev_blocks``)
     rev_pairs: DeviceArray | None  # u32 [E, 2]: (edge, source) grouped by target (None: split, reverse_index.py)
-    sink: DeviceArray  # u32 [N]: 1 for out-degree 0
+    sink: DeviceArray | None  # u32 [N]: 1 for out-degree 0 (None with pointer blocks: the scatter refuses)
     large_out: DeviceArray | None  # u32: nodes with out-degree > SMALL
     large_in: DeviceArray | None  # u32: nodes with in-degree > SMALL
     n_large_out: int
@@ -171,6 +180,40 @@ class GraphData:
     row_plans: dict[int, Any] = field(default_factory=dict)
     #: ops_backward.window_runs: per (bins, windows), each window's runs of the bins' units
     segment_runs: dict[Any, Any] = field(default_factory=dict)
+    #: nodes per pointer block when the [N + 1] pointers are past one binding (:func:`ptr_block`),
+    #: else 0; block b of ``row_blocks`` / ``rev_blocks`` holds the pointers of nodes b·ptr_block ..
+    #: (b + 1)·ptr_block, both ends (every window lies in one block)
+    ptr_block: int = 0
+    row_blocks: list[DeviceArray] | None = None
+    rev_blocks: list[DeviceArray] | None = None
+
+    def node_ptr(self, reverse: bool, n0: int) -> tuple[DeviceArray, int]:
+        """(the pointer array to bind, shift) for a window whose first node is ``n0``: the
+        graph's row_ptr (rev_ptr with ``reverse``) and 0, or the node block holding the window and
+        its first node (node j's pointer at ``j - shift``)."""
+        if not self.ptr_block:
+            arr = self.rev_ptr if reverse else self.row_ptr
+            assert arr is not None
+            return arr, 0
+        b = n0 // self.ptr_block
+        blocks = self.rev_blocks if reverse else self.row_blocks
+        assert blocks is not None
+        return blocks[b], b * self.ptr_block
+
+    def check_pointers_whole(self, op: str) -> None:
+        """Refuse ``op`` (an op over the [B, N] energies: the scatter, its backward) on a graph
+        whose pointers are in node blocks (one batch row of N nodes is then past one binding
+        too, or exactly at it).
+
+        Raises:
+            DeviceLimitError: naming ``op``, N and the limit.
+        """
+        if self.ptr_block:
+            raise DeviceLimitError(
+                f"{op}: the graph's {self.num_nodes + 1} node pointers (u32) are past one storage binding "
+                f"({self.limit_desc}), and one batch row of N = {self.num_nodes} nodes with them: the energy "
+                f"scatter needs a batch row of N nodes in one binding; use a graph of fewer nodes or "
+                f"get_backend('wgpu', limits='adapter')")
 
     def reverse_windows(self, op: str) -> list[EdgeWindow]:
         """The windows of targets of a windowed graph.
@@ -186,7 +229,7 @@ class GraphData:
     def device_arrays(self) -> list[DeviceArray]:
         """Every device array of the graph data (the bins' ``seg`` arrays and the windows'
         node lists included)."""
-        values = [getattr(v, "seg", v) for v in vars(self).values()]
+        values = [getattr(v, "seg", v) for v in vars(self).values()] + (self.row_blocks or []) + (self.rev_blocks or [])
         wins = (self.windows or []) + (self.rwindows or [])
         for plan in self.row_plans.values():
             wins = wins + plan.windows + (plan.rwindows or [])
@@ -279,7 +322,9 @@ def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
     big_above = max(GROUP_DEGREE_MAX, max_edges) if piece else 0
     # a big source hub's carry (edge_probs_piece's 4 KiB of lanes) fits a binding of 4 KiB
     out_above = big_above if rt.max_binding_bytes >= edge_windows.BIG_SOURCE_BINDING else 0
-    for n0, n1 in edge_windows.plan(ptr, max_edges, limit_desc, max_nodes=max_nodes, big_above=out_above):
+    block = ptr_block(rt, graph.num_nodes)  # pointers past one binding: no window crosses a node block
+    for n0, n1 in edge_windows.plan(ptr, max_edges, limit_desc, max_nodes=max_nodes, big_above=out_above,
+                                    block=block):
         if ptr[n1] - ptr[n0] > max_edges:  # a big source hub: a window per piece of its out-edges
             windows += [EdgeWindow(n0, n1, int(p), int(min(p + piece, ptr[n1])), big=True)
                         for p in range(int(ptr[n0]), int(ptr[n1]), piece)]
@@ -297,7 +342,7 @@ def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
     try:
         rwindows = []
         for k0, k1 in edge_windows.plan(rev, max_edges, limit_desc, "in-edges", max_nodes=max_nodes,
-                                        big_above=big_above):
+                                        big_above=big_above, block=block):
             if rev[k1] - rev[k0] > max_edges:  # a big in-hub: a window per piece of its range
                 rwindows += [EdgeWindow(k0, k1, int(p), int(min(p + piece, rev[k1])), big=True)
                              for p in range(int(rev[k0]), int(rev[k1]), piece)]
@@ -314,15 +359,21 @@ def _upload_windowed(backend: Any, graph: Graph, up: Any) -> GraphData:
         _, n_small, n_mid, n_hub = binned_segments(p, thread_max)
         return SegmentBins(None, n_small, n_mid, n_hub)
 
+    def blocks(p: np.ndarray) -> list[DeviceArray]:  # node block b: the pointers of nodes b·block .. (b+1)·block
+        return [up(p[b:b + block + 1]) for b in range(0, graph.num_nodes, block)]
+
     return GraphData(
         num_nodes=graph.num_nodes,
         num_edges=graph.num_edges,
-        row_ptr=up(ptr),
+        row_ptr=None if block else up(ptr),
         col_idx=up_edges(graph.col_idx, windows),
         src=up_edges(graph.src, windows),
-        rev_ptr=up(graph.rev_ptr),
+        rev_ptr=None if block else up(graph.rev_ptr),
         rev_pairs=None,
-        sink=up(graph.sink_mask.astype(np.uint32)),
+        sink=None if block else up(graph.sink_mask.astype(np.uint32)),
+        ptr_block=block,
+        row_blocks=blocks(ptr) if block else None,
+        rev_blocks=blocks(rev) if block else None,
         large_out=None,
         large_in=None,
         n_large_out=0,

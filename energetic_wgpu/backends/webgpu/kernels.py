@@ -315,7 +315,7 @@ LOGITS = Uniform("LogitParams", n_edges=U32, dim=U32, e0=U32, gathered=U32, q_sh
                  _pad2=U32)
 PROBS = Uniform("ProbParams", n_small=U32, n_mid=U32, n_hub=U32, small_wg=U32, mid_wg=U32, dim=U32, top_k=U32,
                 mode=U32, tau=F32, ebase=U32, gathered=U32, q_shift=U32, phase=U32, round=U32, ps=U32, pt=U32,
-                pos=U32, deg=U32, node=U32, first=U32, last=U32, _pad0=U32, _pad1=U32, _pad2=U32)
+                pos=U32, deg=U32, node=U32, first=U32, last=U32, p_shift=U32, _pad1=U32, _pad2=U32)
 SCATTER = Uniform("ScatterParams", batch=U32, n_nodes=U32, flags=U32, n_large=U32, alpha=F32, small_max=U32,
                   e0=U32, node0=U32, n_count=U32, rbase=U32, b0=U32, piece=U32)
 FLOW = Uniform("FlowParams", batch=U32, n_nodes=U32, n_edges=U32, has_active=U32, alpha=F32, edge_blocks=U32,
@@ -328,9 +328,9 @@ SCATTER_BWD = Uniform("ScatterBwdParams", batch=U32, n_nodes=U32, flags=U32, n_l
                       n_edges=U32, e0=U32, node0=U32, n_count=U32, ebase=U32, eoff=U32, b0=U32, ps=U32, pt=U32,
                       piece=U32)
 SOFTMAX_BWD = Uniform("SoftmaxBwdParams", n_nodes=U32, n_large=U32, small_max=U32, node0=U32, tau=F32, n_count=U32,
-                      ebase=U32, _pad3=U32)
+                      ebase=U32, p_shift=U32)
 LOGITS_BWD = Uniform("LogitsBwdParams", n_nodes=U32, dim=U32, mode=U32, n_large=U32, small_max=U32, node0=U32,
-                     n_count=U32, ebase=U32, gathered=U32, o_shift=U32, _pad0=U32, _pad1=U32)
+                     n_count=U32, ebase=U32, gathered=U32, o_shift=U32, p_shift=U32, _pad1=U32)
 SEG_BWD = Uniform("SegBwdParams", n_nodes=U32, dim=U32, mode=U32, bins_off=U32, n_small=U32, n_mid=U32, n_hub=U32,
                   out_offset=U32, tau=F32, n_threads=U32, node0=U32, node1=U32, ebase=U32, lanes=U32, w_first=U32,
                   gathered=U32, o_shift=U32, p_shift=U32, _pad1=U32, _pad2=U32)
@@ -396,6 +396,7 @@ KERNELS: dict[str, KernelSpec] = {
                    ("seg", "idx", "pi", "gpi", "dl", "feat", "out", "partials")),
         KernelSpec("segment_bwd_lanes", "segment_backward.wgsl", SEG_BWD, ("feat", "partials"), BIN_WG),
         KernelSpec("segment_bwd_serial_lanes", "segment_backward.wgsl", SEG_BWD, ("feat", "partials")),
+        KernelSpec("segment_bwd_serial_carry", "segment_backward.wgsl", SEG_BWD, ("feat", "partials", "lanes_carry")),
         # a big hub of a row plan in pieces (node_rows.py): segment_bwd's 64 lanes, logits_bwd_large's 256
         KernelSpec("hub_columns", "hub_pieces.wgsl", HUB, ("values", "feat", "carry", "out", "index"), BIN_WG),
         KernelSpec("hub_columns_256", "hub_pieces.wgsl", HUB, ("values", "feat", "carry", "out", "index"), 256,

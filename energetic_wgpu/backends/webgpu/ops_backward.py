@@ -37,7 +37,7 @@ import numpy as np
 
 from ...errors import DeviceLimitError
 from . import batch_chunks, edge_windows, loop_cap, node_major, node_rows, sumsq
-from .arrays import DeviceArray, range_view
+from .arrays import DeviceArray, binding_ranges, range_view
 from .kernels import BIN_WG, GROUP_DEGREE_MAX, SMALL_DEGREE_MAX
 from .graph_data import binned_segments
 from .node_major import NodeMajor, new_state
@@ -60,8 +60,9 @@ def energy_scatter_backward(
     grad_pi_acc: Any = None,
 ) -> tuple[Any, Any]:
     be = backend
-    grad_next = be._dev(grad_next)
     gd = be.graph_data(graph)
+    gd.check_pointers_whole("energy_scatter_backward")
+    grad_next = be._dev(grad_next)
     chunks = None
     if grad_next.ndim == 2 and grad_next.nbytes > be.runtime.max_binding_size:
         chunks = batch_chunks.plan(be, int(grad_next.shape[0]), gd.num_nodes)
@@ -84,6 +85,7 @@ def scatter_step_backward(
     back node-major, or [B, N] when ``last`` (the forward's first step)."""
     be = backend
     gd = be.graph_data(graph)
+    gd.check_pointers_whole("the scatter's backward")
     if isinstance(state, (batch_chunks.Chunked, batch_chunks.RowChunks)):  # batch chunks (batch_chunks.py)
         return batch_chunks.scatter_step_backward(be, gd, state, be._dev(pi), grad_next, alpha,
                                                   active, retain_sinks, grad_energies, grad_pi_acc, last,
@@ -217,7 +219,7 @@ def segment_softmax_backward(backend: Any, graph: Any, pi: Any, grad_pi: Any, ta
     pi, grad_pi = be._dev(pi), be._dev(grad_pi)
     n = gd.num_nodes
     u = dict(n_nodes=n, n_large=gd.n_large_out, small_max=SMALL_DEGREE_MAX, tau=np.float32(tau), node0=0, n_count=n,
-             ebase=0)
+             ebase=0, p_shift=0)
     if gd.windows is None:
         out = be.empty((gd.num_edges,))
         common = dict(row_ptr=gd.row_ptr, pi=pi, gpi=grad_pi, out=out)
@@ -233,8 +235,9 @@ def segment_softmax_backward(backend: Any, graph: Any, pi: Any, grad_pi: Any, ta
             node_rows.hub_dl(be, w, pi, grad_pi, out, tau, 256)
             continue
         (pv, e0), gv, ov = (edge_windows.window_view(be, x, w) for x in (pi, grad_pi, out))
-        uw = {**u, "n_large": w.n_large, "node0": w.n0, "n_count": w.n1 - w.n0, "ebase": w.e0 - e0}
-        common = dict(row_ptr=gd.row_ptr, pi=pv, gpi=gv[0], out=ov[0])
+        ptr, p_shift = gd.node_ptr(False, w.n0)
+        uw = {**u, "n_large": w.n_large, "node0": w.n0, "n_count": w.n1 - w.n0, "ebase": w.e0 - e0, "p_shift": p_shift}
+        common = dict(row_ptr=ptr, pi=pv, gpi=gv[0], out=ov[0])
         rt.dispatch("softmax_bwd_small", threads=w.n1 - w.n0, uniform=uw, **common)
         if w.n_large:
             rt.dispatch("softmax_bwd_large", workgroups=w.n_large, uniform=uw, large_nodes=w.large, **common)
@@ -247,7 +250,8 @@ def edge_logits_backward(backend: Any, graph: Any, q: Any, k: Any, grad_logits: 
     q, k, gl = be._dev(q), be._dev(k), be._dev(grad_logits)
     n = gd.num_nodes
     dim = int(q.shape[1])
-    base = dict(n_nodes=n, dim=dim, small_max=SMALL_DEGREE_MAX, node0=0, n_count=n, ebase=0, gathered=0, o_shift=0)
+    base = dict(n_nodes=n, dim=dim, small_max=SMALL_DEGREE_MAX, node0=0, n_count=n, ebase=0, gathered=0, o_shift=0,
+                p_shift=0)
     if node_rows.needs_rows(rt, n, dim):  # q, k past one binding: mode 0 per row window (node_rows.py)
         plan = node_rows.row_plan(be, graph, gd, dim)
         rwindows = plan.reverse("edge_logits_backward")
@@ -257,17 +261,17 @@ def edge_logits_backward(backend: Any, graph: Any, q: Any, k: Any, grad_logits: 
             gl = edge_windows.in_windows(be, gd, gl, "grad_logits")
         rev_gl = edge_windows.to_reverse_order(be, gd, gl, plan)
         rows = be.empty((plan.rows * dim,))
-        for wins, ptr, idx, values, feat, out in ((plan.windows, gd.row_ptr, gd.col_idx, gl, k, grad_q),
-                                                  (rwindows, gd.rev_ptr, plan.rev_src, rev_gl, q, grad_k)):
-            for w in edge_windows.hub_groups(wins):
+        for reverse, idx, values, feat, out in ((False, gd.col_idx, gl, k, grad_q), (True, plan.rev_src, rev_gl, q, grad_k)):
+            for w in edge_windows.hub_groups(rwindows if reverse else plan.windows):
                 if isinstance(w, list):  # a big hub: its columns in pieces, as logits_bwd_large's 256 lanes sum them
                     node_rows.hub_columns(be, w, dim, values, idx, feat, out, rows, 256)
                     continue
                 (iv, e0), vv = (edge_windows.window_view(be, x, w) for x in (idx, values))
                 node_rows.gather_rows(be, feat, iv, e0, w.e1 - w.e0, rows)
                 ov, shift = node_rows.node_range(be, out, w.n0, w.n1)
+                ptr, p_shift = gd.node_ptr(reverse, w.n0)
                 u = dict(base, mode=0, n_large=w.n_large, node0=w.n0, n_count=w.n1 - w.n0, ebase=w.e0 - e0,
-                         gathered=1, o_shift=shift)
+                         gathered=1, o_shift=shift, p_shift=p_shift)
                 common = dict(seg_ptr=ptr, idx=iv, grad_logits=vv[0], feat=rows, out=ov)
                 rt.dispatch("logits_bwd_small", threads=(w.n1 - w.n0) * dim, uniform=u, **common)
                 if w.n_large:
@@ -280,14 +284,15 @@ def edge_logits_backward(backend: Any, graph: Any, q: Any, k: Any, grad_logits: 
         rwindows = gd.reverse_windows("edge_logits_backward")
         gl = edge_windows.in_windows(be, gd, gl, "grad_logits")
         rev_gl = edge_windows.to_reverse_order(be, gd, gl)
-        for wins, ptr, idx, values, feat, out in ((gd.windows, gd.row_ptr, gd.col_idx, gl, k, grad_q),
-                                                  (rwindows, gd.rev_ptr, gd.rev_src, rev_gl, q, grad_k)):
-            for w in edge_windows.hub_groups(wins):
-                if isinstance(w, list):  # a big in-hub: its columns in pieces (logits_bwd_large's order)
+        for reverse, idx, values, feat, out in ((False, gd.col_idx, gl, k, grad_q), (True, gd.rev_src, rev_gl, q, grad_k)):
+            for w in edge_windows.hub_groups(rwindows if reverse else gd.windows):
+                if isinstance(w, list):  # a big hub: its columns in pieces (logits_bwd_large's order)
                     node_rows.hub_columns(be, w, dim, values, idx, feat, out, None, 256)
                     continue
                 (iv, e0), vv = (edge_windows.window_view(be, x, w) for x in (idx, values))
-                u = dict(base, mode=0, n_large=w.n_large, node0=w.n0, n_count=w.n1 - w.n0, ebase=w.e0 - e0)
+                ptr, p_shift = gd.node_ptr(reverse, w.n0)
+                u = dict(base, mode=0, n_large=w.n_large, node0=w.n0, n_count=w.n1 - w.n0, ebase=w.e0 - e0,
+                         p_shift=p_shift)
                 common = dict(seg_ptr=ptr, idx=iv, grad_logits=vv[0], feat=feat, out=out)
                 rt.dispatch("logits_bwd_small", threads=(w.n1 - w.n0) * dim, uniform=u, **common)
                 if w.n_large:
@@ -572,9 +577,9 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
     rt = be.runtime
     ur = {**u, **bins.uniform(u["n_nodes"]), "out_offset": out_offset, "node0": 0, "node1": 0, "ebase": 0, "lanes": 0,
           "w_first": 0, "gathered": 0, "o_shift": 0, "p_shift": 0}
-    if bins.serial:  # one value per node in the list: [N] fits a binding as the graph's [N+1] pointers do
-        scratch = be.empty((max(1, bins.n_small),))
-        spans = [(0, 0)]
+    if bins.serial:  # one value per node in the list, in ranges that fit one binding
+        scratch = edge_windows.new_split_1d(be, max(1, bins.n_small), 1, "segment_bwd_serial values")
+        spans = binding_ranges([scratch], rt.max_binding_bytes, rt.offset_alignment)
     else:  # 128 floats per workgroup, in ranges of workgroups that fit one binding
         scratch = edge_windows.new_split_1d(be, bins.workgroups * 128, 128, "segment_bwd lanes")
         per = max(1, rt.max_binding_size // 512)
@@ -600,11 +605,16 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
         uw.update(bins.uniform(u["n_nodes"]))
         uw["p_shift"] = w.n0
         for piece in wpieces:
-            if bins.serial:  # a thread per list place of each run
+            if bins.serial:  # a thread per list place of each run, in each range of the values' scratch
                 for m0, count, off in piece.runs:
-                    rt.dispatch("segment_bwd_serial", threads=count, uniform={
-                        **uw, "n_threads": count, "w_first": m0, "bins_off": off}, partials=scratch, seg=piece.seg,
-                        **bound)
+                    for r0, span in spans:
+                        lo, hi = max(m0, r0), min(m0 + count, r0 + span)
+                        if lo < hi:
+                            values, e0 = (scratch, lo) if len(spans) == 1 else range_view(
+                                scratch, lo, hi - lo, rt.offset_alignment)
+                            rt.dispatch("segment_bwd_serial", threads=hi - lo, uniform={
+                                **uw, "n_threads": hi - lo, "w_first": lo, "bins_off": off,
+                                "out_offset": (lo - e0) & _MASK}, partials=values, seg=piece.seg, **bound)
                 continue
             for a, count, off in piece.runs:
                 for w0, span in spans:  # each run's workgroups in each span of the lanes' scratch
@@ -615,13 +625,39 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
                             **uw, "n_threads": 0, "w_first": lo, "bins_off": off}, partials=lanes, seg=piece.seg,
                             **bound)
     if bins.serial:
-        rt.dispatch("segment_bwd_serial_lanes", threads=bins.serial_threads, uniform={**ur, "n_threads":
-                    bins.serial_threads}, feat=scratch, partials=partials)
+        if len(spans) == 1:  # the values in one binding: one dispatch
+            rt.dispatch("segment_bwd_serial_lanes", threads=bins.serial_threads, uniform={**ur, "n_threads":
+                        bins.serial_threads}, feat=scratch, partials=partials)
+        else:
+            _serial_lanes_in_ranges(be, bins, ur, scratch, spans, partials)
         return
     for w0, count in spans:
         lanes = range_view(scratch, w0 * 128, count * 128, rt.offset_alignment)[0]
         rt.dispatch("segment_bwd_lanes", workgroups=count, uniform={**ur, "n_threads": 0, "w_first": w0}, feat=lanes,
                     partials=partials)
+
+
+def _serial_lanes_in_ranges(be: Any, bins: Any, ur: dict[str, Any], scratch: DeviceArray, spans: list[tuple[int, int]],
+                            partials: DeviceArray) -> None:
+    """``segment_bwd_serial_lanes`` over node values past one binding (``scratch``, bound in
+    ``spans``): thread t sums the places t, t + T, ... (T = the serial threads) in order, so
+    ``segment_bwd_serial_carry`` runs over consecutive places cut where a range of the scratch
+    or of the threads' carry ends or a new round of T places starts, each thread carrying its
+    compensated sum from round to round: the same partials, bit for bit."""
+    rt = be.runtime
+    n, t = bins.n_small, bins.serial_threads
+    carry = edge_windows.new_split_1d(be, 2 * t, 2, "segment_bwd_serial carry")
+    tcuts = [c // 2 for c, _ in binding_ranges([carry], rt.max_binding_bytes, rt.offset_alignment)] + [t]
+    cuts = sorted({r0 for r0, _ in spans} | {r * t + c for r in range(-(-n // t)) for c in tcuts} | {n})
+    for m0, m1 in zip(cuts, cuts[1:]):
+        if m1 > n:
+            break
+        r, t0 = divmod(m0, t)
+        values, e0 = range_view(scratch, m0, m1 - m0, rt.offset_alignment)
+        lanes, c0 = range_view(carry, 2 * t0, 2 * (m1 - m0), rt.offset_alignment)
+        rt.dispatch("segment_bwd_serial_carry", threads=m1 - m0, uniform={
+            **ur, "n_threads": t, "node0": r, "node1": m1 - m0, "w_first": t0, "ebase": e0, "o_shift": c0},
+            feat=values, partials=partials, lanes_carry=lanes)
 
 
 def _segment_bwd(rt: Any, bins: Any, u: dict[str, Any], **bindings: Any) -> None:

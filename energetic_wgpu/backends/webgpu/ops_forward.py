@@ -103,8 +103,9 @@ def _probs(be: Any, graph: Graph, q: Any, k: Any, bias: Any, dim: int, tau: floa
                 (c, e0), bv, o = (edge_windows.window_view(be, x, w) for x in (gd.col_idx, bias, out))
                 node_rows.gather_rows(be, k, c, e0, w.e1 - w.e0, rows)
                 qv, shift = node_rows.node_range(be, q, w.n0, w.n1)
+                ptr, p_shift = gd.node_ptr(False, w.n0)
                 _probs_dispatch(be, w.bins, w.seg_list, w.e0 - e0, dim, top_k, mode, tau, dict(
-                    row_ptr=gd.row_ptr, col_idx=c, q=qv, k=rows, bias=bv[0], result=o[0]), shift)
+                    row_ptr=ptr, col_idx=c, q=qv, k=rows, bias=bv[0], result=o[0]), shift, p_shift)
         return out
     if gd.windows is not None:  # per edge window, its own bins (edge_windows.py)
         bias = edge_windows.in_windows(be, gd, bias, "bias" if dim else "logits")
@@ -114,8 +115,9 @@ def _probs(be: Any, graph: Graph, q: Any, k: Any, bias: Any, dim: int, tau: floa
                 _probs_pieces(be, gd, w, dim, top_k, mode, tau, q, k, bias, out)
             elif w.seg_list is not None:
                 (c, e0), bv, o = (edge_windows.window_view(be, x, w) for x in (gd.col_idx, bias, out))
+                ptr, p_shift = gd.node_ptr(False, w.n0)
                 _probs_dispatch(be, w.bins, w.seg_list, w.e0 - e0, dim, top_k, mode, tau, dict(
-                    row_ptr=gd.row_ptr, col_idx=c, q=q, k=k, bias=bv[0], result=o[0]))
+                    row_ptr=ptr, col_idx=c, q=q, k=k, bias=bv[0], result=o[0]), p_shift=p_shift)
         return out
     out = be.empty((gd.num_edges,), dt)
     if gd.seg_list is None:
@@ -126,12 +128,13 @@ def _probs(be: Any, graph: Graph, q: Any, k: Any, bias: Any, dim: int, tau: floa
 
 
 def _probs_dispatch(be: Any, bins: Any, seg_list: Any, ebase: int, dim: int, top_k: int, mode: int, tau: float,
-                    b: dict[str, Any], q_shift: int | None = None) -> None:
+                    b: dict[str, Any], q_shift: int | None = None, p_shift: int = 0) -> None:
     """The ``edge_probs`` dispatch over ``bins`` (and ``edge_probs_hub`` with hubs); with
-    ``q_shift``, q is a node range and k the window's gathered rows (node_rows.py)."""
+    ``q_shift``, q is a node range and k the window's gathered rows (node_rows.py); ``p_shift``:
+    row_ptr is a node block of the pointers (GraphData.node_ptr)."""
     u = dict(n_small=bins.n_small, n_mid=bins.n_mid, n_hub=bins.n_hub, small_wg=bins.small_wg,
              mid_wg=bins.mid_wg, dim=dim, top_k=top_k, mode=mode, tau=np.float32(tau), ebase=ebase,
-             gathered=int(q_shift is not None), q_shift=q_shift or 0, **_NO_PIECE)
+             gathered=int(q_shift is not None), q_shift=q_shift or 0, **_NO_PIECE, p_shift=p_shift)
     if bins.workgroups:  # without mid segments: the barrier-free pipeline
         name = "edge_probs" if bins.n_mid else "edge_probs_small"
         be.runtime.dispatch(name, workgroups=bins.workgroups, uniform=u, seg_list=seg_list, **b)
@@ -164,7 +167,7 @@ def _probs_pieces(be: Any, gd: Any, pieces: list[Any], dim: int, top_k: int, mod
             u = dict(n_small=0, n_mid=0, n_hub=0, small_wg=0, mid_wg=0, dim=dim, top_k=top_k if use_k else 0,
                      mode=mode, tau=np.float32(tau), ebase=0, gathered=0, q_shift=0, phase=phase, round=rnd, ps=e0,
                      pt=e0 + pw.e1 - pw.e0, pos=pw.e0 - span.e0, deg=deg, node=span.n0, first=int(i == 0),
-                     last=int(i == len(pieces) - 1))
+                     last=int(i == len(pieces) - 1), p_shift=0)
             rt.dispatch("edge_probs_piece", workgroups=1, uniform=u, col_idx=c, q=q, k=k, bias=bv[0], result=o[0],
                         carry=carry, carry_lanes=lanes)
 
@@ -202,7 +205,8 @@ def energy_scatter(be: Any,
     return_flow: bool = False,
 ) -> Any:
     gd = be.graph_data(graph)
-    if gd.windows is not None:  # refusals before any work
+    gd.check_pointers_whole("energy_scatter")  # refusals before any work
+    if gd.windows is not None:
         gd.reverse_windows("energy_scatter")
     energies, pi = be._dev(energies), be._dev(pi)
     # node-major copy of the energies (and mask), then the gather writes [B, N] (per batch
@@ -223,6 +227,7 @@ def scatter_state(be: Any, graph: Graph, energies: Any, active: Any) -> tuple[An
     themselves as :class:`~.batch_chunks.RowChunks` when not even 4 node-major rows of N fit
     one binding."""
     gd = be.graph_data(graph)
+    gd.check_pointers_whole("the scatter's state")
     energies = be._dev(energies)
     active = None if active is None else be._dev(active)
     chunks = batch_chunks.plan(be, int(energies.shape[0]), gd.num_nodes) if energies.ndim == 2 else None
@@ -234,6 +239,7 @@ def scatter_step(be: Any, graph: Graph, state: Any, pi: Any, alpha: float, activ
                  last: bool) -> Any:
     """One step from a node-major state: node-major next state, or float [B, N] when ``last``."""
     gd = be.graph_data(graph)
+    gd.check_pointers_whole("the scatter")
     if isinstance(state, (batch_chunks.Chunked, batch_chunks.RowChunks)):
         return batch_chunks.scatter_step(be, gd, state, be._dev(pi), alpha, active_state, retain_sinks, last)
     return node_major.scatter(be, gd, state, be._dev(pi), alpha, active_state, retain_sinks, not last)
