@@ -8,7 +8,8 @@ the test needs a Router whose parameters exceed one binding, and skips (saying s
 that still refuses it. NumPy checks a few sampled batch rows only (the whole graph, B = 3). A second test takes the
 batch past maxBufferSize (B = 96: [B, N] arrays of 384 MiB, each in 2 buffers), and a third the
 edges past one binding (E = 41.9 M: the graph cut into edge windows), and a fourth q and k past
-one binding (N = 2.6 M, d = 16: row windows).
+one binding (N = 2.6 M, d = 16: row windows); more take the state into rows, the segment bins
+and the graph's pointers past one binding (N = 34.6 M: the ops that need no batch row of N).
 """
 
 from __future__ import annotations
@@ -258,3 +259,37 @@ def test_segment_bins_past_one_binding_default_limits():
     for name in ("q", "k", "bias"):
         value = getattr(after, name)
         assert np.isfinite(value).all() and not np.array_equal(value, getattr(params, name)), name
+
+
+@pytest.mark.slow
+def test_pointers_past_one_binding_default_limits():
+    """N = 2^25 + 2^20 = 34,603,008 nodes of out-degree 0 .. 2 on default limits: the graph's
+    pointers (u32 [N + 1], 138 MB) are past the 128 MiB binding, so they go into node blocks
+    (2 each way) with every window inside one; q and k (d = 1) are in row windows. edge_probs
+    (top-2) and segment_softmax_backward match NumPy; the Router is refused (one batch row of N
+    past one binding), naming the limit. (softmax_logits_backward over these pointers takes
+    about 2 minutes on lavapipe: tests/test_pointer_blocks.py runs it under forced limits.)"""
+    be = _vulkan_backend()
+    n = 2**25 + 2**20
+    rng = np.random.default_rng(61)
+    deg = rng.integers(0, 3, n)
+    ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(deg, out=ptr[1:])
+    del deg
+    g = Graph.from_csr(ptr, rng.integers(0, n, int(ptr[-1])), num_nodes=n)
+    del ptr
+    q, k = ((0.5 * rng.standard_normal((n, 1))).astype(np.float32) for _ in range(2))
+    bias = (0.5 * rng.standard_normal(g.num_edges)).astype(np.float32)
+    gpi = rng.standard_normal(g.num_edges).astype(np.float32)
+    got = {"pi": be.to_numpy(pi := be.edge_probs(g, q, k, bias, 0.8, 2))}
+    gd = be.graph_data(g)
+    assert gd.ptr_block and len(gd.row_blocks) == len(gd.rev_blocks) == 2
+    got["grad_logits"] = be.to_numpy(be.segment_softmax_backward(g, pi, gpi, 0.8))
+    del pi
+    with pytest.raises(DeviceLimitError, match=f"one batch row of N = {n} nodes"):
+        Router(g, RouterParams(q, k, bias), be)
+    ref_be = NumpyBackend()
+    ref_pi = ref_be.edge_probs(g, q, k, bias, 0.8, 2)
+    ref = {"pi": ref_pi, "grad_logits": ref_be.segment_softmax_backward(g, ref_pi, gpi, 0.8)}
+    for name, value in got.items():
+        assert_parity(value, ref[name], name, rtol=1e-4)
