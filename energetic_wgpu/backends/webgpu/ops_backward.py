@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import DeviceLimitError
-from . import batch_chunks, edge_windows, loop_cap, node_major, node_rows, sumsq
+from . import batch_chunks, edge_windows, hub_pieces, loop_cap, node_major, node_rows, sumsq
 from .arrays import DeviceArray, binding_ranges, range_view
 from .kernels import BIN_WG, GROUP_DEGREE_MAX, SMALL_DEGREE_MAX
 from .graph_data import binned_segments
@@ -232,7 +232,7 @@ def segment_softmax_backward(backend: Any, graph: Any, pi: Any, grad_pi: Any, ta
     out = edge_windows.edge_array(be, gd, "grad_logits")
     for w in edge_windows.hub_groups(gd.windows):
         if isinstance(w, list):  # a big source hub: in pieces, as softmax_bwd_large's 256 lanes
-            node_rows.hub_dl(be, w, pi, grad_pi, out, tau, 256)
+            hub_pieces.hub_dl(be, w, pi, grad_pi, out, tau, 256)
             continue
         (pv, e0), gv, ov = (edge_windows.window_view(be, x, w) for x in (pi, grad_pi, out))
         ptr, p_shift = gd.node_ptr(False, w.n0)
@@ -264,7 +264,7 @@ def edge_logits_backward(backend: Any, graph: Any, q: Any, k: Any, grad_logits: 
         for reverse, idx, values, feat, out in ((False, gd.col_idx, gl, k, grad_q), (True, plan.rev_src, rev_gl, q, grad_k)):
             for w in edge_windows.hub_groups(rwindows if reverse else plan.windows):
                 if isinstance(w, list):  # a big hub: its columns in pieces, as logits_bwd_large's 256 lanes sum them
-                    node_rows.hub_columns(be, w, dim, values, idx, feat, out, rows, 256)
+                    hub_pieces.hub_columns(be, w, dim, values, idx, feat, out, rows, 256)
                     continue
                 (iv, e0), vv = (edge_windows.window_view(be, x, w) for x in (idx, values))
                 node_rows.gather_rows(be, feat, iv, e0, w.e1 - w.e0, rows)
@@ -287,7 +287,7 @@ def edge_logits_backward(backend: Any, graph: Any, q: Any, k: Any, grad_logits: 
         for reverse, idx, values, feat, out in ((False, gd.col_idx, gl, k, grad_q), (True, gd.rev_src, rev_gl, q, grad_k)):
             for w in edge_windows.hub_groups(rwindows if reverse else gd.windows):
                 if isinstance(w, list):  # a big hub: its columns in pieces (logits_bwd_large's order)
-                    node_rows.hub_columns(be, w, dim, values, idx, feat, out, None, 256)
+                    hub_pieces.hub_columns(be, w, dim, values, idx, feat, out, None, 256)
                     continue
                 (iv, e0), vv = (edge_windows.window_view(be, x, w) for x in (idx, values))
                 ptr, p_shift = gd.node_ptr(reverse, w.n0)
@@ -368,9 +368,9 @@ def softmax_logits_backward(
         def big_of(table: Any, out: Any, index: Any, values: Any, mode: int) -> Any:
             def big_hub(pieces: Any, slot: Any) -> None:
                 if mode == 0:  # the dot and dl first, the lanes' squares of dl into the slot
-                    node_rows.hub_dl(be, pieces, pi, grad_pi, values, tau, 64, slot)
+                    hub_pieces.hub_dl(be, pieces, pi, grad_pi, values, tau, 64, slot)
                 # mode 2: no dl, the lanes' squares from zero
-                node_rows.hub_columns(be, pieces, dim, values, index, table, out, rows, 64, slot, zero_sq=mode != 0)
+                hub_pieces.hub_columns(be, pieces, dim, values, index, table, out, rows, 64, slot, zero_sq=mode != 0)
             return big_hub
 
         windows = gd.windows if plan is None else plan.windows
@@ -573,7 +573,7 @@ def _windowed_segment_bwd(be: Any, bins: Any, windows: Any, u: dict[str, Any], o
     ``rows(w, views)`` -> (bindings, uniform fields) of window ``w`` (its gathered feat rows and
     its node range of out, node_rows.py); ``big(pieces, slot)`` runs a big hub (its consecutive
     ``big`` windows, edge_windows.hub_groups) given its lanes' slot of the scratch (in mode 0
-    its dot, dl and their squares in pieces too, node_rows.hub_dl)."""
+    its dot, dl and their squares in pieces too, hub_pieces.hub_dl)."""
     rt = be.runtime
     ur = {**u, **bins.uniform(u["n_nodes"]), "out_offset": out_offset, "node0": 0, "node1": 0, "ebase": 0, "lanes": 0,
           "w_first": 0, "gathered": 0, "o_shift": 0, "p_shift": 0}
