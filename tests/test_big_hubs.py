@@ -191,16 +191,20 @@ def _in_hub_train(be, limit):
     return _window_hub_train(be, limit, _in_hub_graph(5000, 14), 5, 0, True, 7)
 
 
+def _assert_trains_as_unsplit(train, gpu_backend, np_backend):
+    """``train(be, limit)`` -> [losses and norms, q, k, bias]: under 16 KiB bit-identical to the
+    unsplit run and in parity with NumPy."""
+    split, whole, ref = train(gpu_backend, 16384), train(gpu_backend, None), train(np_backend, None)
+    for name, a, b, c in zip(("losses and norms", "q", "k", "bias"), split, whole, ref):
+        assert a.tobytes() == b.tobytes(), name
+        assert_parity(a, c, name, rtol=1e-4)
+
+
 def test_router_trains_with_an_in_hub_past_a_window(gpu_backend, np_backend):
     """3 clipped AdamW steps (B = 5, q and k in row windows) under 16 KiB with node 7's 5,000
     in-edges in 2 target windows (pieces of 3,840): losses, gradient norms and parameters
     bit-identical to the unsplit run and in parity with NumPy."""
-    split = _in_hub_train(gpu_backend, 16384)
-    whole = _in_hub_train(gpu_backend, None)
-    ref = _in_hub_train(np_backend, None)
-    for name, a, b, c in zip(("losses and norms", "q", "k", "bias"), split, whole, ref):
-        assert a.tobytes() == b.tobytes(), name
-        assert_parity(a, c, name, rtol=1e-4)
+    _assert_trains_as_unsplit(_in_hub_train, gpu_backend, np_backend)
 
 
 def _source_hub_graph(hub: int) -> Graph:
@@ -288,12 +292,7 @@ def test_router_trains_with_a_source_hub_past_a_window(gpu_backend, np_backend):
     """3 clipped AdamW steps (B = 5, top-40, q and k in row windows) under 16 KiB with node 3's
     5,000 out-edges in 2 source windows: losses, gradient norms and parameters bit-identical
     to the unsplit run and in parity with NumPy."""
-    split = _source_hub_train(gpu_backend, 16384)
-    whole = _source_hub_train(gpu_backend, None)
-    ref = _source_hub_train(np_backend, None)
-    for name, a, b, c in zip(("losses and norms", "q", "k", "bias"), split, whole, ref):
-        assert a.tobytes() == b.tobytes(), name
-        assert_parity(a, c, name, rtol=1e-4)
+    _assert_trains_as_unsplit(_source_hub_train, gpu_backend, np_backend)
 
 
 
