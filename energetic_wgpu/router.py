@@ -336,9 +336,9 @@ class Router:
 
         Raises:
             DeviceLimitError: (wgpu) before the parameters are allocated: a graph of which one
-                batch row of N nodes does not fit one storage binding (N > 33.5 M on WebGPU's
-                default limits; the graph's [2N + 1] segment bins, refused at N > 16.7 M, come
-                first), or q and k past one binding (split at node blocks)
+                batch row of N nodes does not fit one buffer (N > 67.1 M on WebGPU's default
+                limits; past one binding, N > 33.5 M, the scatter runs row by row), or q and k
+                past one binding (split at node blocks)
                 whose row windows cannot hold a node's out-edges, or one gathered row
                 (docs/architecture.md, "Limits"). A bias past one binding lives in the graph's
                 edge windows.

@@ -33,6 +33,12 @@
 // With flags bit 4 the state is in rows (batch_chunks.py, when not even 4 node-major rows of N
 // fit one binding): xt and act_t are bound as the [B, N] rows themselves (element (b, j) at
 // e0 + b * N + j, read as component (i & 3) of vec4 i >> 2), next_e is [B, N] too.
+// With flags bit 5 one batch row of N is past one binding (wide_rows.py): each dispatch runs one
+// row over one window of targets; scatter_gather first wrote each entry r's x (alpha * energies
+// of its source, 0 where inactive: xrow's value) at r of the array bound as rev_pairs (read back
+// as bits), so entry r is (r, r); xt and next_e are bound as the row's range of the window's
+// nodes, node k at e0 + k (mod 2^32); `sink` is bound as the block of row_ptr (a sink has no
+// out-edges).
 
 struct ScatterParams {
     batch: u32,
@@ -48,6 +54,10 @@ struct ScatterParams {
     rbase: u32,      // rev_ptr[k] - rbase indexes the bound reverse-index ranges (a window; else 0)
     b0: u32,         // scatter_large_piece: the first batch row of this dispatch (carry bound from its lanes)
     piece: u32,      // scatter_large_piece: bit 0 the hub's first piece, bit 1 its last
+    p_shift: u32,    // rev_ptr bound as a node block (graph_data.py): node k's pointer at k - p_shift
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: ScatterParams;
@@ -92,6 +102,9 @@ fn xrow(b: u32, j: u32) -> f32 {
 
 // x of the 4 rows of chunk c of node j: alpha * energies, 0 where inactive
 fn xval4(j: u32, c: u32) -> vec4<f32> {
+    if ((P.flags & 32u) != 0u) {  // one row: j is the entry whose x was gathered
+        return vec4<f32>(gathered_x(j), 0.0, 0.0, 0.0);
+    }
     if ((P.flags & 16u) != 0u) {
         let b = 4u * c;
         return vec4<f32>(xrow(b, j), xrow(b + 1u, j), xrow(b + 2u, j), xrow(b + 3u, j));
@@ -106,7 +119,7 @@ fn xval4(j: u32, c: u32) -> vec4<f32> {
 
 // the value stored at (b, k): total, plus the node's own energy for a retained sink
 fn finish(b: u32, k: u32, total: f32) -> f32 {
-    if ((P.flags & 2u) != 0u && sink[k] != 0u) {
+    if ((P.flags & 2u) != 0u && is_sink(k)) {
         if ((P.flags & 16u) != 0u) {
             let i = P.e0 + b * P.n_nodes + k;
             return total + xt[i >> 2u][i & 3u];
@@ -116,9 +129,26 @@ fn finish(b: u32, k: u32, total: f32) -> f32 {
     return total;
 }
 
+// node k has no out-edges: sink[k], or on one row past a binding (flags bit 5) its row_ptr
+// (bound as `sink`) pointers equal
+fn is_sink(k: u32) -> bool {
+    if ((P.flags & 32u) != 0u) {
+        return sink[k + 1u - P.p_shift] == sink[k - P.p_shift];
+    }
+    return sink[k] != 0u;
+}
+
+// the gathered x of entry r (flags bit 5): the word r of the array bound as rev_pairs
+fn gathered_x(r: u32) -> f32 {
+    return bitcast<f32>(rev_pairs[r >> 1u][r & 1u]);
+}
+
 // entry r of the reverse index as (index into pi, source): rev_pairs[r], or on the split index
-// (flags bit 3) r and the r-th source
+// (flags bit 3) r and the r-th source; (r, r) with gathered values (flags bit 5)
 fn rev_entry(r: u32) -> vec2<u32> {
+    if ((P.flags & 32u) != 0u) {
+        return vec2<u32>(r, r);
+    }
     if ((P.flags & 8u) == 0u) {
         return rev_pairs[r];
     }
@@ -204,8 +234,8 @@ fn scatter_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     let k = P.node0 + i - c * P.n_count;
     let c4 = 2u * c;
     let two = c4 + 1u < nc4;  // false only in the last chunk when ceil(B/4) is odd
-    let s = rev_ptr[k] - P.rbase;
-    let t = rev_ptr[k + 1u] - P.rbase;
+    let s = rev_ptr[k - P.p_shift] - P.rbase;
+    let t = rev_ptr[k + 1u - P.p_shift] - P.rbase;
     if (t - s > P.small_max) {
         if ((P.flags & 4u) != 0u) {
             for (var b = max(8u * c, P.batch); b < 4u * min(c4 + 2u, nc4); b = b + 1u) {
@@ -304,8 +334,8 @@ fn scatter_large(
     }
     let b = g / P.n_large;
     let k = large_nodes[g - b * P.n_large];
-    let s = rev_ptr[k] - P.rbase;
-    let t = rev_ptr[k + 1u] - P.rbase;
+    let s = rev_ptr[k - P.p_shift] - P.rbase;
+    let t = rev_ptr[k + 1u - P.p_shift] - P.rbase;
     let c = b / 4u;
     let l = b % 4u;
     var acc = vec2<f32>(0.0, 0.0);
@@ -354,4 +384,36 @@ fn scatter_large_piece(
     if (lid == 0u) {
         next_e[out_index(b, k)] = finish(b, k, total);
     }
+}
+
+// ---------------------------------------------------------------- one row past a binding
+// scatter_gather (wide_rows.py): thread t < n_count takes entry r = rbase + t of the index bound
+// as rev_pairs (flags bit 3: u32 node ids); when its node j lies in the bound block of nodes
+// node0 .. node0 + n_large (energies, act_mask: node j at e0 + j, mod 2^32), writes its value at
+// next_e[r]: with flags bit 1 xrow's x (energies * alpha, 0 where act_mask is 0 with flags bit 0),
+// with bit 2 act_mask's word as 1.0 or 0.0 (read as a u32 mask: nonzero where active), else
+// the word itself. One dispatch per node block fills every entry once (exact values).
+@compute @workgroup_size(WG)
+fn scatter_gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = thread_index(gid, nwg);
+    if (t >= P.n_count) {
+        return;
+    }
+    let r = P.rbase + t;
+    let j = rev_entry(r).y;
+    if (j - P.node0 >= P.n_large) {
+        return;
+    }
+    if ((P.flags & 4u) != 0u) {
+        next_e[r] = select(0.0, 1.0, act_mask[P.e0 + j] != 0u);
+        return;
+    }
+    var x = energies[P.e0 + j];
+    if ((P.flags & 2u) != 0u) {
+        x = x * P.alpha;
+        if ((P.flags & 1u) != 0u && act_mask[P.e0 + j] == 0u) {
+            x = 0.0;
+        }
+    }
+    next_e[r] = x;
 }

@@ -20,6 +20,13 @@
 // Layouts: the state (energies and act_mask), grad_next and out are each [B, N] or node-major
 // (element (b, j) at j * 4 ceil(B/4) + b, rows b >= B zero), by flags bits 3, 4, 5. Node-major,
 // one lane's 4 rows are 16 contiguous bytes, so a gather over a node's rows uses whole sectors.
+//
+// With flags bit 8 one batch row of N is past one binding (wide_rows.py): each dispatch runs one
+// row (batch = 1) over one edge window; scatter_gather first wrote grad_next at each edge's
+// target at the edge's place of the array bound as col_idx (read back as bits: grad_edge), the
+// window's sources' ranges of energies, act_mask, grad_next and out are bound with node j at
+// e0 + j (mod 2^32), `sink` is bound as the block of row_ptr (a sink has no out-edges), and
+// grad_pi's sum over the rows is carried from row to row as batch chunks carry it (bits 6, 7).
 
 struct ScatterBwdParams {
     batch: u32,
@@ -40,6 +47,10 @@ struct ScatterBwdParams {
     ps: u32,         //   the piece's entries ps .. pt of the bound ranges
     pt: u32,
     piece: u32,      //   bit 0: the hub's first piece, bit 1: its last
+    p_shift: u32,    // row_ptr bound as a node block (graph_data.py): node j's pointer at j - p_shift
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: ScatterBwdParams;
@@ -75,6 +86,30 @@ fn is_active(b: u32, j: u32) -> bool {
 
 fn grad_at(b: u32, j: u32) -> f32 {
     return grad_next[at(b, j, 16u)];
+}
+
+// grad_next of row b at the target of edge e: gathered at e (flags bit 8), else at col_idx[e]
+fn grad_edge(b: u32, e: u32) -> f32 {
+    if ((P.flags & 256u) != 0u) {
+        return bitcast<f32>(col_idx[e]);
+    }
+    return grad_at(b, col_idx[e]);
+}
+
+// grad4 at the target of edge e (one row, gathered, with flags bit 8)
+fn grad_edge4(c: u32, e: u32) -> vec4<f32> {
+    if ((P.flags & 256u) != 0u) {
+        return vec4<f32>(bitcast<f32>(col_idx[e]), 0.0, 0.0, 0.0);
+    }
+    return grad4(c, col_idx[e]);
+}
+
+// node j has no out-edges: sink[j], or with flags bit 8 its row_ptr (bound as `sink`) pointers equal
+fn is_sink(j: u32) -> bool {
+    if ((P.flags & 256u) != 0u) {
+        return sink[j + 1u - P.p_shift] == sink[j - P.p_shift];
+    }
+    return sink[j] != 0u;
 }
 
 // grad_next of rows 4c .. 4c+3 of node j (0 in rows >= batch)
@@ -134,7 +169,7 @@ fn finish_energy(b: u32, j: u32, total: f32) -> f32 {
     if (is_active(b, j)) {
         r = total * P.alpha;
     }
-    if ((P.flags & 2u) != 0u && sink[j] != 0u) {
+    if ((P.flags & 2u) != 0u && is_sink(j)) {
         r = r + grad_at(b, j);
     }
     return r;
@@ -169,8 +204,8 @@ fn scatter_bwd_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     let j = P.node0 + i - c * P.n_count;
     let c4 = 2u * c;
     let two = c4 + 1u < nc4;  // false only in the last chunk when ceil(B/4) is odd
-    let s = row_ptr[j] - P.ebase;
-    let t = row_ptr[j + 1u] - P.ebase;
+    let s = row_ptr[j - P.p_shift] - P.ebase;
+    let t = row_ptr[j + 1u - P.p_shift] - P.ebase;
     var sum_a = vec4<f32>(0.0);
     var comp_a = vec4<f32>(0.0);
     var sum_b = vec4<f32>(0.0);
@@ -179,10 +214,9 @@ fn scatter_bwd_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     if (!hub) {
         for (var e = s; e < t; e = e + 1u) {
             let p = pi[e];
-            let k = col_idx[e];
-            kahan4(&sum_a, &comp_a, p * grad4(c4, k));
+            kahan4(&sum_a, &comp_a, p * grad_edge4(c4, e));
             if (two) {
-                kahan4(&sum_b, &comp_b, p * grad4(c4 + 1u, k));
+                kahan4(&sum_b, &comp_b, p * grad_edge4(c4 + 1u, e));
             }
         }
     }
@@ -205,11 +239,11 @@ fn scatter_bwd_large(
     }
     let b = g / P.n_large;
     let j = large_nodes[g - b * P.n_large];
-    let s = row_ptr[j] - P.ebase;
-    let t = row_ptr[j + 1u] - P.ebase;
+    let s = row_ptr[j - P.p_shift] - P.ebase;
+    let t = row_ptr[j + 1u - P.p_shift] - P.ebase;
     var acc = vec2<f32>(0.0, 0.0);
     for (var e = s + lid; e < t; e = e + LWG) {
-        acc = kahan_add(acc, pi[e] * grad_at(b, col_idx[e]));
+        acc = kahan_add(acc, pi[e] * grad_edge(b, e));
     }
     let total = tree_sum(lid, acc);
     if (lid == 0u) {
@@ -240,7 +274,7 @@ fn scatter_bwd_large_piece(
         acc = vec2<f32>(lanes[slot], lanes[slot + 1u]);
     }
     for (var e = P.ps + lid; e < P.pt; e = e + LWG) {
-        acc = kahan_add(acc, pi[e] * grad_at(b, col_idx[e]));
+        acc = kahan_add(acc, pi[e] * grad_edge(b, e));
     }
     if ((P.piece & 2u) == 0u) {
         lanes[slot] = acc.x;
@@ -261,14 +295,13 @@ fn scatter_bwd_pi(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     }
     let e = P.eoff + t;
     let sj = src[e];
-    let ck = col_idx[e];
     var acc = start_pi(e);
     let nc4 = (P.batch + 3u) / 4u;
     for (var c = 0u; c < nc4; c = c + 1u) {
         // 4 rows loaded at once, summed in row order (b = 0, 1, 2, ...: the same bits as a
         // row-by-row loop); padding rows are skipped, not added (a compensated sum is not
         // unchanged by adding 0)
-        acc = add_rows(acc, x4(c, sj) * grad4(c, ck), c);
+        acc = add_rows(acc, x4(c, sj) * grad_edge4(c, e), c);
     }
     store_pi(e, acc);
 }

@@ -81,3 +81,18 @@ def forced_limits(backend: Any, binding: int | None = None, buffer: int | None =
     with backend.binding_limit(binding) if binding else contextlib.nullcontext():
         with backend.buffer_limit(buffer) if buffer else contextlib.nullcontext():
             yield
+
+
+def assert_steady_step(backend: Any, step: Callable[[], Any], rounds: int = 7, min_dispatches: int = 150) -> None:
+    """Call ``step`` (one train step) ``rounds`` times: the last is one submit creating no
+    buffer, bind group or pipeline, with as many dispatches (more than ``min_dispatches``) as
+    the one before."""
+    steps = []
+    for _ in range(rounds):
+        before = dict(backend.counters())
+        step()
+        steps.append({key: v - before.get(key, 0) for key, v in backend.counters().items()})
+    last = steps[-1]
+    assert (last["submits"], last["buffers_created"], last["bind_groups_created"], last["pipelines_created"]) == (
+        1, 0, 0, 0), last
+    assert last["dispatches"] == steps[-2]["dispatches"] > min_dispatches

@@ -265,10 +265,12 @@ def test_segment_bins_past_one_binding_default_limits():
 def test_pointers_past_one_binding_default_limits():
     """N = 2^25 + 2^20 = 34,603,008 nodes of out-degree 0 .. 2 on default limits: the graph's
     pointers (u32 [N + 1], 138 MB) are past the 128 MiB binding, so they go into node blocks
-    (2 each way) with every window inside one; q and k (d = 1) are in row windows. edge_probs
-    (top-2) and segment_softmax_backward match NumPy; the Router is refused (one batch row of N
-    past one binding), naming the limit. (softmax_logits_backward over these pointers takes
-    about 2 minutes on lavapipe: tests/test_pointer_blocks.py runs it under forced limits.)"""
+    (2 each way) with every window inside one; q and k (d = 1) are in row windows, and one
+    batch row of N (138 MB) is past the binding too, so the scatter runs row by row
+    (wide_rows.py). edge_probs (top-2), segment_softmax_backward, energy_scatter (a mask,
+    retained sinks) and energy_scatter_backward (B = 2) match NumPy. (softmax_logits_backward
+    over these pointers takes about 2 minutes on lavapipe, and a Router step more:
+    tests/test_pointer_blocks.py and tests/test_wide_rows.py run them under forced limits.)"""
     be = _vulkan_backend()
     n = 2**25 + 2**20
     rng = np.random.default_rng(61)
@@ -286,10 +288,17 @@ def test_pointers_past_one_binding_default_limits():
     assert gd.ptr_block and len(gd.row_blocks) == len(gd.rev_blocks) == 2
     got["grad_logits"] = be.to_numpy(be.segment_softmax_backward(g, pi, gpi, 0.8))
     del pi
-    with pytest.raises(DeviceLimitError, match=f"one batch row of N = {n} nodes"):
-        Router(g, RouterParams(q, k, bias), be)
+    en = rng.random((2, n), np.float32)
+    act = rng.random((2, n)) < 0.8
+    epi = rng.random(g.num_edges, np.float32)
+    got["next"] = be.to_numpy(be.energy_scatter(g, en, epi, 0.9, act, True))
+    ge, gp = be.energy_scatter_backward(g, en, epi, en, 0.9, act, True)
+    got["grad_energies"], got["grad_pi"] = be.to_numpy(ge), be.to_numpy(gp)
+    del ge, gp
     ref_be = NumpyBackend()
     ref_pi = ref_be.edge_probs(g, q, k, bias, 0.8, 2)
-    ref = {"pi": ref_pi, "grad_logits": ref_be.segment_softmax_backward(g, ref_pi, gpi, 0.8)}
+    ref = {"pi": ref_pi, "grad_logits": ref_be.segment_softmax_backward(g, ref_pi, gpi, 0.8),
+           "next": ref_be.energy_scatter(g, en, epi, 0.9, act, True)}
+    ref["grad_energies"], ref["grad_pi"] = ref_be.energy_scatter_backward(g, en, epi, en, 0.9, act, True)
     for name, value in got.items():
         assert_parity(value, ref[name], name, rtol=1e-4)

@@ -41,7 +41,7 @@ from ...errors import DeviceLimitError, InvalidArgumentError, ShapeError
 from ...graph import Graph
 from ..auto import is_software_adapter
 from ..base import Backend, check_purpose
-from . import batch_chunks, edge_windows, node_rows, ops_backward, ops_forward, ops_train, sumsq
+from . import batch_chunks, edge_windows, node_rows, ops_backward, ops_forward, ops_train, sumsq, wide_rows
 from .graph_data import GraphData, ptr_block, upload_graph
 from .kernels import CPU_THREAD_DEGREE_MAX, REDUCE_ITEMS, THREAD_DEGREE_MAX
 from .arrays import binding_ranges, parts_of, range_view
@@ -349,9 +349,12 @@ class WgpuBackend(PackedArrays, Backend):
 
     # ------------------------------------------------------------------ graph data
     def check_params(self, graph: Graph, dim: int) -> None:
-        batch_chunks.plan(self, 1, graph.num_nodes)  # every forward's scatter: one row of N in one binding
-        if ptr_block(self.runtime, graph.num_nodes):  # ... and the graph's N + 1 pointers
-            self.graph_data(graph).check_pointers_whole("Router")
+        if ptr_block(self.runtime, graph.num_nodes):  # one row of N past one binding: row by row (wide_rows.py)
+            gd = self.graph_data(graph)
+            wide_rows.check(self, gd, "Router")
+            gd.reverse_windows("Router")
+        else:
+            batch_chunks.plan(self, 1, graph.num_nodes)  # every forward's scatter: one row of N in one binding
         if node_rows.needs_rows(self.runtime, graph.num_nodes, dim):
             node_rows.window_edges(self.runtime, graph.num_nodes, dim)  # before the graph's upload
             node_rows.row_plan(self, graph, self.graph_data(graph), dim)

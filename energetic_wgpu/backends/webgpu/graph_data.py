@@ -112,12 +112,13 @@ class SegmentBins:
 
 
 def ptr_block(rt: Any, num_nodes: int) -> int:
-    """Nodes per block of the graph's pointers (u32 [N + 1]) when they are past one binding
-    (a block holds the pointers of its nodes and the next one: ptr_block + 1 u32 in a binding),
-    else 0."""
-    if 4 * (num_nodes + 1) <= rt.max_binding_bytes:
-        return 0
-    return rt.max_binding_bytes // 4 - 1
+    """Nodes per block of the graph's pointers (u32 [N + 1]) when one batch row of N nodes is
+    past one binding from any start (the aligned offset before it, the size rounded to 16
+    bytes: N > (binding - alignment - 16) / 4), else 0. Then every op runs row by row over
+    windows of at most ptr_block nodes (wide_rows.py), each a range of a row that fits one
+    binding; a block holds the pointers of its nodes and the next one (ptr_block + 1 u32)."""
+    block = (rt.max_binding_bytes - rt.offset_alignment - 16) // 4
+    return 0 if num_nodes <= block else block
 
 
 def needs_windows(rt: Any, num_nodes: int, num_edges: int) -> bool:
@@ -154,7 +155,7 @@ class GraphData:
     src: DeviceArray  # u32 [E]
     rev_ptr: DeviceArray | None  # u32 [N+1] (None: in node blocks, ``rev_blocks``)
     rev_pairs: DeviceArray | None  # u32 [E, 2]: (edge, source) grouped by target (None: split, reverse_index.py)
-    sink: DeviceArray | None  # u32 [N]: 1 for out-degree 0 (None with pointer blocks: the scatter refuses)
+    sink: DeviceArray | None  # u32 [N]: 1 for out-degree 0 (None with pointer blocks: wide_rows.py reads row_ptr)
     large_out: DeviceArray | None  # u32: nodes with out-degree > SMALL
     large_in: DeviceArray | None  # u32: nodes with in-degree > SMALL
     n_large_out: int
@@ -199,21 +200,6 @@ class GraphData:
         blocks = self.rev_blocks if reverse else self.row_blocks
         assert blocks is not None
         return blocks[b], b * self.ptr_block
-
-    def check_pointers_whole(self, op: str) -> None:
-        """Refuse ``op`` (an op over the [B, N] energies: the scatter, its backward) on a graph
-        whose pointers are in node blocks (one batch row of N nodes is then past one binding
-        too, or exactly at it).
-
-        Raises:
-            DeviceLimitError: naming ``op``, N and the limit.
-        """
-        if self.ptr_block:
-            raise DeviceLimitError(
-                f"{op}: the graph's {self.num_nodes + 1} node pointers (u32) are past one storage binding "
-                f"({self.limit_desc}), and one batch row of N = {self.num_nodes} nodes with them: the energy "
-                f"scatter needs a batch row of N nodes in one binding; use a graph of fewer nodes or "
-                f"get_backend('wgpu', limits='adapter')")
 
     def reverse_windows(self, op: str) -> list[EdgeWindow]:
         """The windows of targets of a windowed graph.

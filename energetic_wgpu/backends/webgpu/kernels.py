@@ -317,7 +317,8 @@ PROBS = Uniform("ProbParams", n_small=U32, n_mid=U32, n_hub=U32, small_wg=U32, m
                 mode=U32, tau=F32, ebase=U32, gathered=U32, q_shift=U32, phase=U32, round=U32, ps=U32, pt=U32,
                 pos=U32, deg=U32, node=U32, first=U32, last=U32, p_shift=U32, _pad1=U32, _pad2=U32)
 SCATTER = Uniform("ScatterParams", batch=U32, n_nodes=U32, flags=U32, n_large=U32, alpha=F32, small_max=U32,
-                  e0=U32, node0=U32, n_count=U32, rbase=U32, b0=U32, piece=U32)
+                  e0=U32, node0=U32, n_count=U32, rbase=U32, b0=U32, piece=U32, p_shift=U32, _pad0=U32, _pad1=U32,
+                  _pad2=U32)
 FLOW = Uniform("FlowParams", batch=U32, n_nodes=U32, n_edges=U32, has_active=U32, alpha=F32, edge_blocks=U32,
                row0=U32, out0=U32, e0=U32, eoff=U32, _pad1=U32, _pad2=U32)
 METRICS = Uniform("MetricParams", batch=U32, n_nodes=U32, n_edges=U32, has_active=U32, alpha=F32, n_total=U32,
@@ -326,7 +327,7 @@ METRICS = Uniform("MetricParams", batch=U32, n_nodes=U32, n_edges=U32, has_activ
 REDUCE = Uniform("ReduceParams", n=U32, out_offset=U32, n1=U32, n2=U32)
 SCATTER_BWD = Uniform("ScatterBwdParams", batch=U32, n_nodes=U32, flags=U32, n_large=U32, alpha=F32, small_max=U32,
                       n_edges=U32, e0=U32, node0=U32, n_count=U32, ebase=U32, eoff=U32, b0=U32, ps=U32, pt=U32,
-                      piece=U32)
+                      piece=U32, p_shift=U32, _pad0=U32, _pad1=U32, _pad2=U32)
 SOFTMAX_BWD = Uniform("SoftmaxBwdParams", n_nodes=U32, n_large=U32, small_max=U32, node0=U32, tau=F32, n_count=U32,
                       ebase=U32, p_shift=U32)
 LOGITS_BWD = Uniform("LogitsBwdParams", n_nodes=U32, dim=U32, mode=U32, n_large=U32, small_max=U32, node0=U32,
@@ -370,6 +371,7 @@ KERNELS: dict[str, KernelSpec] = {
         KernelSpec("scatter_large", "energy_scatter.wgsl", SCATTER, _SCATTER_IN + ("large_nodes",), 256),
         KernelSpec("scatter_large_piece", "energy_scatter.wgsl", SCATTER,
                    ("rev_pairs", "pi", "sink", "next_e", "xt", "act_t", "carry"), 256),
+        KernelSpec("scatter_gather", "energy_scatter.wgsl", SCATTER, ("rev_pairs", "energies", "act_mask", "next_e")),
         KernelSpec("edge_flow", "edge_flow.wgsl", FLOW, ("src", "pi", "energies", "act_mask", "flow")),
         KernelSpec("metrics_partials", "metrics.wgsl", METRICS,
                    ("src", "pi", "energies", "next_e", "act_mask", "partials"), 256),

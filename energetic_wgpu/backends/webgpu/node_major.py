@@ -93,7 +93,7 @@ def to_node_major(be: Any, gd: Any, energies: DeviceArray, active: Any, batch: i
     act = None if active is None else new_state(be, batch, n, np.uint32)
     act_out = unused_output(be) if act is None else act.data
     u = dict(batch=batch, n_nodes=n, flags=0 if active is None else 1, n_large=0, alpha=np.float32(1.0),
-             small_max=SMALL_DEGREE_MAX, e0=e0, node0=0, n_count=n, rbase=0, b0=0, piece=0)
+             small_max=SMALL_DEGREE_MAX, e0=e0, node0=0, n_count=n, rbase=0, b0=0, piece=0, p_shift=0)
     be.runtime.dispatch("scatter_transpose", threads=-(-batch // 4) * n, uniform=u, energies=energies,
                         act_mask=be._opt(active), xt_out=state.data, act_out=act_out)
     state.rows = energies if energies.ndim == 2 and not e0 and energies.shape[0] == batch else None
@@ -144,7 +144,7 @@ def _dispatch(be: Any, gd: Any, state: NodeMajor, pi: DeviceArray, alpha: float,
     flags = (1 if active is not None else 0) | (2 if retain_sinks else 0) | (4 if node_major else 0) | (
         8 if split else 0) | layout
     u = dict(batch=batch, n_nodes=n, flags=flags, n_large=gd.n_large_in, alpha=np.float32(alpha),
-             small_max=SMALL_DEGREE_MAX, e0=e0, node0=0, n_count=n, rbase=0, b0=0, piece=0)
+             small_max=SMALL_DEGREE_MAX, e0=e0, node0=0, n_count=n, rbase=0, b0=0, piece=0, p_shift=0)
     common = dict(rev_ptr=gd.rev_ptr, rev_pairs=pairs, pi=pi, sink=gd.sink, next_e=out, xt=state.data,
                   act_t=be._opt(None if active is None else active.data))
     be.runtime.dispatch("scatter_small", threads=-(-batch // 8) * n, uniform=u, **common)
@@ -168,7 +168,7 @@ def _scatter_windowed(be: Any, gd: Any, state: NodeMajor, pi: DeviceArray, alpha
             continue
         src, off = edge_windows.window_view(be, gd.rev_src, r)
         u = dict(batch=batch, n_nodes=gd.num_nodes, flags=flags, n_large=r.n_large, alpha=np.float32(alpha),
-                 small_max=SMALL_DEGREE_MAX, e0=e0, node0=r.n0, n_count=r.n1 - r.n0, rbase=r.e0 - off, b0=0, piece=0)
+                 small_max=SMALL_DEGREE_MAX, e0=e0, node0=r.n0, n_count=r.n1 - r.n0, rbase=r.e0 - off, b0=0, piece=0, p_shift=0)
         common = dict(rev_ptr=gd.rev_ptr, rev_pairs=src, pi=edge_windows.window_view(be, pi_rev, r)[0], sink=gd.sink,
                       next_e=out, xt=state.data, act_t=be._opt(None if active is None else active.data))
         be.runtime.dispatch("scatter_small", threads=-(-batch // 8) * (r.n1 - r.n0), uniform=u, **common)
@@ -193,7 +193,7 @@ def _scatter_big(be: Any, gd: Any, pieces: list[Any], pi_rev: DeviceArray, state
         src, off = edge_windows.window_view(be, gd.rev_src, r)
         pv = edge_windows.window_view(be, pi_rev, r)[0]
         u = dict(batch=batch, n_nodes=gd.num_nodes, flags=flags, n_large=0, alpha=np.float32(alpha),
-                 small_max=SMALL_DEGREE_MAX, e0=e0, node0=k, n_count=1, rbase=r.e0 - off, b0=0, piece=0)
+                 small_max=SMALL_DEGREE_MAX, e0=e0, node0=k, n_count=1, rbase=r.e0 - off, b0=0, piece=0, p_shift=0)
         if i == 0:  # k's padding rows of a node-major output (its sum is scatter_large_piece's)
             rt.dispatch("scatter_small", threads=-(-batch // 8), uniform=u, rev_ptr=gd.rev_ptr, rev_pairs=src, pi=pv,
                         **common)
@@ -209,7 +209,7 @@ def rows_into(be: Any, state: NodeMajor, out: DeviceArray, e0: int = 0) -> None:
     """Write ``state`` in the public layout into ``out`` (its [B, N] rows from element ``e0``
     of the bound range): one ``scatter_rows`` dispatch."""
     u = dict(batch=state.batch, n_nodes=state.n_nodes, flags=0, n_large=0, alpha=np.float32(1.0),
-             small_max=SMALL_DEGREE_MAX, e0=e0, node0=0, n_count=state.n_nodes, rbase=0, b0=0, piece=0)
+             small_max=SMALL_DEGREE_MAX, e0=e0, node0=0, n_count=state.n_nodes, rbase=0, b0=0, piece=0, p_shift=0)
     be.runtime.dispatch("scatter_rows", threads=state.batch * state.n_nodes, uniform=u, xt=state.data, next_e=out)
 
 

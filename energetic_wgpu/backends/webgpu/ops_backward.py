@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import DeviceLimitError
-from . import batch_chunks, edge_windows, hub_pieces, loop_cap, node_major, node_rows, sumsq
+from . import batch_chunks, edge_windows, hub_pieces, loop_cap, node_major, node_rows, sumsq, wide_rows
 from .arrays import DeviceArray, binding_ranges, range_view
 from .kernels import BIN_WG, GROUP_DEGREE_MAX, SMALL_DEGREE_MAX
 from .graph_data import binned_segments
@@ -61,7 +61,13 @@ def energy_scatter_backward(
 ) -> tuple[Any, Any]:
     be = backend
     gd = be.graph_data(graph)
-    gd.check_pointers_whole("energy_scatter_backward")
+    if gd.ptr_block:  # one batch row past one binding: row by row (wide_rows.py)
+        wide_rows.check(be, gd, "energy_scatter_backward")  # before any work
+        grad_next = be._dev(grad_next)
+        batch = 1 if grad_next.ndim == 1 else int(grad_next.shape[0])
+        return wide_rows.scatter_backward(be, gd, be._dev(energies), None if active is None else be._dev(active),
+                                          be._dev(pi), grad_next, alpha, retain_sinks, grad_energies, grad_pi_acc,
+                                          batch, grad_next.shape)
     grad_next = be._dev(grad_next)
     chunks = None
     if grad_next.ndim == 2 and grad_next.nbytes > be.runtime.max_binding_size:
@@ -85,7 +91,14 @@ def scatter_step_backward(
     back node-major, or [B, N] when ``last`` (the forward's first step)."""
     be = backend
     gd = be.graph_data(graph)
-    gd.check_pointers_whole("the scatter's backward")
+    if gd.ptr_block:  # RowChunks states of one-row spans (wide_rows.py)
+        g = grad_next.rows if isinstance(grad_next, batch_chunks.RowChunks) else be._dev(grad_next)
+        grad_e, grad_pi = wide_rows.scatter_backward(be, gd, state.rows, None if active is None else active.rows,
+                                                     be._dev(pi), g, alpha, retain_sinks, grad_energies, grad_pi_acc,
+                                                     state.batch, state.rows.shape)
+        if grad_e is not None and not last:
+            grad_e = batch_chunks.RowChunks(grad_e, list(state.spans), state.batch, gd.num_nodes)
+        return grad_e, grad_pi
     if isinstance(state, (batch_chunks.Chunked, batch_chunks.RowChunks)):  # batch chunks (batch_chunks.py)
         return batch_chunks.scatter_step_backward(be, gd, state, be._dev(pi), grad_next, alpha,
                                                   active, retain_sinks, grad_energies, grad_pi_acc, last,
@@ -126,7 +139,7 @@ def _scatter_backward(
     grad_pi = edge_windows.edge_array(be, gd, "grad_pi") if chunk is None else chunk.grad_pi
     u = dict(batch=batch, n_nodes=n, flags=flags, n_large=gd.n_large_out, alpha=np.float32(alpha),
              small_max=SMALL_DEGREE_MAX, n_edges=e, e0=0 if chunk is None else chunk.e0, node0=0, n_count=n, ebase=0,
-             eoff=0, b0=0, ps=0, pt=0, piece=0)
+             eoff=0, b0=0, ps=0, pt=0, piece=0, p_shift=0)
     act = be._opt(active)
     windowed = gd.windows is not None
     if windowed:

@@ -15,7 +15,7 @@ import numpy as np
 from ...errors import DeviceLimitError
 from ...graph import Graph
 from ...validation import check_int
-from . import batch_chunks, edge_windows, loop_cap, node_major, node_rows
+from . import batch_chunks, edge_windows, loop_cap, node_major, node_rows, wide_rows
 from .arrays import DeviceArray, parts_of, range_view
 from .kernels import GROUP_DEGREE_MAX, REDUCE_ITEMS
 
@@ -205,7 +205,8 @@ def energy_scatter(be: Any,
     return_flow: bool = False,
 ) -> Any:
     gd = be.graph_data(graph)
-    gd.check_pointers_whole("energy_scatter")  # refusals before any work
+    if gd.ptr_block:  # one batch row past one binding: row by row (wide_rows.py)
+        return _scatter_wide(be, gd, graph, energies, pi, alpha, active, retain_sinks, return_flow)
     if gd.windows is not None:
         gd.reverse_windows("energy_scatter")
     energies, pi = be._dev(energies), be._dev(pi)
@@ -220,6 +221,22 @@ def energy_scatter(be: Any,
         return out, edge_flow(be, graph, energies, pi, alpha, active)
     return out
 
+def _scatter_wide(be: Any, gd: Any, graph: Graph, energies: Any, pi: Any, alpha: float, active: Any,
+                  retain_sinks: bool, return_flow: bool) -> Any:
+    """:func:`energy_scatter` when one batch row of N is past one binding (wide_rows.py)."""
+    wide_rows.check(be, gd, "energy_scatter")  # refusals before any work
+    gd.reverse_windows("energy_scatter")
+    energies, pi = be._dev(energies), be._dev(pi)
+    act = None if active is None else be._dev(active)
+    batch, _ = _batch(energies, gd.num_nodes)
+    out = wide_rows.new_wide(be, energies.shape, "energy_scatter") if batch else be.empty(energies.shape)
+    if batch and gd.num_nodes:
+        wide_rows.scatter(be, gd, energies, act, pi, alpha, retain_sinks, out, batch)
+    if return_flow:
+        return out, edge_flow(be, graph, energies, pi, alpha, active)
+    return out
+
+
 def scatter_state(be: Any, graph: Graph, energies: Any, active: Any) -> tuple[Any, Any]:
     """Node-major copies of ``energies`` float [B, N] and ``active`` (node_major.py): one
     ``scatter_transpose`` dispatch; per batch chunk when the state is over one binding
@@ -227,9 +244,15 @@ def scatter_state(be: Any, graph: Graph, energies: Any, active: Any) -> tuple[An
     themselves as :class:`~.batch_chunks.RowChunks` when not even 4 node-major rows of N fit
     one binding."""
     gd = be.graph_data(graph)
-    gd.check_pointers_whole("the scatter's state")
     energies = be._dev(energies)
     active = None if active is None else be._dev(active)
+    if gd.ptr_block:  # one batch row past one binding: the state stays in its rows (wide_rows.py)
+        wide_rows.check(be, gd, "the scatter's state")
+        gd.reverse_windows("the scatter's state")
+        b = 1 if energies.ndim == 1 else int(energies.shape[0])
+        spans = [(r, 1) for r in range(b)]
+        return (batch_chunks.RowChunks(energies, spans, b, gd.num_nodes),
+                None if active is None else batch_chunks.RowChunks(active, list(spans), b, gd.num_nodes))
     chunks = batch_chunks.plan(be, int(energies.shape[0]), gd.num_nodes) if energies.ndim == 2 else None
     if chunks is not None:
         return batch_chunks.scatter_state(be, gd, energies, active, chunks)
@@ -239,7 +262,12 @@ def scatter_step(be: Any, graph: Graph, state: Any, pi: Any, alpha: float, activ
                  last: bool) -> Any:
     """One step from a node-major state: node-major next state, or float [B, N] when ``last``."""
     gd = be.graph_data(graph)
-    gd.check_pointers_whole("the scatter")
+    if gd.ptr_block:  # a RowChunks state of one-row spans (wide_rows.py)
+        out = wide_rows.new_wide(be, state.rows.shape, "batched energies")
+        if state.batch and gd.num_nodes:
+            wide_rows.scatter(be, gd, state.rows, None if active_state is None else active_state.rows, be._dev(pi),
+                              alpha, retain_sinks, out, state.batch)
+        return out if last else batch_chunks.RowChunks(out, list(state.spans), state.batch, gd.num_nodes)
     if isinstance(state, (batch_chunks.Chunked, batch_chunks.RowChunks)):
         return batch_chunks.scatter_step(be, gd, state, be._dev(pi), alpha, active_state, retain_sinks, last)
     return node_major.scatter(be, gd, state, be._dev(pi), alpha, active_state, retain_sinks, not last)
@@ -259,6 +287,8 @@ def edge_flow(be: Any, graph: Graph, energies: Any, pi: Any, alpha: float = 1.0,
     another op. [B, N] energies (and mask) over one binding are bound in the same row ranges
     (batch_chunks.rows_view); no chunk crosses a buffer of a split array."""
     gd = be.graph_data(graph)
+    if gd.ptr_block:  # one batch row past one binding (wide_rows.py): refusals before any work
+        wide_rows.check(be, gd, "edge_flow")
     energies, pi = be._dev(energies), be._dev(pi)
     batch, flat = _batch(energies, gd.num_nodes)
     act = be._opt(active)
@@ -300,8 +330,11 @@ def _edge_flow_windowed(be: Any, gd: Any, energies: DeviceArray, pi: DeviceArray
     out = rt.pool.new_split_array(be, shape, np.float32, 1, rt.offset_alignment, "edge_flow",
                                   cuts=[b * e + w.e0 for b in range(batch) for w in gd.windows])
     ranged = energies.nbytes > rt.max_binding_size
+    wide = bool(gd.ptr_block)  # one row past one binding: each window's sources' range of it (wide_rows.py)
     for b in range(batch):
-        if ranged:
+        if wide:
+            ev, av, e0, row0 = energies, act, 0, 0
+        elif ranged:
             ev, e0 = batch_chunks.rows_view(be, energies, b, 1, n)
             av = act if active is None else batch_chunks.rows_view(be, act, b, 1, n)[0]
             row0 = 0
@@ -312,6 +345,9 @@ def _edge_flow_windowed(be: Any, gd: Any, energies: DeviceArray, pi: DeviceArray
                 continue
             (sv, eoff), pv = (edge_windows.window_view(be, x, w) for x in (gd.src, pi))
             ov, out0 = range_view(out, b * e + w.e0, w.e1 - w.e0, rt.offset_alignment)
+            if wide:
+                ev, e0 = wide_rows.own(be, energies, b, n, w.n0, w.n1)
+                av = act if active is None else wide_rows.own(be, act, b, n, w.n0, w.n1)[0]
             u = dict(batch=1, n_nodes=n, n_edges=w.e1 - w.e0, has_active=1 if active is not None else 0,
                      alpha=np.float32(alpha), edge_blocks=-(-(w.e1 - w.e0) // _FLOW_WG), row0=row0, out0=out0, e0=e0,
                      eoff=eoff)
@@ -374,7 +410,7 @@ def step_metrics(be: Any,
     n_parts = max(-(-batch * gd.num_nodes // _REDUCE_SPAN), edge_blocks, min(grid, cap))
     if grid + n_parts >= 2**32:
         raise DeviceLimitError(f"step_metrics: B = {batch} x {edge_blocks} edge blocks of 4096 is past 2^32 blocks")
-    ranged = energies.ndim == 2 and energies.nbytes > be.runtime.max_binding_size
+    ranged = energies.nbytes > be.runtime.max_binding_size
     windowed = gd.windows is not None
     if (ranged or windowed) and grid > n_parts:  # one [B, E] block per slot (metrics.wgsl)
         n_parts = grid
@@ -436,6 +472,22 @@ def _metrics_ranged(be: Any, gd: Any, u: dict[str, Any], b: dict[str, Any], mask
             }, **{**b, "energies": dummy, "next_e": dummy, "act_mask": dummy})
 
 
+def _seam_gathered(be: Any, b: dict[str, Any], masked: bool, row: int, n: int, src: DeviceArray,
+                   count: int) -> tuple[DeviceArray, Any, DeviceArray]:
+    """(energies, act_mask, src) for the metrics of one block of edges across two windows of a
+    wide row (wide_rows.py): the sources' energies (and mask) of batch row ``row`` gathered
+    in edge order, and the identity as their indices (so entry t reads element t)."""
+    rt = be.runtime
+    span = _REDUCE_SPAN
+    ev = be.empty((span,))
+    wide_rows.gather(be, b["energies"], None, row, n, src, 0, count, ev)
+    av = rt.dummy()
+    if masked:
+        av = be.empty((span,), np.uint32)
+        wide_rows.gather(be, b["act_mask"], None, row, n, src, 0, count, av, mask=True)
+    return ev, av, wide_rows.identity(be, span)
+
+
 def _metrics_windowed(be: Any, gd: Any, u: dict[str, Any], b: dict[str, Any], masked: bool, ranged: bool) -> None:
     """metrics_partials on a graph cut into edge windows (edge_windows.py): every slot gets
     what one dispatch over the whole graph writes there (one grid block per slot):
@@ -464,7 +516,8 @@ def _metrics_windowed(be: Any, gd: Any, u: dict[str, Any], b: dict[str, Any], ma
         rt.dispatch("metrics_partials", workgroups=-(-m // span), uniform={**u, "w0": w0, "fields": 4,
                     "pbase": w0 * span}, **{**b, "pi": pv, "src": dummy, "energies": dummy, "next_e": dummy,
                                                "act_mask": dummy})
-    rows_per = batch_chunks.rows_per_range(be, n) if ranged else max(batch, 1)
+    wide = bool(gd.ptr_block)  # one row past one binding: each window's sources' range of it (wide_rows.py)
+    rows_per = 1 if wide else batch_chunks.rows_per_range(be, n) if ranged else max(batch, 1)
     seams = [j for j in range(eb) if not any(w.e0 <= j * span and min(e, (j + 1) * span) <= w.e1
                                              for w in gd.windows)]
     seam_arrays = {}
@@ -478,22 +531,31 @@ def _metrics_windowed(be: Any, gd: Any, u: dict[str, Any], b: dict[str, Any], ma
         seam_arrays[j] = temps
     for r0 in range(0, batch, rows_per):
         rows = min(rows_per, batch - r0)
-        if ranged:
+        if wide:
+            ev, e0, av = b["energies"], 0, b["act_mask"]  # per window below
+        elif ranged:
             ev, e0 = batch_chunks.rows_view(be, b["energies"], r0, rows, n)
             av = batch_chunks.rows_view(be, b["act_mask"], r0, rows, n)[0] if masked else dummy
         else:
             ev, e0, av = b["energies"], 0, b["act_mask"]
         for row in range(r0, r0 + rows):
-            base = dict(u, fields=2, row0=r0 if ranged else 0, e0=e0)
+            base = dict(u, fields=2, row0=r0 if ranged or wide else 0, e0=e0)
             for w in gd.windows:
                 ja, jb = -(-w.e0 // span), min(eb, w.e1 // span + (1 if w.e1 == e and e % span else 0))
                 if jb <= ja:
                     continue
                 (sv, pe0), pv = (edge_windows.window_view(be, b[name], w) for name in ("src", "pi"))
+                if wide:  # the window's sources' range of the row: node j at e0 + j
+                    (ev, av), e0w = wide_rows.own_all(be, [b["energies"], b["act_mask"] if masked else None], row, n,
+                                                      w.n0, w.n1)
+                    base["e0"], av = e0w, dummy if av is None else av
                 rt.dispatch("metrics_partials", workgroups=jb - ja, uniform={
                     **base, "w0": row * eb + ja, "grid_blocks": row * eb + jb, "pbase": w.e0 - pe0,
                 }, **{**b, "src": sv, "pi": pv[0], "energies": ev, "act_mask": av, "next_e": dummy})
             for j, (st, pt) in seam_arrays.items():
+                if wide:  # the block's sources span two windows: their values gathered, read at 0 .. span - 1
+                    ev, av, st = _seam_gathered(be, b, masked, row, n, st, min(e, (j + 1) * span) - j * span)
+                    base["e0"] = 0
                 rt.dispatch("metrics_partials", workgroups=1, uniform={
                     **base, "w0": row * eb + j, "grid_blocks": row * eb + j + 1, "pbase": j * span,
                 }, **{**b, "src": st, "pi": pt, "energies": ev, "act_mask": av, "next_e": dummy})
