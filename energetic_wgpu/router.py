@@ -335,10 +335,8 @@ class Router:
         """Validate ``params`` against the graph and upload them to the backend.
 
         Raises:
-            DeviceLimitError: (wgpu) before the parameters are allocated: a graph of which one
-                batch row of N nodes does not fit one buffer (N > 67.1 M on WebGPU's default
-                limits; past one binding, N > 33.5 M, the scatter runs row by row), or q and k
-                past one binding (split at node blocks)
+            DeviceLimitError: (wgpu) before the parameters are allocated: q and k past one
+                binding (split at node blocks)
                 whose row windows cannot hold a node's out-edges, or one gathered row
                 (docs/architecture.md, "Limits"). A bias past one binding lives in the graph's
                 edge windows.

@@ -161,7 +161,9 @@ def test_row_window_refusals(gpu_backend):
             gpu_backend.edge_probs(g, q, k, bias)
         with pytest.raises(DeviceLimitError, match="node 7 has 500 out-edges"):  # before packing the parameters
             Router(g, RouterParams(q, k, bias), gpu_backend)
-    with forced_limits(gpu_backend, 2048):  # and one batch row of N past one binding
+    # the graph keeps the layout of its upload under 16 KiB (no pointer blocks), so under 2 KiB its
+    # Router needs one batch row of N in one binding, and is refused
+    with forced_limits(gpu_backend, 2048):
         before = gpu_backend.counters()["buffers_created"]
         with pytest.raises(DeviceLimitError, match=r"one batch row of N = 600 nodes \(2400 bytes, plus 256 bytes of "
                                                    r"alignment\) does not fit the binding limit of 2048 bytes"):

@@ -6,9 +6,11 @@ on WebGPU's default limits) the graph's pointers are in node blocks and every op
 [B, N] energies runs one batch row at a time over the edge windows: each window's own nodes
 are one range of the row, the values at the other end of its edges are gathered per node block
 first, a sink is read from its row_ptr block, and grad_pi's sum over the rows is carried from
-row to row. Here N = 3,000 under a 4 KiB binding (windows of at most 956 nodes, 4 pointer
-blocks) and N = 10,000 under 16 KiB for the Router (its losses and metrics reduce blocks of
-4,096 elements, 16 KiB): every result bit-identical to the unsplit run and in parity with NumPy.
+row to row; a row past the buffer size limit too is split over buffers at its node blocks.
+Here N = 3,000 under a 4 KiB binding (windows of at most 956 nodes, 4 pointer blocks; an 8 KiB
+buffer limit for rows over 2 buffers) and N = 10,000 under 16 KiB for the Router (its losses
+and metrics reduce blocks of 4,096 elements, 16 KiB): every result bit-identical to the
+unsplit run and in parity with NumPy.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 from parity import assert_parity, assert_steady_step, forced_limits
 
 from energetic_wgpu import AdamW, Graph, Router, RouterParams
+from energetic_wgpu.backends.webgpu.arrays import parts_of
 from energetic_wgpu.errors import DeviceLimitError
 
 N = 3000
@@ -41,9 +44,10 @@ def _graph(kind: str, n: int = N) -> Graph:
     return Graph.from_csr(ptr, cols, num_nodes=n)
 
 
-def _ops(be, limit, kind, batch, masked, retain, n=N):
+def _ops(be, limit, kind, batch, masked, retain, n=N, buffer=None):
     """energy_scatter (with the flow) and energy_scatter_backward (with grad_pi_acc) on
-    ``batch`` rows under ``limit``."""
+    ``batch`` rows under ``limit`` (and ``buffer``, a buffer size limit): the outputs and the
+    graph's ptr_block and the number of buffers of the next energies."""
     g = _graph(kind, n)
     rng = np.random.default_rng(batch)
     shape = (batch, n)
@@ -53,19 +57,19 @@ def _ops(be, limit, kind, batch, masked, retain, n=N):
     pi = rng.random(g.num_edges).astype(np.float32)
     acc = rng.standard_normal(g.num_edges).astype(np.float32)
     act = rng.random(shape) < 0.7 if masked else None
-    with forced_limits(be, limit):
+    with forced_limits(be, limit, buffer):
         nxt, flow = be.energy_scatter(g, en, pi, 0.9, act, retain, True)
         ge, gp = be.energy_scatter_backward(g, en, pi, gn, 0.9, act, retain, True, acc)
         _, gp_only = be.energy_scatter_backward(g, en, pi, gn, 1.1, act, retain, False)
         out = {"next": nxt, "flow": flow, "grad_energies": ge, "grad_pi": gp, "grad_pi alone": gp_only}
-        block = be.graph_data(g).ptr_block if hasattr(be, "graph_data") else None
-        return {name: be.to_numpy(x) for name, x in out.items()}, block
+        layout = (be.graph_data(g).ptr_block, len(parts_of(nxt) or [nxt])) if hasattr(be, "graph_data") else None
+        return {name: be.to_numpy(x) for name, x in out.items()}, layout
 
 
-def _assert_as_unsplit(gpu_backend, np_backend, limit, *args, block=956):
+def _assert_as_unsplit(gpu_backend, np_backend, limit, *args, block=956, buffer=None, buffers=1):
     whole, _ = _ops(gpu_backend, None, *args)
-    got, ptr_block = _ops(gpu_backend, limit, *args)
-    assert ptr_block == block
+    got, layout = _ops(gpu_backend, limit, *args, buffer=buffer)
+    assert layout == (block, buffers)
     ref, _ = _ops(np_backend, None, *args)
     for name in whole:
         assert got[name].shape == ref[name].shape, name
@@ -96,6 +100,15 @@ def test_rows_at_the_edge_of_one_binding(gpu_backend, np_backend, n, block):
     _assert_as_unsplit(gpu_backend, np_backend, 4096, "serial", 3, True, True, n, block=block)
 
 
+@pytest.mark.parametrize("kind,batch", [("serial", 1), ("big", 3)])
+def test_rows_past_the_buffer_limit(gpu_backend, np_backend, kind, batch):
+    """Under a 4 KiB binding and an 8 KiB buffer limit a row of 3,000 nodes (12,000 bytes) is
+    past one buffer too: each [B, N] array is split over buffers at its rows' node blocks
+    (2 per row: 3 blocks of at most 956 nodes, as many per buffer as fit), every bound range in
+    one; bit-identical and in parity with NumPy."""
+    _assert_as_unsplit(gpu_backend, np_backend, 4096, kind, batch, True, True, buffer=8192, buffers=2 * batch)
+
+
 def _router_graph() -> Graph:
     """N = 10,000: out-degrees 0 .. 6, hubs of 300 out-edges at nodes 10, 5,000 and 9,999 and
     300 in-edges at 9,000; node 3 with 5,000 out-edges and node 7 with 5,000 in-edges, more than
@@ -114,10 +127,10 @@ def _router_graph() -> Graph:
     return Graph.from_csr(ptr, cols, num_nodes=n)
 
 
-def _train(be, limit, n_steps=3):
+def _train(be, limit, buffer=None, n_steps=3):
     """3 clipped AdamW steps (B = 3, d = 2, top-3, 2 scatter steps, an active mask, retained
-    sinks) under ``limit``, then a forward with its metrics: [losses and norms, q, k, bias,
-    next energies, metrics]."""
+    sinks) under ``limit`` (and ``buffer``), then a forward with its metrics: [losses and
+    norms, q, k, bias, next energies, metrics]."""
     g = _router_graph()
     n = g.num_nodes
     rng = np.random.default_rng(3)
@@ -126,7 +139,7 @@ def _train(be, limit, n_steps=3):
     tgt = (0.1 * rng.random((3, n))).astype(np.float32)
     act = rng.random((3, n)) < 0.8
     bias = (0.1 * rng.standard_normal(g.num_edges)).astype(np.float32)
-    with forced_limits(be, limit):
+    with forced_limits(be, limit, buffer):
         r = Router(g, RouterParams(q, k, bias, tau=0.8, alpha=0.9, top_k=3), be)
         opt = AdamW(r, lr=0.01, eps=1e-2, max_grad_norm=0.1)
         out = []
@@ -135,17 +148,21 @@ def _train(be, limit, n_steps=3):
             out += [res.loss, res.grad_norm]
         if limit and hasattr(be, "graph_data"):
             assert be.graph_data(g).ptr_block == 4028
+            assert buffer is None or len(parts_of(r.forward(en, steps=1).next_energies)) > 1
         p = r.params()
         o = r.forward(en, ~act, steps=2, retain_sinks=True)
         metrics = np.array(list(o.metrics.values()), np.float32)
         return [np.array(out, np.float32), p.q, p.k, p.bias, be.to_numpy(o.next_energies), metrics]
 
 
-def test_router_trains_row_by_row(gpu_backend, np_backend):
+@pytest.mark.parametrize("buffer", [None, 32768])
+def test_router_trains_row_by_row(gpu_backend, np_backend, buffer):
     """The Router row by row (N = 10,000 under 16 KiB, 3 pointer blocks, a big hub in pieces
-    each way): losses, gradient norms, parameters, the forward and its metrics bit-identical to
-    the unsplit run and in parity with NumPy."""
-    split, whole, ref = _train(gpu_backend, 16384), _train(gpu_backend, None), _train(np_backend, None)
+    each way; under a 32 KiB buffer limit each row, 40,000 bytes, split over 2 buffers too):
+    losses, gradient norms, parameters, the forward and its metrics bit-identical to the
+    unsplit run and in parity with NumPy."""
+    split, whole = _train(gpu_backend, 16384, buffer), _train(gpu_backend, None)
+    ref = _train(np_backend, None)
     names = ("losses and norms", "q", "k", "bias", "next energies", "metrics")
     for name, a, b, c in zip(names, split, whole, ref):
         assert a.tobytes() == b.tobytes(), name
@@ -168,21 +185,10 @@ def test_row_by_row_train_step_is_one_submit_without_allocations(gpu_backend):
         assert_steady_step(be, lambda: r.train_step(en, tgt, opt, steps=2, retain_sinks=True), 6)
 
 
-def test_row_past_the_buffer_limit_refused(gpu_backend):
-    """A row must lie in one buffer: past the buffer size limit (here 3,000 nodes, 12,000 bytes,
-    under an 8 KiB buffer limit) the scatter, its backward, the flow and the Router are refused
-    before any work, naming N and the limit, and the backend stays usable."""
+def test_batch_of_2_to_the_32_elements_refused(gpu_backend):
+    """Past 2^32 elements (the kernels' u32 element range) a [B, N] array of wide rows is refused
+    before anything is allocated, and the backend stays usable."""
     be = gpu_backend
-    g = _graph("serial")
-    en = np.ones((1, N), np.float32)
-    pi = np.full(g.num_edges, 0.5, np.float32)
-    with forced_limits(be, 4096, 8192):
-        for call in (lambda: be.energy_scatter(g, en, pi),
-                     lambda: be.energy_scatter_backward(g, en, pi, en),
-                     lambda: be.edge_flow(g, en, pi),
-                     lambda: Router(g, RouterParams(np.zeros((N, 1), np.float32), np.zeros((N, 1), np.float32),
-                                                    np.zeros(g.num_edges, np.float32)), be)):
-            with pytest.raises(DeviceLimitError, match="one batch row of N = 3000 nodes .12000 bytes. is past the "
-                                                       "device's buffer size limit of 8192 bytes"):
-                call()
+    with forced_limits(be, 4096, 8192), pytest.raises(DeviceLimitError, match="past 2.32 elements"):
+        be.zeros((2**32 // N + 1, N))
     assert be.to_numpy(be.add(np.ones(3, np.float32), np.ones(3, np.float32))).tolist() == [2, 2, 2]

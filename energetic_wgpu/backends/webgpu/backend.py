@@ -41,7 +41,7 @@ from ...errors import DeviceLimitError, InvalidArgumentError, ShapeError
 from ...graph import Graph
 from ..auto import is_software_adapter
 from ..base import Backend, check_purpose
-from . import batch_chunks, edge_windows, node_rows, ops_backward, ops_forward, ops_train, sumsq, wide_rows
+from . import batch_chunks, edge_windows, node_rows, ops_backward, ops_forward, ops_train, sumsq
 from .graph_data import GraphData, ptr_block, upload_graph
 from .kernels import CPU_THREAD_DEGREE_MAX, REDUCE_ITEMS, THREAD_DEGREE_MAX
 from .arrays import binding_ranges, parts_of, range_view
@@ -349,12 +349,11 @@ class WgpuBackend(PackedArrays, Backend):
 
     # ------------------------------------------------------------------ graph data
     def check_params(self, graph: Graph, dim: int) -> None:
-        if ptr_block(self.runtime, graph.num_nodes):  # one row of N past one binding: row by row (wide_rows.py)
-            gd = self.graph_data(graph)
-            wide_rows.check(self, gd, "Router")
+        gd = self.graph_data(graph) if ptr_block(self.runtime, graph.num_nodes) else None
+        if gd is not None and gd.ptr_block:  # one row of N past one binding: row by row (wide_rows.py)
             gd.reverse_windows("Router")
-        else:
-            batch_chunks.plan(self, 1, graph.num_nodes)  # every forward's scatter: one row of N in one binding
+        else:  # every forward's scatter: one row of N in one binding (also for a graph uploaded
+            batch_chunks.plan(self, 1, graph.num_nodes)  # under a larger limit, which keeps its layout)
         if node_rows.needs_rows(self.runtime, graph.num_nodes, dim):
             node_rows.window_edges(self.runtime, graph.num_nodes, dim)  # before the graph's upload
             node_rows.row_plan(self, graph, self.graph_data(graph), dim)

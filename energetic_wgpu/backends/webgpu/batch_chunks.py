@@ -43,6 +43,7 @@ import numpy as np
 from ...errors import DeviceLimitError
 from . import edge_windows, node_major
 from .arrays import DeviceArray, parts_of, range_view
+from .graph_data import ptr_block
 from .node_major import BatchShape, NodeMajor
 
 __all__ = ["Chunked", "RowChunks", "ChunkCall", "plan", "state_in_rows", "rows_per_range", "row_e0", "rows_view", "row_quantum", "new_rows",
@@ -204,8 +205,16 @@ def new_rows(be: Any, shape: tuple[int, ...], dtype: Any, what: str) -> DeviceAr
     """An uninitialized array of ``shape`` for [B, N] data: one buffer up to the buffer size
     limit, else split over buffers at batch-chunk boundaries (:func:`row_quantum`; 1-D
     arrays at whole reduction workgroups of 4096 elements, or of 256 bytes under a buffer
-    limit below 16 KiB)."""
+    limit below 16 KiB). A row past the buffer size limit (wide_rows.py) is split at its
+    node blocks (graph_data.ptr_block: each a range an op binds), as many per buffer as fit."""
     rt = be.runtime
+    n = shape[-1] if shape else 0
+    block = ptr_block(rt, n)
+    if block and 4 * n > rt.pool.max_buffer_size:  # one row past a buffer: parts at its node blocks
+        rows = shape[0] if len(shape) == 2 else 1
+        _check_u32(rows * n)
+        cuts = [r * n + k for r in range(rows) for k in range(0, n, block)]
+        return rt.pool.new_split_array(be, shape, dtype, 1, rt.offset_alignment, what, cuts=cuts)
     if len(shape) == 2:
         quantum = row_quantum(be, shape[-1])
     else:  # whole reduction workgroups of 4096 elements where a buffer holds one, else 256 bytes

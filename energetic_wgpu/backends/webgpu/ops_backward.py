@@ -62,7 +62,6 @@ def energy_scatter_backward(
     be = backend
     gd = be.graph_data(graph)
     if gd.ptr_block:  # one batch row past one binding: row by row (wide_rows.py)
-        wide_rows.check(be, gd, "energy_scatter_backward")  # before any work
         grad_next = be._dev(grad_next)
         batch = 1 if grad_next.ndim == 1 else int(grad_next.shape[0])
         return wide_rows.scatter_backward(be, gd, be._dev(energies), None if active is None else be._dev(active),

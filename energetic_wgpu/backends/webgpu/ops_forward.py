@@ -224,8 +224,7 @@ def energy_scatter(be: Any,
 def _scatter_wide(be: Any, gd: Any, graph: Graph, energies: Any, pi: Any, alpha: float, active: Any,
                   retain_sinks: bool, return_flow: bool) -> Any:
     """:func:`energy_scatter` when one batch row of N is past one binding (wide_rows.py)."""
-    wide_rows.check(be, gd, "energy_scatter")  # refusals before any work
-    gd.reverse_windows("energy_scatter")
+    gd.reverse_windows("energy_scatter")  # refusals before any work
     energies, pi = be._dev(energies), be._dev(pi)
     act = None if active is None else be._dev(active)
     batch, _ = _batch(energies, gd.num_nodes)
@@ -247,7 +246,6 @@ def scatter_state(be: Any, graph: Graph, energies: Any, active: Any) -> tuple[An
     energies = be._dev(energies)
     active = None if active is None else be._dev(active)
     if gd.ptr_block:  # one batch row past one binding: the state stays in its rows (wide_rows.py)
-        wide_rows.check(be, gd, "the scatter's state")
         gd.reverse_windows("the scatter's state")
         b = 1 if energies.ndim == 1 else int(energies.shape[0])
         spans = [(r, 1) for r in range(b)]
@@ -287,8 +285,6 @@ def edge_flow(be: Any, graph: Graph, energies: Any, pi: Any, alpha: float = 1.0,
     another op. [B, N] energies (and mask) over one binding are bound in the same row ranges
     (batch_chunks.rows_view); no chunk crosses a buffer of a split array."""
     gd = be.graph_data(graph)
-    if gd.ptr_block:  # one batch row past one binding (wide_rows.py): refusals before any work
-        wide_rows.check(be, gd, "edge_flow")
     energies, pi = be._dev(energies), be._dev(pi)
     batch, flat = _batch(energies, gd.num_nodes)
     act = be._opt(active)

@@ -20,9 +20,9 @@ whole row; every op runs one batch row at a time, over the graph's edge windows:
   from row to row as batch chunks carry it (batch_chunks.py).
 
 Every sum meets the same terms in the same order as one dispatch over the whole batch: the
-results are bit-identical to the unsplit run. A row must still lie in one buffer
-(4 N bytes <= maxBufferSize: N <= 67 M on default limits): :func:`check` refuses a larger N
-before any work.
+results are bit-identical to the unsplit run. A row past the buffer size limit (N > 67.1 M
+on default limits) is split over buffers at its node blocks (batch_chunks.new_rows), so every
+range bound here lies in one buffer.
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import DeviceLimitError
 from . import edge_windows
 from .arrays import DeviceArray, range_view
 from .kernels import SMALL_DEGREE_MAX
 
-__all__ = ["block_nodes", "check", "own", "own_all", "gather", "identity", "new_wide", "scatter", "scatter_backward"]
+__all__ = ["block_nodes", "own", "own_all", "gather", "identity", "new_wide", "scatter", "scatter_backward"]
 
 _MASK = 0xFFFFFFFF
 #: the largest range view's bytes past its elements: the aligned offset before it (< 256 bytes on
@@ -48,21 +47,6 @@ def block_nodes(rt: Any) -> int:
     """Nodes of one row's range that fit one binding from any start: bound from the aligned
     offset at or before it and rounded up to 16 bytes (the pointer blocks hold no more)."""
     return (rt.max_binding_size - rt.offset_alignment - _ROUNDING) // 4
-
-
-def check(be: Any, gd: Any, op: str) -> None:
-    """Refuse ``op`` before any work when one batch row of N nodes is past the device's buffer
-    size limit (each row must lie in one buffer: its node ranges are bound from it).
-
-    Raises:
-        DeviceLimitError: naming ``op``, N, the row's bytes and the limit.
-    """
-    limit = be.runtime.pool.max_buffer_size
-    if 4 * gd.num_nodes > limit:
-        raise DeviceLimitError(
-            f"{op}: one batch row of N = {gd.num_nodes} nodes ({4 * gd.num_nodes} bytes) is past the device's "
-            f"buffer size limit of {limit} bytes; use a graph of fewer nodes or get_backend('wgpu', "
-            f"limits='adapter')")
 
 
 def own(be: Any, arr: DeviceArray, b: int, n: int, n0: int, n1: int) -> tuple[DeviceArray, int]:
