@@ -111,13 +111,19 @@ class SegmentBins:
         return dict(bins_off=num_nodes + 1, n_small=self.n_small, n_mid=self.n_mid, n_hub=self.n_hub)
 
 
+def row_block_nodes(rt: Any) -> int:
+    """Nodes of one batch row's range that fit one binding from any start: bound from the
+    aligned offset at or before it, the bound size rounded up to 16 bytes."""
+    return (rt.max_binding_bytes - rt.offset_alignment - 16) // 4
+
+
 def ptr_block(rt: Any, num_nodes: int) -> int:
     """Nodes per block of the graph's pointers (u32 [N + 1]) when one batch row of N nodes is
     past one binding from any start (the aligned offset before it, the size rounded to 16
     bytes: N > (binding - alignment - 16) / 4), else 0. Then every op runs row by row over
     windows of at most ptr_block nodes (wide_rows.py), each a range of a row that fits one
     binding; a block holds the pointers of its nodes and the next one (ptr_block + 1 u32)."""
-    block = (rt.max_binding_bytes - rt.offset_alignment - 16) // 4
+    block = row_block_nodes(rt)
     return 0 if num_nodes <= block else block
 
 

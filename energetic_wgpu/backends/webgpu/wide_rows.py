@@ -33,20 +33,15 @@ import numpy as np
 
 from . import edge_windows
 from .arrays import DeviceArray, range_view
+from .graph_data import row_block_nodes
 from .kernels import SMALL_DEGREE_MAX
 
 __all__ = ["block_nodes", "own", "own_all", "gather", "identity", "new_wide", "scatter", "scatter_backward"]
 
 _MASK = 0xFFFFFFFF
-#: the largest range view's bytes past its elements: the aligned offset before it (< 256 bytes on
-#: every adapter we know of, offset_alignment in general) and the rounding of the bound size to 16
-_ROUNDING = 16
 
-
-def block_nodes(rt: Any) -> int:
-    """Nodes of one row's range that fit one binding from any start: bound from the aligned
-    offset at or before it and rounded up to 16 bytes (the pointer blocks hold no more)."""
-    return (rt.max_binding_size - rt.offset_alignment - _ROUNDING) // 4
+#: nodes of one row's range that fit one binding from any start (the pointer blocks hold no more)
+block_nodes = row_block_nodes
 
 
 def own(be: Any, arr: DeviceArray, b: int, n: int, n0: int, n1: int) -> tuple[DeviceArray, int]:
@@ -76,8 +71,8 @@ def gather(be: Any, arr: DeviceArray, act: Any, b: int, n: int, index: DeviceArr
     """``out[off + t]`` = the value of node ``index[off + t]`` (u32) of row ``b`` of ``arr``
     ([B, N] or [N] float) for t < ``count``: with ``alpha`` the scatter's x (energies *
     alpha, 0 where ``act`` [B, N] is 0), else the element itself (exact); with ``mask``
-    (``arr`` an active mask, u32) 1.0 where active, else 0.0 (a mask: nonzero bits where active). One ``scatter_gather`` dispatch per node
-    block of the row."""
+    (``arr`` an active mask, u32) 1.0 where active, else 0.0 (read as a mask: nonzero bits
+    where active). One ``scatter_gather`` dispatch per node block of the row."""
     if count == 0:
         return
     rt = be.runtime
