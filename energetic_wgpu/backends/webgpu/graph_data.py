@@ -122,8 +122,13 @@ def ptr_block(rt: Any, num_nodes: int) -> int:
     past one binding from any start (the aligned offset before it, the size rounded to 16
     bytes: N > (binding - alignment - 16) / 4), else 0. Then every op runs row by row over
     windows of at most ptr_block nodes (wide_rows.py), each a range of a row that fits one
-    binding; a block holds the pointers of its nodes and the next one (ptr_block + 1 u32)."""
+    binding; a block holds the pointers of its nodes and the next one (ptr_block + 1 u32).
+    Under a binding of at most alignment + 16 bytes (256 bytes, tests' tiniest limit) no node
+    range fits from any start: then the blocks start past 4 (N + 1) bytes (such a graph is
+    refused when cut into edge windows: not one edge fits a window)."""
     block = row_block_nodes(rt)
+    if block < 1:  # a binding of at most alignment + 16 bytes (tests' tiny limits): no wide rows
+        return 0 if 4 * (num_nodes + 1) <= rt.max_binding_bytes else rt.max_binding_bytes // 4 - 1
     return 0 if num_nodes <= block else block
 
 
