@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from energetic_wgpu.backends.base import MEMORY_PURPOSES
@@ -70,3 +71,13 @@ def test_sizes_past_the_time_budget_are_built_until_refused(gpu_backend):
     wall = res["walls"]["1"]
     assert wall.startswith("stopped timing before E = 3000: about ")
     assert wall.endswith("built untimed at E = [3000]; no refusal up to the largest size")
+
+
+def test_wide_rows_bench_small():
+    """benchmarks.bench_wide_rows on a small graph (no wide rows at this size): one step,
+    a finite loss, the memory report by purpose."""
+    from benchmarks.bench_wide_rows import run
+
+    res = run(2000, 1, 1)
+    assert (res["nodes"], res["batch"], res["ptr_block"], len(res["steps"])) == (2000, 1, 0, 1)
+    assert np.isfinite(res["steps"][0]["loss"]) and res["memory"]["parameters"] > 0
