@@ -25,16 +25,20 @@ from energetic_wgpu import AdamW, Graph, Router, RouterParams, get_backend
 from .common import machine_info, write_json
 
 
-def run(nodes: int, batch: int, steps: int, seed: int = 61) -> dict[str, Any]:
-    """Build the graph, Router and AdamW and time ``steps`` train steps (each read back)."""
-    be = get_backend("wgpu")
-    rng = np.random.default_rng(seed)
+def sparse_graph(nodes: int, rng: np.random.Generator) -> Graph:
+    """A random graph of ``nodes`` nodes with out-degrees 0 .. 2 (mean 1) and uniform targets."""
     deg = rng.integers(0, 3, nodes)
     ptr = np.zeros(nodes + 1, np.int64)
     np.cumsum(deg, out=ptr[1:])
     del deg
-    g = Graph.from_csr(ptr, rng.integers(0, nodes, int(ptr[-1])), num_nodes=nodes)
-    del ptr
+    return Graph.from_csr(ptr, rng.integers(0, nodes, int(ptr[-1])), num_nodes=nodes)
+
+
+def run(nodes: int, batch: int, steps: int, seed: int = 61) -> dict[str, Any]:
+    """Build the graph, Router and AdamW and time ``steps`` train steps (each read back)."""
+    be = get_backend("wgpu")
+    rng = np.random.default_rng(seed)
+    g = sparse_graph(nodes, rng)
     q, k = ((0.3 * rng.standard_normal((nodes, 1))).astype(np.float32) for _ in range(2))
     en = rng.random((batch, nodes), np.float32)
     tgt = (0.1 * rng.random((batch, nodes))).astype(np.float32)
