@@ -1,9 +1,9 @@
 """Wide rows: the energy scatter and its backward when one batch row of N is past one binding.
 
-When the graph's node pointers are in node blocks (graph_data.ptr_block: 4 (N + 1) bytes past
-one storage binding, N >= 33.5 M on WebGPU's default limits) one batch row of the [B, N]
-energies, masks and gradients is past a binding too (or exactly at it). Nothing then binds a
-whole row; every op runs one batch row at a time, over the graph's edge windows:
+When one batch row of the [B, N] energies, masks and gradients is past one storage binding
+from any aligned start (N > 33.5 M on WebGPU's default limits), the graph's node pointers are
+in node blocks of at most that many nodes (graph_data.ptr_block, row_block_nodes). Nothing
+then binds a whole row; every op runs one batch row at a time, over the graph's edge windows:
 
 * a window's *own* nodes (its targets for the scatter, its sources for the backward and the
   flow) are one node range of the row, bound from the aligned offset before it (:func:`own`:
