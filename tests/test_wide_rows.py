@@ -192,3 +192,24 @@ def test_batch_of_2_to_the_32_elements_refused(gpu_backend):
     with forced_limits(be, 4096, 8192), pytest.raises(DeviceLimitError, match="past 2.32 elements"):
         be.zeros((2**32 // N + 1, N))
     assert be.to_numpy(be.add(np.ones(3, np.float32), np.ones(3, np.float32))).tolist() == [2, 2, 2]
+
+
+def test_rows_split_elsewhere_are_copied_into_node_blocks(gpu_backend):
+    """An [N] device array past the buffer limit is split at reduction workgroups, not at the
+    node blocks the row-by-row ops bind; reshaped to [1, N] (as the Router does with [N]
+    energies) it is copied into node blocks first: the same bits as the [1, N] upload."""
+    be = gpu_backend
+    g = _graph("mixed")
+    rng = np.random.default_rng(9)
+    en = rng.standard_normal((1, N)).astype(np.float32)
+    pi = rng.random(g.num_edges).astype(np.float32)
+    with forced_limits(be, 4096, 8192):
+        flat = be.asarray(en[0])
+        assert [s for s, *_ in parts_of(flat)] != [0, 956, 1912, 2868]  # not at the node blocks
+        rows = be.reshape(flat, (1, N))
+        got = [be.to_numpy(x) for x in (be.energy_scatter(g, rows, pi, 0.9, None, True),
+                                         *be.energy_scatter_backward(g, rows, pi, rows, 0.9))]
+        ref = [be.to_numpy(x) for x in (be.energy_scatter(g, en, pi, 0.9, None, True),
+                                         *be.energy_scatter_backward(g, en, pi, en, 0.9))]
+    for a, b in zip(got, ref):
+        assert a.tobytes() == b.tobytes()

@@ -47,7 +47,7 @@ from .graph_data import ptr_block
 from .node_major import BatchShape, NodeMajor
 
 __all__ = ["Chunked", "RowChunks", "ChunkCall", "plan", "state_in_rows", "rows_per_range", "row_e0", "rows_view", "row_quantum", "new_rows",
-           "flat_ranges", "flat_pieces", "large_rows",
+           "new_node_block_rows", "flat_ranges", "flat_pieces", "large_rows",
            "scatter_state", "scatter_step", "to_rows", "scatter_step_backward"]
 
 
@@ -205,21 +205,29 @@ def new_rows(be: Any, shape: tuple[int, ...], dtype: Any, what: str) -> DeviceAr
     """An uninitialized array of ``shape`` for [B, N] data: one buffer up to the buffer size
     limit, else split over buffers at batch-chunk boundaries (:func:`row_quantum`; 1-D
     arrays at whole reduction workgroups of 4096 elements, or of 256 bytes under a buffer
-    limit below 16 KiB). A row past the buffer size limit (wide_rows.py) is split at its
-    node blocks (graph_data.ptr_block: each a range an op binds), as many per buffer as fit."""
+    limit below 16 KiB). A [B, N] row past the buffer size limit (wide_rows.py) is split at
+    its node blocks (:func:`new_node_block_rows`)."""
     rt = be.runtime
-    n = shape[-1] if shape else 0
-    block = ptr_block(rt, n)
-    if block and 4 * n > rt.pool.max_buffer_size:  # one row past a buffer: parts at its node blocks
-        rows = shape[0] if len(shape) == 2 else 1
-        _check_u32(rows * n)
-        cuts = [r * n + k for r in range(rows) for k in range(0, n, block)]
-        return rt.pool.new_split_array(be, shape, dtype, 1, rt.offset_alignment, what, cuts=cuts)
+    if len(shape) == 2 and ptr_block(rt, shape[1]) and 4 * shape[1] > rt.pool.max_buffer_size:
+        return new_node_block_rows(be, shape, dtype, what)
     if len(shape) == 2:
         quantum = row_quantum(be, shape[-1])
     else:  # whole reduction workgroups of 4096 elements where a buffer holds one, else 256 bytes
         quantum = 4096 if 4 * 4096 <= rt.pool.max_buffer_size else rt.offset_alignment // 4
     return rt.pool.new_split_array(be, shape, dtype, quantum, rt.offset_alignment, what)
+
+
+def new_node_block_rows(be: Any, shape: tuple[int, ...], dtype: Any, what: str) -> DeviceArray:
+    """An uninitialized array of ``shape`` ([B, N], or [N]: one row) split over buffers (past
+    the buffer size limit) at the node blocks of its rows (graph_data.ptr_block: the ranges the
+    row-by-row ops bind, wide_rows.py), as many consecutive blocks per buffer as fit."""
+    rt = be.runtime
+    n = shape[-1]
+    rows = shape[0] if len(shape) == 2 else 1
+    _check_u32(rows * n)
+    block = ptr_block(rt, n) or max(1, n)
+    cuts = [r * n + k for r in range(rows) for k in range(0, n, block)]
+    return rt.pool.new_split_array(be, shape, dtype, 1, rt.offset_alignment, what, cuts=cuts or [0])
 
 
 def flat_ranges(be: Any, n: int, span: int) -> list[tuple[int, int]] | None:

@@ -62,9 +62,11 @@ def energy_scatter_backward(
     be = backend
     gd = be.graph_data(graph)
     if gd.ptr_block:  # one batch row past one binding: row by row (wide_rows.py)
-        grad_next = be._dev(grad_next)
+        n = gd.num_nodes
+        grad_next = wide_rows.in_rows(be, be._dev(grad_next), n)
         batch = 1 if grad_next.ndim == 1 else int(grad_next.shape[0])
-        return wide_rows.scatter_backward(be, gd, be._dev(energies), None if active is None else be._dev(active),
+        return wide_rows.scatter_backward(be, gd, wide_rows.in_rows(be, be._dev(energies), n),
+                                          None if active is None else wide_rows.in_rows(be, be._dev(active), n),
                                           be._dev(pi), grad_next, alpha, retain_sinks, grad_energies, grad_pi_acc,
                                           batch, grad_next.shape)
     grad_next = be._dev(grad_next)
@@ -91,7 +93,8 @@ def scatter_step_backward(
     be = backend
     gd = be.graph_data(graph)
     if gd.ptr_block:  # RowChunks states of one-row spans (wide_rows.py)
-        g = grad_next.rows if isinstance(grad_next, batch_chunks.RowChunks) else be._dev(grad_next)
+        g = grad_next.rows if isinstance(grad_next, batch_chunks.RowChunks) else wide_rows.in_rows(
+            be, be._dev(grad_next), gd.num_nodes)
         grad_e, grad_pi = wide_rows.scatter_backward(be, gd, state.rows, None if active is None else active.rows,
                                                      be._dev(pi), g, alpha, retain_sinks, grad_energies, grad_pi_acc,
                                                      state.batch, state.rows.shape)

@@ -225,14 +225,15 @@ def _scatter_wide(be: Any, gd: Any, graph: Graph, energies: Any, pi: Any, alpha:
                   retain_sinks: bool, return_flow: bool) -> Any:
     """:func:`energy_scatter` when one batch row of N is past one binding (wide_rows.py)."""
     gd.reverse_windows("energy_scatter")  # refusals before any work
-    energies, pi = be._dev(energies), be._dev(pi)
-    act = None if active is None else be._dev(active)
+    n = gd.num_nodes
+    energies, pi = wide_rows.in_rows(be, be._dev(energies), n), be._dev(pi)
+    act = None if active is None else wide_rows.in_rows(be, be._dev(active), n)
     batch, _ = _batch(energies, gd.num_nodes)
     out = wide_rows.new_wide(be, energies.shape, "energy_scatter") if batch else be.empty(energies.shape)
     if batch and gd.num_nodes:
         wide_rows.scatter(be, gd, energies, act, pi, alpha, retain_sinks, out, batch)
     if return_flow:
-        return out, edge_flow(be, graph, energies, pi, alpha, active)
+        return out, edge_flow(be, graph, energies, pi, alpha, act)
     return out
 
 
@@ -247,6 +248,7 @@ def scatter_state(be: Any, graph: Graph, energies: Any, active: Any) -> tuple[An
     active = None if active is None else be._dev(active)
     if gd.ptr_block:  # one batch row past one binding: the state stays in its rows (wide_rows.py)
         gd.reverse_windows("the scatter's state")
+        energies, active = (wide_rows.in_rows(be, x, gd.num_nodes) for x in (energies, active))
         b = 1 if energies.ndim == 1 else int(energies.shape[0])
         spans = [(r, 1) for r in range(b)]
         return (batch_chunks.RowChunks(energies, spans, b, gd.num_nodes),
@@ -327,6 +329,8 @@ def _edge_flow_windowed(be: Any, gd: Any, energies: DeviceArray, pi: DeviceArray
                                   cuts=[b * e + w.e0 for b in range(batch) for w in gd.windows])
     ranged = energies.nbytes > rt.max_binding_size
     wide = bool(gd.ptr_block)  # one row past one binding: each window's sources' range of it (wide_rows.py)
+    if wide:  # every node block of a row in one buffer
+        energies, act = wide_rows.in_rows(be, energies, n), act if active is None else wide_rows.in_rows(be, act, n)
     for b in range(batch):
         if wide:
             ev, av, e0, row0 = energies, act, 0, 0
@@ -397,6 +401,9 @@ def step_metrics(be: Any,
     if energies.ndim == 2 and energies.shape[0] == 0:
         batch = 0
     act = be._opt(active)
+    if gd.ptr_block:  # wide rows: every node block of a row in one buffer (wide_rows.py)
+        energies, act = wide_rows.in_rows(be, energies, gd.num_nodes), act if active is None else wide_rows.in_rows(
+            be, act, gd.num_nodes)
     # workgroups: flat ranges over B*N and E, and a [B, E] grid of edge_blocks per row taken
     # with a stride of n_parts (metrics.wgsl; B*E is never formed on the device, it can pass
     # 2^32), as many as the partials' binding holds (8 floats each, at most 2^20)

@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 
 from . import edge_windows
-from .arrays import DeviceArray, range_view
+from .arrays import DeviceArray, parts_of, range_view
 from .graph_data import row_block_nodes
 from .kernels import SMALL_DEGREE_MAX
 
-__all__ = ["block_nodes", "own", "own_all", "gather", "identity", "new_wide", "scatter", "scatter_backward"]
+__all__ = ["block_nodes", "own", "own_all", "gather", "identity", "new_wide", "in_rows", "scatter", "scatter_backward"]
 
 _MASK = 0xFFFFFFFF
 
@@ -101,11 +101,28 @@ def _or(x: Any, default: Any) -> Any:
     return default if x is None else x
 
 
-def new_wide(be: Any, shape: tuple[int, ...], what: str) -> DeviceArray:
-    """An uninitialized float array of ``shape`` ([B, N] or [N]) whose rows each lie in one
-    buffer (whole rows per buffer)."""
-    from .batch_chunks import new_rows
-    return new_rows(be, shape, np.float32, what)
+def new_wide(be: Any, shape: tuple[int, ...], what: str, dtype: Any = np.float32) -> DeviceArray:
+    """An uninitialized array of ``shape`` ([B, N] or [N]) whose rows' node blocks each lie in
+    one buffer (batch_chunks.new_node_block_rows)."""
+    from .batch_chunks import new_node_block_rows
+    return new_node_block_rows(be, shape, dtype, what)
+
+
+def in_rows(be: Any, x: Any, n: int) -> Any:
+    """``x`` ([B, N] or [N], 4-byte elements; None stays None) when every node block of its rows
+    lies in one of its buffers (always, for an array in one buffer), else a copy of it in the
+    layout of :func:`new_wide` (exact bytes, copied on the device): e.g. an [N] array split at
+    reduction workgroups, reshaped to [1, N]."""
+    parts = None if x is None else parts_of(x)
+    if parts is None:
+        return x
+    per = block_nodes(be.runtime)
+    blocks = [(r * n + k, r * n + min(k + per, n)) for r in range(x.size // max(n, 1)) for k in range(0, n, per)]
+    if all(any(s <= lo and hi <= s + c for s, c, *_ in parts) for lo, hi in blocks):
+        return x
+    out = new_wide(be, tuple(x.shape), "rows in node blocks", x.dtype)
+    edge_windows.copy_elements(be, x, out)
+    return out
 
 
 def _scratch(be: Any, windows: list[Any]) -> DeviceArray:
