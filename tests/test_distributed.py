@@ -223,3 +223,25 @@ def test_replica_checksum_follows_the_parameters(world1, np_backend):
     assert len(ca) == 14 and ca == world1.check_replicas(b, 0)
     b.bias[0] += 1e-7
     assert world1.check_replicas(b, 1) != ca
+
+
+_EXIT_PROBE = """
+import atexit, sys
+import torch.distributed as dist
+from energetic_wgpu import distributed as ewd
+# registered before init_from_env's handler, so it runs after it (atexit is last in, first out)
+atexit.register(lambda: print("initialized at exit:", dist.is_initialized(), flush=True))
+ewd.init_from_env(ewd.WorldEnv(0, 1, 0, "127.0.0.1", ewd.free_port()), timeout=30)
+ewd.init_from_env(ewd.WorldEnv(0, 1, 0, "127.0.0.1", 1), timeout=30)  # already joined: returns
+print("initialized:", dist.is_initialized(), flush=True)
+"""
+
+
+def test_init_from_env_destroys_its_group_at_exit():
+    """A script that never calls destroy_process_group() leaves with its group destroyed (gloo's
+    threads joined), instead of risking a SIGABRT at interpreter teardown."""
+    if not ewd.torch_available():
+        pytest.skip("no torch: pip install 'energetic_wgpu[distributed]'")
+    proc = subprocess.run([sys.executable, "-c", _EXIT_PROBE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["initialized: True", "initialized at exit: False"], proc.stdout

@@ -15,7 +15,7 @@ In your own loop (any launcher that sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_P
     import energetic_wgpu as ew
     from energetic_wgpu import distributed as ewd
 
-    world = ewd.init_from_env()                    # torch.distributed.init_process_group("gloo")
+    world = ewd.init_from_env()                    # init_process_group("gloo"); destroyed at exit
     dp = ewd.DataParallel()                         # or wrap a process group you made yourself
     router = ew.Router(graph, ew.RouterParams.init(graph, dim=16, seed=0), "numpy")  # same seed on every rank
     opt = ew.AdamW(router, lr=1e-2, max_grad_norm=1.0)

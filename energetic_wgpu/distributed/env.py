@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 from dataclasses import dataclass
@@ -68,7 +69,12 @@ def world_from_env(env: Mapping[str, str] | None = None) -> WorldEnv | None:
 def init_from_env(world: WorldEnv | None = None, *, backend: str = "gloo", timeout: float = 120.0) -> WorldEnv:
     """Join the process group described by ``world`` (default: :func:`world_from_env`) with the
     torch.distributed ``backend`` (gloo). ``timeout`` (seconds) bounds the rendezvous and every
-    collective: a rank that stops answering makes the others fail after it instead of hanging."""
+    collective: a rank that stops answering makes the others fail after it instead of hanging.
+
+    The group it joins is destroyed at interpreter exit (an :mod:`atexit` handler, a no-op when
+    you called ``torch.distributed.destroy_process_group()`` yourself): a process that exits
+    with gloo's worker threads still alive can abort with "terminate called without an active
+    exception" (SIGABRT) after its work is done."""
     torch = require_torch()
     dist = torch.distributed
     world = world if world is not None else world_from_env()
@@ -89,7 +95,17 @@ def init_from_env(world: WorldEnv | None = None, *, backend: str = "gloo", timeo
             f"rank {world.rank} could not join the process group at {world.master_addr}:{world.master_port} "
             f"within {timeout:g} s: {type(exc).__name__}: {str(exc)[:300]}"
         ) from None
+    atexit.unregister(_destroy_at_exit)  # once, however often a group is joined
+    atexit.register(_destroy_at_exit)
     return world
+
+
+def _destroy_at_exit() -> None:
+    """Destroy the default process group while the interpreter is still whole (registered by
+    :func:`init_from_env`); nothing when it is already destroyed."""
+    dist = require_torch().distributed
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
