@@ -112,6 +112,8 @@ class WgpuBackend(PackedArrays, Backend):
         self._last_graph: tuple[Any, GraphData] | None = None
         #: node_major.py's never-written output buffer (made on first use)
         self.node_major_scratch: DeviceArray | None = None
+        #: wide_rows.identity's u32 indices 0..count-1, by count (made on first use)
+        self.wide_identity: dict[int, DeviceArray] = {}
         self.degree_bins = degree_bins
 
     # ------------------------------------------------------------------ degree bins

@@ -91,10 +91,9 @@ def gather(be: Any, arr: DeviceArray, act: Any, b: int, n: int, index: DeviceArr
 
 def identity(be: Any, count: int) -> DeviceArray:
     """u32 [count] 0, 1, ..., count - 1 on the device (uploaded once per backend and size)."""
-    cache = be.__dict__.setdefault("_wide_identity", {})
-    if count not in cache:
-        cache[count] = be.asarray(np.arange(count, dtype=np.uint32))
-    return cache[count]
+    if count not in be.wide_identity:
+        be.wide_identity[count] = be.asarray(np.arange(count, dtype=np.uint32))
+    return be.wide_identity[count]
 
 
 def _or(x: Any, default: Any) -> Any:
